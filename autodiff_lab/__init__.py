@@ -1,0 +1,77 @@
+"""autodiff_lab: compare finite differences, symbolic and reverse-mode differentiation.
+
+One shared expression graph (``adl.trace``), one op table, three engines
+(``adl.engine("numeric" | "symbolic" | "tape")``) and textbook drawings (``adl.render``).
+"""
+
+from autodiff_lab.errors import (
+    AutodiffError,
+    GraphError,
+    InputError,
+    NonFiniteError,
+    NotDifferentiableError,
+    ShapeError,
+    SymbolicSizeError,
+    TraceError,
+    UnknownOpError,
+)
+from autodiff_lab.graph import OPS, Graph, Spec, Tensor, load, param, spec, trace
+from autodiff_lab.graph.functions import (
+    abs,
+    add,
+    avg_pool2d,
+    batch_norm,
+    broadcast_to,
+    concatenate,
+    conv2d,
+    conv_transpose2d,
+    cos,
+    div,
+    exp,
+    flatten,
+    l1_loss,
+    leaky_relu,
+    log,
+    log_softmax,
+    matmul,
+    max,
+    max_pool2d,
+    maximum,
+    mean,
+    minimum,
+    mse_loss,
+    mul,
+    neg,
+    power,
+    reciprocal,
+    relu,
+    reshape,
+    sigmoid,
+    sin,
+    softmax,
+    softmax_cross_entropy,
+    sqrt,
+    sub,
+    sum,
+    tanh,
+    transpose,
+    upsample,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OPS", "AutodiffError", "Graph", "GraphError", "InputError", "NonFiniteError",
+    "NotDifferentiableError", "ShapeError", "Spec", "SymbolicSizeError", "Tensor", "TraceError",
+    "UnknownOpError", "abs", "add", "avg_pool2d", "batch_norm", "broadcast_to", "concatenate",
+    "conv2d", "conv_transpose2d", "cos", "div", "exp", "flatten", "l1_loss", "leaky_relu", "load",
+    "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean", "minimum", "mse_loss",
+    "mul", "neg", "param", "power", "reciprocal", "relu", "reshape", "sigmoid", "sin", "softmax",
+    "softmax_cross_entropy", "spec", "sqrt", "sub", "sum", "tanh", "trace", "transpose",
+    "upsample",
+]
+
+from autodiff_lab.engines import engine, gradient  # noqa: E402
+from autodiff_lab.engines.base import GradientResult  # noqa: E402
+
+__all__ += ["GradientResult", "engine", "gradient"]

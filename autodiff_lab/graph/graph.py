@@ -1,0 +1,467 @@
+"""The shared expression graph: a validated ``networkx.DiGraph`` that every engine reads.
+
+Nodes are stable integers 0..n-1 in a topological order. Each node carries
+
+* ``op``    -- the op-table name, or ``"input"``, ``"parameter"``, ``"constant"``;
+* ``role``  -- ``"input"``, ``"parameter"``, ``"constant"`` or ``"op"``;
+* ``shape``, ``dtype`` -- known from tracing;
+* ``attrs`` -- the op's attributes (stride, axes, ...), JSON-friendly tuples and numbers;
+* ``name``  -- for inputs and parameters; ``value`` for constants; ``loc``, the user's
+  source line that created it (used in error messages).
+
+An edge ``u -> v`` carries ``args``: the argument positions of ``v`` where ``u`` is used
+(``x + x`` gives one edge with ``args=(0, 1)``). Outputs are named. networkx is used for
+what it is good at (validation, pruning, topological order, drawing), never per step:
+engines read the flat :attr:`Graph.order` and :meth:`Graph.operands` computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from autodiff_lab.errors import GraphError, ShapeError, TraceError
+from autodiff_lab.graph.optable import OPS, get_op
+from autodiff_lab.graph.tensor import GraphBuilder, NodeRecord, Tensor, check_shape, describe
+
+LEAF_ROLES = ("input", "parameter", "constant")
+FORMAT = "autodiff_lab.graph"
+VERSION = 1
+
+
+class Spec:
+    """What :func:`trace` needs to know about one input: shape, dtype and role."""
+
+    def __init__(self, shape: Any = (), dtype: Any = None, role: str = "input") -> None:
+        if isinstance(shape, (bool, int)):
+            raise TraceError(f"give a shape as a tuple, e.g. ({shape},), or a value as a float, "
+                             f"e.g. {float(shape)}; a bare int {shape} is ambiguous")
+        if not isinstance(shape, tuple):  # an example value: array, list or number
+            arr = np.asarray(shape)
+            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)):
+                raise TraceError(f"cannot read a shape or an array from {shape!r}")
+            shape, dtype = arr.shape, dtype or arr.dtype
+        try:
+            self.shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise TraceError(f"cannot read a shape from {shape!r}") from None
+        if any(d < 0 for d in self.shape):
+            raise TraceError(f"negative dimension in shape {self.shape}")
+        self.dtype = np.dtype(dtype or np.float64).name
+        if role not in ("input", "parameter"):
+            raise TraceError(f"role must be 'input' or 'parameter', got {role!r}")
+        self.role = role
+
+    def __repr__(self) -> str:
+        return f"Spec(shape={self.shape}, dtype={self.dtype!r}, role={self.role!r})"
+
+
+def param(shape: Any = (), dtype: Any = None) -> Spec:
+    """Mark a traced input as a parameter (drawn and counted as a weight): ``w=adl.param((3,))``."""
+    return Spec(shape, dtype, role="parameter")
+
+
+def spec(shape: Any = (), dtype: Any = None) -> Spec:
+    """An input of the given shape and dtype (tuples, arrays and floats also work directly)."""
+    return Spec(shape, dtype, role="input")
+
+
+def trace(fn: Callable[..., Any], /, **inputs: Any) -> Graph:
+    """Trace ``fn`` into a :class:`Graph`.
+
+    Each keyword names one argument of ``fn`` and gives its shape (a tuple), an example
+    array (shape and dtype are taken from it), a float (a scalar), or a :class:`Spec`
+    (``adl.param(...)`` marks a parameter). ``fn`` is called once with symbolic tensors;
+    it may return one tensor (output ``"out"``), a tuple (``"out0"``, ``"out1"``...) or a
+    dict of named tensors.
+    """
+    if not callable(fn):
+        raise TraceError(f"trace needs a function, got {type(fn).__name__}")
+    specs = {name: s if isinstance(s, Spec) else Spec(s) for name, s in inputs.items()}
+    _check_signature(fn, specs)
+    floats = [s.dtype for s in specs.values() if np.issubdtype(np.dtype(s.dtype), np.floating)]
+    builder = GraphBuilder(np.result_type(*floats).name if floats else "float64")
+    args = {name: builder.input(name, s.shape, s.dtype, s.role) for name, s in specs.items()}
+    result = fn(**args)
+    if isinstance(result, Mapping):
+        named = {str(k): v for k, v in result.items()}
+    elif isinstance(result, (tuple, list)):
+        named = {f"out{i}": v for i, v in enumerate(result)}
+    else:
+        named = {"out": result}
+    if not named:
+        raise TraceError("the traced function returned no outputs")
+    outputs = {}
+    for name, value in named.items():
+        if not isinstance(value, Tensor):
+            value = builder.constant(value)
+        elif value.builder is not builder:
+            raise TraceError(f"output {name!r} comes from another trace")
+        outputs[name] = value.node
+    return Graph.from_records(builder.nodes, outputs)
+
+
+def _check_signature(fn: Callable[..., Any], specs: dict[str, Spec]) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [n for n, p in params.items() if p.default is p.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in specs]
+    unknown = [n for n in specs if n not in params]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"no shape given for argument(s) {', '.join(missing)}")
+        if unknown:
+            parts.append(f"{', '.join(unknown)} is not an argument of the function")
+        raise TraceError("trace: " + "; ".join(parts) + f" (the function takes {', '.join(params)})")
+
+
+def _to_tuple(v: Any) -> Any:
+    """JSON lists back to the tuples attributes are made of."""
+    return tuple(_to_tuple(x) for x in v) if isinstance(v, list) else v
+
+
+class Graph:
+    """A validated computational graph (see the module docstring for its contents).
+
+    Build one with :func:`trace`, :meth:`from_json` or :meth:`from_nx`; it validates on
+    construction and is immutable afterwards, so engines may cache what they derive from it.
+    """
+
+    def __init__(self, g: nx.DiGraph, outputs: Mapping[str, int]) -> None:
+        self.nx = g
+        self.outputs: dict[str, int] = dict(outputs)
+        self._validate()
+        self.order: list[int] = list(nx.lexicographical_topological_sort(g))
+        self._operands: dict[int, tuple[int, ...]] = {
+            v: self._collect_operands(v) for v in self.order if g.nodes[v]["role"] == "op"
+        }
+        self._check_shapes()
+        self.inputs: dict[str, int] = {
+            g.nodes[v]["name"]: v for v in self.order if g.nodes[v]["role"] in ("input", "parameter")
+        }
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_records(cls, records: list[NodeRecord], outputs: Mapping[str, int]) -> Graph:
+        """Build from traced records: prune what does not reach an output, number 0..n-1."""
+        keep = set(outputs.values())
+        for i in range(len(records) - 1, -1, -1):
+            if i in keep:
+                keep.update(records[i].inputs)
+        keep.update(i for i, r in enumerate(records) if r.role in ("input", "parameter"))
+        new_id = {old: new for new, old in enumerate(sorted(keep))}
+        g = nx.DiGraph()
+        for old in sorted(keep):
+            r = records[old]
+            g.add_node(new_id[old], **_node_attrs(r))
+        for old in sorted(keep):
+            for pos, src in enumerate(records[old].inputs):
+                _add_arg_edge(g, new_id[src], new_id[old], pos)
+        return cls(g, {name: new_id[v] for name, v in outputs.items()})
+
+    @classmethod
+    def from_nx(cls, g: nx.DiGraph, outputs: Mapping[str, int]) -> Graph:
+        """Wrap (a copy of) a networkx graph that follows the node/edge schema above."""
+        return cls(g.copy(), outputs)
+
+    # --- validation -------------------------------------------------------------------------
+    def _where(self, v: int) -> str:
+        d = self.nx.nodes[v]
+        return describe(v, d.get("op", "?"), d.get("loc", ""), d.get("name"))
+
+    def _validate(self) -> None:
+        g = self.nx
+        if not nx.is_directed_acyclic_graph(g):
+            cycle = [u for u, _ in nx.find_cycle(g)]
+            raise GraphError(f"the graph has a cycle through nodes {cycle}")
+        names: dict[str, int] = {}
+        for v, d in g.nodes(data=True):
+            if not isinstance(v, (int, np.integer)):
+                raise GraphError(f"node ids must be integers, got {v!r}")
+            for key in ("op", "role", "shape", "dtype"):
+                if key not in d:
+                    raise GraphError(f"node {v} has no {key!r}")
+            d["shape"] = tuple(int(s) for s in d["shape"])
+            d.setdefault("attrs", {})
+            d.setdefault("loc", "")
+            role = d["role"]
+            if role in ("input", "parameter"):
+                name = d.get("name")
+                if not name or not isinstance(name, str):
+                    raise GraphError(f"{self._where(v)}: every input needs a name")
+                if name in names:
+                    raise GraphError(f"two inputs are named {name!r} (nodes {names[name]} and {v})")
+                names[name] = v
+                if g.in_degree(v):
+                    raise GraphError(f"{self._where(v)}: an input cannot have arguments")
+            elif role == "constant":
+                value = d.get("value")
+                if value is None or np.shape(value) != d["shape"]:
+                    raise GraphError(f"{self._where(v)}: constant value missing or not of shape "
+                                     f"{d['shape']}")
+            elif role == "op":
+                get_op(d["op"])  # UnknownOpError names the op and lists the known ones
+                op = OPS[d["op"]]
+                unknown = set(d["attrs"]) - set(op.attrs)
+                if unknown:
+                    raise GraphError(f"{self._where(v)}: unknown attribute(s) {sorted(unknown)} "
+                                     f"for {op.name}; it takes {sorted(op.attrs) or 'none'}")
+            else:
+                raise GraphError(f"node {v} has unknown role {role!r}")
+        if not self.outputs:
+            raise GraphError("a graph needs at least one named output")
+        for name, v in self.outputs.items():
+            if v not in g:
+                raise GraphError(f"output {name!r} refers to node {v}, which is not in the graph")
+
+    def _collect_operands(self, v: int) -> tuple[int, ...]:
+        slots: dict[int, int] = {}
+        for u, _, data in self.nx.in_edges(v, data=True):
+            for pos in data.get("args", ()):
+                if pos in slots:
+                    raise GraphError(f"{self._where(v)}: argument {pos} is given twice")
+                slots[pos] = u
+        n = len(slots)
+        if sorted(slots) != list(range(n)):
+            raise GraphError(f"{self._where(v)}: argument positions {sorted(slots)} are not 0..{n - 1}")
+        return tuple(slots[i] for i in range(n))
+
+    def _check_shapes(self) -> None:
+        for v in self.order:
+            d = self.nx.nodes[v]
+            if d["role"] != "op":
+                continue
+            op = OPS[d["op"]]
+            args = self._operands[v]
+            shape = check_shape(op, [self.nx.nodes[u]["shape"] for u in args], d["attrs"],
+                                self._where(v))
+            if shape != d["shape"]:
+                raise ShapeError(f"{self._where(v)}: recorded shape {d['shape']} but the op's "
+                                 f"shape rule gives {shape}")
+            for i in op.int_args:
+                if i < len(args) and not np.issubdtype(np.dtype(self.nx.nodes[args[i]]["dtype"]),
+                                                       np.integer):
+                    raise GraphError(f"{self._where(v)}: argument {i} must be integer labels")
+
+    # --- reading ------------------------------------------------------------------------------
+    def node(self, v: int) -> dict[str, Any]:
+        """The attributes of node ``v`` (op, role, shape, dtype, attrs, name, value, loc)."""
+        return self.nx.nodes[v]
+
+    def operands(self, v: int) -> tuple[int, ...]:
+        """The argument node ids of op node ``v``, in argument order (empty for leaves)."""
+        return self._operands.get(v, ())
+
+    def describe(self, v: int) -> str:
+        """How error messages name node ``v``."""
+        return self._where(v)
+
+    @property
+    def parameters(self) -> dict[str, int]:
+        """The inputs marked as parameters (``adl.param``), by name."""
+        return {n: v for n, v in self.inputs.items() if self.nx.nodes[v]["role"] == "parameter"}
+
+    @property
+    def output(self) -> int:
+        """The node id of the only output (error when there are several)."""
+        if len(self.outputs) != 1:
+            raise GraphError(f"the graph has {len(self.outputs)} outputs ({', '.join(self.outputs)});"
+                             " name the one you mean")
+        return next(iter(self.outputs.values()))
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of each input by name."""
+        return {n: self.nx.nodes[v]["shape"] for n, v in self.inputs.items()}
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, values: Mapping[str, Any], *, all_nodes: bool = False,
+                 check_finite: bool = True) -> dict[Any, np.ndarray]:
+        """Run the graph on ``values`` with the op table's numpy forwards (the reference).
+
+        Returns the outputs by name, or, with ``all_nodes=True``, every node's value by id.
+        """
+        from autodiff_lab.graph.evaluate import evaluate
+        return evaluate(self, values, all_nodes=all_nodes, check_finite=check_finite)
+
+    # --- summary --------------------------------------------------------------------------
+    def summary(self) -> str:
+        """A short text: node counts, inputs, outputs, ops by kind, number of parameters."""
+        g = self.nx
+        ops = Counter(d["op"] for _, d in g.nodes(data=True) if d["role"] == "op")
+        consts = sum(1 for _, d in g.nodes(data=True) if d["role"] == "constant")
+        n_params = sum(int(np.prod(g.nodes[v]["shape"], dtype=np.int64))
+                       for v in self.parameters.values())
+        lines = [f"Graph: {len(self)} nodes ({sum(ops.values())} ops, {consts} constants, "
+                 f"{len(self.inputs)} inputs), {len(self.outputs)} output(s)"]
+        for name, v in self.inputs.items():
+            d = g.nodes[v]
+            lines.append(f"  {d['role']:<9} {name}: shape {d['shape']} {d['dtype']}")
+        for name, v in self.outputs.items():
+            d = g.nodes[v]
+            lines.append(f"  output    {name}: shape {d['shape']} {d['dtype']} <- node {v} {d['op']!r}")
+        lines.append("  ops: " + ", ".join(f"{k}×{n}" for k, n in sorted(ops.items())))
+        lines.append(f"  parameters: {n_params} scalars in {len(self.parameters)} tensor(s)")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    # --- serialisation ---------------------------------------------------------------------------
+    def to_dict(self, *, with_locations: bool = True) -> dict[str, Any]:
+        """A JSON-ready description (nodes in order, operands by id, named outputs)."""
+        nodes = []
+        for v in self.order:
+            d = self.nx.nodes[v]
+            item: dict[str, Any] = {"id": v, "op": d["op"], "role": d["role"],
+                                    "shape": list(d["shape"]), "dtype": d["dtype"]}
+            if d.get("name"):
+                item["name"] = d["name"]
+            if d["attrs"]:
+                item["attrs"] = {k: _jsonable(a) for k, a in sorted(d["attrs"].items())}
+            if d["role"] == "op":
+                item["inputs"] = list(self.operands(v))
+            if d["role"] == "constant":
+                value = np.asarray(d["value"])
+                item["value"] = value.tolist()
+            if with_locations and d.get("loc"):
+                item["loc"] = d["loc"]
+            nodes.append(item)
+        return {"format": FORMAT, "version": VERSION, "nodes": nodes,
+                "outputs": dict(self.outputs)}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        """The graph as JSON text (:meth:`from_json` reads it back)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Graph:
+        """Inverse of :meth:`to_dict`; validates like any other construction."""
+        if data.get("format") != FORMAT:
+            raise GraphError(f"not an autodiff_lab graph (format {data.get('format')!r})")
+        g = nx.DiGraph()
+        try:
+            for item in data["nodes"]:
+                attrs = {k: _to_tuple(a) for k, a in item.get("attrs", {}).items()}
+                node = {"op": item["op"], "role": item["role"], "shape": tuple(item["shape"]),
+                        "dtype": item["dtype"], "attrs": attrs, "loc": item.get("loc", "")}
+                if "name" in item:
+                    node["name"] = item["name"]
+                if item["role"] == "constant":
+                    node["value"] = np.asarray(item["value"], dtype=item["dtype"]).reshape(
+                        item["shape"])
+                g.add_node(int(item["id"]), **node)
+            for item in data["nodes"]:
+                for pos, src in enumerate(item.get("inputs", ())):
+                    if int(src) not in g:
+                        raise GraphError(f"node {item['id']} uses node {src}, which does not exist")
+                    _add_arg_edge(g, int(src), int(item["id"]), pos)
+            outputs = {str(k): int(v) for k, v in data["outputs"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, GraphError):
+                raise
+            raise GraphError(f"malformed graph description: {exc!r}") from None
+        return cls(g, outputs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Graph:
+        """Read a graph written by :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        """Write the graph as JSON to ``path``."""
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Graph:
+        """Read a graph saved with :meth:`save`."""
+        return cls.from_json(Path(path).read_text())
+
+    def fingerprint(self) -> str:
+        """A hash of the graph's content (not of where it was traced): a cache key."""
+        text = json.dumps(self.to_dict(with_locations=False), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Graph) and self.fingerprint() == other.fingerprint()
+
+    __hash__ = object.__hash__
+
+    # --- rewriting --------------------------------------------------------------------------------
+    def expand(self, ops: str | tuple[str, ...] = ("sigmoid",)) -> Graph:
+        """A copy with the named composite ops written out in primitives (their ``decompose``).
+
+        ``g.expand("sigmoid")`` draws the neuron as neg, exp, +1 and 1/x instead of one σ node.
+        """
+        from autodiff_lab.graph import functions as F
+
+        wanted = {ops} if isinstance(ops, str) else set(ops)
+        builder = GraphBuilder()
+        env: dict[int, Tensor] = {}
+        for v in self.order:
+            d = self.nx.nodes[v]
+            if d["role"] in ("input", "parameter"):
+                env[v] = builder.input(d["name"], d["shape"], d["dtype"], d["role"])
+            elif d["role"] == "constant":
+                env[v] = builder.constant(d["value"], d["dtype"])
+                builder.nodes[-1].loc = d.get("loc", "")
+            else:
+                args = [env[u] for u in self.operands(v)]
+                op = OPS[d["op"]]
+                if d["op"] in wanted and op.decompose is not None:
+                    env[v] = op.decompose(F, *args, **d["attrs"])
+                else:
+                    env[v] = builder.op(d["op"], args, d["attrs"])
+                    builder.nodes[-1].loc = d.get("loc", "")
+        return Graph.from_records(builder.nodes, {n: env[v].node for n, v in self.outputs.items()})
+
+    # --- drawing --------------------------------------------------------------------------------
+    def _repr_svg_(self) -> str:
+        from autodiff_lab.render import to_svg
+        return to_svg(self)
+
+
+def _jsonable(a: Any) -> Any:
+    if isinstance(a, tuple):
+        return [_jsonable(x) for x in a]
+    if isinstance(a, np.generic):
+        return a.item()
+    return a
+
+
+def _node_attrs(r: NodeRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"op": r.op, "role": r.role, "shape": tuple(r.shape), "dtype": r.dtype,
+                           "attrs": dict(r.attrs), "loc": r.loc}
+    if r.name is not None:
+        out["name"] = r.name
+    if r.value is not None:
+        out["value"] = r.value
+    return out
+
+
+def _add_arg_edge(g: nx.DiGraph, src: int, dst: int, pos: int) -> None:
+    if g.has_edge(src, dst):
+        g.edges[src, dst]["args"] = g.edges[src, dst]["args"] + (pos,)
+    else:
+        g.add_edge(src, dst, args=(pos,))
+
+
+def load(path: str | Path) -> Graph:
+    """Read a graph saved with :meth:`Graph.save`."""
+    return Graph.load(path)

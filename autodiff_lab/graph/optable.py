@@ -1,0 +1,1103 @@
+"""The op table: every primitive of autodiff_lab, defined once.
+
+Each :class:`Op` entry says everything an engine or a drawing needs to know about one
+primitive, side by side, so that "where is relu's derivative?" has one answer (here):
+
+* ``shape``    -- shape rule ``shape(*input_shapes, **attrs) -> output shape``; raises
+                  :class:`ShapeRuleError` with a plain sentence when operands do not fit
+                  (the graph builder adds the node, op and source line to it);
+* ``forward``  -- numpy forward ``forward(*xs, **attrs)``; generic in dtype (float32,
+                  float64, and complex where ``complex_safe``);
+* ``vjp``      -- one reverse-mode rule per input, ``vjp[i](g, ans, *xs, **attrs)``: the
+                  upstream gradient ``g`` (shape of the output), the forward result ``ans``
+                  and the inputs give the gradient with respect to input ``i`` (its shape).
+                  ``None`` marks an input the op is not differentiable in (class labels).
+                  The rules are hand-written numpy, independent of the SymPy forms, so the
+                  symbolic engine is a real cross-check of the tape engine;
+* ``sympy``    -- the element-wise SymPy form ``sympy(*xs, **attrs)`` on numpy ``object``
+                  arrays of SymPy expressions (what the expanded symbolic engine uses);
+* ``complex_safe`` -- the forward is real-analytic and gives the right complex-step
+                  derivative (abs, relu, max and comparisons act on the real part);
+* ``kink``     -- ``kink(*xs, **attrs) -> bool``: the inputs sit on a non-differentiable
+                  point (relu at 0, ties of a max); engines warn there;
+* ``batched``  -- forward with ``lead`` extra leading axes on every input (all inputs carry
+                  them, possibly of size 1): the numeric engine uses it to evaluate many
+                  perturbed copies in one call. ``None`` means "loop over the copies";
+* ``label``    -- how the node is labelled in a drawing;
+* ``decompose`` -- optional: the op written with more primitive ops (drawing at primitive level).
+
+Conventions (PyTorch's, followed by every engine): relu'(0) = 0, abs'(0) = 0,
+leaky_relu'(0) = alpha; maximum/minimum split the gradient evenly on ties, and so does the
+max reduction; max pooling sends a window's gradient to its first maximum.
+
+Adding an op: write one ``_register(Op(...))`` entry below, a public function in
+``autodiff_lab/graph/functions.py``, and its tests in ``tests/graph/test_optable.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from autodiff_lab.errors import UnknownOpError
+from autodiff_lab.kernels import conv_reference as K
+
+Shape = tuple[int, ...]
+
+
+class ShapeRuleError(Exception):
+    """Raised by a shape rule; the graph builder turns it into a ShapeError with context."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One primitive operation (see the module docstring for what each field means)."""
+
+    name: str
+    shape: Callable[..., Shape]
+    forward: Callable[..., np.ndarray]
+    vjp: Sequence[Callable[..., np.ndarray] | None]
+    sympy: Callable[..., np.ndarray] | None
+    label: str
+    complex_safe: bool = True
+    n_args: tuple[int, int | None] = (1, 1)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    kink: Callable[..., bool] | None = None
+    batched: Callable[..., np.ndarray] | None = None
+    int_args: frozenset[int] = frozenset()
+    float_result: bool = True
+    decompose: Callable[..., Any] | None = None
+    vjp_uses: frozenset[str] = frozenset({"inputs", "ans"})
+    doc: str = ""
+
+    def vjp_for(self, i: int) -> Callable[..., np.ndarray] | None:
+        """The reverse-mode rule for input ``i`` (variadic ops repeat their last rule)."""
+        if i < len(self.vjp):
+            return self.vjp[i]
+        rule = self.vjp[-1]
+        if rule is None:
+            return None
+        return lambda g, ans, *xs, **attrs: rule(g, ans, *xs, index=i, **attrs)
+
+    def differentiable_in(self, i: int) -> bool:
+        """Whether the op has a derivative with respect to input ``i``."""
+        return self.vjp_for(i) is not None
+
+
+OPS: dict[str, Op] = {}
+
+
+def _register(op: Op) -> Op:
+    if op.name in OPS:
+        raise ValueError(f"op {op.name!r} is defined twice")
+    OPS[op.name] = op
+    return op
+
+
+def get_op(name: str) -> Op:
+    """The table entry for ``name``; an :class:`UnknownOpError` listing the known ops otherwise."""
+    try:
+        return OPS[name]
+    except KeyError:
+        raise UnknownOpError(
+            f"unknown op {name!r}; the op table has: {', '.join(sorted(OPS))}"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------
+# helpers shared by many entries
+# --------------------------------------------------------------------------------------
+
+def _fmt(shape: Shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def broadcast_shapes(*shapes: Shape) -> Shape:
+    """numpy broadcasting of shapes, with our error message."""
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeRuleError(
+            "operands could not be broadcast together: " + " and ".join(_fmt(s) for s in shapes)
+        ) from None
+
+
+def unbroadcast(g: np.ndarray, shape: Shape) -> np.ndarray:
+    """Sum ``g`` over the axes broadcasting added or stretched, so it gets ``shape`` back."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1
+    )
+    out = g.sum(axis=axes, keepdims=True) if axes else g
+    return out.reshape(shape)
+
+
+def _same_shape(s: Shape, **_: Any) -> Shape:
+    return s
+
+
+def _ew(fn: Callable[..., Any], n: int = 1) -> Callable[..., np.ndarray]:
+    """Element-wise SymPy form from a scalar function (object arrays in, object array out)."""
+    vec = np.frompyfunc(fn, n, 1)
+
+    def apply(*xs: np.ndarray, **_: Any) -> np.ndarray:
+        return np.asarray(vec(*xs), dtype=object)
+
+    return apply
+
+
+def _poly(forward: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Batched form of a forward that already accepts extra leading axes."""
+    return lambda lead, *xs, **attrs: forward(*xs, **attrs)
+
+
+def _align(lead: int, xs: Sequence[np.ndarray], nominal_nd: int) -> list[np.ndarray]:
+    """Give every operand ``nominal_nd`` axes after its ``lead`` batch axes (size-1 axes
+    inserted after the batch axes), so numpy broadcasting lines up the nominal axes."""
+    out = []
+    for x in xs:
+        missing = nominal_nd - (x.ndim - lead)
+        out.append(x.reshape(x.shape[:lead] + (1,) * missing + x.shape[lead:]) if missing > 0 else x)
+    return out
+
+
+def _poly_broadcast(forward: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Batched form of a broadcasting element-wise forward."""
+    def batched(lead: int, *xs: np.ndarray, **attrs: Any) -> np.ndarray:
+        return forward(*_align(lead, xs, max(x.ndim - lead for x in xs)), **attrs)
+    return batched
+
+
+def _is_real(x: np.ndarray) -> bool:
+    return not np.iscomplexobj(x)
+
+
+def _re(x: np.ndarray) -> np.ndarray:
+    return x.real if np.iscomplexobj(x) else x
+
+
+def _sp_relu(x: sp.Expr) -> sp.Expr:
+    # Piecewise, not Max: Max differentiates to Heaviside(x), which is 1/2 at 0.
+    return sp.Piecewise((x, x > 0), (0, True))
+
+
+def _sp_maximum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
+    # (a + b + |a - b|) / 2: with real symbols its derivative is (1 + sign(a - b)) / 2,
+    # which splits the gradient evenly on ties, as the numpy rule does.
+    return (a + b + sp.Abs(a - b)) / 2
+
+
+def _sp_minimum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
+    return (a + b - sp.Abs(a - b)) / 2
+
+
+# --------------------------------------------------------------------------------------
+# element-wise binary ops (numpy broadcasting; the rules un-broadcast the gradient)
+# --------------------------------------------------------------------------------------
+
+def _binary(name: str, forward: Callable, vjp_a: Callable, vjp_b: Callable, sym: Callable,
+            label: str, *, complex_safe: bool = True, kink: Callable | None = None,
+            uses: frozenset[str] = frozenset({"inputs"}), doc: str = "") -> Op:
+    return _register(Op(
+        name=name, n_args=(2, 2),
+        shape=lambda a, b: broadcast_shapes(a, b),
+        forward=forward,
+        vjp=(lambda g, ans, a, b: unbroadcast(vjp_a(g, ans, a, b), a.shape),
+             lambda g, ans, a, b: unbroadcast(vjp_b(g, ans, a, b), b.shape)),
+        sympy=_ew(sym, 2), label=label, complex_safe=complex_safe, kink=kink,
+        batched=_poly_broadcast(forward), vjp_uses=uses, doc=doc,
+    ))
+
+
+_binary("add", np.add, lambda g, ans, a, b: g, lambda g, ans, a, b: g,
+        lambda a, b: a + b, "+", uses=frozenset(), doc="a + b")
+_binary("sub", np.subtract, lambda g, ans, a, b: g, lambda g, ans, a, b: -g,
+        lambda a, b: a - b, "−", uses=frozenset(), doc="a − b")
+_binary("mul", np.multiply, lambda g, ans, a, b: g * b, lambda g, ans, a, b: g * a,
+        lambda a, b: a * b, "×", doc="a · b (element-wise)")
+_binary("div", np.divide, lambda g, ans, a, b: g / b, lambda g, ans, a, b: -g * ans / b,
+        lambda a, b: a / b, "÷", uses=frozenset({"inputs", "ans"}), doc="a / b")
+
+
+def _maximum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if _is_real(a) and _is_real(b):
+        return np.maximum(a, b)
+    return np.where(_re(a) >= _re(b), a, b)
+
+
+def _minimum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if _is_real(a) and _is_real(b):
+        return np.minimum(a, b)
+    return np.where(_re(a) <= _re(b), a, b)
+
+
+def _share_first(a: np.ndarray, b: np.ndarray, first_wins: np.ndarray) -> np.ndarray:
+    """1 where ``a`` is chosen, 0.5 on ties, 0 elsewhere (in the dtype of a and b)."""
+    dtype = np.result_type(a, b)
+    return np.where(_re(a) == _re(b), 0.5, first_wins).astype(dtype, copy=False)
+
+
+_binary("maximum", _maximum,
+        lambda g, ans, a, b: g * _share_first(a, b, _re(a) > _re(b)),
+        lambda g, ans, a, b: g * _share_first(b, a, _re(b) > _re(a)),
+        _sp_maximum, "max",
+        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), doc="element-wise maximum")
+_binary("minimum", _minimum,
+        lambda g, ans, a, b: g * _share_first(a, b, _re(a) < _re(b)),
+        lambda g, ans, a, b: g * _share_first(b, a, _re(b) < _re(a)),
+        _sp_minimum, "min",
+        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), doc="element-wise minimum")
+
+
+# --------------------------------------------------------------------------------------
+# element-wise unary ops
+# --------------------------------------------------------------------------------------
+
+def _unary(name: str, forward: Callable, vjp: Callable, sym: Callable, label: str, *,
+           attrs: dict[str, Any] | None = None, complex_safe: bool = True,
+           kink: Callable | None = None, uses: frozenset[str] = frozenset({"inputs"}),
+           decompose: Callable | None = None, doc: str = "") -> Op:
+    return _register(Op(
+        name=name, shape=_same_shape, forward=forward, vjp=(vjp,), label=label,
+        sympy=_ew(sym) if not attrs else (lambda x, **a: _ew(lambda v: sym(v, **a))(x)),
+        attrs=attrs or {}, complex_safe=complex_safe, kink=kink, batched=_poly(forward),
+        vjp_uses=uses, decompose=decompose, doc=doc,
+    ))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-x) = inf for x < -709 gives the right 0
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0) if _is_real(x) else x * (x.real > 0)
+
+
+def _relu_grad(x: np.ndarray) -> np.ndarray:
+    return (_re(x) > 0).astype(x.dtype)
+
+
+def _leaky_relu(x: np.ndarray, alpha: float = 0.01) -> np.ndarray:
+    return np.where(_re(x) > 0, x, alpha * x)
+
+
+def _abs(x: np.ndarray) -> np.ndarray:
+    # numpy's abs of a complex number is its modulus, which breaks the complex step
+    return np.abs(x) if _is_real(x) else x * np.sign(x.real)
+
+
+def _at_zero(x: np.ndarray, **_: Any) -> bool:
+    return bool(np.any(_re(x) == 0))
+
+
+_unary("neg", np.negative, lambda g, ans, x: -g, lambda x: -x, "−x",
+       uses=frozenset(), doc="−x")
+_unary("reciprocal", np.reciprocal, lambda g, ans, x: -g * ans * ans, lambda x: 1 / x, "1/x",
+       uses=frozenset({"ans"}), doc="1 / x;  d(1/x) = −1/x²")
+_unary("exp", np.exp, lambda g, ans, x: g * ans, sp.exp, "exp",
+       uses=frozenset({"ans"}), doc="eˣ;  d(eˣ) = eˣ")
+_unary("log", np.log, lambda g, ans, x: g / x, sp.log, "log", doc="natural logarithm")
+_unary("sqrt", np.sqrt, lambda g, ans, x: g * 0.5 / ans, sp.sqrt, "√",
+       kink=_at_zero, uses=frozenset({"ans"}), doc="√x (infinite slope at 0)")
+_unary("sin", np.sin, lambda g, ans, x: g * np.cos(x), sp.sin, "sin")
+_unary("cos", np.cos, lambda g, ans, x: -g * np.sin(x), sp.cos, "cos")
+_unary("tanh", np.tanh, lambda g, ans, x: g * (1 - ans * ans), sp.tanh, "tanh",
+       uses=frozenset({"ans"}), doc="tanh;  d tanh = 1 − tanh²")
+_unary("sigmoid", _sigmoid, lambda g, ans, x: g * ans * (1 - ans),
+       lambda x: 1 / (1 + sp.exp(-x)), "σ", uses=frozenset({"ans"}),
+       decompose=lambda F, x: F.reciprocal(F.exp(F.neg(x)) + 1),
+       doc="σ(x) = 1 / (1 + e⁻ˣ);  dσ/dx = σ(1 − σ)")
+_unary("relu", _relu, lambda g, ans, x: g * _relu_grad(x), _sp_relu, "relu",
+       kink=_at_zero, doc="max(0, x);  relu'(x) = 1 for x > 0, else 0 (relu'(0) = 0)")
+_unary("leaky_relu", _leaky_relu,
+       lambda g, ans, x, alpha=0.01: g * np.where(_re(x) > 0, 1, alpha).astype(x.dtype),
+       lambda x, alpha=0.01: sp.Piecewise((x, x > 0), (sp.Float(alpha) * x, True)),
+       "leaky_relu", attrs={"alpha": 0.01}, kink=_at_zero,
+       doc="x for x > 0, else alpha·x (derivative alpha at 0)")
+_unary("abs", _abs, lambda g, ans, x: g * np.sign(_re(x)).astype(x.dtype), sp.Abs, "|x|",
+       kink=_at_zero, doc="|x| (abs'(0) = 0)")
+
+
+def _pow_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray, exponent: float = 2.0) -> np.ndarray:
+    if exponent == 0:
+        return np.zeros_like(g * x)
+    return g * (exponent * x ** (exponent - 1))
+
+
+_unary("pow", lambda x, exponent=2.0: x ** exponent, _pow_vjp,
+       lambda x, exponent=2.0: x ** (sp.Integer(exponent) if float(exponent).is_integer()
+                                     else sp.Float(exponent)),
+       "xᵖ", attrs={"exponent": 2.0},
+       kink=lambda x, exponent=2.0: bool(exponent < 1 and np.any(_re(x) == 0)),
+       doc="x ** p for a constant exponent p")
+
+
+# --------------------------------------------------------------------------------------
+# reductions (axes are stored as negative numbers so extra leading axes pass through)
+# --------------------------------------------------------------------------------------
+
+def _reduce_shape(s: Shape, axes: tuple[int, ...] = (), keepdims: bool = False) -> Shape:
+    for a in axes:
+        if not -len(s) <= a < 0:
+            raise ShapeRuleError(f"axis {a + len(s)} is out of range for shape {_fmt(s)}")
+    pos = {len(s) + a for a in axes}
+    if keepdims:
+        return tuple(1 if i in pos else d for i, d in enumerate(s))
+    return tuple(d for i, d in enumerate(s) if i not in pos)
+
+
+def _expand_to(g: np.ndarray, x_shape: Shape, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    """Give a reduced gradient back its reduced axes (size 1) so it broadcasts against x."""
+    if keepdims:
+        return g
+    nd = len(x_shape)
+    kept = [1 if (i - nd) in axes else d for i, d in enumerate(x_shape)]
+    return g.reshape(g.shape[: g.ndim - (nd - len(axes))] + tuple(kept))
+
+
+def _count(x_shape: Shape, axes: tuple[int, ...]) -> int:
+    return int(np.prod([x_shape[a] for a in axes])) if axes else 1
+
+
+def _sum_vjp(g, ans, x, axes=(), keepdims=False):
+    return np.broadcast_to(_expand_to(g, x.shape, axes, keepdims), x.shape)
+
+
+def _mean_vjp(g, ans, x, axes=(), keepdims=False):
+    return _sum_vjp(g, ans, x, axes, keepdims) / _count(x.shape, axes)
+
+
+def _max_reduce(x, axes=(), keepdims=False):
+    if _is_real(x):
+        return np.max(x, axis=axes, keepdims=keepdims)
+    moved = np.moveaxis(x, axes, tuple(range(-len(axes), 0)))
+    flat = moved.reshape(moved.shape[: moved.ndim - len(axes)] + (-1,))
+    arg = np.argmax(flat.real, axis=-1)[..., None]
+    out = np.take_along_axis(flat, arg, axis=-1)[..., 0]
+    return out.reshape(_reduce_shape(x.shape, axes, keepdims)) if keepdims else out
+
+
+def _max_vjp(g, ans, x, axes=(), keepdims=False):
+    top = _expand_to(ans, x.shape, axes, keepdims)
+    hit = (_re(x) == _re(top)).astype(x.dtype)
+    share = hit / hit.sum(axis=axes, keepdims=True)  # ties split the gradient evenly
+    return share * _expand_to(g, x.shape, axes, keepdims)
+
+
+def _max_ties(x, axes=(), keepdims=False):
+    top = np.max(_re(x), axis=axes, keepdims=True)
+    return bool(np.any((_re(x) == top).sum(axis=axes) > 1))
+
+
+def _sp_reduce(fn: Callable) -> Callable:
+    def apply(x, axes=(), keepdims=False):
+        moved = np.moveaxis(x, axes, tuple(range(-len(axes), 0)))
+        flat = moved.reshape(moved.shape[: moved.ndim - len(axes)] + (-1,))
+        out = np.empty(flat.shape[:-1], dtype=object)
+        for idx in np.ndindex(out.shape):
+            out[idx] = fn(list(flat[idx]))
+        out = out.reshape(_reduce_shape(x.shape, axes, keepdims)) if keepdims else out
+        return np.asarray(out, dtype=object)
+    return apply
+
+
+def _sp_max(items: list) -> sp.Expr:
+    out = items[0]
+    for item in items[1:]:
+        out = _sp_maximum(out, item)
+    return out
+
+
+for _name, _fwd, _vjp, _sym, _label, _kink in (
+    ("sum", lambda x, axes=(), keepdims=False: np.sum(x, axis=axes, keepdims=keepdims),
+     _sum_vjp, _sp_reduce(lambda v: sp.Add(*v)), "Σ", None),
+    ("mean", lambda x, axes=(), keepdims=False: np.mean(x, axis=axes, keepdims=keepdims),
+     _mean_vjp, _sp_reduce(lambda v: sp.Add(*v) / len(v)), "mean", None),
+    ("max", _max_reduce, _max_vjp, _sp_reduce(_sp_max), "max", _max_ties),
+):
+    _register(Op(
+        name=_name, shape=_reduce_shape, forward=_fwd, vjp=(_vjp,), sympy=_sym, label=_label,
+        attrs={"axes": (), "keepdims": False}, kink=_kink, batched=_poly(_fwd),
+        vjp_uses=frozenset({"inputs"}) if _name != "max" else frozenset({"inputs", "ans"}),
+        doc=f"{_name} over the given axes",
+    ))
+
+
+# --------------------------------------------------------------------------------------
+# shape ops
+# --------------------------------------------------------------------------------------
+
+def _reshape_shape(s: Shape, shape: Shape = ()) -> Shape:
+    if math.prod(s) != math.prod(shape):
+        raise ShapeRuleError(f"cannot reshape {_fmt(s)} ({math.prod(s)} elements) into "
+                             f"{_fmt(shape)} ({math.prod(shape)} elements)")
+    return tuple(shape)
+
+
+_register(Op(
+    name="reshape", shape=_reshape_shape,
+    forward=lambda x, shape=(): np.reshape(x, shape),
+    vjp=(lambda g, ans, x, shape=(): np.reshape(g, x.shape),),
+    sympy=lambda x, shape=(): np.reshape(x, shape), label="reshape", attrs={"shape": ()},
+    batched=lambda lead, x, shape=(): np.reshape(x, x.shape[:lead] + tuple(shape)),
+    vjp_uses=frozenset({"inputs"}), doc="same elements, new shape (row-major order)",
+))
+
+
+def _transpose_shape(s: Shape, axes: Shape = ()) -> Shape:
+    if sorted(axes) != list(range(len(s))):
+        raise ShapeRuleError(f"axes {axes} are not a permutation of the {len(s)} axes of {_fmt(s)}")
+    return tuple(s[a] for a in axes)
+
+
+def _transpose_batched(lead, x, axes=()):
+    return np.transpose(x, tuple(range(lead)) + tuple(a + lead for a in axes))
+
+
+_register(Op(
+    name="transpose", shape=_transpose_shape,
+    forward=lambda x, axes=(): np.transpose(x, axes),
+    vjp=(lambda g, ans, x, axes=(): np.transpose(g, np.argsort(axes)),),
+    sympy=lambda x, axes=(): np.transpose(x, axes), label="ᵀ", attrs={"axes": ()},
+    batched=_transpose_batched, vjp_uses=frozenset(), doc="permute the axes",
+))
+
+
+def _broadcast_to_shape(s: Shape, shape: Shape = ()) -> Shape:
+    if broadcast_shapes(s, tuple(shape)) != tuple(shape):
+        raise ShapeRuleError(f"cannot broadcast {_fmt(s)} to {_fmt(tuple(shape))}")
+    return tuple(shape)
+
+
+def _broadcast_batched(lead, x, shape=()):
+    nominal = x.ndim - lead
+    x = x.reshape(x.shape[:lead] + (1,) * (len(shape) - nominal) + x.shape[lead:])
+    return np.broadcast_to(x, x.shape[:lead] + tuple(shape))
+
+
+_register(Op(
+    name="broadcast_to", shape=_broadcast_to_shape,
+    forward=lambda x, shape=(): np.broadcast_to(x, shape),
+    vjp=(lambda g, ans, x, shape=(): unbroadcast(g, x.shape),),
+    sympy=lambda x, shape=(): np.broadcast_to(x, shape), label="broadcast",
+    attrs={"shape": ()}, batched=_broadcast_batched, vjp_uses=frozenset({"inputs"}),
+    doc="repeat along new or size-1 axes",
+))
+
+
+def index_key(key: tuple) -> tuple:
+    """Our serialisable index key -> a numpy key."""
+    out: list[Any] = []
+    for item in key:
+        kind = item[0]
+        if kind == "int":
+            out.append(item[1])
+        elif kind == "slice":
+            out.append(slice(item[1], item[2], item[3]))
+        elif kind == "newaxis":
+            out.append(None)
+        else:
+            raise ShapeRuleError(f"unknown index item {item!r}")
+    return tuple(out)
+
+
+def _index_shape(s: Shape, key: tuple = ()) -> Shape:
+    used = sum(1 for item in key if item[0] != "newaxis")
+    if used > len(s):
+        raise ShapeRuleError(f"too many indices ({used}) for shape {_fmt(s)}")
+    dim = 0
+    for item in key:
+        if item[0] == "int":
+            if not -s[dim] <= item[1] < s[dim]:
+                raise ShapeRuleError(f"index {item[1]} is out of bounds for axis {dim} "
+                                     f"of size {s[dim]} (shape {_fmt(s)})")
+        if item[0] != "newaxis":
+            dim += 1
+    return np.empty(s, dtype=np.bool_)[index_key(key)].shape
+
+
+def _index_vjp(g, ans, x, key=()):
+    out = np.zeros(x.shape, dtype=g.dtype)
+    out[index_key(key)] = g
+    return out
+
+
+_register(Op(
+    name="index", shape=_index_shape,
+    forward=lambda x, key=(): x[index_key(key)],
+    vjp=(_index_vjp,), sympy=lambda x, key=(): x[index_key(key)], label="[ ]",
+    attrs={"key": ()},
+    batched=lambda lead, x, key=(): x[(slice(None),) * lead + index_key(key)],
+    vjp_uses=frozenset({"inputs"}), doc="basic indexing and slicing x[key]",
+))
+
+
+def _concat_shape(*shapes: Shape, axis: int = -1) -> Shape:
+    first = shapes[0]
+    if not -len(first) <= axis < 0:
+        raise ShapeRuleError(f"axis {axis + len(first)} is out of range for shape {_fmt(first)}")
+    for s in shapes[1:]:
+        if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first))
+                                       if i != len(first) + axis):
+            raise ShapeRuleError("cannot concatenate shapes " + ", ".join(_fmt(t) for t in shapes)
+                                 + f" along axis {len(first) + axis}")
+    out = list(first)
+    out[axis] = sum(s[axis] for s in shapes)
+    return tuple(out)
+
+
+def _concat_vjp(g, ans, *xs, axis=-1, index=0):
+    start = sum(x.shape[axis] for x in xs[:index])
+    sl = [slice(None)] * g.ndim
+    sl[axis] = slice(start, start + xs[index].shape[axis])
+    return g[tuple(sl)]
+
+
+def _concat_batched(lead, *xs, axis=-1):
+    full = np.broadcast_shapes(*(x.shape[:lead] for x in xs))
+    return np.concatenate([np.broadcast_to(x, full + x.shape[lead:]) for x in xs], axis=axis)
+
+
+_register(Op(
+    name="concatenate", n_args=(1, None), shape=_concat_shape,
+    forward=lambda *xs, axis=-1: np.concatenate(xs, axis=axis),
+    vjp=(_concat_vjp,), sympy=lambda *xs, axis=-1: np.concatenate(xs, axis=axis),
+    label="concat", attrs={"axis": -1}, batched=_concat_batched,
+    vjp_uses=frozenset({"inputs"}), doc="join along an existing axis",
+))
+
+
+# --------------------------------------------------------------------------------------
+# matrix product (numpy's matmul semantics, including 1-D operands and batch broadcasting)
+# --------------------------------------------------------------------------------------
+
+def _matmul_shape(a: Shape, b: Shape) -> Shape:
+    if len(a) == 0 or len(b) == 0:
+        raise ShapeRuleError(f"matmul needs arrays, not scalars: {_fmt(a)} @ {_fmt(b)}")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise ShapeRuleError(f"matmul {_fmt(a)} @ {_fmt(b)}: inner dimensions {a2[-1]} and "
+                             f"{b2[-2]} differ")
+    batch = broadcast_shapes(a2[:-2], b2[:-2])
+    out = batch + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+def _as_matrices(g: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """Promote 1-D operands of a matmul to matrices, and g along with them."""
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    if a.ndim == 1:
+        g = g[..., None, :] if b.ndim != 1 else g[..., None]
+    if b.ndim == 1:
+        g = g[..., None]
+    return g, a2, b2
+
+
+def _matmul_vjp_a(g, ans, a, b):
+    g2, a2, b2 = _as_matrices(g, a, b)
+    return unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+
+
+def _matmul_vjp_b(g, ans, a, b):
+    g2, a2, b2 = _as_matrices(g, a, b)
+    return unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+
+
+def _matmul_batched(lead, a, b):
+    nominal_a, nominal_b = a.ndim - lead, b.ndim - lead
+    if nominal_b == 1:  # (..., n) vector on the right: make it (..., n, 1) and drop it again
+        return np.matmul(a if nominal_a > 1 else a[..., None, :], b[..., None])[..., 0] \
+            if nominal_a > 1 else np.sum(a * b, axis=-1)
+    if nominal_a == 1:
+        return np.matmul(a[..., None, :], b)[..., 0, :]
+    return np.matmul(*_align(lead, (a, b), max(nominal_a, nominal_b)))
+
+
+_register(Op(
+    name="matmul", n_args=(2, 2), shape=_matmul_shape, forward=np.matmul,
+    vjp=(_matmul_vjp_a, _matmul_vjp_b), sympy=lambda a, b: np.asarray(np.matmul(a, b), dtype=object),
+    label="@", batched=_matmul_batched, vjp_uses=frozenset({"inputs"}),
+    doc="matrix product a @ b;  d(a@b)/da = g bᵀ, d(a@b)/db = aᵀ g",
+))
+
+
+# --------------------------------------------------------------------------------------
+# convolution, pooling, up-sampling (images are (N, C, H, W), weights (F, C/groups, kh, kw))
+# --------------------------------------------------------------------------------------
+
+def _lead_merge(lead: int, fn: Callable, x: np.ndarray, *rest: np.ndarray, **attrs: Any):
+    """Run an (N, C, H, W) op on input with extra leading axes by folding them into N."""
+    front = x.shape[: lead + 1]
+    y = fn(x.reshape((-1,) + x.shape[lead + 1:]), *rest, **attrs)
+    return y.reshape(front + y.shape[1:])
+
+
+def _conv_attrs() -> dict[str, Any]:
+    return {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1}
+
+
+def _conv2d_shape(x: Shape, w: Shape, b: Shape | None = None, stride=(1, 1), padding=(0, 0),
+                  dilation=(1, 1), groups=1) -> Shape:
+    if len(x) != 4 or len(w) != 4:
+        raise ShapeRuleError(f"conv2d needs input (N, C, H, W) and weight (F, C/groups, kh, kw); "
+                             f"got {_fmt(x)} and {_fmt(w)}")
+    n, c, h, wd = x
+    f, cg, kh, kw = w
+    if c % groups or f % groups or cg * groups != c:
+        raise ShapeRuleError(f"conv2d with groups={groups}: input has {c} channels, weight "
+                             f"{_fmt(w)} expects {cg * groups}")
+    if b is not None and tuple(b) != (f,):
+        raise ShapeRuleError(f"conv2d bias must have shape ({f},), got {_fmt(b)}")
+    ho = K.conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = K.conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
+    if ho < 1 or wo < 1:
+        raise ShapeRuleError(f"conv2d kernel {kh}×{kw} (dilation {dilation}) does not fit input "
+                             f"{h}×{wd} with padding {padding}")
+    return (n, f, ho, wo)
+
+
+def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    out = K.conv2d_forward(x, w, stride, padding, dilation, groups)
+    return out if b is None else out + b[:, None, None]
+
+
+def _conv2d_batched(lead, x, w, b=None, **attrs):
+    w = w.reshape(w.shape[lead:]) if lead and all(d == 1 for d in w.shape[:lead]) else w
+    if w.ndim != 4 or (b is not None and b.ndim != 1 and any(d != 1 for d in b.shape[:lead])):
+        raise NotImplementedError  # perturbed weights: the caller loops over copies
+    b = None if b is None else b.reshape(b.shape[-1:])
+    x = np.broadcast_to(x, x.shape)
+    return _lead_merge(lead, _conv2d, x, w, b, **attrs)
+
+
+_register(Op(
+    name="conv2d", n_args=(2, 3), shape=_conv2d_shape, forward=_conv2d,
+    vjp=(lambda g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
+         K.conv2d_backward_input(g, w, x.shape, stride, padding, dilation, groups),
+         lambda g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
+         K.conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups),
+         lambda g, ans, x, w, b=None, **attrs: g.sum(axis=(0, 2, 3))),
+    sympy=lambda x, w, b=None, **a: np.asarray(_conv2d(x, w, b, **a), dtype=object),
+    label="conv2d", attrs=_conv_attrs(), batched=_conv2d_batched,
+    vjp_uses=frozenset({"inputs"}),
+    doc="2-D cross-correlation (what deep learning calls convolution), optional bias",
+))
+
+
+def _convT_shape(x: Shape, w: Shape, b: Shape | None = None, stride=(1, 1), padding=(0, 0),
+                 output_padding=(0, 0), dilation=(1, 1), groups=1) -> Shape:
+    if len(x) != 4 or len(w) != 4:
+        raise ShapeRuleError(f"conv_transpose2d needs input (N, C, H, W) and weight "
+                             f"(C, F/groups, kh, kw); got {_fmt(x)} and {_fmt(w)}")
+    n, c, h, wd = x
+    cin, fg, kh, kw = w
+    if cin != c or c % groups:
+        raise ShapeRuleError(f"conv_transpose2d: input has {c} channels, weight {_fmt(w)} "
+                             f"expects {cin} (groups={groups})")
+    f = fg * groups
+    if b is not None and tuple(b) != (f,):
+        raise ShapeRuleError(f"conv_transpose2d bias must have shape ({f},), got {_fmt(b)}")
+    for op_, s_, d_ in zip(output_padding, stride, dilation):
+        if op_ >= max(s_, d_):
+            raise ShapeRuleError(f"output_padding {output_padding} must be smaller than stride "
+                                 f"{stride} or dilation {dilation}")
+    ho = K.conv_transpose2d_output_size(h, kh, stride[0], padding[0], output_padding[0], dilation[0])
+    wo = K.conv_transpose2d_output_size(wd, kw, stride[1], padding[1], output_padding[1],
+                                        dilation[1])
+    if ho < 1 or wo < 1:
+        raise ShapeRuleError(f"conv_transpose2d output would be {ho}×{wo}")
+    return (n, f, ho, wo)
+
+
+def _convT(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1),
+           groups=1):
+    # the transpose convolution is the input-gradient of the convolution with the same weight
+    out_shape = _convT_shape(x.shape, w.shape, None, stride, padding, output_padding, dilation,
+                             groups)
+    out = K.conv2d_backward_input(x, w, out_shape, stride, padding, dilation, groups)
+    return out if b is None else out + b[:, None, None]
+
+
+def _convT_vjp_x(g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                 dilation=(1, 1), groups=1):
+    return K.conv2d_forward(g, w, stride, padding, dilation, groups)
+
+
+def _convT_vjp_w(g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                 dilation=(1, 1), groups=1):
+    return K.conv2d_backward_weight(x, g, w.shape, stride, padding, dilation, groups)
+
+
+def _convT_batched(lead, x, w, b=None, **attrs):
+    if w.ndim != 4 or (b is not None and b.ndim != 1):
+        raise NotImplementedError
+    return _lead_merge(lead, _convT, x, w, b, **attrs)
+
+
+_register(Op(
+    name="conv_transpose2d", n_args=(2, 3), shape=_convT_shape, forward=_convT,
+    vjp=(_convT_vjp_x, _convT_vjp_w, lambda g, ans, x, w, b=None, **a: g.sum(axis=(0, 2, 3))),
+    sympy=lambda x, w, b=None, **a: np.asarray(_convT(x, w, b, **a), dtype=object),
+    label="conv_transpose2d", attrs={**_conv_attrs(), "output_padding": (0, 0)},
+    batched=_convT_batched, vjp_uses=frozenset({"inputs"}),
+    doc="transpose convolution (the adjoint of conv2d in its input), optional bias",
+))
+
+
+def _pool_shape(x: Shape, kernel=(2, 2), stride=(2, 2), padding=(0, 0), name="pool") -> Shape:
+    if len(x) != 4:
+        raise ShapeRuleError(f"{name} needs input (N, C, H, W), got {_fmt(x)}")
+    if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
+        raise ShapeRuleError(f"{name} padding {padding} must be at most half the kernel {kernel}")
+    ho = K.conv_output_size(x[2], kernel[0], stride[0], padding[0], 1)
+    wo = K.conv_output_size(x[3], kernel[1], stride[1], padding[1], 1)
+    if ho < 1 or wo < 1:
+        raise ShapeRuleError(f"{name} window {kernel} does not fit input {x[2]}×{x[3]}")
+    return (x[0], x[1], ho, wo)
+
+
+def _pool_attrs() -> dict[str, Any]:
+    return {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}
+
+
+def _sp_max_pool(x, kernel=(2, 2), stride=(2, 2), padding=(0, 0)):
+    cols = K.im2col(x, kernel, stride, padding, (1, 1), pad_value=-sp.oo)
+    n, c, kh, kw, ho, wo = cols.shape
+    out = np.empty((n, c, ho, wo), dtype=object)
+    for idx in np.ndindex(out.shape):
+        out[idx] = sp.Max(*cols[idx[0], idx[1], :, :, idx[2], idx[3]].ravel())
+    return out
+
+
+_register(Op(
+    name="max_pool2d",
+    shape=lambda x, **a: _pool_shape(x, name="max_pool2d", **a),
+    forward=lambda x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+        K.max_pool2d_forward(x, kernel, stride, padding),
+    vjp=(lambda g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+         K.max_pool2d_backward(g, x, kernel, stride, padding),),
+    sympy=_sp_max_pool, label="max_pool", attrs=_pool_attrs(),
+    kink=lambda x, **a: K.max_pool2d_ties(x, **a),
+    batched=lambda lead, x, **a: _lead_merge(lead, lambda y, **b: K.max_pool2d_forward(
+        y, b["kernel"], b["stride"], b["padding"]), x, **a),
+    vjp_uses=frozenset({"inputs"}), doc="maximum over sliding windows (padding counts as −∞)",
+))
+
+_register(Op(
+    name="avg_pool2d",
+    shape=lambda x, **a: _pool_shape(x, name="avg_pool2d", **a),
+    forward=lambda x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+        K.avg_pool2d_forward(x, kernel, stride, padding),
+    vjp=(lambda g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+         K.avg_pool2d_backward(g, x.shape, kernel, stride, padding),),
+    sympy=lambda x, kernel=(2, 2), stride=(2, 2), padding=(0, 0): np.asarray(
+        K.avg_pool2d_forward(x, kernel, stride, padding), dtype=object),
+    label="avg_pool", attrs=_pool_attrs(),
+    batched=lambda lead, x, **a: _lead_merge(lead, lambda y, **b: K.avg_pool2d_forward(
+        y, b["kernel"], b["stride"], b["padding"]), x, **a),
+    vjp_uses=frozenset({"inputs"}),
+    doc="mean over sliding windows (padded zeros count: count_include_pad=True)",
+))
+
+
+def _upsample_shape(x: Shape, scale=(2, 2)) -> Shape:
+    if len(x) < 2:
+        raise ShapeRuleError(f"upsample needs at least 2 axes (…, H, W), got {_fmt(x)}")
+    return x[:-2] + (x[-2] * scale[0], x[-1] * scale[1])
+
+
+def _upsample(x, scale=(2, 2)):
+    return np.repeat(np.repeat(x, scale[0], axis=-2), scale[1], axis=-1)
+
+
+def _upsample_vjp(g, ans, x, scale=(2, 2)):
+    h, w = x.shape[-2:]
+    return g.reshape(g.shape[:-2] + (h, scale[0], w, scale[1])).sum(axis=(-3, -1))
+
+
+_register(Op(
+    name="upsample", shape=_upsample_shape, forward=_upsample, vjp=(_upsample_vjp,),
+    sympy=_upsample, label="upsample", attrs={"scale": (2, 2)}, batched=_poly(_upsample),
+    vjp_uses=frozenset({"inputs"}), doc="nearest-neighbour up-sampling by integer factors",
+))
+
+
+# --------------------------------------------------------------------------------------
+# batch normalisation: x (N, C) or (N, C, H, W); statistics per channel over the other axes
+# --------------------------------------------------------------------------------------
+
+def _bn_axes(ndim: int) -> tuple[int, ...]:
+    """Negative axes batch norm reduces over: every axis but the channel axis (axis 1)."""
+    return tuple(a - ndim for a in range(ndim) if a != 1)
+
+
+def _bn_shape(x: Shape, gamma: Shape, beta: Shape, mean: Shape | None = None,
+              var: Shape | None = None, training=True, eps=1e-5) -> Shape:
+    if len(x) not in (2, 4):
+        raise ShapeRuleError(f"batch_norm needs input (N, C) or (N, C, H, W), got {_fmt(x)}")
+    c = x[1]
+    for label, s in (("gamma", gamma), ("beta", beta), ("running mean", mean),
+                     ("running var", var)):
+        if s is not None and tuple(s) != (c,):
+            raise ShapeRuleError(f"batch_norm {label} must have shape ({c},) for input {_fmt(x)}, "
+                                 f"got {_fmt(s)}")
+    if training and mean is not None:
+        raise ShapeRuleError("batch_norm in training mode takes (x, gamma, beta) only")
+    if not training and (mean is None or var is None):
+        raise ShapeRuleError("batch_norm in evaluation mode needs running mean and variance")
+    return x
+
+
+def _chan(v: np.ndarray, nd: int) -> np.ndarray:
+    """A per-channel vector (…, C) shaped to broadcast against (…, N, C[, H, W])."""
+    return v.reshape(v.shape[:-1] + (1, v.shape[-1]) + (1,) * (nd - 2))
+
+
+def _bn_stats(x, nd, training, mean, var):
+    axes = _bn_axes(nd)
+    if training:
+        mu = x.mean(axis=axes, keepdims=True)
+        d = x - mu
+        return d, (d * d).mean(axis=axes, keepdims=True)
+    return x - _chan(mean, nd), _chan(var, nd)
+
+
+def _batch_norm(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5, nd=None):
+    nd = nd or x.ndim
+    d, v = _bn_stats(x, nd, training, mean, var)
+    return d / np.sqrt(v + eps) * _chan(gamma, nd) + _chan(beta, nd)
+
+
+def _bn_parts(x, mean, var, training, eps):
+    nd = x.ndim
+    d, v = _bn_stats(x, nd, training, mean, var)
+    inv = 1.0 / np.sqrt(v + eps)
+    return d * inv, inv, _bn_axes(nd)
+
+
+def _bn_vjp_x(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    xhat, inv, axes = _bn_parts(x, mean, var, training, eps)
+    gg = g * _chan(gamma, x.ndim)
+    if not training:
+        return gg * inv
+    m = x.size // x.shape[1]
+    return inv / m * (m * gg - gg.sum(axis=axes, keepdims=True)
+                      - xhat * (gg * xhat).sum(axis=axes, keepdims=True))
+
+
+def _bn_vjp_gamma(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    xhat, _, axes = _bn_parts(x, mean, var, training, eps)
+    return (g * xhat).sum(axis=axes)
+
+
+def _bn_vjp_beta(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    return g.sum(axis=_bn_axes(x.ndim))
+
+
+def _bn_vjp_mean(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    return -(g * _chan(gamma / np.sqrt(var + eps), x.ndim)).sum(axis=_bn_axes(x.ndim))
+
+
+def _bn_vjp_var(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    xhat, inv, axes = _bn_parts(x, mean, var, training, eps)
+    return (-0.5 * g * _chan(gamma, x.ndim) * xhat * inv * inv).sum(axis=axes)
+
+
+def _sp_batch_norm(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    nd = x.ndim
+    d, v = _bn_stats(x, nd, training, mean, var)
+    root = _ew(lambda t: sp.sqrt(t + sp.Float(eps)))(v)
+    return np.asarray(d / root * _chan(gamma, nd) + _chan(beta, nd), dtype=object)
+
+
+def _bn_batched(lead, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    nd = x.ndim - lead
+    return _batch_norm(x, gamma, beta, mean, var, training, eps, nd=nd)
+
+
+_register(Op(
+    name="batch_norm", n_args=(3, 5), shape=_bn_shape,
+    forward=lambda x, gamma, beta, mean=None, var=None, training=True, eps=1e-5:
+        _batch_norm(x, gamma, beta, mean, var, training, eps),
+    vjp=(_bn_vjp_x, _bn_vjp_gamma, _bn_vjp_beta, _bn_vjp_mean, _bn_vjp_var),
+    sympy=_sp_batch_norm, label="batch_norm", attrs={"training": True, "eps": 1e-5},
+    batched=_bn_batched, vjp_uses=frozenset({"inputs"}),
+    doc="(x − μ)/√(σ² + ε)·γ + β per channel; training: batch statistics (biased variance), "
+        "evaluation: the running statistics given as inputs",
+))
+
+
+# --------------------------------------------------------------------------------------
+# softmax family and losses
+# --------------------------------------------------------------------------------------
+
+def _softmax_axis_shape(x: Shape, axis: int = -1) -> Shape:
+    if not -len(x) <= axis < 0:
+        raise ShapeRuleError(f"axis {axis + len(x)} is out of range for shape {_fmt(x)}")
+    return x
+
+
+def _log_softmax(x, axis=-1):
+    shift = np.max(_re(x), axis=axis, keepdims=True)  # a real shift keeps the complex step valid
+    z = x - shift
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def _softmax(x, axis=-1):
+    return np.exp(_log_softmax(x, axis))
+
+
+def _sp_log_softmax(x, axis=-1):
+    lse = _ew(sp.log)(np.sum(_ew(sp.exp)(x), axis=axis, keepdims=True))
+    return np.asarray(x - lse, dtype=object)
+
+
+def _sp_softmax(x, axis=-1):
+    e = _ew(sp.exp)(x)
+    return np.asarray(e / np.sum(e, axis=axis, keepdims=True), dtype=object)
+
+
+_register(Op(
+    name="log_softmax", shape=_softmax_axis_shape, forward=_log_softmax,
+    vjp=(lambda g, ans, x, axis=-1: g - np.exp(ans) * g.sum(axis=axis, keepdims=True),),
+    sympy=_sp_log_softmax, label="log_softmax", attrs={"axis": -1}, batched=_poly(_log_softmax),
+    vjp_uses=frozenset({"ans"}), doc="x − log Σ exp(x) along an axis (shifted for stability)",
+))
+_register(Op(
+    name="softmax", shape=_softmax_axis_shape, forward=_softmax,
+    vjp=(lambda g, ans, x, axis=-1: ans * (g - (g * ans).sum(axis=axis, keepdims=True)),),
+    sympy=_sp_softmax, label="softmax", attrs={"axis": -1}, batched=_poly(_softmax),
+    vjp_uses=frozenset({"ans"}), doc="exp(x) / Σ exp(x) along an axis",
+))
+
+
+def _reduce_loss(per_item: np.ndarray, reduction: str, lead: int = 0) -> np.ndarray:
+    axes = tuple(range(lead, per_item.ndim))
+    return per_item.sum(axis=axes) if reduction == "sum" else per_item.mean(axis=axes)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("sum", "mean"):
+        raise ShapeRuleError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def _ce_shape(logits: Shape, labels: Shape, reduction: str = "mean") -> Shape:
+    _check_reduction(reduction)
+    if len(logits) < 1 or tuple(labels) != tuple(logits[:-1]):
+        raise ShapeRuleError(f"softmax_cross_entropy needs logits (…, K) and integer labels (…); "
+                             f"got logits {_fmt(logits)} and labels {_fmt(labels)}")
+    return ()
+
+
+def _ce_forward(logits, labels, reduction="mean", lead=0):
+    logp = _log_softmax(logits)
+    picked = np.take_along_axis(logp, np.asarray(labels, dtype=np.intp)[..., None], axis=-1)
+    return -_reduce_loss(picked[..., 0], reduction, lead)
+
+
+def _ce_vjp(g, ans, logits, labels, reduction="mean"):
+    p = _softmax(logits)
+    np.put_along_axis(p, np.asarray(labels, dtype=np.intp)[..., None],
+                      np.take_along_axis(p, np.asarray(labels, dtype=np.intp)[..., None],
+                                         axis=-1) - 1, axis=-1)
+    scale = g if reduction == "sum" else g / (logits.size // logits.shape[-1])
+    return p * scale
+
+
+def _sp_ce(logits, labels, reduction="mean"):
+    logp = _sp_log_softmax(logits)
+    labels = np.asarray(labels)
+    if labels.dtype == object:
+        raise TypeError("the expanded SymPy form of softmax_cross_entropy needs numeric labels")
+    picked = np.take_along_axis(logp, labels.astype(np.intp)[..., None], axis=-1)[..., 0]
+    total = sp.Add(*picked.ravel())
+    return np.asarray(-(total if reduction == "sum" else total / picked.size), dtype=object)
+
+
+_register(Op(
+    name="softmax_cross_entropy", n_args=(2, 2), shape=_ce_shape, forward=_ce_forward,
+    vjp=(_ce_vjp, None), sympy=_sp_ce, label="softmax CE", attrs={"reduction": "mean"},
+    int_args=frozenset({1}),
+    batched=lambda lead, logits, labels, reduction="mean": _ce_forward(
+        logits, np.broadcast_to(labels, logits.shape[:-1]), reduction, lead),
+    vjp_uses=frozenset({"inputs"}),
+    doc="−mean log softmax(logits)[label] over the batch; d/dlogits = (softmax − onehot)/N",
+))
+
+
+def _pair_loss_shape(pred: Shape, target: Shape, reduction: str = "sum", name: str = "") -> Shape:
+    _check_reduction(reduction)
+    if tuple(pred) != tuple(target):
+        raise ShapeRuleError(f"{name} needs prediction and target of one shape; got "
+                             f"{_fmt(pred)} and {_fmt(target)}")
+    return ()
+
+
+def _mse(pred, target, reduction="sum", lead=0):
+    d = pred - target
+    return 0.5 * _reduce_loss(d * d, reduction, lead)
+
+
+def _mse_vjp(sign: int) -> Callable:
+    def rule(g, ans, pred, target, reduction="sum"):
+        d = pred - target
+        scale = g if reduction == "sum" else g / max(d.size, 1)
+        return (sign * scale) * d
+    return rule
+
+
+def _sp_pair_loss(fn: Callable) -> Callable:
+    def apply(pred, target, reduction="sum"):
+        terms = [fn(p, t) for p, t in zip(np.ravel(pred), np.ravel(target))]
+        total = sp.Add(*terms)
+        return np.asarray(total if reduction == "sum" else total / max(len(terms), 1), dtype=object)
+    return apply
+
+
+_register(Op(
+    name="mse", n_args=(2, 2), shape=lambda p, t, **a: _pair_loss_shape(p, t, name="mse", **a),
+    forward=_mse, vjp=(_mse_vjp(1), _mse_vjp(-1)),
+    sympy=_sp_pair_loss(lambda p, t: (p - t) ** 2 / 2), label="½‖ŷ−y‖²",
+    attrs={"reduction": "sum"},
+    batched=lambda lead, p, t, reduction="sum": _mse(p, t, reduction, lead),
+    vjp_uses=frozenset({"inputs"}),
+    doc="½ Σ (ŷ − y)² ('sum', the default) or ½ mean (ŷ − y)² ('mean'); d/dŷ = ŷ − y",
+))
+
+
+def _l1(pred, target, reduction="sum", lead=0):
+    return _reduce_loss(_abs(pred - target), reduction, lead)
+
+
+def _l1_vjp(sign: int) -> Callable:
+    def rule(g, ans, pred, target, reduction="sum"):
+        s = np.sign(_re(pred - target)).astype(np.result_type(pred, target))
+        scale = g if reduction == "sum" else g / max(s.size, 1)
+        return (sign * scale) * s
+    return rule
+
+
+_register(Op(
+    name="l1", n_args=(2, 2), shape=lambda p, t, **a: _pair_loss_shape(p, t, name="l1", **a),
+    forward=_l1, vjp=(_l1_vjp(1), _l1_vjp(-1)),
+    sympy=_sp_pair_loss(lambda p, t: sp.Abs(p - t)), label="‖ŷ−y‖₁",
+    attrs={"reduction": "sum"},
+    kink=lambda p, t, **a: bool(np.any(_re(p) == _re(t))),
+    batched=lambda lead, p, t, reduction="sum": _l1(p, t, reduction, lead),
+    vjp_uses=frozenset({"inputs"}),
+    doc="Σ |ŷ − y| ('sum') or mean |ŷ − y| ('mean'); derivative sign(ŷ − y), 0 at ties",
+))
