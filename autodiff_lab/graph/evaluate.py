@@ -12,6 +12,7 @@ Two jobs live here because every engine needs them:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -109,6 +110,17 @@ def run_forward(graph: Graph, arrays: Mapping[str, np.ndarray], *, lead: int = 0
             last_use[u] = v
     env: dict[int, np.ndarray] = {}
     result: dict[int, np.ndarray] = {}
+    # with the finiteness check on, our error names the op: numpy's warning would only repeat it
+    quiet = np.errstate(invalid="ignore", divide="ignore", over="ignore") if check_finite \
+        else contextlib.nullcontext()
+    with quiet:
+        _run(graph, env, result, arrays, lead, check_finite, keep_set, dtype, last_use)
+    return result
+
+
+def _run(graph: Graph, env: dict[int, np.ndarray], result: dict[int, np.ndarray],
+         arrays: Mapping[str, np.ndarray], lead: int, check_finite: bool, keep_set: set[int],
+         dtype: np.dtype, last_use: dict[int, int]) -> None:
     for v in graph.order:
         d = graph.node(v)
         role = d["role"]
@@ -134,7 +146,6 @@ def run_forward(graph: Graph, arrays: Mapping[str, np.ndarray], *, lead: int = 0
         for u in graph.operands(v):  # free what no later node reads
             if last_use.get(u) == v and u not in keep_set:
                 env.pop(u, None)
-    return result
 
 
 def _apply(op: Any, args: list[np.ndarray], attrs: dict[str, Any], lead: int, graph: Graph,

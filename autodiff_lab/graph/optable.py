@@ -307,8 +307,8 @@ _unary("exp", np.exp, lambda g, ans, x: g * ans, sp.exp, "exp",
 _unary("log", np.log, lambda g, ans, x: g / x, sp.log, "log", doc="natural logarithm")
 _unary("sqrt", np.sqrt, lambda g, ans, x: g * 0.5 / ans, sp.sqrt, "√",
        kink=_at_zero, uses=frozenset({"ans"}), doc="√x (infinite slope at 0)")
-_unary("sin", np.sin, lambda g, ans, x: g * np.cos(x), sp.sin, "sin")
-_unary("cos", np.cos, lambda g, ans, x: -g * np.sin(x), sp.cos, "cos")
+_unary("sin", np.sin, lambda g, ans, x: g * np.cos(x), sp.sin, "sin", doc="sin x;  d sin = cos")
+_unary("cos", np.cos, lambda g, ans, x: -g * np.sin(x), sp.cos, "cos", doc="cos x;  d cos = −sin")
 _unary("tanh", np.tanh, lambda g, ans, x: g * (1 - ans * ans), sp.tanh, "tanh",
        uses=frozenset({"ans"}), doc="tanh;  d tanh = 1 − tanh²")
 _unary("sigmoid", _sigmoid, lambda g, ans, x: g * ans * (1 - ans),

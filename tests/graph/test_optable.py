@@ -1,0 +1,279 @@
+"""Every op's shape rule and numpy forward, against plain numpy written independently here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import autodiff_lab as adl
+from autodiff_lab.errors import ShapeError, UnknownOpError
+from autodiff_lab.graph.optable import OPS, get_op
+
+rng = np.random.default_rng(1)
+
+
+def run(fn, **arrays):
+    """Trace fn on the arrays' shapes, evaluate, and return the single output."""
+    g = adl.trace(fn, **{k: v.shape if v.dtype.kind == "f" else v for k, v in arrays.items()})
+    return g.evaluate(arrays)["out"], g
+
+
+def r(*shape):
+    return rng.standard_normal(shape)
+
+
+# (name, function traced, inputs, the same thing in plain numpy)
+ELEMENTWISE = [
+    ("add", lambda a, b: a + b, dict(a=r(3, 4), b=r(4)), lambda a, b: a + b),
+    ("sub", lambda a, b: a - b, dict(a=r(3, 1), b=r(1, 4)), lambda a, b: a - b),
+    ("mul", lambda a, b: a * b, dict(a=r(2, 3), b=r(2, 3)), lambda a, b: a * b),
+    ("div", lambda a, b: a / b, dict(a=r(5), b=r(5) + 3), lambda a, b: a / b),
+    ("neg", lambda x: -x, dict(x=r(4)), lambda x: -x),
+    ("reciprocal", lambda x: 1 / x, dict(x=r(4) + 5), lambda x: 1 / x),
+    ("exp", adl.exp, dict(x=r(4)), np.exp),
+    ("log", adl.log, dict(x=np.abs(r(4)) + 0.1), np.log),
+    ("sqrt", adl.sqrt, dict(x=np.abs(r(4)) + 0.1), np.sqrt),
+    ("sin", adl.sin, dict(x=r(4)), np.sin),
+    ("cos", adl.cos, dict(x=r(4)), np.cos),
+    ("tanh", adl.tanh, dict(x=r(4)), np.tanh),
+    ("sigmoid", adl.sigmoid, dict(x=r(4) * 10), lambda x: 1 / (1 + np.exp(-x))),
+    ("relu", adl.relu, dict(x=r(6)), lambda x: np.where(x > 0, x, 0)),
+    ("leaky_relu", lambda x: adl.leaky_relu(x, 0.2), dict(x=r(6)), lambda x: np.where(x > 0, x, 0.2 * x)),
+    ("abs", adl.abs, dict(x=r(6)), np.abs),
+    ("maximum", adl.maximum, dict(a=r(3, 4), b=r(4)), np.maximum),
+    ("minimum", adl.minimum, dict(a=r(3, 4), b=r(4)), np.minimum),
+    ("pow", lambda x: x ** 3, dict(x=r(4)), lambda x: x * x * x),
+    ("pow_frac", lambda x: x ** 0.5, dict(x=np.abs(r(4))), np.sqrt),
+]
+
+
+@pytest.mark.parametrize("name,fn,inputs,reference", ELEMENTWISE, ids=[c[0] for c in ELEMENTWISE])
+def test_elementwise_forward_matches_numpy(name, fn, inputs, reference):
+    out, g = run(fn, **inputs)
+    expected = reference(*inputs.values())
+    assert out.shape == expected.shape == g.node(g.output)["shape"]
+    np.testing.assert_allclose(out, expected, rtol=1e-14, atol=1e-300)
+
+
+def test_sigmoid_is_finite_at_extremes():
+    out, _ = run(adl.sigmoid, x=np.array([-800.0, -40.0, 0.0, 40.0, 800.0]))
+    np.testing.assert_allclose(out, [0.0, 4.248354255291589e-18, 0.5, 1.0, 1.0], rtol=1e-12)
+
+
+REDUCTIONS = [
+    ("sum_all", lambda x: adl.sum(x), lambda x: np.sum(x)),
+    ("sum_axis", lambda x: adl.sum(x, axis=1), lambda x: np.sum(x, axis=1)),
+    ("sum_keep", lambda x: adl.sum(x, axis=(0, 2), keepdims=True), lambda x: np.sum(x, axis=(0, 2), keepdims=True)),
+    ("mean", lambda x: adl.mean(x, axis=-1), lambda x: np.mean(x, axis=-1)),
+    ("max", lambda x: adl.max(x, axis=0), lambda x: np.max(x, axis=0)),
+    ("max_all", lambda x: x.max(), lambda x: np.max(x)),
+    ("method_sum", lambda x: x.sum(axis=2), lambda x: x.sum(axis=2)),
+]
+
+
+@pytest.mark.parametrize("name,fn,reference", REDUCTIONS, ids=[c[0] for c in REDUCTIONS])
+def test_reductions_match_numpy(name, fn, reference):
+    x = r(2, 3, 4)
+    out, _ = run(fn, x=x)
+    np.testing.assert_allclose(out, reference(x), rtol=1e-14)
+
+
+SHAPE_OPS = [
+    ("reshape", lambda x: x.reshape((4, 6)), lambda x: x.reshape(4, 6)),
+    ("reshape_infer", lambda x: adl.reshape(x, (-1, 2)), lambda x: x.reshape(-1, 2)),
+    ("flatten", adl.flatten, lambda x: x.ravel()),
+    ("transpose", lambda x: x.transpose((1, 2, 0)), lambda x: x.transpose(1, 2, 0)),
+    ("T", lambda x: x.T, lambda x: x.T),
+    ("broadcast_to", lambda x: adl.broadcast_to(x[:, :1, :], (5, 2, 3, 4)), lambda x: np.broadcast_to(x[:, :1, :], (5, 2, 3, 4))),
+    ("index_int", lambda x: x[1], lambda x: x[1]),
+    ("index_slices", lambda x: x[:, 1:, ::2], lambda x: x[:, 1:, ::2]),
+    ("index_neg_newaxis", lambda x: x[-1, None, ..., 2], lambda x: x[-1, None, ..., 2]),
+    ("concatenate", lambda x: adl.concatenate([x, x[:, :1]], axis=1), lambda x: np.concatenate([x, x[:, :1]], axis=1)),
+]
+
+
+@pytest.mark.parametrize("name,fn,reference", SHAPE_OPS, ids=[c[0] for c in SHAPE_OPS])
+def test_shape_ops_match_numpy(name, fn, reference):
+    x = r(2, 3, 4)
+    out, g = run(fn, x=x)
+    expected = reference(x)
+    assert g.node(g.output)["shape"] == expected.shape
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)),
+                                    ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 2))])
+def test_matmul_matches_numpy(sa, sb):
+    a, b = r(*sa), r(*sb)
+    out, g = run(lambda a, b: a @ b, a=a, b=b)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-13)
+    assert g.node(g.output)["shape"] == (a @ b).shape
+
+
+def conv2d_loops(x, w, b, stride, padding, dilation, groups):
+    """Convolution by its definition, with plain loops (an independent reference)."""
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, f, ho, wo))
+    fg = f // groups
+    for ni in range(n):
+        for fi in range(f):
+            grp = fi // fg
+            for i in range(ho):
+                for j in range(wo):
+                    acc = b[fi] if b is not None else 0.0
+                    for ci in range(cg):
+                        for p in range(kh):
+                            for q in range(kw):
+                                acc += w[fi, ci, p, q] * xp[ni, grp * cg + ci,
+                                                            i * stride[0] + p * dilation[0],
+                                                            j * stride[1] + q * dilation[1]]
+                    out[ni, fi, i, j] = acc
+    return out
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    ((1, 1), (0, 0), (1, 1), 1), ((2, 1), (1, 2), (1, 1), 1), ((1, 1), (2, 2), (2, 1), 1),
+    ((1, 1), (1, 1), (1, 1), 2)])
+def test_conv2d_matches_definition(stride, padding, dilation, groups):
+    x, w, b = r(2, 4, 7, 6), r(6, 4 // groups, 3, 2), r(6)
+    out, g = run(lambda x, w, b: adl.conv2d(x, w, b, stride, padding, dilation, groups), x=x, w=w, b=b)
+    expected = conv2d_loops(x, w, b, stride, padding, dilation, groups)
+    assert out.shape == expected.shape == g.node(g.output)["shape"]
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_same_padding_keeps_size():
+    out, _ = run(lambda x, w: adl.conv2d(x, w, padding="same"), x=r(1, 2, 9, 7), w=r(3, 2, 3, 3))
+    assert out.shape == (1, 3, 9, 7)
+
+
+def test_conv_transpose2d_is_the_adjoint_of_conv2d():
+    # <conv2d(x, w), y> == <x, conv_transpose2d(y, w)> for the same stride/padding/dilation
+    x, w = r(2, 3, 9, 8), r(4, 3, 3, 3)
+    kw = dict(stride=2, padding=1, dilation=1)
+    y_shape = adl.conv2d(x, w, **kw).shape
+    y = r(*y_shape)
+    xt = adl.conv_transpose2d(y, w, **kw, output_padding=(0, 1))
+    assert xt.shape == x.shape
+    np.testing.assert_allclose(np.sum(adl.conv2d(x, w, **kw) * y), np.sum(x * xt), rtol=1e-12)
+
+
+def test_conv_transpose2d_output_size_is_pytorchs():
+    out = adl.conv_transpose2d(r(1, 3, 5, 5), r(3, 2, 3, 3), stride=2, padding=1, output_padding=1)
+    assert out.shape == (1, 2, 10, 10)  # (5-1)*2 - 2 + 3 + 1
+
+
+def test_pooling_matches_loops():
+    x = r(2, 3, 6, 7)
+    mp = adl.max_pool2d(x, kernel=2, stride=2)
+    ap = adl.avg_pool2d(x, kernel=3, stride=1, padding=1)
+    expected_mp = np.array([[[[x[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max() for j in range(3)]
+                              for i in range(3)] for c in range(3)] for n in range(2)])
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected_ap = np.array([[[[xp[n, c, i:i + 3, j:j + 3].sum() / 9 for j in range(7)]
+                              for i in range(6)] for c in range(3)] for n in range(2)])
+    np.testing.assert_allclose(mp, expected_mp)
+    np.testing.assert_allclose(ap, expected_ap, rtol=1e-13)
+
+
+def test_upsample_nearest():
+    x = r(1, 2, 2, 3)
+    np.testing.assert_array_equal(adl.upsample(x, (2, 3)), x.repeat(2, axis=2).repeat(3, axis=3))
+
+
+def test_batch_norm_training_and_evaluation():
+    x, gamma, beta = r(8, 3, 4, 4), r(3), r(3)
+    out = adl.batch_norm(x, gamma, beta, eps=1e-5)
+    mu = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = x.var(axis=(0, 2, 3), keepdims=True)  # biased, as PyTorch normalises
+    expected = (x - mu) / np.sqrt(var + 1e-5) * gamma[:, None, None] + beta[:, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    rm, rv = r(3), np.abs(r(3)) + 0.5
+    out_eval = adl.batch_norm(x, gamma, beta, rm, rv, training=False)
+    expected_eval = ((x - rm[:, None, None]) / np.sqrt(rv[:, None, None] + 1e-5) * gamma[:, None, None]
+                     + beta[:, None, None])
+    np.testing.assert_allclose(out_eval, expected_eval, rtol=1e-12)
+
+
+def test_softmax_family_and_losses():
+    logits, labels = r(5, 4) * 30, np.array([0, 3, 1, 1, 2])
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    np.testing.assert_allclose(adl.log_softmax(logits), logp, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(adl.softmax(logits), np.exp(logp), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(adl.softmax_cross_entropy(logits, labels),
+                               -logp[np.arange(5), labels].mean(), rtol=1e-12)
+    p, t = r(3, 4), r(3, 4)
+    np.testing.assert_allclose(adl.mse_loss(p, t), 0.5 * np.sum((p - t) ** 2), rtol=1e-14)
+    np.testing.assert_allclose(adl.mse_loss(p, t, "mean"), 0.5 * np.mean((p - t) ** 2), rtol=1e-14)
+    np.testing.assert_allclose(adl.l1_loss(p, t), np.sum(np.abs(p - t)), rtol=1e-14)
+    np.testing.assert_allclose(adl.l1_loss(p, t, "mean"), np.mean(np.abs(p - t)), rtol=1e-14)
+
+
+def test_cross_entropy_traces_with_integer_label_input():
+    g = adl.trace(lambda z, y: adl.softmax_cross_entropy(z, y), z=(4, 3), y=np.array([0, 1, 2, 0]))
+    assert g.node(g.inputs["y"])["dtype"] == "int64"
+    out = g.evaluate({"z": np.zeros((4, 3)), "y": np.array([0, 1, 2, 0])})["out"]
+    np.testing.assert_allclose(out, np.log(3))
+
+
+@pytest.mark.parametrize("fn,shapes,fragment", [
+    (lambda a, b: a + b, dict(a=(3, 4), b=(5,)), "could not be broadcast"),
+    (lambda a, b: a @ b, dict(a=(3, 4), b=(5, 2)), "inner dimensions 4 and 5"),
+    (lambda x: x.reshape((5,)), dict(x=(2, 3)), "cannot reshape"),
+    (lambda x: x[3], dict(x=(2, 3)), "out of bounds"),
+    (lambda x, w: adl.conv2d(x, w), dict(x=(1, 3, 8, 8), w=(4, 2, 3, 3)), "channels"),
+    (lambda x, w: adl.conv2d(x, w), dict(x=(3, 8, 8), w=(4, 3, 3, 3)), "(N, C, H, W)"),
+    (lambda x, w: adl.conv2d(x, w), dict(x=(1, 3, 2, 2), w=(4, 3, 3, 3)), "does not fit"),
+    (lambda x: adl.max_pool2d(x, 4), dict(x=(1, 1, 2, 2)), "does not fit"),
+    (lambda x, g, b: adl.batch_norm(x, g, b), dict(x=(4, 3), g=(4,), b=(3,)), "gamma"),
+    (lambda p, t: adl.mse_loss(p, t), dict(p=(3,), t=(4,)), "one shape"),
+    (lambda a, b: adl.concatenate([a, b], axis=0), dict(a=(2, 3), b=(2, 4)), "cannot concatenate"),
+])
+def test_shape_errors_name_node_op_and_shapes(fn, shapes, fragment):
+    with pytest.raises(ShapeError) as info:
+        adl.trace(fn, **shapes)
+    message = str(info.value)
+    assert fragment in message
+    assert "node " in message and "test_optable.py" in message  # where the user wrote it
+    assert any(str(tuple(s)) in message for s in shapes.values())
+
+
+def test_every_op_has_all_table_fields():
+    for name, op in OPS.items():
+        assert op.name == name and op.label and callable(op.shape) and callable(op.forward)
+        assert op.vjp and any(v is not None for v in op.vjp), name
+        assert op.sympy is not None, name
+        assert op.doc, name
+
+
+def test_required_primitives_are_in_the_table():
+    required = """add sub mul div neg pow reciprocal exp log sqrt sin cos tanh sigmoid relu
+        leaky_relu abs maximum minimum sum mean max reshape transpose broadcast_to index
+        concatenate matmul conv2d conv_transpose2d max_pool2d avg_pool2d upsample batch_norm
+        log_softmax softmax_cross_entropy mse l1""".split()
+    assert not set(required) - set(OPS)
+
+
+def test_unknown_op_lists_the_known_ones():
+    with pytest.raises(UnknownOpError, match="unknown op 'frobnicate'.*sigmoid"):
+        get_op("frobnicate")
+
+
+def test_complex_safe_forwards_act_on_the_real_part():
+    z = np.array([-1.0 + 1e-20j, 2.0 + 1e-20j])
+    assert OPS["abs"].complex_safe and OPS["relu"].complex_safe
+    np.testing.assert_array_equal(OPS["abs"].forward(z).imag, [-1e-20, 1e-20])  # not the modulus
+    np.testing.assert_array_equal(OPS["relu"].forward(z).imag, [0, 1e-20])
+    np.testing.assert_array_equal(OPS["maximum"].forward(z, np.zeros(2)).imag, [0, 1e-20])
+
+
+def test_kinks_are_reported():
+    assert OPS["relu"].kink(np.array([0.0, 1.0]))
+    assert not OPS["relu"].kink(np.array([0.5, 1.0]))
+    assert OPS["max"].kink(np.array([[1.0, 1.0]]), axes=(-1,))
+    assert OPS["maximum"].kink(np.array(1.0), np.array(1.0))
