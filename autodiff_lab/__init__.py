@@ -75,3 +75,7 @@ from autodiff_lab.engines import engine, gradient  # noqa: E402
 from autodiff_lab.engines.base import GradientResult  # noqa: E402
 
 __all__ += ["GradientResult", "engine", "gradient"]
+
+from autodiff_lab.render import render  # noqa: E402
+
+__all__ += ["render"]

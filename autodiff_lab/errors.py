@@ -46,3 +46,11 @@ class NotDifferentiableError(AutodiffError, ValueError):
 
 class SymbolicSizeError(AutodiffError, MemoryError):
     """The symbolic engine refuses an expression that would swell beyond its size limit."""
+
+
+class RenderError(AutodiffError, RuntimeError):
+    """Graphviz could not turn the DOT text into a picture."""
+
+
+class GraphvizNotFoundError(RenderError, FileNotFoundError):
+    """Neither the system ``dot`` nor the ``graphviz-pure`` binary could be found."""

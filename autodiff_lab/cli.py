@@ -1,0 +1,165 @@
+"""The ``autodiff-lab`` command: one subcommand per job, each with its own ``--help``.
+
+Subcommands are listed in :data:`COMMANDS`. Adding one is one line: a module that defines
+``add_arguments(parser)`` and ``run(args) -> int`` (see ``autodiff_lab/render/cli.py``), and
+
+    Command.from_module("compare", "compare the three engines on an example",
+                        "autodiff_lab.compare.cli"),
+
+in the list below. Helpers every subcommand can share -- the example/graph argument and
+loading it -- live here too (:func:`add_graph_argument`, :func:`load_graph_argument`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autodiff_lab.errors import AutodiffError, InputError
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, how to declare its arguments and what it does."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+    @classmethod
+    def from_module(cls, name: str, help: str, module: str) -> Command:
+        """A subcommand whose ``add_arguments`` and ``run`` are functions of ``module``
+        (imported only when the parser is built, so ``import autodiff_lab.cli`` stays light)."""
+        def add_arguments(parser: argparse.ArgumentParser) -> None:
+            importlib.import_module(module).add_arguments(parser)
+
+        def run(args: argparse.Namespace) -> int | None:
+            return importlib.import_module(module).run(args)
+
+        return cls(name, help, add_arguments, run)
+
+
+# --------------------------------------------------------------------------------------------
+# shared: which graph a subcommand works on
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedGraph:
+    """A graph named on the command line, with values when they are known."""
+
+    name: str
+    graph: object  # autodiff_lab.Graph (kept loose so importing the CLI stays cheap)
+    values: dict[str, np.ndarray] | None
+    description: str | None
+
+
+def add_graph_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional EXAMPLE argument and ``--values``, as every graph subcommand takes them."""
+    from autodiff_lab.examples import BUILTIN
+    parser.add_argument("example", metavar="EXAMPLE",
+                        help=f"a built-in example ({', '.join(BUILTIN)}) or the path of a graph "
+                             "saved as JSON (Graph.save)")
+    parser.add_argument("--values", metavar="FILE.npz",
+                        help="input values by name (numpy .npz); a saved graph has none otherwise")
+
+
+def load_graph_argument(args: argparse.Namespace) -> LoadedGraph:
+    """The graph and values named by :func:`add_graph_argument`'s arguments."""
+    from autodiff_lab.examples import BUILTIN, get_example
+    from autodiff_lab.graph.graph import Graph
+
+    if args.example in BUILTIN:
+        example = get_example(args.example)
+        loaded = LoadedGraph(args.example, example.graph, example.values, example.description)
+    else:
+        path = Path(args.example)
+        if not path.is_file():
+            raise InputError(f"{args.example!r} is neither a built-in example "
+                             f"({', '.join(BUILTIN)}) nor a graph file")
+        loaded = LoadedGraph(path.stem, Graph.load(path), None, None)
+    if args.values:
+        loaded.values = _read_values(Path(args.values))
+    return loaded
+
+
+def _read_values(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise InputError(f"no values file {str(path)!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read values from {str(path)!r} (expected a numpy .npz file "
+                         f"with one array per input name): {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------------------------
+
+def _add_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    add_graph_argument(parser)
+    parser.add_argument("--primitive", action="store_true",
+                        help="expand composite ops (sigmoid) into primitives first")
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    loaded = load_graph_argument(args)
+    graph = loaded.graph
+    if args.primitive:
+        from autodiff_lab.render.annotate import composite_ops
+        graph = graph.expand(composite_ops(graph)) if composite_ops(graph) else graph
+    if loaded.description:
+        print(f"{loaded.name}: {loaded.description}")
+    print(graph.summary())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# the registry and the entry point
+# --------------------------------------------------------------------------------------------
+
+COMMANDS: list[Command] = [
+    Command.from_module("render", "draw a graph with its values and gradients (SVG, PNG, DOT)",
+                        "autodiff_lab.render.cli"),
+    Command("summary", "print a graph's nodes, inputs, outputs and ops",
+            _add_summary_arguments, _run_summary),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per entry of :data:`COMMANDS`."""
+    from autodiff_lab import __version__
+    parser = argparse.ArgumentParser(
+        prog="autodiff-lab",
+        description="Compare finite differences, symbolic differentiation and reverse-mode "
+                    "autodiff on one shared expression graph, and draw that graph.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``autodiff-lab`` with ``argv`` (default: the process arguments); the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status = args.run(args)
+    except AutodiffError as exc:
+        print(f"autodiff-lab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if status is None else int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

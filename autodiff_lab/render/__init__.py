@@ -1,0 +1,124 @@
+"""Drawing a graph like the textbook: values forward in green, gradients backward in red.
+
+``adl.render(graph, values, grads, path="neuron.svg")`` returns the DOT text and, given a
+path, writes the picture (SVG, PNG, or any format the dot program knows; ``.dot``/``.gv``
+write the DOT text itself). ``to_svg`` is what a :class:`Graph` shows in Jupyter.
+
+Parts: ``annotate`` resolves the numbers, ``dot`` writes the DOT text, ``numbers`` formats
+numbers, ``backend`` finds and runs Graphviz (system ``dot``, else the pip-installed
+``graphviz-pure``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from autodiff_lab.errors import InputError
+from autodiff_lab.graph.graph import Graph
+from autodiff_lab.render.annotate import annotate
+from autodiff_lab.render.backend import (
+    DotProgram,
+    GraphvizNotFoundError,
+    RenderError,
+    configure_graphviz_package,
+    find_dot,
+    run_dot,
+)
+from autodiff_lab.render.dot import DrawOptions, build_dot
+from autodiff_lab.render.numbers import format_number, format_summary
+
+#: formats written without Graphviz
+TEXT_FORMATS = ("dot", "gv")
+
+
+def to_dot(graph: Graph, values: Any = None, grads: Any = None, *, primitive: bool = False,
+           output: str | None = None, numbers: str = "edges", digits: int = 4,
+           legend: bool = True, title: str | None = None, rankdir: str = "LR") -> str:
+    """The DOT source of the drawing (see :func:`render` for the arguments)."""
+    if not isinstance(graph, Graph):
+        raise InputError(f"render expects an autodiff_lab Graph, got {type(graph).__name__}")
+    if rankdir not in ("LR", "TB", "RL", "BT"):
+        raise InputError(f"rankdir must be LR, TB, RL or BT, got {rankdir!r}")
+    notes = annotate(graph, values, grads, primitive=primitive, output=output)
+    options = DrawOptions(numbers=numbers, digits=digits, legend=legend, title=title,
+                          rankdir=rankdir)
+    return build_dot(notes, options)
+
+
+def render(graph: Graph, values: Any = None, grads: Any = None, path: str | Path | None = None,
+           format: str | None = None, *, primitive: bool = False, output: str | None = None,
+           numbers: str = "edges", digits: int = 4, legend: bool = True,
+           title: str | None = None, rankdir: str = "LR") -> str:
+    """Draw ``graph`` with its forward values and gradients; return the DOT source.
+
+    * ``values``: the input values by name (every other node is evaluated), every node's
+      value by id, or a :class:`GradientResult` compiled with ``keep_all=True``;
+    * ``grads``: ``True`` (compute them with the tape engine), a :class:`GradientResult`
+      (its per-node gradients when kept, else its gradients by input name), or a dict by
+      input name or by node id;
+    * ``path``: write the picture there; ``format`` defaults to the path's suffix
+      (``svg``, ``png``, ``pdf`` with the system Graphviz, ``dot``/``gv`` for the text);
+    * ``primitive=True``: write composite ops (σ) in primitives (neg, exp, +1, 1/x), values
+      and gradients recomputed on that graph;
+    * ``numbers``: ``"edges"`` (textbook: value above, gradient below each edge) or
+      ``"nodes"``; ``digits`` significant digits; ``legend`` and ``title`` below the graph;
+      ``output`` the output whose gradient is drawn when there are several.
+    """
+    source = to_dot(graph, values, grads, primitive=primitive, output=output, numbers=numbers,
+                    digits=digits, legend=legend, title=title, rankdir=rankdir)
+    if path is None:
+        if format is not None:
+            raise InputError("format= needs a path= to write to (the DOT text is returned)")
+        return source
+    write(source, path, format)
+    return source
+
+
+def output_format(path: str | Path, format: str | None = None) -> str:
+    """The picture format: ``format`` if given, else the suffix of ``path``."""
+    fmt = (format or Path(path).suffix.lstrip(".")).lower()
+    if not fmt:
+        raise InputError(f"cannot tell the picture format of {str(path)!r}: give a suffix "
+                         "(.svg, .png ...) or format=")
+    if not fmt.isalnum():
+        raise InputError(f"not a picture format: {fmt!r}")
+    return fmt
+
+
+def write(source: str, path: str | Path, format: str | None = None) -> DotProgram | None:
+    """Write DOT ``source`` as a picture to ``path``; returns the dot program used (``None``
+    for the DOT text itself)."""
+    fmt = output_format(path, format)
+    target = Path(path)
+    if target.parent and not target.parent.exists():
+        raise InputError(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not "
+                         "exist")
+    if fmt in TEXT_FORMATS:
+        target.write_text(source, encoding="utf-8")
+        return None
+    picture, program = run_dot(source, fmt)
+    target.write_bytes(picture)
+    return program
+
+
+def to_graphviz(graph: Graph, values: Any = None, grads: Any = None, **options: Any) -> Any:
+    """The drawing as a ``graphviz.Source`` (for code built on the graphviz package), with
+    that package pointed at the dot program found here (system dot or graphviz-pure)."""
+    import graphviz
+
+    configure_graphviz_package()
+    return graphviz.Source(to_dot(graph, values, grads, **options))
+
+
+def to_svg(graph: Graph, values: Any = None, grads: Any = None, **options: Any) -> str:
+    """The drawing as SVG text (what a Graph shows in Jupyter)."""
+    picture, _ = run_dot(to_dot(graph, values, grads, **options), "svg")
+    return picture.decode("utf-8")
+
+
+__all__ = [
+    "DotProgram", "DrawOptions", "GraphvizNotFoundError", "RenderError",
+    "configure_graphviz_package", "find_dot", "format_number", "format_summary", "output_format",
+    "render", "run_dot", "to_dot", "to_graphviz", "to_svg", "write",
+]
