@@ -127,6 +127,8 @@ def _run_summary(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 COMMANDS: list[Command] = [
+    Command.from_module("compare", "run every engine on the built-in examples: accuracy and "
+                        "speed side by side", "autodiff_lab.compare.cli"),
     Command.from_module("render", "draw a graph with its values and gradients (SVG, PNG, DOT)",
                         "autodiff_lab.render.cli"),
     Command("summary", "print a graph's nodes, inputs, outputs and ops",
