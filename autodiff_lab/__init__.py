@@ -79,3 +79,7 @@ __all__ += ["GradientResult", "engine", "gradient"]
 from autodiff_lab.render import render  # noqa: E402
 
 __all__ += ["render"]
+
+from autodiff_lab import compare  # noqa: E402  (adl.compare.step_sweep, the report harness)
+
+__all__ += ["compare"]
