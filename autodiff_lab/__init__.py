@@ -76,6 +76,10 @@ from autodiff_lab.engines.base import GradientResult  # noqa: E402
 
 __all__ += ["GradientResult", "engine", "gradient"]
 
+from autodiff_lab.checks import GradcheckError, gradcheck, jacobian  # noqa: E402
+
+__all__ += ["GradcheckError", "gradcheck", "jacobian"]
+
 from autodiff_lab.render import render  # noqa: E402
 
 __all__ += ["render"]
@@ -83,3 +87,7 @@ __all__ += ["render"]
 from autodiff_lab import compare  # noqa: E402  (adl.compare.step_sweep, the report harness)
 
 __all__ += ["compare"]
+
+from autodiff_lab.formula import explain, formula  # noqa: E402  (derivatives as formulas)
+
+__all__ += ["explain", "formula"]

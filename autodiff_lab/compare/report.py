@@ -90,14 +90,14 @@ def default_cases() -> list[ReportCase]:
     ]
 
 
-def reference_gradients(case: ReportCase) -> dict[str, np.ndarray]:
+def reference_gradients(case: ReportCase, wrt: list[str] | None = None) -> dict[str, np.ndarray]:
     """The gradients every engine is measured against (see :class:`ReportCase`)."""
     ex = case.example
     if case.reference == "mpmath-50":
         from autodiff_lab.engines.symbolic import reference_gradient
-        return {k: np.asarray(v, dtype=np.float64)
-                for k, v in reference_gradient(ex.graph, ex.values, digits=50).grads.items()}
-    return gradient(ex.graph, ex.values, engine="tape").grads
+        grads = reference_gradient(ex.graph, ex.values, wrt=wrt, digits=50).grads
+        return {k: np.asarray(v, dtype=np.float64) for k, v in grads.items()}
+    return gradient(ex.graph, ex.values, engine="tape", wrt=wrt).grads
 
 
 def _fmt(v: float | None, spec_: str) -> str:
@@ -159,8 +159,9 @@ def run_report(out_dir: str | Path = "autodiff_lab_report", cases: Sequence[Repo
     for i, case in enumerate(cases, 1):
         ex = case.example
         echo(f"[{i}/{len(cases)}] {ex.name}: {ex.description} (reference: {case.reference})")
-        reference = reference_gradients(case)
-        rows = compare_engines(ex.name, ex.graph, ex.values, configs, reference,
+        wrt = list(ex.graph.parameters) or None  # the weights, as in training
+        reference = reference_gradients(case, wrt)
+        rows = compare_engines(ex.name, ex.graph, ex.values, configs, reference, wrt=wrt,
                                budget_s=budget_s,
                                progress=lambda msg: print(f"    … {msg}", file=sys.stderr, flush=True))
         results[ex.name] = rows

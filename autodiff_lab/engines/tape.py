@@ -1,15 +1,30 @@
 """Reverse-mode automatic differentiation on a tape (level 3 of the three).
 
-``compile`` turns the graph into a flat list of steps in topological order, each with the
-slot numbers of its arguments; the forward pass stores what the backward pass needs;
-the backward pass starts from dL/dL = 1 and walks the list in reverse, multiplying the
-upstream gradient by each op's local derivative (the op table's VJP rules) and adding
-(``+=``) where a value fans out.
+``compile`` turns the graph into a flat list of steps in topological order; every value
+lives in a slot numbered by its node id. The forward pass runs the op table's forwards and
+keeps only the values some backward rule reads (the op table's ``vjp_uses`` says whether a
+rule reads the inputs, the result, or neither); the rest are dropped as soon as no later
+step reads them. The backward pass starts from dL/dL = 1 (or a seed) and walks the tape in
+reverse, multiplying the upstream gradient by each op's local derivative (its VJP rules)
+and adding (``+=``) where a value fans out; a gradient and the values only it needed are
+freed once its step is done. Loops only, no recursion: a 100,000-node chain is fine.
+
+Two things make it fast without leaving the op table:
+
+* heavy ops (convolution, pooling, batch norm, softmax cross-entropy, ReLU on big arrays)
+  run Numba/BLAS kernels chosen by :mod:`autodiff_lab.kernels.dispatch` inside the op
+  table's own rules; matrix products are numpy's BLAS calls;
+* a graph made only of scalars whose ops have a ``scalar`` form in the op table (the
+  sigmoid neuron, the scalar chain) is compiled once into straight-line Python on floats:
+  no arrays, no per-op dispatch -- a few microseconds per gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import gc
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +38,19 @@ from autodiff_lab.engines.base import (
     resolve_seed,
     resolve_wrt,
 )
-from autodiff_lab.errors import NonFiniteError
-from autodiff_lab.graph.evaluate import check_values, constant_value, working_dtype
+from autodiff_lab.errors import InputError, NonFiniteError
+from autodiff_lab.graph.evaluate import (
+    _nonfinite_message,
+    check_values,
+    constant_value,
+    working_dtype,
+)
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS, Op
+
+#: arrays at least this big are checked for NaN/Inf through their sum (one fast pass; a
+#: finite sum proves every element finite) before the exact element-wise check
+_SUM_CHECK_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -40,69 +64,370 @@ class Step:
     needs_grad: tuple[bool, ...]  # per argument: does a wanted input depend on it?
 
 
+def _nonfinite(a: np.ndarray) -> bool:
+    """Whether ``a`` holds a NaN or an Inf (floats and complex only)."""
+    if a.dtype.kind not in "fc":
+        return False
+    if a.size >= _SUM_CHECK_SIZE and np.isfinite(a.sum()):
+        return False
+    return not bool(np.isfinite(a).all())
+
+
+def _stand_in(a: np.ndarray) -> np.ndarray:
+    """A read-only array of ``a``'s shape and dtype holding one element: what a freed value
+    leaves behind for rules that only read the shape."""
+    return np.broadcast_to(np.zeros((), dtype=a.dtype), a.shape)
+
+
+def _nbytes(shape: tuple[int, ...], itemsize: int) -> int:
+    return int(math.prod(shape)) * itemsize
+
+
 class TapeProgram(Program):
-    """A compiled reverse-mode program (see the module docstring)."""
+    """A compiled reverse-mode program (see the module docstring).
+
+    Attributes worth reading: ``steps`` (the tape), ``backward_steps``, ``kept`` (node ids
+    whose values the forward keeps for the backward), ``memory_bytes`` (peak bytes of
+    intermediate values and gradients held during a call, for the graph's dtype; the
+    caller's input arrays are not counted) and ``memory_bytes_keep_all`` (the same if every
+    value were kept, as a naive tape does), ``scalar_fast_path`` (whether calls run as
+    generated straight-line Python).
+    """
 
     def __init__(self, graph: Graph, wrt: list[str], output: str, *, anomaly: bool,
                  keep_all: bool) -> None:
         self.graph, self.wrt, self.output = graph, wrt, output
         self.anomaly, self.keep_all = anomaly, keep_all
-        out_node = graph.outputs[output]
+        self.out_node = out_node = graph.outputs[output]
         wanted = {graph.inputs[n] for n in wrt}
-        # nodes on a path from a wanted input to the output: the only ones backward visits
+        # nodes on a path from a wanted input: the only gradients backward computes
         depends: set[int] = set()
         for v in graph.order:
             if v in wanted or any(u in depends for u in graph.operands(v)):
                 depends.add(v)
+        # nodes the output depends on: the forward pass runs nothing else
+        reaches = {out_node}
+        for v in reversed(graph.order):
+            if v in reaches:
+                reaches.update(graph.operands(v))
         self.steps = [
             Step(v, OPS[graph.node(v)["op"]], graph.operands(v), graph.node(v)["attrs"],
                  tuple(u in depends for u in graph.operands(v)))
-            for v in graph.order if graph.node(v)["role"] == "op"
+            for v in graph.order if graph.node(v)["role"] == "op" and v in reaches
         ]
-        self.out_node = out_node
         self.backward_steps = [s for s in reversed(self.steps) if any(s.needs_grad)]
+        self._plan(wanted)
+        self._leaves = [(v, graph.node(v)) for v in graph.order
+                        if graph.node(v)["role"] != "op" and v in reaches]
+        self._scalar_fn = None if keep_all else _ScalarCodegen(self).build()
+
+    # --- compile-time planning -----------------------------------------------------------
+    def _plan(self, wanted: set[int]) -> None:
+        """Decide which values backward needs and when each value and gradient can go."""
+        g = self.graph
+        kept: set[int] = {self.out_node}
+        for s in self.backward_steps:
+            if "inputs" in s.op.vjp_uses:
+                kept.update(s.args)
+            if "ans" in s.op.vjp_uses:
+                kept.add(s.node)
+        is_op = {s.node for s in self.steps}
+        self.kept = {v for v in kept if v in is_op}
+        # forward: free an intermediate after its last reader unless backward needs it
+        last_read: dict[int, int] = {}
+        for k, s in enumerate(self.steps):
+            for u in s.args:
+                last_read[u] = k
+        free_after: list[list[int]] = [[] for _ in self.steps]
+        for u, k in last_read.items():
+            if u in is_op and u not in kept and not self.keep_all:
+                free_after[k].append(u)
+        # a rule that does not read its inputs' values may still read their shapes
+        # (add un-broadcasts to a.shape): those get a zero-byte stand-in of that shape
+        shape_read = {u for s in self.backward_steps for u in s.args}
+        self._forward = [(s.op.forward, s.args, s.node, s.attrs,
+                          tuple((u, u in shape_read) for u in free_after[k]))
+                         for k, s in enumerate(self.steps)]
+        # backward: a kept value can go after the last backward step that reads it
+        last_back: dict[int, int] = {}
+        for k, s in enumerate(self.backward_steps):
+            reads = (list(s.args) if "inputs" in s.op.vjp_uses else []) + \
+                    ([s.node] if "ans" in s.op.vjp_uses else [])
+            for u in reads:
+                last_back[u] = k
+        drop_after: list[list[int]] = [[] for _ in self.backward_steps]
+        for u, k in last_back.items():
+            if u in self.kept and u != self.out_node and not self.keep_all:
+                drop_after[k].append(u)
+        self._backward = [
+            (s.node, s.args, s.attrs,
+             tuple((i, s.op.vjp_for(i), u) for i, u in enumerate(s.args) if s.needs_grad[i]),
+             tuple((u, u in shape_read) for u in drop_after[k]))
+            for k, s in enumerate(self.backward_steps)
+        ]
+        self._wanted = wanted
+        dtypes = {np.dtype(g.node(v)["dtype"]) for v in g.inputs.values()
+                  if np.dtype(g.node(v)["dtype"]).kind == "f"}
+        itemsize = max((d.itemsize for d in dtypes), default=8)
+        self.memory_bytes = self.memory_report(itemsize)
+        self.memory_bytes_keep_all = self.memory_report(itemsize, keep_all=True)
+
+    def memory_report(self, itemsize: int = 8, keep_all: bool | None = None) -> int:
+        """Peak bytes of intermediate values plus gradients one call holds, simulated on the
+        tape with shapes (``itemsize`` 8 for float64, 4 for float32)."""
+        keep_all = self.keep_all if keep_all is None else keep_all
+        g = self.graph
+        size = {s.node: _nbytes(g.node(s.node)["shape"], itemsize) for s in self.steps}
+        for v in g.order:
+            size.setdefault(v, _nbytes(g.node(v)["shape"], itemsize))
+        live = peak = 0
+        for (_fn, _args, node, _attrs, frees) in self._forward:
+            live += size[node]
+            peak = max(peak, live)
+            if not keep_all:
+                live -= sum(size[u] for u, _ in frees)
+        grads: set[int] = {self.out_node}
+        live += size[self.out_node]
+        peak = max(peak, live)
+        for (node, _args, _attrs, rules, drops) in self._backward:
+            if node not in grads:
+                continue
+            for _i, _rule, u in rules:
+                live += size[u]  # a new contribution (accumulated into a buffer after)
+                peak = max(peak, live)
+                if u in grads:
+                    live -= size[u]
+                grads.add(u)
+            if not keep_all:
+                live -= size[node] if node not in self._wanted else 0
+                live -= sum(size[u] for u, _ in drops)
+        return peak
+
+    # --- running ---------------------------------------------------------------------------
+    @property
+    def scalar_fast_path(self) -> bool:
+        """Whether this program runs as generated straight-line Python on floats."""
+        return self._scalar_fn is not None
 
     def __call__(self, values: Mapping[str, Any], seed: Any = None) -> GradientResult:
+        if self._scalar_fn is not None and seed is None:
+            try:
+                result = self._scalar_fn(values)
+            except Exception:  # not plain floats, a math domain error...: take the array path
+                result = None
+            if result is not None:
+                return result
+        return self._run_arrays(values, seed)
+
+    def _run_arrays(self, values: Mapping[str, Any], seed: Any) -> GradientResult:
+        state = self.forward(values)
+        node_values = {v: a for v, a in enumerate(state.vals) if a is not None} \
+            if self.keep_all else None
+        grads, node_grads = self._backward_pass(state, seed, retain=False)
+        return GradientResult(value=state.value, grads=grads, engine="tape", output=self.output,
+                              node_values=node_values, node_grads=node_grads)
+
+    def forward(self, values: Mapping[str, Any]) -> TapeState:
+        """Run the forward pass only; the state holds what :meth:`backward` needs."""
         g = self.graph
         arrays = check_values(g, values, check_finite=self.anomaly)
         dtype = working_dtype(g, arrays)
-        env: dict[int, np.ndarray] = {}
-        for v in g.order:
-            d = g.node(v)
-            if d["role"] in ("input", "parameter"):
-                env[v] = arrays[d["name"]]
-            elif d["role"] == "constant":
-                env[v] = constant_value(g, v, dtype)
-        for s in self.steps:
-            out = np.asarray(s.op.forward(*(env[u] for u in s.args), **s.attrs))
-            if self.anomaly and out.dtype.kind == "f" and not np.all(np.isfinite(out)):
-                raise NonFiniteError(f"{g.describe(s.node)} produced a non-finite value in the "
-                                     f"forward pass (argument shapes "
-                                     f"{[env[u].shape for u in s.args]})")
-            env[s.node] = out
-        grads: dict[int, np.ndarray] = {self.out_node: resolve_seed(g, self.output, seed, dtype)}
-        for s in self.backward_steps:
-            g_out = grads.get(s.node)
+        vals: list[Any] = [None] * len(g)
+        for v, d in self._leaves:
+            if d["role"] == "constant":
+                vals[v] = constant_value(g, v, dtype)
+            else:
+                vals[v] = arrays[d["name"]]
+        anomaly = self.anomaly
+        # with anomaly checks on, our error names the op: numpy's warnings would be noise
+        with np.errstate(all="ignore") if anomaly else contextlib.nullcontext():
+            for fn, args, node, attrs, frees in self._forward:
+                xs = [vals[u] for u in args]
+                out = fn(*xs, **attrs)
+                if type(out) is not np.ndarray:
+                    out = np.asarray(out)
+                if anomaly and _nonfinite(out):
+                    raise NonFiniteError(_nonfinite_message(g, node, xs, out))
+                vals[node] = out
+                for u, stand_in in frees:
+                    vals[u] = _stand_in(vals[u]) if stand_in else None
+        return TapeState(vals, dtype, vals[self.out_node])
+
+    def backward(self, state: TapeState, seed: Any = None, retain: bool = False
+                 ) -> dict[str, np.ndarray]:
+        """Gradients (keyed by input name) from a :meth:`forward` state. ``retain=True``
+        keeps the state usable for another backward pass (``adl.jacobian`` runs one per
+        output row); otherwise values are freed as the pass goes."""
+        if state.used:
+            raise InputError("this forward state was consumed by a backward pass without "
+                             "retain=True; run forward again")
+        grads, _ = self._backward_pass(state, seed, retain=retain)
+        return grads
+
+    def _backward_pass(self, state: TapeState, seed: Any, retain: bool
+                       ) -> tuple[dict[str, np.ndarray], dict[int, np.ndarray] | None]:
+        g, dtype = self.graph, state.dtype
+        vals = state.vals if not retain else list(state.vals)
+        state.used = not retain
+        grads: list[Any] = [None] * len(g)
+        owned = [False] * len(g)  # does grads[v] belong to us (safe to add into in place)?
+        grads[self.out_node] = resolve_seed(g, self.output, seed, dtype)
+        free = not (self.keep_all or retain)
+        wanted = self._wanted
+        for node, args, attrs, rules, drops in self._backward:
+            g_out = grads[node]
             if g_out is None:
                 continue
-            xs = [env[u] for u in s.args]
+            ans = vals[node]
+            xs = [vals[u] for u in args]
+            for _i, rule, u in rules:
+                contribution = rule(g_out, ans, *xs, **attrs)
+                current = grads[u]
+                if current is None:
+                    grads[u] = contribution  # may alias g_out (add's rule): not ours yet
+                elif owned[u]:
+                    np.add(current, contribution, out=current, casting="unsafe")
+                else:
+                    total = current + contribution
+                    grads[u] = total
+                    owned[u] = type(total) is np.ndarray and total.ndim > 0
+            if free:
+                if node not in wanted:
+                    grads[node] = None
+                for u, stand_in in drops:
+                    vals[u] = _stand_in(vals[u]) if stand_in else None
+        result: dict[str, np.ndarray] = {}
+        returned = [grads[self.out_node]] if seed is not None else []
+        for name in self.wrt:
+            v = g.inputs[name]
+            grad = grads[v]
+            if grad is None:
+                grad = np.zeros(g.node(v)["shape"], dtype=dtype)
+            elif not (type(grad) is np.ndarray and grad.dtype == dtype and grad.flags.writeable
+                      and not any(np.may_share_memory(grad, r) for r in returned)):
+                # a copy, so no returned gradient is the same memory as another one or as
+                # the seed (add's rule passes g through unchanged), nor a read-only view
+                grad = np.array(grad, dtype=dtype)
+            returned.append(grad)
+            result[name] = grad
+        node_grads = None
+        if self.keep_all:
+            node_grads = {v: np.asarray(gv) for v, gv in enumerate(grads) if gv is not None}
+        return result, node_grads
+
+
+@dataclass
+class TapeState:
+    """What a forward pass leaves for the backward pass: the kept values (by node id), the
+    run's dtype and the output value."""
+
+    vals: list[Any]
+    dtype: np.dtype
+    value: np.ndarray
+    used: bool = False
+
+
+class _ScalarCodegen:
+    """Generate one Python function for a graph of scalars from the op table's ``scalar``
+    forms: forward as straight-line float arithmetic, then backward in reverse with every
+    fan-out sum written out (the tape is known at compile time, so no bookkeeping runs)."""
+
+    def __init__(self, program: TapeProgram) -> None:
+        self.p = program
+
+    def eligible(self) -> bool:
+        g = self.p.graph
+        for v in g.order:
+            d = g.node(v)
+            if d["shape"] != ():
+                return False
+            if d["role"] == "op" and OPS[d["op"]].scalar is None:
+                return False
+            if d["role"] != "op" and np.dtype(d["dtype"]).kind != "f":
+                return False
+            if d["role"] == "constant" and np.dtype(d["value"].dtype).kind not in "fiu":
+                return False
+        return np.dtype(g.node(self.p.out_node)["dtype"]) == np.float64
+
+    def build(self) -> Callable[[Mapping[str, Any]], GradientResult | None] | None:
+        if not self.eligible():
+            return None
+        p, g = self.p, self.p.graph
+        lines = ["def scalar_gradient(values):",
+                 "    if values.keys() != _NAMES:",
+                 "        return None  # the array path says what is missing or unknown"]
+        for v, d in p._leaves:
+            if d["role"] == "constant":
+                lines.append(f"    v{v} = {float(d['value'])!r}")
+            else:
+                lines.append(f"    v{v} = _float(values[{d['name']!r}])")
+        for s in p.steps:
+            lines.append(f"    v{s.node} = " + self._fmt(s.op.scalar.forward, s))
+        # backward: the first contribution assigns, later ones add
+        lines.append(f"    g{p.out_node} = 1.0")
+        has_grad = {p.out_node}
+        for s in p.backward_steps:
+            if s.node not in has_grad:
+                continue
             for i, u in enumerate(s.args):
                 if not s.needs_grad[i]:
                     continue
-                contribution = s.op.vjp_for(i)(g_out, env[s.node], *xs, **s.attrs)
-                grads[u] = grads[u] + contribution if u in grads else contribution
-        result = {n: np.asarray(grads.get(g.inputs[n], np.zeros(g.node(g.inputs[n])["shape"],
-                                                                 dtype=dtype)), dtype=dtype)
-                  for n in self.wrt}
-        return GradientResult(value=env[self.out_node], grads=result, engine="tape",
-                              output=self.output,
-                              node_values=env if self.keep_all else None,
-                              node_grads=grads if self.keep_all else None)
+                expr = self._fmt(s.op.scalar.vjp[min(i, len(s.op.scalar.vjp) - 1)], s)
+                lines.append(f"    g{u} {'+=' if u in has_grad else '='} {expr}")
+                has_grad.add(u)
+        names = [(n, g.inputs[n]) for n in p.wrt]
+        grads = ", ".join(f"g{v}" if v in has_grad else "0.0" for _, v in names)
+        lines.append(f"    grads = ({grads},)" if names else "    grads = ()")
+        if p.anomaly:
+            checks = " and ".join([f"_isfinite(v{p.out_node})"] +
+                                  [f"_isfinite(g{v})" for _, v in names if v in has_grad])
+            lines += [f"    if not ({checks}):", "        return None  # the array path names the op"]
+        dict_items = ", ".join(f"{n!r}: _f64(grads[{k}])" for k, (n, _) in enumerate(names))
+        lines.append(f"    return _Result(value=_f64(v{p.out_node}), grads={{{dict_items}}}, "
+                     f"engine='tape', output={p.output!r}, info={{'path': 'scalar'}})")
+        source = "\n".join(lines) + "\n"
+        namespace: dict[str, Any] = {
+            "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "sin": math.sin,
+            "cos": math.cos, "tanh": math.tanh, "abs": abs, "_isfinite": math.isfinite,
+            "_float": _plain_float, "_f64": np.float64, "_Result": GradientResult,
+            "_NAMES": frozenset(g.inputs),
+        }
+        exec(compile(source, f"<tape scalar gradient of graph {g.fingerprint()}>", "exec"),
+             namespace)
+        fn = namespace["scalar_gradient"]
+        fn.source = source
+        self.p.scalar_source = source
+        return fn
+
+    @staticmethod
+    def _fmt(template: str, s: Step) -> str:
+        names = {str(k): f"v{u}" for k, u in enumerate(s.args)}
+        attrs = {k: repr(float(a)) if isinstance(a, (int, float)) else repr(a)
+                 for k, a in {**s.op.attrs, **s.attrs}.items()}
+        return "(" + template.format(*names.values(), g=f"g{s.node}", ans=f"v{s.node}",
+                                     **attrs) + ")"
+
+
+_F64 = np.dtype(np.float64)
+
+
+def _plain_float(v: Any) -> float:
+    """``v`` as a Python float if it is a float64 scalar (or a Python number); anything else
+    raises, and the program takes the array path with its full input checks."""
+    t = type(v)
+    if t is float or t is np.float64:
+        return float(v)
+    if t is np.ndarray and v.ndim == 0 and v.dtype == _F64:
+        return float(v)
+    if t is int:
+        return float(v)
+    raise TypeError("not a float64 scalar")
 
 
 class TapeEngine(Engine):
-    """Reverse-mode AD. ``anomaly=True`` checks every forward value for NaN/Inf;
-    ``keep_all=True`` returns every node's value and gradient (for drawing)."""
+    """Reverse-mode AD. ``anomaly=True`` (the default) checks every forward value for
+    NaN/Inf and names the first op that made one (``False`` skips the checks for speed);
+    ``keep_all=True`` keeps and returns every node's value and gradient (for drawing)."""
 
     name = "tape"
 
@@ -113,5 +438,14 @@ class TapeEngine(Engine):
     def compile(self, graph: Graph, wrt: Iterable[str] | None = None,
                 output: str | None = None) -> TapeProgram:
         output = resolve_output(graph, output)
-        return TapeProgram(graph, resolve_wrt(graph, wrt), output, anomaly=self.anomaly,
-                           keep_all=self.keep_all)
+        # Planning allocates a few small tuples per node; on a 100,000-node graph (millions
+        # of live networkx objects) the cyclic collector's full passes took most of the
+        # compile time, and nothing allocated here forms a cycle.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return TapeProgram(graph, resolve_wrt(graph, wrt), output, anomaly=self.anomaly,
+                               keep_all=self.keep_all)
+        finally:
+            if was_enabled:
+                gc.enable()

@@ -25,6 +25,12 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   perturbed copies in one call. ``None`` means "loop over the copies";
 * ``label``    -- how the node is labelled in a drawing;
 * ``decompose`` -- optional: the op written with more primitive ops (drawing at primitive level).
+* ``matrix``   -- one matrix-level derivative rule per input, ``matrix[i](M, g, ans, *xs, **attrs)``,
+                  written in the matrix-expression language ``M``
+                  (``autodiff_lab/engines/matrix_expr.py``: ``@``, ``M.T``, ``*`` as Hadamard
+                  product, ``M.step``, ``M.sum_to``, convolution adjoints ...) on whole-tensor
+                  expressions; the symbolic engine's matrix mode differentiates with them and
+                  prints the formulas they make. Written from the maths, not from ``vjp``.
 
 Conventions (PyTorch's, followed by every engine): relu'(0) = 0, abs'(0) = 0,
 leaky_relu'(0) = alpha; maximum/minimum split the gradient evenly on ties, and so does the
@@ -38,20 +44,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import sympy as sp
 
 from autodiff_lab.errors import UnknownOpError
-from autodiff_lab.kernels import conv_reference as K
+from autodiff_lab.kernels import dispatch as K  # Numba/BLAS for real floats, else conv_reference
 
 Shape = tuple[int, ...]
 
 
 class ShapeRuleError(Exception):
     """Raised by a shape rule; the graph builder turns it into a ShapeError with context."""
+
+
+@dataclass(frozen=True)
+class ScalarForm:
+    """The op on Python floats, as source text, for code generated for a whole scalar graph
+    (the tape engine's fast path for graphs like the sigmoid neuron).
+
+    ``forward`` is an expression in ``{0}``, ``{1}``… (the inputs) and attribute names
+    (``{alpha}``); ``vjp[i]`` is the contribution to input ``i`` in ``{g}`` (upstream
+    gradient), ``{ans}`` (the result), the inputs and the attributes. Names available:
+    ``exp log sqrt sin cos tanh`` from :mod:`math`. Same conventions as the numpy rules.
+    """
+
+    forward: str
+    vjp: tuple[str | None, ...]
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,8 @@ class Op:
     decompose: Callable[..., Any] | None = None
     vjp_uses: frozenset[str] = frozenset({"inputs", "ans"})
     doc: str = ""
+    matrix: Sequence[Callable[..., Any] | None] | None = None
+    scalar: ScalarForm | None = None
 
     def vjp_for(self, i: int) -> Callable[..., np.ndarray] | None:
         """The reverse-mode rule for input ``i`` (variadic ops repeat their last rule)."""
@@ -87,6 +110,18 @@ class Op:
     def differentiable_in(self, i: int) -> bool:
         """Whether the op has a derivative with respect to input ``i``."""
         return self.vjp_for(i) is not None
+
+    def matrix_for(self, i: int) -> Callable[..., Any] | None:
+        """The matrix-level derivative rule for input ``i`` (``None``: not differentiable or
+        no rule); variadic ops repeat their last rule, with ``index=i``."""
+        if self.matrix is None:
+            return None
+        if i < len(self.matrix):
+            return self.matrix[i]
+        rule = self.matrix[-1]
+        if rule is None:
+            return None
+        return lambda M, g, ans, *xs, **attrs: rule(M, g, ans, *xs, index=i, **attrs)
 
 
 OPS: dict[str, Op] = {}
@@ -183,9 +218,46 @@ def _re(x: np.ndarray) -> np.ndarray:
     return x.real if np.iscomplexobj(x) else x
 
 
+class relu_step(sp.Function):  # noqa: N801 - printed as SymPy prints functions
+    """1[x > 0] as a SymPy function: the derivative of relu, 0 at 0 (not Heaviside's 1/2)."""
+
+    is_real = True
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number and x.is_comparable:
+            return sp.S.One if x > 0 else sp.S.Zero
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+    _imp_ = staticmethod(lambda x: (x > 0) * 1.0)  # numpy arrays, floats and mpmath numbers
+
+
+class relu(sp.Function):  # noqa: N801
+    """max(0, x) as a SymPy function with relu'(x) = 1[x > 0], so relu'(0) = 0.
+
+    Not Max (its derivative is Heaviside(x), 1/2 at 0) and not Piecewise (nested
+    Piecewise conditions make SymPy's canonicalisation blow up on a conv + relu stack).
+    """
+
+    is_real = True
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number and x.is_comparable:
+            return x if x > 0 else sp.S.Zero
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return relu_step(self.args[0])
+
+    _imp_ = staticmethod(lambda x: x * (x > 0))
+
+
 def _sp_relu(x: sp.Expr) -> sp.Expr:
-    # Piecewise, not Max: Max differentiates to Heaviside(x), which is 1/2 at 0.
-    return sp.Piecewise((x, x > 0), (0, True))
+    return relu(x)
 
 
 def _sp_maximum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
@@ -204,7 +276,8 @@ def _sp_minimum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
 
 def _binary(name: str, forward: Callable, vjp_a: Callable, vjp_b: Callable, sym: Callable,
             label: str, *, complex_safe: bool = True, kink: Callable | None = None,
-            uses: frozenset[str] = frozenset({"inputs"}), doc: str = "") -> Op:
+            uses: frozenset[str] = frozenset({"inputs"}), doc: str = "",
+            matrix: tuple[Callable, Callable] | None = None) -> Op:
     return _register(Op(
         name=name, n_args=(2, 2),
         shape=lambda a, b: broadcast_shapes(a, b),
@@ -213,17 +286,24 @@ def _binary(name: str, forward: Callable, vjp_a: Callable, vjp_b: Callable, sym:
              lambda g, ans, a, b: unbroadcast(vjp_b(g, ans, a, b), b.shape)),
         sympy=_ew(sym, 2), label=label, complex_safe=complex_safe, kink=kink,
         batched=_poly_broadcast(forward), vjp_uses=uses, doc=doc,
+        matrix=None if matrix is None else (
+            lambda M, g, ans, a, b: M.sum_to(matrix[0](M, g, ans, a, b), a.shape),
+            lambda M, g, ans, a, b: M.sum_to(matrix[1](M, g, ans, a, b), b.shape)),
     ))
 
 
 _binary("add", np.add, lambda g, ans, a, b: g, lambda g, ans, a, b: g,
-        lambda a, b: a + b, "+", uses=frozenset(), doc="a + b")
+        lambda a, b: a + b, "+", uses=frozenset(), doc="a + b",
+        matrix=(lambda M, g, ans, a, b: g, lambda M, g, ans, a, b: g))
 _binary("sub", np.subtract, lambda g, ans, a, b: g, lambda g, ans, a, b: -g,
-        lambda a, b: a - b, "−", uses=frozenset(), doc="a − b")
+        lambda a, b: a - b, "−", uses=frozenset(), doc="a − b",
+        matrix=(lambda M, g, ans, a, b: g, lambda M, g, ans, a, b: -g))
 _binary("mul", np.multiply, lambda g, ans, a, b: g * b, lambda g, ans, a, b: g * a,
-        lambda a, b: a * b, "×", doc="a · b (element-wise)")
+        lambda a, b: a * b, "×", doc="a · b (element-wise)",
+        matrix=(lambda M, g, ans, a, b: g * b, lambda M, g, ans, a, b: g * a))
 _binary("div", np.divide, lambda g, ans, a, b: g / b, lambda g, ans, a, b: -g * ans / b,
-        lambda a, b: a / b, "÷", uses=frozenset({"inputs", "ans"}), doc="a / b")
+        lambda a, b: a / b, "÷", uses=frozenset({"inputs", "ans"}), doc="a / b",
+        matrix=(lambda M, g, ans, a, b: g / b, lambda M, g, ans, a, b: -(g * a) / (b * b)))
 
 
 def _maximum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -248,12 +328,17 @@ _binary("maximum", _maximum,
         lambda g, ans, a, b: g * _share_first(a, b, _re(a) > _re(b)),
         lambda g, ans, a, b: g * _share_first(b, a, _re(b) > _re(a)),
         _sp_maximum, "max",
-        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), doc="element-wise maximum")
+        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), doc="element-wise maximum",
+        # d max(a, b)/da = (1 + sign(a − b))/2: 1, 0, or ½ on a tie
+        matrix=(lambda M, g, ans, a, b: g * (1 + M.sign(a - b)) / 2,
+                lambda M, g, ans, a, b: g * (1 + M.sign(b - a)) / 2))
 _binary("minimum", _minimum,
         lambda g, ans, a, b: g * _share_first(a, b, _re(a) < _re(b)),
         lambda g, ans, a, b: g * _share_first(b, a, _re(b) < _re(a)),
         _sp_minimum, "min",
-        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), doc="element-wise minimum")
+        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), doc="element-wise minimum",
+        matrix=(lambda M, g, ans, a, b: g * (1 - M.sign(a - b)) / 2,
+                lambda M, g, ans, a, b: g * (1 - M.sign(b - a)) / 2))
 
 
 # --------------------------------------------------------------------------------------
@@ -263,12 +348,12 @@ _binary("minimum", _minimum,
 def _unary(name: str, forward: Callable, vjp: Callable, sym: Callable, label: str, *,
            attrs: dict[str, Any] | None = None, complex_safe: bool = True,
            kink: Callable | None = None, uses: frozenset[str] = frozenset({"inputs"}),
-           decompose: Callable | None = None, doc: str = "") -> Op:
+           decompose: Callable | None = None, doc: str = "", matrix: Callable | None = None) -> Op:
     return _register(Op(
         name=name, shape=_same_shape, forward=forward, vjp=(vjp,), label=label,
         sympy=_ew(sym) if not attrs else (lambda x, **a: _ew(lambda v: sym(v, **a))(x)),
         attrs=attrs or {}, complex_safe=complex_safe, kink=kink, batched=_poly(forward),
-        vjp_uses=uses, decompose=decompose, doc=doc,
+        vjp_uses=uses, decompose=decompose, doc=doc, matrix=None if matrix is None else (matrix,),
     ))
 
 
@@ -278,7 +363,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
+    fast = K.relu_forward(x)
+    if fast is not None:
+        return fast
     return np.maximum(x, 0) if _is_real(x) else x * (x.real > 0)
+
+
+def _relu_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray) -> np.ndarray:
+    fast = K.relu_backward(g, x)
+    return fast if fast is not None else g * _relu_grad(x)
 
 
 def _relu_grad(x: np.ndarray) -> np.ndarray:
@@ -299,31 +392,43 @@ def _at_zero(x: np.ndarray, **_: Any) -> bool:
 
 
 _unary("neg", np.negative, lambda g, ans, x: -g, lambda x: -x, "−x",
-       uses=frozenset(), doc="−x")
+       uses=frozenset(), doc="−x",
+       matrix=lambda M, g, ans, x: -g)
 _unary("reciprocal", np.reciprocal, lambda g, ans, x: -g * ans * ans, lambda x: 1 / x, "1/x",
-       uses=frozenset({"ans"}), doc="1 / x;  d(1/x) = −1/x²")
+       uses=frozenset({"ans"}), doc="1 / x;  d(1/x) = −1/x²",
+       matrix=lambda M, g, ans, x: -g / (x * x))
 _unary("exp", np.exp, lambda g, ans, x: g * ans, sp.exp, "exp",
-       uses=frozenset({"ans"}), doc="eˣ;  d(eˣ) = eˣ")
-_unary("log", np.log, lambda g, ans, x: g / x, sp.log, "log", doc="natural logarithm")
+       uses=frozenset({"ans"}), doc="eˣ;  d(eˣ) = eˣ",
+       matrix=lambda M, g, ans, x: g * ans)
+_unary("log", np.log, lambda g, ans, x: g / x, sp.log, "log", doc="natural logarithm",
+       matrix=lambda M, g, ans, x: g / x)
 _unary("sqrt", np.sqrt, lambda g, ans, x: g * 0.5 / ans, sp.sqrt, "√",
-       kink=_at_zero, uses=frozenset({"ans"}), doc="√x (infinite slope at 0)")
-_unary("sin", np.sin, lambda g, ans, x: g * np.cos(x), sp.sin, "sin", doc="sin x;  d sin = cos")
-_unary("cos", np.cos, lambda g, ans, x: -g * np.sin(x), sp.cos, "cos", doc="cos x;  d cos = −sin")
+       kink=_at_zero, uses=frozenset({"ans"}), doc="√x (infinite slope at 0)",
+       matrix=lambda M, g, ans, x: g / (2 * ans))
+_unary("sin", np.sin, lambda g, ans, x: g * np.cos(x), sp.sin, "sin", doc="sin x;  d sin = cos",
+       matrix=lambda M, g, ans, x: g * M.cos(x))
+_unary("cos", np.cos, lambda g, ans, x: -g * np.sin(x), sp.cos, "cos", doc="cos x;  d cos = −sin",
+       matrix=lambda M, g, ans, x: -(g * M.sin(x)))
 _unary("tanh", np.tanh, lambda g, ans, x: g * (1 - ans * ans), sp.tanh, "tanh",
-       uses=frozenset({"ans"}), doc="tanh;  d tanh = 1 − tanh²")
+       uses=frozenset({"ans"}), doc="tanh;  d tanh = 1 − tanh²",
+       matrix=lambda M, g, ans, x: g * (1 - ans * ans))
 _unary("sigmoid", _sigmoid, lambda g, ans, x: g * ans * (1 - ans),
        lambda x: 1 / (1 + sp.exp(-x)), "σ", uses=frozenset({"ans"}),
        decompose=lambda F, x: F.reciprocal(F.exp(F.neg(x)) + 1),
-       doc="σ(x) = 1 / (1 + e⁻ˣ);  dσ/dx = σ(1 − σ)")
-_unary("relu", _relu, lambda g, ans, x: g * _relu_grad(x), _sp_relu, "relu",
-       kink=_at_zero, doc="max(0, x);  relu'(x) = 1 for x > 0, else 0 (relu'(0) = 0)")
+       doc="σ(x) = 1 / (1 + e⁻ˣ);  dσ/dx = σ(1 − σ)",
+       matrix=lambda M, g, ans, x: g * ans * (1 - ans))
+_unary("relu", _relu, _relu_vjp, _sp_relu, "relu",
+       kink=_at_zero, doc="max(0, x);  relu'(x) = 1 for x > 0, else 0 (relu'(0) = 0)",
+       matrix=lambda M, g, ans, x: g * M.step(x))
 _unary("leaky_relu", _leaky_relu,
        lambda g, ans, x, alpha=0.01: g * np.where(_re(x) > 0, 1, alpha).astype(x.dtype),
        lambda x, alpha=0.01: sp.Piecewise((x, x > 0), (sp.Float(alpha) * x, True)),
        "leaky_relu", attrs={"alpha": 0.01}, kink=_at_zero,
-       doc="x for x > 0, else alpha·x (derivative alpha at 0)")
+       doc="x for x > 0, else alpha·x (derivative alpha at 0)",
+       matrix=lambda M, g, ans, x, alpha=0.01: g * (M.step(x) + alpha * (1 - M.step(x))))
 _unary("abs", _abs, lambda g, ans, x: g * np.sign(_re(x)).astype(x.dtype), sp.Abs, "|x|",
-       kink=_at_zero, doc="|x| (abs'(0) = 0)")
+       kink=_at_zero, doc="|x| (abs'(0) = 0)",
+       matrix=lambda M, g, ans, x: g * M.sign(x))
 
 
 def _pow_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray, exponent: float = 2.0) -> np.ndarray:
@@ -337,7 +442,9 @@ _unary("pow", lambda x, exponent=2.0: x ** exponent, _pow_vjp,
                                      else sp.Float(exponent)),
        "xᵖ", attrs={"exponent": 2.0},
        kink=lambda x, exponent=2.0: bool(exponent < 1 and np.any(_re(x) == 0)),
-       doc="x ** p for a constant exponent p")
+       doc="x ** p for a constant exponent p",
+       matrix=lambda M, g, ans, x, exponent=2.0:
+       g * exponent * x ** (exponent - 1) if exponent else 0 * g)
 
 
 # --------------------------------------------------------------------------------------
@@ -416,6 +523,22 @@ def _sp_max(items: list) -> sp.Expr:
     return out
 
 
+def _max_matrix(M, g, ans, x, axes=(), keepdims=False):
+    kept = M.kept_shape(x.shape, axes)
+    hit = M.equal(x, M.broadcast_to(M.reshape(ans, kept), x.shape))
+    share = hit / M.sum(hit, axes, keepdims=True)  # ties share the gradient evenly
+    return share * M.broadcast_to(M.reshape(g, kept), x.shape)
+
+
+_MATRIX_REDUCE = {
+    "sum": lambda M, g, ans, x, axes=(), keepdims=False:
+        M.broadcast_to(M.reshape(g, M.kept_shape(x.shape, axes)), x.shape),
+    "mean": lambda M, g, ans, x, axes=(), keepdims=False:
+        M.broadcast_to(M.reshape(g, M.kept_shape(x.shape, axes)), x.shape) / _count(x.shape, axes),
+    "max": _max_matrix,
+}
+
+
 for _name, _fwd, _vjp, _sym, _label, _kink in (
     ("sum", lambda x, axes=(), keepdims=False: np.sum(x, axis=axes, keepdims=keepdims),
      _sum_vjp, _sp_reduce(lambda v: sp.Add(*v)), "Σ", None),
@@ -427,7 +550,7 @@ for _name, _fwd, _vjp, _sym, _label, _kink in (
         name=_name, shape=_reduce_shape, forward=_fwd, vjp=(_vjp,), sympy=_sym, label=_label,
         attrs={"axes": (), "keepdims": False}, kink=_kink, batched=_poly(_fwd),
         vjp_uses=frozenset({"inputs"}) if _name != "max" else frozenset({"inputs", "ans"}),
-        doc=f"{_name} over the given axes",
+        doc=f"{_name} over the given axes", matrix=(_MATRIX_REDUCE[_name],),
     ))
 
 
@@ -448,7 +571,9 @@ _register(Op(
     vjp=(lambda g, ans, x, shape=(): np.reshape(g, x.shape),),
     sympy=lambda x, shape=(): np.reshape(x, shape), label="reshape", attrs={"shape": ()},
     batched=lambda lead, x, shape=(): np.reshape(x, x.shape[:lead] + tuple(shape)),
-    vjp_uses=frozenset({"inputs"}), doc="same elements, new shape (row-major order)",
+    vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, x, shape=(): M.reshape(g, x.shape),),
+    doc="same elements, new shape (row-major order)",
 ))
 
 
@@ -467,7 +592,9 @@ _register(Op(
     forward=lambda x, axes=(): np.transpose(x, axes),
     vjp=(lambda g, ans, x, axes=(): np.transpose(g, np.argsort(axes)),),
     sympy=lambda x, axes=(): np.transpose(x, axes), label="ᵀ", attrs={"axes": ()},
-    batched=_transpose_batched, vjp_uses=frozenset(), doc="permute the axes",
+    batched=_transpose_batched, vjp_uses=frozenset(),
+    matrix=(lambda M, g, ans, x, axes=(): M.transpose(g, tuple(np.argsort(axes))),),
+    doc="permute the axes",
 ))
 
 
@@ -489,6 +616,7 @@ _register(Op(
     vjp=(lambda g, ans, x, shape=(): unbroadcast(g, x.shape),),
     sympy=lambda x, shape=(): np.broadcast_to(x, shape), label="broadcast",
     attrs={"shape": ()}, batched=_broadcast_batched, vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, x, shape=(): M.sum_to(g, x.shape),),
     doc="repeat along new or size-1 axes",
 ))
 
@@ -536,7 +664,9 @@ _register(Op(
     vjp=(_index_vjp,), sympy=lambda x, key=(): x[index_key(key)], label="[ ]",
     attrs={"key": ()},
     batched=lambda lead, x, key=(): x[(slice(None),) * lead + index_key(key)],
-    vjp_uses=frozenset({"inputs"}), doc="basic indexing and slicing x[key]",
+    vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, x, key=(): M.scatter(g, key, x.shape),),
+    doc="basic indexing and slicing x[key]",
 ))
 
 
@@ -566,12 +696,21 @@ def _concat_batched(lead, *xs, axis=-1):
     return np.concatenate([np.broadcast_to(x, full + x.shape[lead:]) for x in xs], axis=axis)
 
 
+def _concat_matrix(M, g, ans, *xs, axis=-1, index=0):
+    start = sum(x.shape[axis] for x in xs[:index])
+    key = [("slice", None, None, None)] * g.ndim
+    key[axis] = ("slice", start, start + xs[index].shape[axis], None)
+    return M.index(g, tuple(key))
+
+
 _register(Op(
     name="concatenate", n_args=(1, None), shape=_concat_shape,
     forward=lambda *xs, axis=-1: np.concatenate(xs, axis=axis),
     vjp=(_concat_vjp,), sympy=lambda *xs, axis=-1: np.concatenate(xs, axis=axis),
     label="concat", attrs={"axis": -1}, batched=_concat_batched,
-    vjp_uses=frozenset({"inputs"}), doc="join along an existing axis",
+    vjp_uses=frozenset({"inputs"}),
+    matrix=(_concat_matrix,),
+    doc="join along an existing axis",
 ))
 
 
@@ -627,10 +766,23 @@ def _matmul_batched(lead, a, b):
     return np.matmul(*_align(lead, (a, b), max(nominal_a, nominal_b)))
 
 
+def _matmul_matrix(which: int) -> Callable:
+    """dL/da = G bᵀ, dL/db = aᵀ G (vectors promoted to matrices and back)."""
+    def rule(M, g, ans, a, b):
+        a2 = M.reshape(a, (1,) + a.shape) if a.ndim == 1 else a
+        b2 = M.reshape(b, b.shape + (1,)) if b.ndim == 1 else b
+        g2 = M.reshape(g, _matmul_shape(a2.shape, b2.shape))
+        if which == 0:
+            return M.reshape(M.sum_to(g2 @ M.T(b2), a2.shape), a.shape)
+        return M.reshape(M.sum_to(M.T(a2) @ g2, b2.shape), b.shape)
+    return rule
+
+
 _register(Op(
     name="matmul", n_args=(2, 2), shape=_matmul_shape, forward=np.matmul,
     vjp=(_matmul_vjp_a, _matmul_vjp_b), sympy=lambda a, b: np.asarray(np.matmul(a, b), dtype=object),
     label="@", batched=_matmul_batched, vjp_uses=frozenset({"inputs"}),
+    matrix=(_matmul_matrix(0), _matmul_matrix(1)),
     doc="matrix product a @ b;  d(a@b)/da = g bᵀ, d(a@b)/db = aᵀ g",
 ))
 
@@ -694,6 +846,11 @@ _register(Op(
     sympy=lambda x, w, b=None, **a: np.asarray(_conv2d(x, w, b, **a), dtype=object),
     label="conv2d", attrs=_conv_attrs(), batched=_conv2d_batched,
     vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
+            M.conv2d_input_grad(g, w, x.shape, stride, padding, dilation, groups),
+            lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
+            M.conv2d_weight_grad(g, x, w.shape, stride, padding, dilation, groups),
+            lambda M, g, ans, x, w, b=None, **attrs: M.sum(g, (0, 2, 3))),
     doc="2-D cross-correlation (what deep learning calls convolution), optional bias",
 ))
 
@@ -754,6 +911,13 @@ _register(Op(
     sympy=lambda x, w, b=None, **a: np.asarray(_convT(x, w, b, **a), dtype=object),
     label="conv_transpose2d", attrs={**_conv_attrs(), "output_padding": (0, 0)},
     batched=_convT_batched, vjp_uses=frozenset({"inputs"}),
+    # the adjoint of the transpose convolution is the convolution itself
+    matrix=(lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+            dilation=(1, 1), groups=1: M.conv2d(g, w, stride, padding, dilation, groups),
+            lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+            dilation=(1, 1), groups=1:
+            M.conv2d_weight_grad(x, g, w.shape, stride, padding, dilation, groups),
+            lambda M, g, ans, x, w, b=None, **attrs: M.sum(g, (0, 2, 3))),
     doc="transpose convolution (the adjoint of conv2d in its input), optional bias",
 ))
 
@@ -794,7 +958,10 @@ _register(Op(
     kink=lambda x, **a: K.max_pool2d_ties(x, **a),
     batched=lambda lead, x, **a: _lead_merge(lead, lambda y, **b: K.max_pool2d_forward(
         y, b["kernel"], b["stride"], b["padding"]), x, **a),
-    vjp_uses=frozenset({"inputs"}), doc="maximum over sliding windows (padding counts as −∞)",
+    vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+            M.maxpool_grad(g, x, kernel, stride, padding),),
+    doc="maximum over sliding windows (padding counts as −∞)",
 ))
 
 _register(Op(
@@ -810,6 +977,8 @@ _register(Op(
     batched=lambda lead, x, **a: _lead_merge(lead, lambda y, **b: K.avg_pool2d_forward(
         y, b["kernel"], b["stride"], b["padding"]), x, **a),
     vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+            M.avgpool_grad(g, x.shape, kernel, stride, padding),),
     doc="mean over sliding windows (padded zeros count: count_include_pad=True)",
 ))
 
@@ -832,7 +1001,10 @@ def _upsample_vjp(g, ans, x, scale=(2, 2)):
 _register(Op(
     name="upsample", shape=_upsample_shape, forward=_upsample, vjp=(_upsample_vjp,),
     sympy=_upsample, label="upsample", attrs={"scale": (2, 2)}, batched=_poly(_upsample),
-    vjp_uses=frozenset({"inputs"}), doc="nearest-neighbour up-sampling by integer factors",
+    vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, x, scale=(2, 2): M.sum(M.reshape(
+        g, x.shape[:-2] + (x.shape[-2], scale[0], x.shape[-1], scale[1])), (-3, -1)),),
+    doc="nearest-neighbour up-sampling by integer factors",
 ))
 
 
@@ -877,6 +1049,10 @@ def _bn_stats(x, nd, training, mean, var):
 
 
 def _batch_norm(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5, nd=None):
+    if nd is None:
+        fast = K.batch_norm_forward(x, gamma, beta, mean, var, training, eps)
+        if fast is not None:
+            return fast
     nd = nd or x.ndim
     d, v = _bn_stats(x, nd, training, mean, var)
     return d / np.sqrt(v + eps) * _chan(gamma, nd) + _chan(beta, nd)
@@ -890,6 +1066,9 @@ def _bn_parts(x, mean, var, training, eps):
 
 
 def _bn_vjp_x(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    fast = K.batch_norm_backward(g, x, gamma, beta, mean, var, training, eps, "x")
+    if fast is not None:
+        return fast
     xhat, inv, axes = _bn_parts(x, mean, var, training, eps)
     gg = g * _chan(gamma, x.ndim)
     if not training:
@@ -900,6 +1079,9 @@ def _bn_vjp_x(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e
 
 
 def _bn_vjp_gamma(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    fast = K.batch_norm_backward(g, x, gamma, beta, mean, var, training, eps, "gamma")
+    if fast is not None:
+        return fast
     xhat, _, axes = _bn_parts(x, mean, var, training, eps)
     return (g * xhat).sum(axis=axes)
 
@@ -929,6 +1111,45 @@ def _bn_batched(lead, x, gamma, beta, mean=None, var=None, training=True, eps=1e
     return _batch_norm(x, gamma, beta, mean, var, training, eps, nd=nd)
 
 
+def _bn_matrix_xhat(M, x, mean, var, training, eps):
+    """x̂ = (x − μ)/√(σ² + ε) and 1/√(σ² + ε), as matrix expressions."""
+    axes = _bn_axes(x.ndim)
+    if training:
+        d = x - M.mean(x, axes, keepdims=True)
+        inv = 1 / M.sqrt(M.mean(d * d, axes, keepdims=True) + eps)
+    else:
+        d = x - M.channel(mean, x.ndim)
+        inv = 1 / M.sqrt(M.channel(var, x.ndim) + eps)
+    return d * inv, inv
+
+
+def _bn_matrix_x(M, g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    axes = _bn_axes(x.ndim)
+    xhat, inv = _bn_matrix_xhat(M, x, mean, var, training, eps)
+    gg = g * M.channel(gamma, x.ndim)
+    if not training:
+        return gg * inv
+    # the batch statistics depend on x too: subtract the mean gradient and its x̂ component
+    return inv * (gg - M.mean(gg, axes, keepdims=True) - xhat * M.mean(gg * xhat, axes, keepdims=True))
+
+
+def _bn_matrix_gamma(M, g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    return M.sum(g * _bn_matrix_xhat(M, x, mean, var, training, eps)[0], _bn_axes(x.ndim))
+
+
+def _bn_matrix_beta(M, g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    return M.sum(g, _bn_axes(x.ndim))
+
+
+def _bn_matrix_mean(M, g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    return -M.sum(g * M.channel(gamma / M.sqrt(var + eps), x.ndim), _bn_axes(x.ndim))
+
+
+def _bn_matrix_var(M, g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    xhat, inv = _bn_matrix_xhat(M, x, mean, var, training, eps)
+    return M.sum(-0.5 * (g * M.channel(gamma, x.ndim) * xhat * inv * inv), _bn_axes(x.ndim))
+
+
 _register(Op(
     name="batch_norm", n_args=(3, 5), shape=_bn_shape,
     forward=lambda x, gamma, beta, mean=None, var=None, training=True, eps=1e-5:
@@ -936,6 +1157,7 @@ _register(Op(
     vjp=(_bn_vjp_x, _bn_vjp_gamma, _bn_vjp_beta, _bn_vjp_mean, _bn_vjp_var),
     sympy=_sp_batch_norm, label="batch_norm", attrs={"training": True, "eps": 1e-5},
     batched=_bn_batched, vjp_uses=frozenset({"inputs"}),
+    matrix=(_bn_matrix_x, _bn_matrix_gamma, _bn_matrix_beta, _bn_matrix_mean, _bn_matrix_var),
     doc="(x − μ)/√(σ² + ε)·γ + β per channel; training: batch statistics (biased variance), "
         "evaluation: the running statistics given as inputs",
 ))
@@ -975,13 +1197,17 @@ _register(Op(
     name="log_softmax", shape=_softmax_axis_shape, forward=_log_softmax,
     vjp=(lambda g, ans, x, axis=-1: g - np.exp(ans) * g.sum(axis=axis, keepdims=True),),
     sympy=_sp_log_softmax, label="log_softmax", attrs={"axis": -1}, batched=_poly(_log_softmax),
-    vjp_uses=frozenset({"ans"}), doc="x − log Σ exp(x) along an axis (shifted for stability)",
+    vjp_uses=frozenset({"ans"}),
+    matrix=(lambda M, g, ans, x, axis=-1: g - M.exp(ans) * M.sum(g, (axis,), keepdims=True),),
+    doc="x − log Σ exp(x) along an axis (shifted for stability)",
 ))
 _register(Op(
     name="softmax", shape=_softmax_axis_shape, forward=_softmax,
     vjp=(lambda g, ans, x, axis=-1: ans * (g - (g * ans).sum(axis=axis, keepdims=True)),),
     sympy=_sp_softmax, label="softmax", attrs={"axis": -1}, batched=_poly(_softmax),
-    vjp_uses=frozenset({"ans"}), doc="exp(x) / Σ exp(x) along an axis",
+    vjp_uses=frozenset({"ans"}),
+    matrix=(lambda M, g, ans, x, axis=-1: ans * (g - M.sum(g * ans, (axis,), keepdims=True)),),
+    doc="exp(x) / Σ exp(x) along an axis",
 ))
 
 
@@ -1004,12 +1230,18 @@ def _ce_shape(logits: Shape, labels: Shape, reduction: str = "mean") -> Shape:
 
 
 def _ce_forward(logits, labels, reduction="mean", lead=0):
+    fast = None if lead else K.softmax_cross_entropy_forward(logits, labels, reduction)
+    if fast is not None:
+        return fast
     logp = _log_softmax(logits)
     picked = np.take_along_axis(logp, np.asarray(labels, dtype=np.intp)[..., None], axis=-1)
     return -_reduce_loss(picked[..., 0], reduction, lead)
 
 
 def _ce_vjp(g, ans, logits, labels, reduction="mean"):
+    fast = K.softmax_cross_entropy_backward(g, logits, labels, reduction)
+    if fast is not None:
+        return fast
     p = _softmax(logits)
     np.put_along_axis(p, np.asarray(labels, dtype=np.intp)[..., None],
                       np.take_along_axis(p, np.asarray(labels, dtype=np.intp)[..., None],
@@ -1035,6 +1267,9 @@ _register(Op(
     batched=lambda lead, logits, labels, reduction="mean": _ce_forward(
         logits, np.broadcast_to(labels, logits.shape[:-1]), reduction, lead),
     vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, logits, labels, reduction="mean":
+            g * (M.apply("softmax", logits) - M.onehot(labels, logits.shape[-1]))
+            / (1 if reduction == "sum" else math.prod(logits.shape[:-1])), None),
     doc="−mean log softmax(logits)[label] over the batch; d/dlogits = (softmax − onehot)/N",
 ))
 
@@ -1068,6 +1303,16 @@ def _sp_pair_loss(fn: Callable) -> Callable:
     return apply
 
 
+def _pair_loss_matrix(derivative: Callable, sign: int) -> Callable:
+    """d loss/d pred (sign +1) or d loss/d target (sign −1), scaled by g (and 1/N for 'mean')."""
+    def rule(M, g, ans, pred, target, reduction="sum"):
+        local = g * derivative(M, pred - target)
+        if reduction == "mean":
+            local = local / max(math.prod(pred.shape), 1)
+        return local if sign > 0 else -local
+    return rule
+
+
 _register(Op(
     name="mse", n_args=(2, 2), shape=lambda p, t, **a: _pair_loss_shape(p, t, name="mse", **a),
     forward=_mse, vjp=(_mse_vjp(1), _mse_vjp(-1)),
@@ -1075,6 +1320,7 @@ _register(Op(
     attrs={"reduction": "sum"},
     batched=lambda lead, p, t, reduction="sum": _mse(p, t, reduction, lead),
     vjp_uses=frozenset({"inputs"}),
+    matrix=(_pair_loss_matrix(lambda M, d: d, 1), _pair_loss_matrix(lambda M, d: d, -1)),
     doc="½ Σ (ŷ − y)² ('sum', the default) or ½ mean (ŷ − y)² ('mean'); d/dŷ = ŷ − y",
 ))
 
@@ -1099,5 +1345,48 @@ _register(Op(
     kink=lambda p, t, **a: bool(np.any(_re(p) == _re(t))),
     batched=lambda lead, p, t, reduction="sum": _l1(p, t, reduction, lead),
     vjp_uses=frozenset({"inputs"}),
+    matrix=(_pair_loss_matrix(lambda M, d: M.sign(d), 1),
+            _pair_loss_matrix(lambda M, d: M.sign(d), -1)),
     doc="Σ |ŷ − y| ('sum') or mean |ŷ − y| ('mean'); derivative sign(ŷ − y), 0 at ties",
 ))
+
+
+# --------------------------------------------------------------------------------------
+# scalar forms (straight-line Python on floats) of the ops a scalar graph is made of
+# --------------------------------------------------------------------------------------
+
+_SIGN = "(1.0 if {d} > 0 else (-1.0 if {d} < 0 else 0.0))"
+_SCALAR_FORMS: dict[str, ScalarForm] = {
+    "add": ScalarForm("{0} + {1}", ("{g}", "{g}")),
+    "sub": ScalarForm("{0} - {1}", ("{g}", "-{g}")),
+    "mul": ScalarForm("{0} * {1}", ("{g} * {1}", "{g} * {0}")),
+    "div": ScalarForm("{0} / {1}", ("{g} / {1}", "-{g} * {ans} / {1}")),
+    "maximum": ScalarForm("({0} if {0} >= {1} else {1})",
+                          ("{g} * (1.0 if {0} > {1} else (0.5 if {0} == {1} else 0.0))",
+                           "{g} * (1.0 if {1} > {0} else (0.5 if {0} == {1} else 0.0))")),
+    "minimum": ScalarForm("({0} if {0} <= {1} else {1})",
+                          ("{g} * (1.0 if {0} < {1} else (0.5 if {0} == {1} else 0.0))",
+                           "{g} * (1.0 if {1} < {0} else (0.5 if {0} == {1} else 0.0))")),
+    "neg": ScalarForm("-{0}", ("-{g}",)),
+    "reciprocal": ScalarForm("1.0 / {0}", ("-{g} * {ans} * {ans}",)),
+    "exp": ScalarForm("exp({0})", ("{g} * {ans}",)),
+    "log": ScalarForm("log({0})", ("{g} / {0}",)),
+    "sqrt": ScalarForm("sqrt({0})", ("{g} * 0.5 / {ans}",)),
+    "sin": ScalarForm("sin({0})", ("{g} * cos({0})",)),
+    "cos": ScalarForm("cos({0})", ("-{g} * sin({0})",)),
+    "tanh": ScalarForm("tanh({0})", ("{g} * (1.0 - {ans} * {ans})",)),
+    "sigmoid": ScalarForm("1.0 / (1.0 + exp(-{0}))", ("{g} * {ans} * (1.0 - {ans})",)),
+    "relu": ScalarForm("({0} if {0} > 0 else 0.0)", ("({g} if {0} > 0 else 0.0)",)),
+    "leaky_relu": ScalarForm("({0} if {0} > 0 else {alpha} * {0})",
+                             ("({g} if {0} > 0 else {alpha} * {g})",)),
+    "abs": ScalarForm("abs({0})", ("{g} * " + _SIGN.format(d="{0}"),)),
+    "pow": ScalarForm("{0} ** {exponent}",
+                      ("({g} * {exponent} * {0} ** ({exponent} - 1.0) if {exponent} != 0 "
+                       "else 0.0)",)),
+    # one-element losses: 'sum' and 'mean' agree
+    "mse": ScalarForm("0.5 * ({0} - {1}) * ({0} - {1})", ("{g} * ({0} - {1})", "-{g} * ({0} - {1})")),
+    "l1": ScalarForm("abs({0} - {1})", ("{g} * " + _SIGN.format(d="({0} - {1})"),
+                                        "-{g} * " + _SIGN.format(d="({0} - {1})"))),
+}
+for _name, _form in _SCALAR_FORMS.items():
+    OPS[_name] = replace(OPS[_name], scalar=_form)

@@ -1,0 +1,387 @@
+"""Expanded mode of the symbolic engine: diff, cse, lambdify on scalar SymPy expressions.
+
+Every tensor is written out element by element (the op table's ``sympy`` forms on numpy
+``object`` arrays of real SymPy symbols), the output becomes one SymPy expression, and
+``sympy.diff`` is applied for every wanted scalar. Those expressions are *trees*: a value
+used twice is written out twice, so an MLP's loss grows like D³ and its gradient like D⁵
+with the width D. :func:`estimate_expansion` measures that growth on our DAG in linear time
+(tree size of a node = 1 + the tree sizes of its arguments, shared arguments counted each
+time they are used) and the program refuses with :class:`SymbolicSizeError` before SymPy
+starts. ``cse`` then finds the sharing again (the DESIGN measured 2.8M operations shrinking
+to ~10k at D = 16), and ``lambdify`` turns the result into numpy code; with ``precision``
+the same expressions are evaluated with mpmath (the high-precision reference).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from autodiff_lab.engines.base import GradientResult, Program, resolve_seed
+from autodiff_lab.errors import NonFiniteError, SymbolicSizeError
+from autodiff_lab.graph.evaluate import check_values, working_dtype
+from autodiff_lab.graph.graph import Graph
+from autodiff_lab.graph.optable import OPS
+
+# Calibration of the estimate, measured with SymPy 1.14 on the 2-layer sigmoid MLP
+# (benchmarks/bench_symbolic.py): count_ops of the expanded gradient per (output tree node ×
+# wanted scalar) was 1.3, 1.16, 1.08 at D = 2, 4, 8; expand + diff + cse + lambdify took
+# about 1.4e-5 to 2e-5 s per gradient operation. SymPy shares equal subtrees in memory, so
+# memory grows slower than the count: peak RSS rose by ~25 MB for 7.9M operations at D = 16
+# (the DESIGN's run reported 1.5 GB end to end); 10 bytes per operation is a safe estimate.
+GRADIENT_OPS_PER_TREE_NODE = 1.1
+SECONDS_PER_GRADIENT_OP = 2e-5
+BYTES_PER_GRADIENT_OP = 10.0
+
+# --------------------------------------------------------------------------------------
+# the guard: expanded tree sizes in linear time
+# --------------------------------------------------------------------------------------
+
+_UNARY_COST = {"neg": 2, "reciprocal": 2, "exp": 1, "log": 1, "sqrt": 2, "sin": 1, "cos": 1,
+               "tanh": 1, "sigmoid": 6, "abs": 1, "pow": 2}
+_STRUCTURAL = ("reshape", "transpose", "broadcast_to", "index", "concatenate", "upsample")
+_MULTILINEAR = ("matmul", "conv2d", "conv_transpose2d")
+
+
+def _sizes_of_op(op: str, xs: list[np.ndarray], attrs: Mapping[str, Any],
+                 shape: tuple[int, ...]) -> np.ndarray:
+    """Per-element tree sizes of an op's expanded SymPy form, from its arguments' sizes."""
+    entry = OPS[op]
+    if op in _UNARY_COST:
+        return xs[0] + _UNARY_COST[op]
+    if op == "relu":                      # Piecewise((x, x > 0), (0, True)) holds x twice
+        return 2 * xs[0] + 6
+    if op == "leaky_relu":
+        return 3 * xs[0] + 8
+    if op in ("add", "mul"):
+        return xs[0] + xs[1] + 1
+    if op in ("sub", "div"):
+        return xs[0] + xs[1] + 3
+    if op in ("maximum", "minimum"):      # (a + b ± |a − b|) / 2
+        return 2 * (xs[0] + xs[1]) + 6
+    if op in _STRUCTURAL:
+        return np.asarray(entry.forward(*xs, **attrs), dtype=float)
+    if op in ("sum", "mean"):
+        return np.sum(xs[0], axis=attrs.get("axes", ()), keepdims=attrs.get("keepdims", False)) \
+            + (1 if op == "sum" else 3)
+    if op in _MULTILINEAR:                # Σ of products: 1 + terms + Σ sizes of both factors
+        ones = [np.ones_like(x) for x in xs[:2]]
+        kw = dict(attrs)
+        terms = entry.forward(ones[0], ones[1], **kw)
+        total = 1 + terms + entry.forward(xs[0], ones[1], **kw) + entry.forward(ones[0], xs[1], **kw)
+        if len(xs) > 2:                   # bias
+            total = total + 1 + xs[2].reshape((-1,) + (1,) * (len(shape) - 2))
+        return np.asarray(total, dtype=float)
+    if op == "avg_pool2d":
+        k = math.prod(attrs.get("kernel", (2, 2)))
+        return np.asarray(entry.forward(xs[0], **attrs), dtype=float) * k + 3
+    if op in ("max", "max_pool2d"):       # nested pairwise maxima double at every level
+        k = math.prod(attrs.get("kernel", (2, 2))) if op == "max_pool2d" else \
+            math.prod(xs[0].shape[a] for a in attrs.get("axes", ()))
+        mean = float(np.mean(xs[0])) if xs[0].size else 1.0
+        with np.errstate(over="ignore"):
+            return np.full(shape, (2.0 ** min(k, 1000)) * (mean + 3))
+    if op == "batch_norm":                # mean, then variance of (x − mean): (n + 1)·S_c
+        x = xs[0]
+        axes = tuple(a for a in range(x.ndim) if a != 1)
+        per_channel = np.sum(x, axis=axes, keepdims=True)
+        n = x.size // x.shape[1]
+        return x + (n + 2) * per_channel + 12
+    if op in ("softmax", "log_softmax"):
+        axis = attrs.get("axis", -1)
+        return xs[0] + np.sum(xs[0], axis=axis, keepdims=True) + 2 * xs[0].shape[axis] + 4
+    # losses and anything else: every output element depends on every input element
+    total = sum(float(np.sum(x)) for x in xs) + 3 * max(x.size for x in xs)
+    return np.full(shape, total)
+
+
+def tree_sizes(graph: Graph, stop_above: float | None = None,
+               relevant: set[int] | None = None) -> dict[int, np.ndarray]:
+    """For every node, the tree size of each element's expanded expression (floats; inf
+    when it overflows). Linear in the graph: one small numpy computation per node.
+
+    With ``stop_above``, stop at the first node of ``relevant`` with an element whose tree
+    is larger (every element of a node that reaches the output is part of the output's
+    tree, so the output cannot be smaller): huge graphs are refused without finishing.
+    """
+    sizes: dict[int, np.ndarray] = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for v in graph.order:
+            if stop_above is not None and sizes and (relevant is None or v in relevant) and \
+                    any(float(np.max(sizes[u], initial=0)) > stop_above for u in graph.operands(v)):
+                break
+            d = graph.node(v)
+            if d["role"] != "op":
+                sizes[v] = np.ones(d["shape"])
+                continue
+            xs = [sizes[u] for u in graph.operands(v)]
+            for i in OPS[d["op"]].int_args:  # labels are numbers, not trees
+                if i < len(xs):
+                    xs[i] = np.zeros(xs[i].shape, dtype=np.intp)
+            sizes[v] = np.asarray(_sizes_of_op(d["op"], xs, d["attrs"], d["shape"]), dtype=float)
+    return sizes
+
+
+@dataclass
+class ExpansionEstimate:
+    """What expanding and differentiating a graph would cost, estimated before doing it."""
+
+    output_tree_size: float
+    scalars: int
+    gradient_ops: float
+    seconds: float
+    bytes: float
+    output_node: int
+    swell_node: int | None = None
+    seconds_measured: float = 0.0
+    lower_bound: bool = False
+
+    def message(self, graph: Graph, output: str, limit: float) -> str:
+        """The refusal text: size, time and memory estimates, and what to do instead."""
+        out = graph.outputs[output]
+        d = graph.node(out)
+        about = "at least" if self.lower_bound else "about"
+        text = (f"expanded symbolic differentiation refused: output {output!r} "
+                f"({graph.describe(out)}, shape {d['shape']}) written out element by element "
+                f"is an expression tree of {'at least ' if self.lower_bound else ''}"
+                f"{self.output_tree_size:.3g} nodes; its gradient with "
+                f"respect to {self.scalars} scalars would have {about} {self.gradient_ops:.3g} "
+                f"operations (limit max_tree_size={limit:.3g}), an estimated "
+                f"{_duration(self.seconds)} and {_memory(self.bytes)} of memory to build.")
+        if self.swell_node is not None:
+            s = graph.node(self.swell_node)
+            text += (f" The swell starts at {graph.describe(self.swell_node)} ({s['op']}, shape "
+                     f"{s['shape']}, argument shapes "
+                     f"{[graph.node(u)['shape'] for u in graph.operands(self.swell_node)]}).")
+        return text + (" Use the matrix mode, which keeps the graph's sharing: "
+                       "adl.engine('symbolic', mode='matrix'), or reverse mode: "
+                       "adl.gradient(graph, values, engine='tape'); or raise max_tree_size "
+                       "to wait for it.")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unbounded time"
+    if seconds < 120:
+        return f"{seconds:.2g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.2g} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.2g} h"
+    return f"{seconds / 86400:.2g} days"
+
+
+def _memory(nbytes: float) -> str:
+    if not math.isfinite(nbytes):
+        return "unbounded"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2g} {unit}"
+    return f"{nbytes / 1e3:.2g} kB"
+
+
+def estimate_expansion(graph: Graph, wrt: list[str], output: str,
+                       limit: float | None = None) -> ExpansionEstimate:
+    """Estimate the expanded gradient's size, time and memory from the tree sizes.
+
+    With a ``limit``, the measurement stops as soon as the output is known to exceed it a
+    thousandfold (the estimate is then a lower bound, marked ``lower_bound``).
+    """
+    start = time.perf_counter()
+    out = graph.outputs[output]
+    scalars = sum(int(np.prod(graph.node(graph.inputs[n])["shape"], dtype=np.int64)) for n in wrt)
+    relevant = {out}
+    for v in reversed(graph.order):
+        if v in relevant:
+            relevant.update(graph.operands(v))
+    stop = None if limit is None else 1000 * limit / (GRADIENT_OPS_PER_TREE_NODE * max(scalars, 1))
+    sizes = tree_sizes(graph, stop, relevant)
+    lower_bound = out not in sizes
+    tree = float(np.sum(sizes[out])) if not lower_bound else \
+        max(float(np.max(sizes[v], initial=0)) for v in sizes if v in relevant)
+    ops = GRADIENT_OPS_PER_TREE_NODE * tree * max(scalars, 1)
+    # where the swell comes from: the op whose elements grow most over its arguments'
+    swell, best = None, 1.0
+    for v in graph.order:
+        if v not in sizes or graph.node(v)["role"] != "op" or not sizes[v].size:
+            continue
+        before = max((float(np.max(sizes[u], initial=1)) for u in graph.operands(v)), default=1)
+        ratio = float(np.max(sizes[v])) / max(before, 1.0)
+        if ratio > best:
+            swell, best = v, ratio
+    return ExpansionEstimate(tree, scalars, ops, ops * SECONDS_PER_GRADIENT_OP,
+                             ops * BYTES_PER_GRADIENT_OP, out, swell,
+                             seconds_measured=time.perf_counter() - start,
+                             lower_bound=lower_bound)
+
+
+def sigmoid_mlp_example(d: int) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The DESIGN's swell example: L = ½‖σ(W2 σ(W1 x)) − y‖², D inputs = hidden = outputs."""
+    from autodiff_lab.graph import functions as F
+    from autodiff_lab.graph.graph import param, trace
+
+    graph = trace(lambda W1, W2, x, y: F.mse_loss(F.sigmoid(W2 @ F.sigmoid(W1 @ x)), y),
+                  W1=param((d, d)), W2=param((d, d)), x=(d,), y=(d,))
+    rng = np.random.default_rng(d)
+    values = {"W1": rng.standard_normal((d, d)) / np.sqrt(d),
+              "W2": rng.standard_normal((d, d)) / np.sqrt(d),
+              "x": rng.standard_normal(d), "y": rng.random(d)}
+    return graph, values
+
+
+# --------------------------------------------------------------------------------------
+# expansion, diff, cse, lambdify
+# --------------------------------------------------------------------------------------
+
+def _symbols(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Real SymPy symbols for an input, ``W1_0_1`` for W1[0, 1] (``w1`` for a scalar)."""
+    out = np.empty(shape, dtype=object)
+    for idx in np.ndindex(shape):
+        label = name if not shape else name + "_" + "_".join(str(i) for i in idx)
+        out[idx] = sp.Symbol(label, real=True)
+    return out
+
+
+def _sympy_constant(value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    out = np.empty(arr.shape, dtype=object)
+    for idx in np.ndindex(arr.shape):
+        v = arr[idx].item()
+        out[idx] = sp.Integer(int(v)) if float(v).is_integer() and abs(v) < 2 ** 53 else sp.Float(v)
+    return out
+
+
+def expand_graph(graph: Graph, output: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Input symbols by name, and the output as an object array of SymPy expressions."""
+    symbols: dict[str, np.ndarray] = {}
+    env: dict[int, np.ndarray] = {}
+    for v in graph.order:
+        d = graph.node(v)
+        if d["role"] in ("input", "parameter"):
+            if np.issubdtype(np.dtype(d["dtype"]), np.integer):
+                env[v] = None  # type: ignore[assignment]  # labels: bound at evaluation
+                symbols[d["name"]] = None  # type: ignore[assignment]
+                continue
+            symbols[d["name"]] = env[v] = _symbols(d["name"], d["shape"])
+        elif d["role"] == "constant":
+            env[v] = _sympy_constant(d["value"])
+        else:
+            op = OPS[d["op"]]
+            args = [env[u] for u in graph.operands(v)]
+            env[v] = np.asarray(op.sympy(*args, **d["attrs"]), dtype=object)
+    return symbols, env[graph.outputs[output]]
+
+
+class ExpandedProgram(Program):
+    """diff + cse + lambdify of the expanded output (see the module docstring)."""
+
+    def __init__(self, graph: Graph, wrt: list[str], output: str, *,
+                 max_tree_size: float | None, precision: int | None = None,
+                 check_finite: bool = True) -> None:
+        start = time.perf_counter()
+        self.graph, self.wrt, self.output = graph, wrt, output
+        self.precision, self.check_finite = precision, check_finite
+        labels = [n for n, v in graph.inputs.items()
+                  if np.issubdtype(np.dtype(graph.node(v)["dtype"]), np.integer)]
+        if labels:
+            raise SymbolicSizeError(f"expanded mode needs numeric values for integer inputs "
+                                    f"{labels} at compile time; use mode='matrix'")
+        self.estimate = estimate_expansion(graph, wrt, output, max_tree_size)
+        if max_tree_size is not None and self.estimate.gradient_ops > max_tree_size:
+            raise SymbolicSizeError(self.estimate.message(graph, output, max_tree_size))
+        t = {"guard": time.perf_counter() - start}
+
+        tic = time.perf_counter()
+        symbols, out = expand_graph(graph, output)
+        out_shape = out.shape
+        self.seed_symbols = _symbols("seed", out_shape) if out_shape else None
+        loss = out.item() if not out_shape else sp.Add(*(out * self.seed_symbols).ravel())
+        self.args = [s for n in graph.inputs for s in symbols[n].ravel()]
+        if self.seed_symbols is not None:
+            self.args += list(self.seed_symbols.ravel())
+        wanted = [s for n in wrt for s in symbols[n].ravel()]
+        t["expand"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        self.value_expr = out.item() if not out_shape else out
+        self.gradient_exprs = [sp.diff(loss, s) for s in wanted]
+        t["diff"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        values = [self.value_expr] if not out_shape else list(out.ravel())
+        self.n_values = len(values)
+        self.replacements, self.reduced = sp.cse(values + self.gradient_exprs)
+        t["cse"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        precomputed = (self.replacements, self.reduced)
+        # SymPy functions of the op table (relu ...) carry their numeric form in ``_imp_``
+        functions = {type(f).__name__: type(f)._imp_
+                     for e in [rhs for _, rhs in self.replacements] + list(self.reduced)
+                     for f in e.atoms(sp.Function) if hasattr(type(f), "_imp_")}
+        modules = [functions, "mpmath" if precision else "numpy"]
+        self._fn = sp.lambdify([self.args], self.reduced, modules=modules,
+                               cse=lambda exprs: precomputed, docstring_limit=1000)
+        t["lambdify"] = time.perf_counter() - tic
+        self.timings = t
+        self.compile_seconds = time.perf_counter() - start
+
+    def op_counts(self) -> dict[str, int]:
+        """Operations (``sympy.count_ops``) of the gradient before and after ``cse``."""
+        before = int(sum(sp.count_ops(e) for e in self.gradient_exprs))
+        after = int(sum(sp.count_ops(rhs) for _, rhs in self.replacements)
+                    + sum(sp.count_ops(e) for e in self.reduced[self.n_values:]))
+        return {"before_cse": before, "after_cse": after}
+
+    def __call__(self, values: Mapping[str, Any], seed: Any = None) -> GradientResult:
+        g = self.graph
+        arrays = check_values(g, values, check_finite=self.check_finite)
+        dtype = working_dtype(g, arrays)
+        flat = [x for n in g.inputs for x in np.asarray(arrays[n], dtype=np.float64).ravel()]
+        out_shape = g.node(g.outputs[self.output])["shape"]
+        seed_arr = resolve_seed(g, self.output, seed, dtype)
+        if self.seed_symbols is not None:
+            flat += list(np.asarray(seed_arr, dtype=np.float64).ravel())
+        start = time.perf_counter()
+        if self.precision:
+            import mpmath
+            with mpmath.workdps(self.precision):
+                results = self._fn([mpmath.mpf(float(x)) for x in flat])
+        else:
+            with np.errstate(all="ignore"):
+                results = self._fn([float(x) for x in flat])
+        seconds = time.perf_counter() - start
+        value_items, grad_items = results[: self.n_values], results[self.n_values:]
+        value = np.array([float(x) for x in value_items], dtype=dtype).reshape(out_shape)
+        if self.check_finite and not np.all(np.isfinite(value)):
+            raise NonFiniteError(f"output {self.output!r} is not finite ({value!r})")
+        grads: dict[str, np.ndarray] = {}
+        mp_grads: dict[str, np.ndarray] = {}
+        pos = 0
+        for n in self.wrt:
+            shape = g.node(g.inputs[n])["shape"]
+            size = int(np.prod(shape, dtype=np.int64))
+            items = grad_items[pos: pos + size]
+            pos += size
+            arr = np.array([float(x) for x in items], dtype=dtype).reshape(shape)
+            if not out_shape and seed is not None:
+                arr = arr * seed_arr
+            grads[n] = arr
+            if self.precision:  # SymPy Floats keep (and print) all the digits
+                mp_grads[n] = np.array([sp.Float(x, self.precision) for x in items],
+                                       dtype=object).reshape(shape)
+        info: dict[str, Any] = {"mode": "expanded", "compile_seconds": self.compile_seconds,
+                                "eval_seconds": seconds, "timings": dict(self.timings),
+                                "estimated_gradient_ops": self.estimate.gradient_ops}
+        if self.precision:
+            info.update(precision=self.precision, mp_grads=mp_grads,
+                        mp_value=np.array([sp.Float(x, self.precision) for x in value_items],
+                                          dtype=object).reshape(out_shape))
+        return GradientResult(value=value, grads=grads, engine="symbolic", output=self.output,
+                              info=info)

@@ -1,0 +1,459 @@
+"""Fast convolution, transpose convolution and pooling for real float32/float64 arrays.
+
+Same maths and layout as :mod:`autodiff_lab.kernels.conv_reference` (PyTorch's: images
+``(N, C, H, W)``, weights ``(F, C // groups, kh, kw)``), but built for speed:
+
+* the patch matrix ("im2col") is gathered by a parallel Numba kernel straight into the
+  layout one big matrix product wants: ``cols[(c, i, j), (n, oh, ow)]``, so a whole batch
+  is **one** BLAS call per group (``W (F, C·kh·kw) @ cols``) instead of a Python loop or
+  a tensordot with transposes. The product runs in OpenBLAS (sgemm/dgemm), which is what
+  gets float32 convolution near PyTorch's oneDNN;
+* the weight gradient is the same product the other way round, ``g (F, N·Ho·Wo) @ colsᵀ``;
+* the input gradient of a stride-1 convolution is itself a convolution of ``g`` with the
+  flipped, channel-swapped weights (a gather, which parallelises without write conflicts);
+  other strides multiply ``Wᵀ @ g`` and scatter the patches back ("col2im") in parallel
+  over (image, channel) planes, so no two threads add to the same pixel.
+
+Only call these with C-contiguous real float arrays of one dtype (:mod:`.dispatch` checks).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import prange
+
+from autodiff_lab.kernels import memory
+from autodiff_lab.kernels.conv_reference import conv_output_size
+from autodiff_lab.kernels.numba_cache import cached_njit
+
+Pair = tuple[int, int]
+
+_scratch = threading.local()
+
+
+def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A reusable buffer for temporaries (patch matrices, transposed gradients).
+
+    A DnCNN patch matrix is ~60 MB; a fresh one per call comes from ``mmap`` and pays a
+    page fault per 4 KiB page, which cost more than the im2col itself. Buffers are per
+    thread and per ``slot``, grow as needed and are reused; a function must be done with
+    a slot's contents before it calls something that uses the same slot.
+    """
+    pool = getattr(_scratch, "pool", None)
+    if pool is None:
+        pool = _scratch.pool = {}
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    buf = pool.get(slot)
+    if buf is None or buf.nbytes < count * dtype.itemsize:
+        buf = pool[slot] = np.empty(count * dtype.itemsize, dtype=np.uint8)
+    return buf[: count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def scratch_bytes() -> int:
+    """Bytes this thread keeps in reusable kernel buffers."""
+    return sum(b.nbytes for b in getattr(_scratch, "pool", {}).values())
+
+
+# --------------------------------------------------------------------------------------
+# patch matrices
+# --------------------------------------------------------------------------------------
+
+@cached_njit(parallel=True)
+def _im2col_rows(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover - numba
+    """out[(c*kh + i)*kw + j, n, oh*wo + ow] = x_padded[n, c, oh*sh + i*dh, ow*sw + j*dw]."""
+    # Plain 3-D indexing with the bounds test inside the loop: measured 4x faster than
+    # taking row views and splitting the loop at the padding (LLVM vectorises this form).
+    n_img, n_ch, h, w = x.shape
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc - n * n_ch
+        for i in range(kh):
+            for j in range(kw):
+                r = (c * kh + i) * kw + j
+                off_w = j * dw - pw
+                for oh in range(ho):
+                    ih = oh * sh + i * dh - ph
+                    base = oh * wo
+                    if ih < 0 or ih >= h:
+                        for ow in range(wo):
+                            out[r, n, base + ow] = 0
+                    else:
+                        for ow in range(wo):
+                            iw = ow * sw + off_w
+                            if iw >= 0 and iw < w:
+                                out[r, n, base + ow] = x[n, c, ih, iw]
+                            else:
+                                out[r, n, base + ow] = 0
+
+
+@cached_njit(parallel=True)
+def _col2im_rows(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover
+    """Adjoint of ``_im2col_rows``: add every patch entry back to its pixel of ``out``."""
+    n_img, n_ch, h, w = out.shape
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc - n * n_ch
+        for i in range(kh):
+            for j in range(kw):
+                r = (c * kh + i) * kw + j
+                off_w = j * dw - pw
+                for oh in range(ho):
+                    ih = oh * sh + i * dh - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    base = oh * wo
+                    for ow in range(wo):
+                        iw = ow * sw + off_w
+                        if iw >= 0 and iw < w:
+                            out[n, c, ih, iw] += cols[r, n, base + ow]
+
+
+def im2col_rows(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair
+                ) -> np.ndarray:
+    """Patches of ``x`` (N, C, H, W) as a matrix (C·kh·kw, N·Ho·Wo) for one BLAS product."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
+    out = scratch("cols", (c * kh * kw, n, ho * wo), x.dtype)
+    _im2col_rows(x, kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                 dilation[1], ho, wo, out)
+    return out.reshape(c * kh * kw, n * ho * wo)
+
+
+def col2im_rows(cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair,
+                padding: Pair, dilation: Pair, ho: int, wo: int) -> np.ndarray:
+    """Adjoint of :func:`im2col_rows`: an image of ``x_shape`` from a patch matrix."""
+    n, c, h, w = x_shape
+    out = memory.zeros(tuple(x_shape), cols.dtype)
+    _col2im_rows(np.ascontiguousarray(cols).reshape(-1, n, ho * wo), kernel[0], kernel[1],
+                 stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                 ho, wo, out)
+    return out
+
+
+#: patch-matrix bytes per chunk of images: small enough to stay in cache between im2col and
+#: the product, big enough for an efficient product. Measured on the float32 DnCNN-lite
+#: gradient: 49 ms with 2 MB chunks, 44 ms with 8 MB, 52 ms with 16 MB, 52 ms unchunked.
+CHUNK_BYTES = 8 << 20
+
+
+def _image_chunks(n: int, bytes_per_image: int) -> list[tuple[int, int]]:
+    """Ranges of images whose patch matrix fits :data:`CHUNK_BYTES` (at least one image)."""
+    step = max(1, CHUNK_BYTES // max(bytes_per_image, 1))
+    return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+
+
+def _to_fnp(a: np.ndarray) -> np.ndarray:
+    """(N, F, H, W) -> (F, N·H·W): the channel-major matrix the products use."""
+    n, f = a.shape[:2]
+    out = scratch("fnp", (f, n, a[0, 0].size), a.dtype)
+    np.copyto(out, a.reshape(n, f, -1).transpose(1, 0, 2))
+    return out.reshape(f, -1)
+
+
+def _from_fnp(m: np.ndarray, n: int, ho: int, wo: int) -> np.ndarray:
+    """(F, N·Ho·Wo) -> a new (N, F, Ho, Wo) array (``m`` may be a scratch buffer: always copy,
+    even when F = 1 makes the transpose a no-op view)."""
+    f = m.shape[0]
+    out = memory.empty((n, f, ho, wo), m.dtype)
+    np.copyto(out.reshape(n, f, ho * wo), m.reshape(f, n, ho * wo).transpose(1, 0, 2))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# convolution and its two adjoints
+# --------------------------------------------------------------------------------------
+
+@cached_njit(parallel=True)
+def _direct_conv(x, w, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - numba
+    """out[n, f] = Σ_c,i,j w[f, c, i, j] · x_padded[n, c, oh·sh + i·dh, ow·sw + j·dw]."""
+    n_img, n_ch, h, wd = x.shape
+    n_f, _, kh, kw = w.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for nf in prange(n_img * n_f):
+        n = nf // n_f
+        f = nf - n * n_f
+        acc = np.zeros((ho, wo), dtype=out.dtype)
+        for c in range(n_ch):
+            for i in range(kh):
+                for j in range(kw):
+                    wv = w[f, c, i, j]
+                    for oh in range(ho):
+                        ih = oh * sh + i * dh - ph
+                        if ih < 0 or ih >= h:
+                            continue
+                        for ow in range(wo):
+                            iw = ow * sw + j * dw - pw
+                            if iw >= 0 and iw < wd:
+                                acc[oh, ow] += wv * x[n, c, ih, iw]
+        for oh in range(ho):
+            for ow in range(wo):
+                out[n, f, oh, ow] = acc[oh, ow]
+
+
+@cached_njit(parallel=True, fastmath=True)  # fastmath: lets LLVM vectorise the sum
+def _direct_conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover
+    """out[f, c, i, j] = Σ_n,oh,ow g[n, f, oh, ow] · x_padded[n, c, oh·sh + i·dh, ow·sw + j·dw]."""
+    n_img, n_ch, h, wd = x.shape
+    n_f, ho, wo = g.shape[1], g.shape[2], g.shape[3]
+    for fc in prange(n_f * n_ch):
+        f = fc // n_ch
+        c = fc - f * n_ch
+        for i in range(kh):
+            for j in range(kw):
+                acc = x[0, 0, 0, 0] * 0
+                for n in range(n_img):
+                    for oh in range(ho):
+                        ih = oh * sh + i * dh - ph
+                        if ih < 0 or ih >= h:
+                            continue
+                        for ow in range(wo):
+                            iw = ow * sw + j * dw - pw
+                            if iw >= 0 and iw < wd:
+                                acc += g[n, f, oh, ow] * x[n, c, ih, iw]
+                out[f, c, i, j] = acc
+
+
+#: a convolution with at most this many output channels runs as a direct loop: its matrix
+#: product would be a matrix-vector product, bound by writing and reading the patch matrix
+#: (kh·kw times the image), while the direct loop reads the image once. Measured on the last
+#: DnCNN layer (32 -> 1 channel): forward 1.1 ms direct against 1.5 (float32) and 2.4 ms
+#: (float64) through im2col. (Few *input* channels are better served by im2col: the patch
+#: matrix is then small.)
+THIN_CHANNELS = 4
+
+
+def _thin(f: int, cg: int, groups: int) -> bool:
+    return groups == 1 and f <= THIN_CHANNELS
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
+                   groups: int = 1) -> np.ndarray:
+    """Cross-correlation of ``x`` (N, C, H, W) with ``w`` (F, C/groups, kh, kw)."""
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
+    if _thin(f, cg, groups):
+        out = memory.empty((n, f, ho, wo), x.dtype)
+        _direct_conv(x, w, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                     dilation[1], out)
+        return out
+    w2 = w.reshape(f, cg * kh * kw)
+    if groups == 1:
+        # a few images at a time, so the patch matrix stays in cache between im2col and the
+        # product; one product per image, written straight into (N, F, Ho·Wo)
+        result = memory.empty((n, f, ho * wo), x.dtype)
+        for n0, n1 in _image_chunks(n, c * kh * kw * ho * wo * x.itemsize):
+            cols = im2col_rows(x[n0:n1], (kh, kw), stride, padding, dilation)
+            np.matmul(w2, cols.reshape(-1, n1 - n0, ho * wo).transpose(1, 0, 2),
+                      out=result[n0:n1])
+        return result.reshape(n, f, ho, wo)
+    cols = im2col_rows(x, (kh, kw), stride, padding, dilation)
+    out = scratch("gemm", (f, cols.shape[1]), x.dtype)
+    fg, kg = f // groups, cg * kh * kw
+    for gi in range(groups):
+        np.matmul(w2[gi * fg:(gi + 1) * fg], cols[gi * kg:(gi + 1) * kg],
+                  out=out[gi * fg:(gi + 1) * fg])
+    return _from_fnp(out, n, ho, wo)
+
+
+def flipped_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """Weights of the convolution that is the input-adjoint of a stride-1 convolution:
+    spatially flipped, input and output channels swapped within each group."""
+    f, cg, kh, kw = w.shape
+    fg = f // groups
+    swapped = w.reshape(groups, fg, cg, kh, kw).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(swapped.reshape(groups * cg, fg, kh, kw)[:, :, ::-1, ::-1])
+
+
+def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], stride: Pair,
+                          padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
+    """Gradient of :func:`conv2d_forward` with respect to its input."""
+    n, c, h, wd = x_shape
+    f, cg, kh, kw = w.shape
+    ho, wo = g.shape[2:]
+    pad_flip = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
+    if stride == (1, 1) and min(pad_flip) >= 0:
+        out = conv2d_forward(g, flipped_weight(w, groups), (1, 1), pad_flip, dilation, groups)
+        if out.shape[2:] == (h, wd):
+            return out
+    g2 = _to_fnp(g)
+    w2 = w.reshape(f, cg * kh * kw)
+    dcols = scratch("cols", (c * kh * kw, g2.shape[1]), g.dtype)
+    if groups == 1:
+        np.matmul(w2.T, g2, out=dcols)
+    else:
+        fg, kg = f // groups, cg * kh * kw
+        for gi in range(groups):
+            np.matmul(w2[gi * fg:(gi + 1) * fg].T, g2[gi * fg:(gi + 1) * fg],
+                      out=dcols[gi * kg:(gi + 1) * kg])
+    return col2im_rows(dcols, tuple(x_shape), (kh, kw), stride, padding, dilation, ho, wo)
+
+
+def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...], stride: Pair,
+                           padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
+    """Gradient of :func:`conv2d_forward` with respect to the weights."""
+    f, cg, kh, kw = w_shape
+    # computed as (cols @ g2ᵀ)ᵀ: OpenBLAS's threaded gemm was measured up to 50x slower on
+    # the other orientation of this skinny product (M = F small, K = N·Ho·Wo huge)
+    # direct only in float64: measured on the last DnCNN layer, 2.6 ms direct against 11 ms
+    # through im2col in float64, but 2.4 against 1.5 ms in float32 (sgemv is fast enough)
+    if _thin(f, cg, groups) and g.dtype == np.float64:
+        out = np.empty(tuple(w_shape), dtype=g.dtype)
+        _direct_conv_weight_grad(g, x, kh, kw, stride[0], stride[1], padding[0], padding[1],
+                                 dilation[0], dilation[1], out)
+        return out
+    if groups == 1:
+        n, c = x.shape[:2]
+        p = g.shape[2] * g.shape[3]
+        acc = np.zeros((c * kh * kw, f), dtype=g.dtype)
+        for n0, n1 in _image_chunks(n, c * kh * kw * p * x.itemsize):
+            cols = im2col_rows(x[n0:n1], (kh, kw), stride, padding, dilation)
+            acc += cols @ _to_fnp(g[n0:n1]).T
+        return np.ascontiguousarray(acc.T).reshape(w_shape)
+    cols = im2col_rows(x, (kh, kw), stride, padding, dilation)
+    g2 = _to_fnp(g)
+    fg, kg = f // groups, cg * kh * kw
+    out = np.empty((f, kg), dtype=g.dtype)
+    for gi in range(groups):
+        out[gi * fg:(gi + 1) * fg] = (cols[gi * kg:(gi + 1) * kg] @ g2[gi * fg:(gi + 1) * fg].T).T
+    return out.reshape(w_shape)
+
+
+# --------------------------------------------------------------------------------------
+# pooling
+# --------------------------------------------------------------------------------------
+
+@cached_njit(parallel=True)
+def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    n_img, n_ch, h, w = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc - n * n_ch
+        for oh in range(ho):
+            for ow in range(wo):
+                best = -np.inf
+                for i in range(kh):
+                    ih = oh * sh + i - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw + j - pw
+                        if iw >= 0 and iw < w and x[n, c, ih, iw] > best:
+                            best = x[n, c, ih, iw]
+                out[n, c, oh, ow] = best
+
+
+@cached_njit(parallel=True)
+def _max_pool_backward(g, x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    n_img, n_ch, h, w = x.shape
+    ho, wo = g.shape[2], g.shape[3]
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc - n * n_ch
+        for oh in range(ho):
+            for ow in range(wo):
+                best = -np.inf
+                bi = -1
+                bj = -1
+                for i in range(kh):
+                    ih = oh * sh + i - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw + j - pw
+                        # strict '>' keeps the first maximum (PyTorch's convention at ties)
+                        if iw >= 0 and iw < w and (bi < 0 or x[n, c, ih, iw] > best):
+                            best = x[n, c, ih, iw]
+                            bi = ih
+                            bj = iw
+                if bi >= 0:
+                    out[n, c, bi, bj] += g[n, c, oh, ow]
+
+
+@cached_njit(parallel=True)
+def _avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    n_img, n_ch, h, w = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    inv = 1.0 / (kh * kw)
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc - n * n_ch
+        for oh in range(ho):
+            for ow in range(wo):
+                acc = x[n, c, 0, 0] * 0
+                for i in range(kh):
+                    ih = oh * sh + i - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw + j - pw
+                        if iw >= 0 and iw < w:
+                            acc += x[n, c, ih, iw]
+                out[n, c, oh, ow] = acc * inv
+
+
+@cached_njit(parallel=True)
+def _avg_pool_backward(g, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    n_img, n_ch, h, w = out.shape
+    ho, wo = g.shape[2], g.shape[3]
+    inv = 1.0 / (kh * kw)
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc - n * n_ch
+        for oh in range(ho):
+            for ow in range(wo):
+                share = g[n, c, oh, ow] * inv
+                for i in range(kh):
+                    ih = oh * sh + i - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw + j - pw
+                        if iw >= 0 and iw < w:
+                            out[n, c, ih, iw] += share
+
+
+def _pool_out(x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair
+              ) -> tuple[int, int]:
+    return (conv_output_size(x_shape[2], kernel[0], stride[0], padding[0], 1),
+            conv_output_size(x_shape[3], kernel[1], stride[1], padding[1], 1))
+
+
+def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
+    """Maximum over each window (padding counts as -inf)."""
+    ho, wo = _pool_out(x.shape, kernel, stride, padding)
+    out = memory.empty(x.shape[:2] + (ho, wo), x.dtype)
+    _max_pool_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out)
+    return out
+
+
+def max_pool2d_backward(g: np.ndarray, x: np.ndarray, kernel: Pair, stride: Pair,
+                        padding: Pair) -> np.ndarray:
+    """Each window's gradient goes to its first maximum."""
+    out = memory.zeros(x.shape, g.dtype)
+    _max_pool_backward(g, x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
+                       out)
+    return out
+
+
+def avg_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
+    """Mean over each window (padded zeros count: ``count_include_pad=True``)."""
+    ho, wo = _pool_out(x.shape, kernel, stride, padding)
+    out = memory.empty(x.shape[:2] + (ho, wo), x.dtype)
+    _avg_pool_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out)
+    return out
+
+
+def avg_pool2d_backward(g: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair,
+                        padding: Pair) -> np.ndarray:
+    """Spread each window's gradient evenly over the window."""
+    out = memory.zeros(tuple(x_shape), g.dtype)
+    _avg_pool_backward(g, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out)
+    return out

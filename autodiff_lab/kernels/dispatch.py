@@ -1,0 +1,219 @@
+"""Pick the kernel for the arrays at hand: Numba/BLAS for real floats, the reference otherwise.
+
+The op table calls the functions here. Each one sends C-contiguous-able ``float32`` or
+``float64`` arrays of one dtype to the fast kernels (:mod:`.conv_fast`, :mod:`.elementwise`,
+:mod:`.batch_norm_fast`, :mod:`.softmax_ce_fast`) and everything else -- complex numbers for
+the complex step, ``object`` arrays of SymPy expressions, integer arrays -- to
+:mod:`.conv_reference` or returns ``None`` so the op table's own numpy rule runs. So the op
+table keeps saying *what* each op computes, once, and speed is a detail of this module.
+
+The fast modules are imported on first use: importing autodiff_lab does not pay for Numba.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from autodiff_lab.kernels import conv_reference as ref
+from autodiff_lab.kernels.conv_reference import (  # noqa: F401 - re-exported for the op table
+    col2im,
+    conv_output_size,
+    conv_transpose2d_output_size,
+    im2col,
+    max_pool2d_ties,
+    pad_image,
+)
+
+Pair = tuple[int, int]
+_REAL = (np.dtype(np.float32), np.dtype(np.float64))
+#: below this many elements numpy's element-wise rules are as fast as a Numba call
+ELEMENTWISE_MIN_SIZE = 1 << 15
+
+_modules: dict[str, ModuleType] = {}
+#: set to False to run every op with the reference kernels (tests compare the two)
+enabled = True
+#: threads the parallel Numba kernels use (None: Numba's setting, all cores). 1 by default:
+#: our kernels are memory-bound and run between OpenBLAS products, whose worker threads keep
+#: spinning on the other core for a while after each product. On the 2-core machine the
+#: DnCNN gradient took the same time with 1 or 2 threads when the machine was idle, and
+#: 53 ms (float32) with 1 thread against 115-150 ms with 2 when another process was busy.
+kernel_threads: int | None = 1
+
+
+class _Threads:
+    """Run a kernel with ``kernel_threads`` Numba threads, restoring the caller's count."""
+
+    def __init__(self, mod: ModuleType) -> None:
+        self.mod = mod
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.mod, name)
+        if kernel_threads is None:
+            return fn
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import numba
+            before = numba.get_num_threads()
+            numba.set_num_threads(min(kernel_threads, numba.config.NUMBA_NUM_THREADS))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                numba.set_num_threads(before)
+        return call
+
+
+def _fast(name: str) -> _Threads:
+    mod = _modules.get(name)
+    if mod is None:
+        mod = _modules[name] = importlib.import_module(f"autodiff_lab.kernels.{name}")
+    return _Threads(mod)
+
+
+def real_float(*arrays: Any) -> bool:
+    """Whether every array is a real float32/float64 ndarray, all of one dtype."""
+    if not enabled:
+        return False
+    dtype = None
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.dtype not in _REAL:
+            return False
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            return False
+    return True
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a)
+
+
+# --- convolution ------------------------------------------------------------------------
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
+                   groups: int = 1) -> np.ndarray:
+    """See :func:`conv_reference.conv2d_forward`."""
+    if real_float(x, w):
+        return _fast("conv_fast").conv2d_forward(_c(x), _c(w), tuple(stride), tuple(padding),
+                                                 tuple(dilation), groups)
+    return ref.conv2d_forward(x, w, stride, padding, dilation, groups)
+
+
+def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], stride: Pair,
+                          padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
+    """See :func:`conv_reference.conv2d_backward_input`."""
+    if real_float(g, w):
+        return _fast("conv_fast").conv2d_backward_input(
+            _c(g), _c(w), tuple(x_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
+    return ref.conv2d_backward_input(g, w, x_shape, stride, padding, dilation, groups)
+
+
+def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...], stride: Pair,
+                           padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
+    """See :func:`conv_reference.conv2d_backward_weight`."""
+    if real_float(g, x):
+        return _fast("conv_fast").conv2d_backward_weight(
+            _c(g), _c(x), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
+    return ref.conv2d_backward_weight(g, x, w_shape, stride, padding, dilation, groups)
+
+
+# --- pooling ----------------------------------------------------------------------------
+
+def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
+    """See :func:`conv_reference.max_pool2d_forward`."""
+    if real_float(x):
+        return _fast("conv_fast").max_pool2d_forward(_c(x), kernel, stride, padding)
+    return ref.max_pool2d_forward(x, kernel, stride, padding)
+
+
+def max_pool2d_backward(g: np.ndarray, x: np.ndarray, kernel: Pair, stride: Pair,
+                        padding: Pair) -> np.ndarray:
+    """See :func:`conv_reference.max_pool2d_backward`."""
+    if real_float(g, x):
+        return _fast("conv_fast").max_pool2d_backward(_c(g), _c(x), kernel, stride, padding)
+    return ref.max_pool2d_backward(g, x, kernel, stride, padding)
+
+
+def avg_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
+    """See :func:`conv_reference.avg_pool2d_forward`."""
+    if real_float(x):
+        return _fast("conv_fast").avg_pool2d_forward(_c(x), kernel, stride, padding)
+    return ref.avg_pool2d_forward(x, kernel, stride, padding)
+
+
+def avg_pool2d_backward(g: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair,
+                        padding: Pair) -> np.ndarray:
+    """See :func:`conv_reference.avg_pool2d_backward`."""
+    if real_float(g):
+        return _fast("conv_fast").avg_pool2d_backward(_c(g), x_shape, kernel, stride, padding)
+    return ref.avg_pool2d_backward(g, x_shape, kernel, stride, padding)
+
+
+# --- element-wise, batch norm, softmax cross-entropy: None means "use the numpy rule" ----
+
+def relu_forward(x: np.ndarray) -> np.ndarray | None:
+    """max(x, 0) with one parallel pass for big real arrays, else ``None``."""
+    if x.size >= ELEMENTWISE_MIN_SIZE and real_float(x):
+        return _fast("elementwise").relu_forward(_c(x))
+    return None
+
+
+def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+    """g·[x > 0] fused, for big real arrays of one shape, else ``None``."""
+    if x.size >= ELEMENTWISE_MIN_SIZE and g.shape == x.shape and real_float(g, x):
+        return _fast("elementwise").relu_backward(g, _c(x))
+    return None
+
+
+def leaky_relu_backward(g: np.ndarray, x: np.ndarray, alpha: float) -> np.ndarray | None:
+    """g·(1 if x > 0 else alpha) fused, for big real arrays, else ``None``."""
+    if x.size >= ELEMENTWISE_MIN_SIZE and g.shape == x.shape and real_float(g, x):
+        return _fast("elementwise").leaky_relu_backward(g, _c(x), alpha)
+    return None
+
+
+def _bn_ok(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: Any, var: Any) -> bool:
+    extra = () if mean is None else (mean, var)
+    return x.ndim in (2, 4) and real_float(x, gamma, beta, *extra)
+
+
+def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: Any, var: Any,
+                       training: bool, eps: float) -> np.ndarray | None:
+    """Batch norm forward for real arrays, else ``None``."""
+    if _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_forward(x, gamma, beta, mean, var, training, eps)
+    return None
+
+
+def batch_norm_backward(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                        mean: Any, var: Any, training: bool, eps: float, wanted: str
+                        ) -> np.ndarray | None:
+    """Batch norm gradient with respect to x, gamma or beta for real arrays, else ``None``."""
+    if g.shape == x.shape and real_float(g) and _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_backward(g, x, gamma, mean, var, training,
+                                                            eps, wanted)
+    return None
+
+
+def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray, reduction: str
+                                  ) -> np.ndarray | None:
+    """Softmax cross-entropy for real logits, else ``None``."""
+    labels = np.asarray(labels)
+    if real_float(logits) and labels.dtype.kind in "iu" and labels.shape == logits.shape[:-1]:
+        return _fast("softmax_ce_fast").softmax_cross_entropy_forward(logits, labels, reduction)
+    return None
+
+
+def softmax_cross_entropy_backward(g: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+                                   reduction: str) -> np.ndarray | None:
+    """Its gradient with respect to the logits for real arrays, else ``None``."""
+    labels = np.asarray(labels)
+    if (real_float(logits) and np.ndim(g) == 0 and labels.dtype.kind in "iu"
+            and labels.shape == logits.shape[:-1]):
+        return _fast("softmax_ce_fast").softmax_cross_entropy_backward(g, logits, labels,
+                                                                       reduction)
+    return None

@@ -1,0 +1,465 @@
+"""Speed of the reverse-mode tape engine next to PyTorch, JAX and hand-written numpy.
+
+    python benchmarks/bench_tape.py                 # full run, writes benchmarks/results/bench_tape.json
+    python benchmarks/bench_tape.py --quick         # fewer repeats
+    python benchmarks/bench_tape.py --coretype ""   # let OpenBLAS pick its kernels
+
+Workloads (issue 3): the sigmoid neuron (gradient of 5 scalars, float64); the inpainting MLP
+784-256-784, batch 64, L = ½‖W2·relu(W1·x) − y‖² without biases (the formula of the case
+study), gradient w.r.t. W1 and W2; DnCNN-lite 16×1×40×40 with 5 plain 3×3 convolutions of 32
+channels (``examples.dncnn(batch_norm=False)``: conv+bias+relu, 3 × conv+relu, conv; loss
+½ mean((noisy − net) − clean)²), gradient w.r.t. every weight. The same graph in every
+framework. Times are medians of repeats, taken in interleaved rounds (every framework once
+per round) so that load from other processes on a shared machine hits all of them alike.
+
+Environment, identical for every framework (set here before numpy is imported):
+OPENBLAS_CORETYPE=SkylakeX (numpy's OpenBLAS otherwise picks Haswell kernels on this CPU;
+SkylakeX measured 1.6–1.8× faster for matmul), 2 threads everywhere (OMP, OpenBLAS, MKL,
+Numba, torch.set_num_threads). PyTorch and JAX are optional: install them with
+``pip install -r benchmarks/requirements-peers.txt``; a peer that does not import is skipped.
+
+"ours" is the compiled tape program with ``anomaly=False`` (the NaN/Inf check is a switch,
+PyTorch does not check either); the anomaly-on time is reported too. "cold" is the first
+call of a freshly compiled program in this process (Numba cache warm); "cold start" runs a
+fresh Python process from ``import`` to the first DnCNN gradient; "first-ever compile" does
+the same with an empty Numba cache directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+THREADS = "2"
+
+
+def _set_env(coretype: str) -> None:
+    if coretype:
+        os.environ["OPENBLAS_CORETYPE"] = coretype
+    else:
+        os.environ.pop("OPENBLAS_CORETYPE", None)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = THREADS
+
+
+def _early_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    ap.add_argument("--coretype", default="SkylakeX", help="OPENBLAS_CORETYPE for every framework")
+    ap.add_argument("--json", default=None, help="output JSON path")
+    ap.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
+    ap.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process runs")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc keeps freed memory (mallopt) -- for every framework in the run; "
+                         "see autodiff_lab/kernels/memory.py")
+    return ap.parse_args()
+
+
+ARGS = _early_args() if __name__ == "__main__" else None
+if ARGS is not None:
+    _set_env(ARGS.coretype)
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import autodiff_lab as adl  # noqa: E402
+from autodiff_lab import examples as E  # noqa: E402
+from autodiff_lab.kernels import conv_reference as R  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+# per-call times the issue quotes for the peers on this machine (ms), for reference
+QUOTED = {
+    ("sigmoid", "float64"): {"torch": 0.059, "jax": 0.0115},
+    ("mlp", "float64"): {"torch": 2.40, "jax": 2.14, "numpy": 1.95},
+    ("mlp", "float32"): {"torch": 1.17, "jax": 0.79, "numpy": 0.83},
+    ("dncnn", "float64"): {"torch": 255.0, "jax": 89.0, "numpy": 251.0},
+    ("dncnn", "float32"): {"torch": 24.4, "jax": 44.6, "numpy": 159.0},
+}
+
+
+# --------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, inner: int = 1
+                ) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds.
+
+    Each framework's thread pool keeps spinning for a while after its last call (OpenMP
+    in PyTorch, Eigen in JAX, OpenBLAS in numpy and ours); whoever runs next on the two
+    cores would pay for it. So before its timed calls each function gets a short pause
+    and one untimed call.
+    """
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(0.02)
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / inner)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def first_call(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------
+# peers
+# --------------------------------------------------------------------------------------
+
+def load_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(int(THREADS))
+    return torch
+
+
+def load_jax() -> Any:
+    try:
+        import jax
+    except ImportError:
+        return None
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_platforms", "cpu")
+    return jax
+
+
+def sigmoid_peers(torch: Any, jax: Any, values: dict[str, np.ndarray]) -> dict[str, Callable]:
+    names = ["w0", "x0", "w1", "x1", "w2"]
+    out: dict[str, Callable] = {}
+    if torch is not None:
+        ts = [torch.tensor(float(values[n]), dtype=torch.float64, requires_grad=True) for n in names]
+
+        def torch_step():
+            w0, x0, w1, x1, w2 = ts
+            f = torch.sigmoid(w0 * x0 + w1 * x1 + w2)
+            return torch.autograd.grad(f, ts)
+        out["torch"] = torch_step
+    if jax is not None:
+        import jax.numpy as jnp
+
+        def f(w0, x0, w1, x1, w2):
+            return jax.nn.sigmoid(w0 * x0 + w1 * x1 + w2)
+        grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3, 4)))
+        args = [jnp.asarray(float(values[n]), dtype=jnp.float64) for n in names]
+
+        def jax_step():
+            v, gs = grad(*args)
+            return jax.block_until_ready(gs)
+        out["jax"] = jax_step
+    return out
+
+
+def mlp_peers(torch: Any, jax: Any, values: dict[str, np.ndarray]) -> dict[str, Callable]:
+    W1, W2, x, y = (values[k] for k in ("W1", "W2", "x", "y"))
+    out: dict[str, Callable] = {}
+
+    def numpy_step():
+        h = W1 @ x
+        r = np.maximum(h, 0)
+        d = W2 @ r - y
+        loss = 0.5 * np.vdot(d, d)
+        gW2 = d @ r.T
+        gh = (W2.T @ d) * (h > 0)
+        return loss, gh @ x.T, gW2
+    out["numpy"] = numpy_step
+    if torch is not None:
+        tW1 = torch.tensor(W1, requires_grad=True)
+        tW2 = torch.tensor(W2, requires_grad=True)
+        tx, ty = torch.tensor(x), torch.tensor(y)
+
+        def torch_step():
+            loss = 0.5 * ((tW2 @ torch.relu(tW1 @ tx) - ty) ** 2).sum()
+            return torch.autograd.grad(loss, [tW1, tW2])
+        out["torch"] = torch_step
+    if jax is not None:
+        import jax.numpy as jnp
+
+        def loss(W1_, W2_, x_, y_):
+            d = W2_ @ jax.nn.relu(W1_ @ x_) - y_
+            return 0.5 * jnp.sum(d * d)
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        args = [jnp.asarray(a) for a in (W1, W2, x, y)]
+
+        def jax_step():
+            return jax.block_until_ready(grad(*args))
+        out["jax"] = jax_step
+    return out
+
+
+def dncnn_peers(torch: Any, jax: Any, values: dict[str, np.ndarray], depth: int = 5
+                ) -> dict[str, Callable]:
+    noisy, clean = values["noisy"], values["clean"]
+    ws = [values[f"w{i}"] for i in range(depth)]
+    b0 = values["b0"]
+    pad, one = (1, 1), (1, 1)
+    out: dict[str, Callable] = {}
+
+    def numpy_step():  # hand-written with the numpy reference kernels (im2col + tensordot)
+        hs, pre = [noisy], []
+        h = noisy
+        for i, w in enumerate(ws):
+            z = R.conv2d_forward(h, w, one, pad, one)
+            if i == 0:
+                z = z + b0[:, None, None]
+            if i < depth - 1:
+                pre.append(z)
+                h = np.maximum(z, 0)
+                hs.append(h)
+            else:
+                h = z
+        d = noisy - h - clean
+        loss = 0.5 * np.mean(d * d)
+        g = -d / d.size
+        grads = [None] * depth
+        for i in range(depth - 1, -1, -1):
+            grads[i] = R.conv2d_backward_weight(g, hs[i], ws[i].shape, one, pad, one)
+            if i > 0:
+                g = R.conv2d_backward_input(g, ws[i], hs[i].shape, one, pad, one)
+                g = g * (pre[i - 1] > 0)
+        return loss, grads, g.sum(axis=(0, 2, 3))
+    out["numpy"] = numpy_step
+    if torch is not None:
+        F = torch.nn.functional
+        tws = [torch.tensor(w, requires_grad=True) for w in ws]
+        tb0 = torch.tensor(b0, requires_grad=True)
+        tn, tc = torch.tensor(noisy), torch.tensor(clean)
+
+        def torch_step():
+            h = torch.relu(F.conv2d(tn, tws[0], tb0, padding=1))
+            for w in tws[1:-1]:
+                h = torch.relu(F.conv2d(h, w, padding=1))
+            noise = F.conv2d(h, tws[-1], padding=1)
+            loss = 0.5 * ((tn - noise - tc) ** 2).mean()
+            return torch.autograd.grad(loss, tws + [tb0])
+        out["torch"] = torch_step
+    if jax is not None:
+        import jax.numpy as jnp
+        from jax import lax
+
+        def conv(h, w):
+            return lax.conv_general_dilated(h, w, (1, 1), [(1, 1), (1, 1)],
+                                            dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+        def loss(params, n, c):
+            wl, b = params
+            h = jax.nn.relu(conv(n, wl[0]) + b[:, None, None])
+            for w in wl[1:-1]:
+                h = jax.nn.relu(conv(h, w))
+            d = n - conv(h, wl[-1]) - c
+            return 0.5 * jnp.mean(d * d)
+        grad = jax.jit(jax.value_and_grad(loss))
+        params = ([jnp.asarray(w) for w in ws], jnp.asarray(b0))
+        jn, jc = jnp.asarray(noisy), jnp.asarray(clean)
+
+        def jax_step():
+            return jax.block_until_ready(grad(params, jn, jc))
+        out["jax"] = jax_step
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# ours
+# --------------------------------------------------------------------------------------
+
+def ours(graph: Any, values: dict[str, np.ndarray], wrt: list[str]) -> dict[str, Any]:
+    """Compile time, first-call time, and callables for the warm runs."""
+    t0 = time.perf_counter()
+    fast = adl.engine("tape", anomaly=False).compile(graph, wrt=wrt)
+    compile_s = time.perf_counter() - t0
+    cold_s = first_call(lambda: fast(values))
+    checked = adl.engine("tape", anomaly=True).compile(graph, wrt=wrt)
+    checked(values)
+    fast.forward(values)
+    return {"program": fast, "compile_s": compile_s, "cold_s": cold_s,
+            "fns": {"ours": lambda: fast(values), "ours_anomaly": lambda: checked(values),
+                    "ours_forward": lambda: fast.forward(values)}}
+
+
+def cold_start(empty_cache: bool) -> float | None:
+    """Seconds from starting a fresh Python process to its first DnCNN gradient."""
+    code = ("import time; t0 = time.perf_counter()\n"
+            "import autodiff_lab as adl\n"
+            "from autodiff_lab import examples as E\n"
+            "ex = E.dncnn(batch_norm=False, dtype='float32')\n"
+            "p = adl.engine('tape').compile(ex.graph, wrt=list(ex.graph.parameters))\n"
+            "p(ex.values)\n"
+            "print(time.perf_counter() - t0)\n")
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        if empty_cache:
+            env["NUMBA_CACHE_DIR"] = tmp
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=600)
+        wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        return None
+    return wall
+
+
+# --------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.keep_freed_memory:
+        from autodiff_lab.kernels.memory import keep_freed_memory
+        keep_freed_memory()
+    torch = None if args.no_peers else load_torch()
+    jax = None if args.no_peers else load_jax()
+    quick = args.quick
+    rows: list[dict[str, Any]] = []
+
+    def bench(workload: str, dtype: str, graph: Any, values: dict, wrt: list[str],
+              peers: dict[str, Callable], rounds: int, inner: int) -> None:
+        mine = ours(graph, values, wrt)
+        for fn in peers.values():  # warm-up (JAX traces and compiles here)
+            fn()
+        fns = {**mine["fns"], **peers}
+        med = interleaved(fns, rounds, inner)
+        prog = mine["program"]
+        fwd = med.pop("ours_forward")
+        bwd = med["ours"] - fwd
+        if prog.scalar_fast_path:  # forward() runs the array path: no meaningful split
+            fwd = bwd = float("nan")
+        row = {"workload": workload, "dtype": dtype,
+               "ours_ms": med["ours"] * 1e3, "ours_anomaly_ms": med["ours_anomaly"] * 1e3,
+               "ours_cold_ms": mine["cold_s"] * 1e3, "compile_ms": mine["compile_s"] * 1e3,
+               "forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3,
+               "backward_over_forward": bwd / fwd if fwd > 0 else None,
+               "keep_freed_memory": bool(args.keep_freed_memory),
+               "memory_bytes": prog.memory_report(np.dtype(dtype).itemsize),
+               "memory_bytes_keep_all": prog.memory_report(np.dtype(dtype).itemsize, True),
+               "scalar_fast_path": prog.scalar_fast_path,
+               "quoted_ms": QUOTED.get((workload, dtype), {})}
+        for peer in ("torch", "jax", "numpy"):
+            if peer in med:
+                row[f"{peer}_ms"] = med[peer] * 1e3
+                row[f"ours_over_{peer}"] = med["ours"] / med[peer]
+        rows.append(row)
+        print(f"  {workload} {dtype}: ours {row['ours_ms']:.4g} ms", flush=True)
+
+    ex = E.sigmoid_neuron()
+    bench("sigmoid", "float64", ex.graph, ex.values, list(ex.graph.inputs),
+          sigmoid_peers(torch, jax, ex.values), rounds=7 if quick else 15,
+          inner=500 if quick else 2000)
+    for dtype in ("float64", "float32"):
+        ex = E.mlp(bias=False, dtype=dtype)
+        bench("mlp", dtype, ex.graph, ex.values, ["W1", "W2"], mlp_peers(torch, jax, ex.values),
+              rounds=10 if quick else 30, inner=3)
+    for dtype in ("float64", "float32"):
+        ex = E.dncnn(batch_norm=False, dtype=dtype)
+        bench("dncnn", dtype, ex.graph, ex.values, list(ex.graph.parameters),
+              dncnn_peers(torch, jax, ex.values), rounds=3 if quick else 9, inner=1)
+    cold = {}
+    if not args.no_cold_start:
+        cold = {"cold_start_s": cold_start(empty_cache=False),
+                "first_ever_compile_s": cold_start(empty_cache=True)}
+        cold["cold_start_warm_cache_s"] = cold_start(empty_cache=False)
+    return {
+        "rows": rows, **cold,
+        "environment": {
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(OpenBLAS default)"),
+            "threads": int(THREADS), "python": platform.python_version(),
+            "numpy": np.__version__, "machine": platform.machine(),
+            "torch": getattr(torch, "__version__", None), "jax": getattr(jax, "__version__", None),
+            "load_average": os.getloadavg(),
+            "keep_freed_memory": bool(args.keep_freed_memory),
+        },
+    }
+
+
+TARGETS = [
+    ("sigmoid", "float64", "ours ≤ 5 µs", lambda r: r["ours_ms"] <= 0.005),
+    ("mlp", "float64", "≤ 1.0× torch", lambda r: r.get("ours_over_torch", 0) <= 1.0),
+    ("mlp", "float32", "≤ 1.0× torch", lambda r: r.get("ours_over_torch", 0) <= 1.0),
+    ("dncnn", "float64", "≤ jax", lambda r: r.get("ours_over_jax", 0) <= 1.0),
+    ("dncnn", "float32", "≤ 2× torch", lambda r: r.get("ours_over_torch", 0) <= 2.0),
+]
+
+
+def _fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v * 1e3:.1f} µs" if v < 0.1 else f"{v:.3g} ms"
+
+
+def table(result: dict[str, Any]) -> str:
+    head = (f"{'workload':<9}{'dtype':<8}{'ours':>10}{'cold':>10}{'anomaly':>10}{'torch':>10}"
+            f"{'jax':>10}{'numpy':>10}{'/torch':>8}{'/jax':>7}{'/numpy':>8}{'bwd/fwd':>8}"
+            f"{'peak MB':>9}")
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        def ratio(p: str) -> str:
+            v = r.get(f"ours_over_{p}")
+            return f"{v:.2f}" if v is not None else "—"
+        bf = r["backward_over_forward"]
+        bf = None if bf is None or bf != bf else bf  # NaN: no split on the scalar path
+        lines.append(
+            f"{r['workload']:<9}{r['dtype']:<8}{_fmt_ms(r['ours_ms']):>10}"
+            f"{_fmt_ms(r['ours_cold_ms']):>10}{_fmt_ms(r['ours_anomaly_ms']):>10}"
+            f"{_fmt_ms(r.get('torch_ms')):>10}{_fmt_ms(r.get('jax_ms')):>10}"
+            f"{_fmt_ms(r.get('numpy_ms')):>10}{ratio('torch'):>8}{ratio('jax'):>7}"
+            f"{ratio('numpy'):>8}{(f'{bf:.2f}' if bf is not None else '—'):>8}"
+            f"{r['memory_bytes'] / 1e6:>9.2f}")
+    lines.append("")
+    for workload, dtype, text, ok in TARGETS:
+        row = next((r for r in result["rows"] if r["workload"] == workload and r["dtype"] == dtype),
+                   None)
+        if row is not None:
+            lines.append(f"target {workload} {dtype}: {text}: {'met' if ok(row) else 'MISSED'}")
+    for r in result["rows"]:
+        if r["workload"] in ("mlp", "dncnn") and r["backward_over_forward"] is not None:
+            lines.append(f"target {r['workload']} {r['dtype']}: backward/forward ≤ 3: "
+                         f"{r['backward_over_forward']:.2f} "
+                         f"{'met' if r['backward_over_forward'] <= 3 else 'MISSED'}")
+    if result.get("cold_start_s") is not None:
+        cs = result["cold_start_s"]
+        lines.append(f"cold start (fresh process, warm Numba cache) to first DnCNN gradient: "
+                     f"{cs:.2f} s ({'met' if cs <= 2 else 'MISSED'} ≤ 2 s); again: "
+                     f"{result['cold_start_warm_cache_s']:.2f} s")
+    if result.get("first_ever_compile_s") is not None:
+        lines.append(f"first-ever (empty Numba cache) to first DnCNN gradient: "
+                     f"{result['first_ever_compile_s']:.1f} s")
+    env = result["environment"]
+    lines.append(f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, {env['threads']} threads, "
+                 f"torch {env['torch']}, jax {env['jax']}, numpy {env['numpy']}, "
+                 f"malloc keeps freed memory: {env['keep_freed_memory']}, "
+                 f"load average at the end {tuple(round(x, 2) for x in env['load_average'])}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = ARGS or _early_args()
+    result = run(args)
+    text = table(result)
+    print()
+    print(text)
+    path = Path(args.json) if args.json else HERE / "results" / "bench_tape.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result["table"] = text
+    path.write_text(json.dumps(result, indent=1, default=float))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
