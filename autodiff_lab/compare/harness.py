@@ -59,6 +59,8 @@ class Row:
     ok: bool
     value: float | None = None
     rel_error: float | None = None
+    #: the engine's own error estimate, relative like ``rel_error`` (numeric methods)
+    est_error: float | None = None
     compile_s: float | None = None
     first_call_ms: float | None = None
     warm_call_ms: float | None = None
@@ -69,13 +71,17 @@ class Row:
         return asdict(self)
 
 
+def _inf_norm(arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> float:
+    items = arrays.values() if isinstance(arrays, Mapping) else arrays
+    return max((float(np.max(np.abs(np.asarray(a, dtype=np.float64)), initial=0.0)) for a in items),
+               default=0.0)
+
+
 def rel_error(grads: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
     """‖g − g_ref‖∞ / ‖g_ref‖∞ over every input together."""
-    diff = max(float(np.max(np.abs(np.asarray(grads[k], dtype=np.float64)
-                                    - np.asarray(reference[k], dtype=np.float64)), initial=0.0))
-               for k in reference)
-    scale = max(float(np.max(np.abs(np.asarray(r, dtype=np.float64)), initial=0.0))
-                for r in reference.values())
+    diff = _inf_norm([np.asarray(grads[k], dtype=np.float64) - np.asarray(reference[k], dtype=np.float64)
+                      for k in reference])
+    scale = _inf_norm(reference)
     return diff / scale if scale > 0 else diff
 
 
@@ -103,10 +109,13 @@ def run_config(name: str, graph: Graph, values: Mapping[str, np.ndarray], config
         first = time.perf_counter() - t0
         warm = time_calls(lambda: program(values), budget_s=budget_s) if first < 2.0 else first
     except (AutodiffError, NotImplementedError) as exc:
-        return Row(name, config.title, ok=False, note=f"refused: {exc}".split("\n")[0][:160])
+        return Row(name, config.title, ok=False, note=" ".join(str(exc).split()))
     err = rel_error(result.grads, reference) if reference is not None else None
+    est = None
+    if result.error_estimate is not None and reference is not None and _inf_norm(reference) > 0:
+        est = _inf_norm([result.error_estimate[k] for k in reference]) / _inf_norm(reference)
     return Row(name, config.title, ok=True, value=float(np.asarray(result.value)), rel_error=err,
-               compile_s=compile_s, first_call_ms=first * 1e3, warm_call_ms=warm * 1e3,
+               est_error=est, compile_s=compile_s, first_call_ms=first * 1e3, warm_call_ms=warm * 1e3,
                evaluations=result.evaluations)
 
 

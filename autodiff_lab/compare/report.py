@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -101,43 +102,64 @@ def reference_gradients(case: ReportCase, wrt: list[str] | None = None) -> dict[
 
 
 def _fmt(v: float | None, spec_: str) -> str:
-    return "—" if v is None else format(v, spec_)
+    width = int(spec_.split(".")[0].rstrip("def") or 0)
+    return f"{'—':>{width}}" if v is None else format(v, spec_)
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """A fixed-width text table of one example's rows."""
-    head = f"{'engine':<24} {'rel. error':>10} {'compile s':>9} {'1st call ms':>11} " \
-           f"{'warm ms':>9} {'f-evals':>8}"
-    lines = [head, "-" * len(head)]
+    """A fixed-width text table of one example's rows; refusals become numbered notes below."""
+    head = f"{'engine':<24} {'rel. error':>10} {'own est.':>9} {'compile s':>9} " \
+           f"{'1st call ms':>11} {'warm ms':>9} {'f-evals':>8}"
+    lines, notes = [head, "-" * len(head)], []
     for r in rows:
         if not r.ok:
-            lines.append(f"{r.engine:<24} {r.note}")
+            notes.append(r.note)
+            lines.append(f"{r.engine:<24} {'refused [' + str(len(notes)) + ']':>10}")
             continue
-        lines.append(f"{r.engine:<24} {_fmt(r.rel_error, '10.1e')} {_fmt(r.compile_s, '9.3f')} "
-                     f"{_fmt(r.first_call_ms, '11.3f')} {_fmt(r.warm_call_ms, '9.3f')} "
-                     f"{_fmt(r.evaluations, '8d')}")
+        lines.append(f"{r.engine:<24} {_fmt(r.rel_error, '10.1e')} {_fmt(r.est_error, '9.1e')} "
+                     f"{_fmt(r.compile_s, '9.3f')} {_fmt(r.first_call_ms, '11.3f')} "
+                     f"{_fmt(r.warm_call_ms, '9.3f')} {_fmt(r.evaluations, '8d')}")
+    for i, note in enumerate(notes, 1):
+        lines.append(textwrap.fill(note, 100, initial_indent=f"[{i}] ", subsequent_indent="    "))
     return "\n".join(lines)
 
 
+#: below this, a relative error is drawn on the floor line "exact"
+_FLOOR = 1e-17
+
+
 def plot_error_vs_time(results: dict[str, list[Row]], path: Path) -> None:
-    """One panel per example: relative error against warm time, one marker per engine."""
+    """One panel per example: relative error against warm time; one colour per engine,
+    the same in every panel, and one legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4), squeeze=False)
+    engines = list(dict.fromkeys(r.engine for rows in results.values() for r in rows))
+    colours = plt.get_cmap("tab10")
+    markers = {"tape": "s", "symbolic": "D", "numeric": "o"}
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results) + 2.2, 3.8), squeeze=False)
     for ax, (name, rows) in zip(axes[0], results.items()):
         for r in rows:
             if r.ok and r.rel_error is not None and r.warm_call_ms:
-                ax.loglog(r.warm_call_ms, max(r.rel_error, 1e-17), "o")
-                ax.annotate(r.engine, (r.warm_call_ms, max(r.rel_error, 1e-17)), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                family = r.engine.split()[0]
+                ax.loglog(r.warm_call_ms, max(r.rel_error, _FLOOR), markers.get(family, "o"),
+                          color=colours(engines.index(r.engine) % 10), markersize=7,
+                          label=r.engine, alpha=0.85)
+        ax.axhline(_FLOOR, color="grey", lw=0.6, ls=":")
+        ax.text(0.02, 0.02, "0 (exact)", transform=ax.transAxes, fontsize=7, color="grey")
+        ax.axhline(np.finfo(np.float64).eps, color="grey", lw=0.6, ls="--")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("time per gradient (ms)")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="both", alpha=0.25)
     axes[0][0].set_ylabel("relative error vs reference")
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (3.6 * len(results) + 2.2), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -153,8 +175,17 @@ def run_report(out_dir: str | Path = "autodiff_lab_report", cases: Sequence[Repo
     md = ["# autodiff_lab comparison report", "",
           f"Python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}.", "",
-          "Relative error is ‖g − g_ref‖∞ / ‖g_ref‖∞ over all inputs; times are per gradient "
-          "(warm = median of repeated calls; the first call includes JIT compilation).", ""]
+          "Relative error is ‖g − g_ref‖∞ / ‖g_ref‖∞ over the parameters; *own est.* is the "
+          "engine's own error estimate on the same scale (finite differences only); times are per "
+          "gradient (warm = median of repeated calls; the first call includes JIT compilation); "
+          "f-evals counts forward evaluations.", "",
+          "What to look for: reverse mode and the matrix-level symbolic engine agree with the "
+          "reference to round-off at the cost of about one forward pass; finite differences "
+          "cost one or more forward passes *per parameter* and lose digits to truncation and "
+          "round-off, except the complex step; the expanded symbolic engine is refused, with the "
+          "size it would reach, once the tensors are more than toys. On ReLU networks the "
+          "higher-order finite-difference formulas use larger steps, which straddle the kinks of "
+          "ReLU, so they can be *less* accurate than central differences there.", ""]
     start = time.perf_counter()
     for i, case in enumerate(cases, 1):
         ex = case.example

@@ -19,15 +19,17 @@ import numpy as np
 from autodiff_lab.errors import ShapeError, TraceError
 from autodiff_lab.graph.optable import Op, ShapeRuleError, get_op
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the tracing machinery: frames in here are never "where the user wrote the op"
+_TRACING_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def user_location() -> str:
-    """``file:line`` of the first caller outside autodiff_lab (where the user wrote the op)."""
+    """``file:line`` of the first caller outside the tracing machinery (where the op was written:
+    the user's code, or a model in the package such as ``examples.py``)."""
     frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not os.path.abspath(path).startswith(_PACKAGE_DIR):
+        if not os.path.abspath(path).startswith(_TRACING_DIR):
             return f"{os.path.basename(path)}:{frame.f_lineno}"
         frame = frame.f_back
     return ""
