@@ -42,11 +42,12 @@ DEFAULT_CONFIGS: tuple[EngineConfig, ...] = (
     EngineConfig("tape", label="tape (reverse mode)"),
     EngineConfig("symbolic", {"mode": "expanded"}, "symbolic expanded"),
     EngineConfig("symbolic", {"mode": "matrix"}, "symbolic matrix"),
-    EngineConfig("numeric", {"method": "forward"}, "numeric forward"),
-    EngineConfig("numeric", {"method": "central"}, "numeric central"),
-    EngineConfig("numeric", {"method": "five_point"}, "numeric five-point"),
-    EngineConfig("numeric", {"method": "richardson"}, "numeric Richardson"),
-    EngineConfig("numeric", {"method": "complex"}, "numeric complex step"),
+    # the report shows its own progress, so no bar per repeated timing call
+    EngineConfig("numeric", {"method": "forward", "progress": False}, "numeric forward"),
+    EngineConfig("numeric", {"method": "central", "progress": False}, "numeric central"),
+    EngineConfig("numeric", {"method": "five_point", "progress": False}, "numeric five-point"),
+    EngineConfig("numeric", {"method": "richardson", "progress": False}, "numeric Richardson"),
+    EngineConfig("numeric", {"method": "complex", "progress": False}, "numeric complex step"),
 )
 
 

@@ -139,7 +139,10 @@ def plot_error_vs_time(results: dict[str, list[Row]], path: Path) -> None:
     engines = list(dict.fromkeys(r.engine for rows in results.values() for r in rows))
     colours = plt.get_cmap("tab10")
     markers = {"tape": "s", "symbolic": "D", "numeric": "o"}
-    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results) + 2.2, 3.8), squeeze=False)
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results) + 2.2, 3.8), squeeze=False,
+                             sharey=True)
     for ax, (name, rows) in zip(axes[0], results.items()):
         for r in rows:
             if r.ok and r.rel_error is not None and r.warm_call_ms:
@@ -148,11 +151,16 @@ def plot_error_vs_time(results: dict[str, list[Row]], path: Path) -> None:
                           color=colours(engines.index(r.engine) % 10), markersize=7,
                           label=r.engine, alpha=0.85)
         ax.axhline(_FLOOR, color="grey", lw=0.6, ls=":")
-        ax.text(0.02, 0.02, "0 (exact)", transform=ax.transAxes, fontsize=7, color="grey")
+        ax.text(0.98, 0.07, "floor: 0 (exact)", transform=ax.transAxes, fontsize=7, color="grey",
+                ha="right")
         ax.axhline(np.finfo(np.float64).eps, color="grey", lw=0.6, ls="--")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("time per gradient (ms)")
-        ax.grid(True, which="both", alpha=0.25)
+        ax.set_ylim(_FLOOR / 3, 1.0)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(min(lo, hi / 20), hi)  # at least a decade and a bit, so ticks are labelled
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel("relative error vs reference")
     handles = {}
     for ax in axes[0]:

@@ -40,9 +40,9 @@ from autodiff_lab.engines.base import (
 )
 from autodiff_lab.errors import InputError, NonFiniteError
 from autodiff_lab.graph.evaluate import (
-    _nonfinite_message,
     check_values,
     constant_value,
+    nonfinite_message,
     working_dtype,
 )
 from autodiff_lab.graph.graph import Graph
@@ -247,7 +247,7 @@ class TapeProgram(Program):
                 if type(out) is not np.ndarray:
                     out = np.asarray(out)
                 if anomaly and _nonfinite(out):
-                    raise NonFiniteError(_nonfinite_message(g, node, xs, out))
+                    raise NonFiniteError(nonfinite_message(g, node, xs, out))
                 vals[node] = out
                 for u, stand_in in frees:
                     vals[u] = _stand_in(vals[u]) if stand_in else None

@@ -139,7 +139,7 @@ def _run(graph: Graph, env: dict[int, np.ndarray], result: dict[int, np.ndarray]
             args = [env[u] for u in graph.operands(v)]
             value = _apply(op, args, d["attrs"], lead, graph, v)
             if check_finite and value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
-                raise NonFiniteError(_nonfinite_message(graph, v, args, value))
+                raise NonFiniteError(nonfinite_message(graph, v, args, value))
         env[v] = value
         if v in keep_set:
             result[v] = value
@@ -166,7 +166,8 @@ def _apply(op: Any, args: list[np.ndarray], attrs: dict[str, Any], lead: int, gr
     return np.stack(outs).reshape(batch + outs[0].shape)
 
 
-def _nonfinite_message(graph: Graph, v: int, args: list[np.ndarray], value: np.ndarray) -> str:
+def nonfinite_message(graph: Graph, v: int, args: list[np.ndarray], value: np.ndarray) -> str:
+    """Error text for a non-finite result: the node, its arguments and their values there."""
     d = graph.node(v)
     arg_info = ", ".join(f"{graph.describe(u)} shape {a.shape}"
                          for u, a in zip(graph.operands(v), args))
