@@ -24,8 +24,7 @@ import numpy as np
 from autodiff_lab.compare.harness import DEFAULT_CONFIGS, EngineConfig, Row, compare_engines
 from autodiff_lab.data import add_gaussian_noise, extract_patches, load_digits, load_gray_images, mask_pixels
 from autodiff_lab.engines import gradient
-from autodiff_lab.examples import Example, dncnn_function, mlp_function, scalar_chain, sigmoid_neuron
-from autodiff_lab.graph.graph import param, spec, trace
+from autodiff_lab.examples import Example, dncnn, mlp, scalar_chain, sigmoid_neuron
 
 
 @dataclass
@@ -44,15 +43,11 @@ def inpainting_mlp_case(hidden: int = 16, batch: int = 16, seed: int = 0) -> Exa
     small = pick.reshape(batch, 14, 2, 14, 2).mean(axis=(2, 4))  # 2×2 average pooling
     masked, _ = mask_pixels(small, 0.5, rng)
     d = 14 * 14
-    x, y = masked.reshape(batch, d).T, small.reshape(batch, d).T  # columns are examples
-    graph = trace(mlp_function(bias=True), W1=param((hidden, d)), b1=param((hidden, 1)),
-                  W2=param((d, hidden)), b2=param((d, 1)), x=spec((d, batch)), y=spec((d, batch)))
-    values = {"W1": rng.standard_normal((hidden, d)) * np.sqrt(2.0 / d),
-              "b1": np.full((hidden, 1), 0.01),
-              "W2": rng.standard_normal((d, hidden)) * np.sqrt(1.0 / hidden),
-              "b2": np.zeros((d, 1)), "x": x, "y": y}
-    return Example("inpainting_mlp", graph, values,
-                   f"inpainting MLP {d}-{hidden}-{d} on {batch} MNIST digits (14×14, 50% masked)")
+    ex = mlp(d_in=d, hidden=hidden, batch=batch, seed=seed)
+    ex.values.update(x=masked.reshape(batch, d).T.copy(), y=small.reshape(batch, d).T.copy())
+    ex.name = "inpainting_mlp"
+    ex.description = f"inpainting MLP {d}-{hidden}-{d} on {batch} MNIST digits (14×14, 50% masked)"
+    return ex
 
 
 def denoiser_case(batch: int = 2, size: int = 16, channels: int = 4, depth: int = 3,
@@ -61,24 +56,12 @@ def denoiser_case(batch: int = 2, size: int = 16, channels: int = 4, depth: int 
     rng = np.random.default_rng(seed)
     image = load_gray_images(("brick",))["brick"]
     clean = extract_patches(image, size, batch, rng)[:, None]
-    noisy = add_gaussian_noise(clean, 25 / 255, rng)
-    shapes = {"w0": (channels, 1, 3, 3), "b0": (channels,)}
-    for i in range(1, depth - 1):
-        shapes.update({f"w{i}": (channels, channels, 3, 3), f"gamma{i}": (channels,),
-                       f"beta{i}": (channels,)})
-    shapes[f"w{depth - 1}"] = (1, channels, 3, 3)
-    specs = {"noisy": spec(noisy.shape), "clean": spec(clean.shape)}
-    specs.update({k: param(s) for k, s in shapes.items()})
-    graph = trace(dncnn_function(depth, batch_norm=True), **specs)
-    values = {"noisy": noisy, "clean": clean}
-    for k, s in shapes.items():
-        if k.startswith("w"):
-            values[k] = rng.standard_normal(s) * np.sqrt(2.0 / (s[1] * s[2] * s[3]))
-        else:
-            values[k] = np.ones(s) if k.startswith("gamma") else np.full(s, 0.01)
-    return Example("dncnn_denoiser", graph, values,
-                   f"DnCNN-style denoiser, {depth} conv 3×3 ({channels} channels, BN) on {batch} "
-                   f"{size}×{size} patches of a natural image, σ = 25")
+    ex = dncnn(batch=batch, size=size, channels=channels, depth=depth, seed=seed)
+    ex.values.update(clean=clean, noisy=add_gaussian_noise(clean, 25 / 255, rng))
+    ex.name = "dncnn_denoiser"
+    ex.description = (f"DnCNN-style denoiser, {depth} conv 3×3 ({channels} channels, BN) on {batch} "
+                      f"{size}×{size} patches of a natural image, σ = 25")
+    return ex
 
 
 def default_cases() -> list[ReportCase]:
