@@ -757,13 +757,17 @@ def _matmul_vjp_b(g, ans, a, b):
 
 
 def _matmul_batched(lead, a, b):
-    nominal_a, nominal_b = a.ndim - lead, b.ndim - lead
-    if nominal_b == 1:  # (..., n) vector on the right: make it (..., n, 1) and drop it again
-        return np.matmul(a if nominal_a > 1 else a[..., None, :], b[..., None])[..., 0] \
-            if nominal_a > 1 else np.sum(a * b, axis=-1)
-    if nominal_a == 1:
-        return np.matmul(a[..., None, :], b)[..., 0, :]
-    return np.matmul(*_align(lead, (a, b), max(nominal_a, nominal_b)))
+    """a @ b for each copy. The copies' ``lead`` axes stay in front and the user's own batch
+    axes are lined up after them (size-1 axes inserted there), so numpy's broadcasting never
+    pairs a copy axis with a batch axis; 1-D operands are promoted to matrices the way
+    matmul promotes them and the promoted axis is dropped again."""
+    vec_a, vec_b = a.ndim - lead == 1, b.ndim - lead == 1
+    a2 = a[..., None, :] if vec_a else a
+    b2 = b[..., None] if vec_b else b
+    out = np.matmul(*_align(lead, (a2, b2), max(a2.ndim, b2.ndim) - lead))
+    if vec_a:
+        out = out[..., 0, :]
+    return out[..., 0] if vec_b else out
 
 
 def _matmul_matrix(which: int) -> Callable:
@@ -798,6 +802,40 @@ def _lead_merge(lead: int, fn: Callable, x: np.ndarray, *rest: np.ndarray, **att
     return y.reshape(front + y.shape[1:])
 
 
+def _lead_shape(lead: int, *xs: np.ndarray | None) -> Shape:
+    """The copies' axes of a batched call: the broadcast of every operand's lead axes."""
+    return tuple(np.broadcast_shapes(*(x.shape[:lead] for x in xs if x is not None)))
+
+
+def _conv_copies(lead: int, conv: Callable, x: np.ndarray, w: np.ndarray, groups: int
+                 ) -> np.ndarray:
+    """A convolution-like ``conv(x, w, groups)`` for each copy of x and w.
+
+    Weights shared by all copies: the copies are folded into the image axis N. Weights that
+    differ per copy (perturbed weights): the P copies become P times as many channel groups,
+    x (N, P·C, H, W) against w (P·rows, …) with P·groups groups, so copy p only ever meets
+    its own channels and its own filters; the output channels are unfolded again.
+    """
+    if all(d == 1 for d in w.shape[:lead]):
+        return _lead_merge(lead, lambda y: conv(y, w.reshape(w.shape[lead:]), groups), x)
+    batch = _lead_shape(lead, x, w)
+    p = math.prod(batch)
+    xs = np.broadcast_to(x, batch + x.shape[lead:]).reshape((p,) + x.shape[lead:])
+    ws = np.broadcast_to(w, batch + w.shape[lead:]).reshape((-1,) + w.shape[lead + 1:])
+    n, c = xs.shape[1:3]
+    folded = xs.transpose(1, 0, 2, 3, 4).reshape((n, p * c) + xs.shape[3:])
+    out = conv(np.ascontiguousarray(folded), np.ascontiguousarray(ws), groups * p)
+    out = out.reshape((n, p, -1) + out.shape[2:]).transpose(1, 0, 2, 3, 4)
+    return out.reshape(batch + out.shape[1:])
+
+
+def _add_channel_bias(lead: int, out: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """out (…copies, N, F, H, W) + b (…copies, F) per channel."""
+    if b is None:
+        return out
+    return out + b.reshape(b.shape[:lead] + (1, b.shape[-1], 1, 1))
+
+
 def _conv_attrs() -> dict[str, Any]:
     return {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1}
 
@@ -827,13 +865,11 @@ def _conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups
     return out if b is None else out + b[:, None, None]
 
 
-def _conv2d_batched(lead, x, w, b=None, **attrs):
-    w = w.reshape(w.shape[lead:]) if lead and all(d == 1 for d in w.shape[:lead]) else w
-    if w.ndim != 4 or (b is not None and b.ndim != 1 and any(d != 1 for d in b.shape[:lead])):
-        raise NotImplementedError  # perturbed weights: the caller loops over copies
-    b = None if b is None else b.reshape(b.shape[-1:])
-    x = np.broadcast_to(x, x.shape)
-    return _lead_merge(lead, _conv2d, x, w, b, **attrs)
+def _conv2d_batched(lead, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                    groups=1):
+    out = _conv_copies(lead, lambda y, v, grp: K.conv2d_forward(y, v, stride, padding,
+                                                                dilation, grp), x, w, groups)
+    return _add_channel_bias(lead, out, b)
 
 
 _register(Op(
@@ -899,10 +935,12 @@ def _convT_vjp_w(g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_pad
     return K.conv2d_backward_weight(x, g, w.shape, stride, padding, dilation, groups)
 
 
-def _convT_batched(lead, x, w, b=None, **attrs):
-    if w.ndim != 4 or (b is not None and b.ndim != 1):
-        raise NotImplementedError
-    return _lead_merge(lead, _convT, x, w, b, **attrs)
+def _convT_batched(lead, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                   dilation=(1, 1), groups=1):
+    out = _conv_copies(lead, lambda y, v, grp: _convT(y, v, None, stride, padding,
+                                                      output_padding, dilation, grp),
+                       x, w, groups)
+    return _add_channel_bias(lead, out, b)
 
 
 _register(Op(
@@ -947,6 +985,13 @@ def _sp_max_pool(x, kernel=(2, 2), stride=(2, 2), padding=(0, 0)):
     return out
 
 
+def _pool_batched(forward: Callable) -> Callable:
+    """Batched form of a pooling forward: the copies are folded into the image axis N."""
+    def batched(lead, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0)):
+        return _lead_merge(lead, lambda y: forward(y, kernel, stride, padding), x)
+    return batched
+
+
 _register(Op(
     name="max_pool2d",
     shape=lambda x, **a: _pool_shape(x, name="max_pool2d", **a),
@@ -956,8 +1001,7 @@ _register(Op(
          K.max_pool2d_backward(g, x, kernel, stride, padding),),
     sympy=_sp_max_pool, label="max_pool", attrs=_pool_attrs(),
     kink=lambda x, **a: K.max_pool2d_ties(x, **a),
-    batched=lambda lead, x, **a: _lead_merge(lead, lambda y, **b: K.max_pool2d_forward(
-        y, b["kernel"], b["stride"], b["padding"]), x, **a),
+    batched=_pool_batched(K.max_pool2d_forward),
     vjp_uses=frozenset({"inputs"}),
     matrix=(lambda M, g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
             M.maxpool_grad(g, x, kernel, stride, padding),),
@@ -974,8 +1018,7 @@ _register(Op(
     sympy=lambda x, kernel=(2, 2), stride=(2, 2), padding=(0, 0): np.asarray(
         K.avg_pool2d_forward(x, kernel, stride, padding), dtype=object),
     label="avg_pool", attrs=_pool_attrs(),
-    batched=lambda lead, x, **a: _lead_merge(lead, lambda y, **b: K.avg_pool2d_forward(
-        y, b["kernel"], b["stride"], b["padding"]), x, **a),
+    batched=_pool_batched(K.avg_pool2d_forward),
     vjp_uses=frozenset({"inputs"}),
     matrix=(lambda M, g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
             M.avgpool_grad(g, x.shape, kernel, stride, padding),),
@@ -1260,12 +1303,17 @@ def _sp_ce(logits, labels, reduction="mean"):
     return np.asarray(-(total if reduction == "sum" else total / picked.size), dtype=object)
 
 
+def _ce_batched(lead, logits, labels, reduction="mean"):
+    batch = _lead_shape(lead, logits, labels)
+    return _ce_forward(np.broadcast_to(logits, batch + logits.shape[lead:]),
+                       np.broadcast_to(labels, batch + labels.shape[lead:]), reduction, lead)
+
+
 _register(Op(
     name="softmax_cross_entropy", n_args=(2, 2), shape=_ce_shape, forward=_ce_forward,
     vjp=(_ce_vjp, None), sympy=_sp_ce, label="softmax CE", attrs={"reduction": "mean"},
     int_args=frozenset({1}),
-    batched=lambda lead, logits, labels, reduction="mean": _ce_forward(
-        logits, np.broadcast_to(labels, logits.shape[:-1]), reduction, lead),
+    batched=_ce_batched,
     vjp_uses=frozenset({"inputs"}),
     matrix=(lambda M, g, ans, logits, labels, reduction="mean":
             g * (M.apply("softmax", logits) - M.onehot(labels, logits.shape[-1]))
