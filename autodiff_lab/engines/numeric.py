@@ -40,11 +40,15 @@ from autodiff_lab.engines.numeric_steps import (
     COMPLEX_STEP,
     METHODS,
     STENCILS,
+    RegimeCheck,
     Stencil,
+    check_step,
     default_step,
     exact_step,
     one_sided_second_order,
     power_of_two,
+    regime_check,
+    step_for,
 )
 from autodiff_lab.errors import (
     AutodiffError,
@@ -72,6 +76,11 @@ class KinkWarning(UserWarning):
 
 class NonFiniteStepWarning(RuntimeWarning):
     """A perturbed evaluation gave NaN/Inf; the component was retried one-sided."""
+
+
+class StepSizeWarning(UserWarning):
+    """A user's step is beyond the region where the error estimate holds (the formula at
+    h/2, h and 2h does not behave like error ∝ h^order); the estimate is only a guess."""
 
 
 class EvaluationLimitError(AutodiffError, RuntimeError):
@@ -150,6 +159,9 @@ class NumericProgram(Program):
         # the largest value any node holds: bounds how many copies fit in one call
         self.largest_node = max((int(np.prod(graph.node(v)["shape"], dtype=np.int64))
                                  for v in graph.order), default=1)
+        check_step_names(graph, engine.step)
+        for name in wrt:  # a step that cannot fit an input is refused before any evaluation
+            step_for(engine.step, name, tuple(graph.node(graph.inputs[name])["shape"]))
         self.last_directional: dict[str, Any] = {}
 
     # --- public entry points --------------------------------------------------------------
@@ -212,10 +224,11 @@ class NumericProgram(Program):
         if v_max == 0.0:
             self.last_directional = {"evaluations": 0, "step": 0.0, "error_estimate": 0.0}
             return (0.0, 0.0) if return_error else 0.0
-        t = self._direction_step(stencil, arrays, dirs, v_max, eps)
+        t, user_step = self._direction_step(stencil, arrays, dirs, v_max, eps)
+        regime = return_error and user_step
         target = _Target(resolve_seed(g, self.output, seed, dtype), stencil.imaginary)
         counter = _Counter()
-        offsets = stencil.points(return_error)
+        offsets = stencil.points(return_error, regime)
         run_dtype = _complex_dtype(dtype) if stencil.imaginary else dtype
         base_arrays = _cast_floats(g, arrays, run_dtype)
         copies = {}
@@ -232,15 +245,30 @@ class NumericProgram(Program):
                                  "a smaller step=... or a one-sided method")
         f = {m: vals[i] for i, m in enumerate(offsets)}
         a = {m: mags[i] for i, m in enumerate(offsets)}
-        if 0.0 in stencil.offsets:
+        if stencil.needs_base or regime:
             base = run_forward(g, arrays, keep=[self.out_node])[self.out_node]
             counter.evaluations += 1
             b_val, b_mag = target.project(base[None])
             f[0.0], a[0.0] = b_val[0], b_mag[0]
-        d, err = stencil.combine(f, a, np.asarray(t, dtype=dtype), eps, return_error)
+        t_arr = np.asarray(t, dtype=dtype)
+        d, err = stencil.combine(f, a, t_arr, eps, return_error)
+        suspect = False
+        if regime:
+            check = regime_check(stencil, f, a, t_arr, eps)
+            if stencil.regime_bounds:
+                err = np.maximum(err, check.estimate)
+            suspect = bool(np.any(check.suspect))
+            if suspect:
+                warnings.warn(
+                    f"numeric {stencil.name}: directional step t = {t:.3g} is beyond the region "
+                    f"where the error estimate holds (the change of the formula between the "
+                    f"step's levels is {float(np.max(check.change_small)):.3g}, then "
+                    f"{float(np.max(check.change_large)):.3g}, where its order predicts a "
+                    "steady shrinking); the estimate is only a guess. Use a smaller step",
+                    StepSizeWarning, stacklevel=2)
         self.last_directional = {"evaluations": counter.evaluations, "step": t,
                                  "error_estimate": None if err is None else float(err),
-                                 "method": stencil.name}
+                                 "method": stencil.name, "step_warning": suspect}
         return (float(d), float(err)) if return_error else float(d)
 
     def check_subset(self, values: Mapping[str, Any], n: int = 16, *,
@@ -289,8 +317,11 @@ class NumericProgram(Program):
         g, eng = self.graph, self.engine
         started = time.perf_counter()
         estimate = eng.estimate_error or force_estimate or stencil.name == "richardson"
-        points = stencil.points(estimate)
-        needed = 1 + sum(len(idx) for idx in comps.values()) * len(points)
+        # a user's step gets the regime check (its points at h/2) with the estimate
+        regime = {n: estimate and step_for(eng.step, n, arrays[n].shape) is not None
+                  for n in comps}
+        points = {n: stencil.points(estimate, regime[n]) for n in comps}
+        needed = 1 + sum(len(idx) * len(points[n]) for n, idx in comps.items())
         if needed > eng.max_evaluations:
             raise EvaluationLimitError(self._limit_message(comps, points, needed))
         dtype = working_dtype(g, arrays)
@@ -305,27 +336,32 @@ class NumericProgram(Program):
         steps: dict[str, np.ndarray] = {}
         parts: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         nonfinite: list[dict[str, Any]] = []
-        total = sum(len(idx) for idx in comps.values()) * len(points)
+        suspects: list[dict[str, Any]] = []
+        total = needed - 1
         show = eng.progress if eng.progress is not None else total >= PROGRESS_THRESHOLD
         with tqdm(total=total, disable=not show, desc=f"numeric {stencil.name}", unit="eval",
                   leave=False) as bar:
             for name, idx in comps.items():
                 x = arrays[name].ravel()
-                steps[name] = h = self._steps(name, x, idx, stencil, eps, dtype)
+                steps[name] = h = self._steps(name, arrays[name].shape, x, idx, stencil, eps,
+                                              dtype, points[name])
                 if idx.size == 0:  # an empty input has an empty gradient
                     empty = np.zeros((0,) + base_val.shape[1:], dtype=dtype)
                     parts[name] = (empty, empty.copy() if estimate else None)
                     continue
-                vals, mags = self._perturbed(run_arrays, name, idx, h, points, stencil,
+                vals, mags = self._perturbed(run_arrays, name, idx, h, points[name], stencil,
                                              target, counter, bar, run_dtype)
-                parts[name] = self._combine(run_arrays, arrays, name, idx, h, points, vals, mags,
-                                            (base_val[0], base_mag[0]), stencil, target,
-                                            counter, estimate, eps, nonfinite)
+                parts[name] = self._combine(run_arrays, arrays, name, idx, h, points[name], vals,
+                                            mags, (base_val[0], base_mag[0]), stencil, target,
+                                            counter, estimate, eps, nonfinite,
+                                            suspects if regime[name] else None)
+        for report in suspects:
+            warnings.warn(report.pop("message"), StepSizeWarning, stacklevel=4)
         info = {
             "method": stencil.name, "steps": steps, "evaluations": counter.evaluations,
             "evaluations_for_estimate": counter.estimate_evaluations,
             "forward_calls": counter.calls, "kinks": kinks, "nonfinite": nonfinite,
-            "seconds": time.perf_counter() - started,
+            "step_warnings": suspects, "seconds": time.perf_counter() - started,
         }
         return base[self.out_node], parts, info
 
@@ -333,20 +369,33 @@ class NumericProgram(Program):
                  name: str, idx: np.ndarray, h: np.ndarray, points: tuple[float, ...],
                  vals: np.ndarray, mags: np.ndarray, base: tuple[np.ndarray, np.ndarray],
                  stencil: Stencil, target: _Target, counter: _Counter, estimate: bool,
-                 eps: float, nonfinite: list[dict[str, Any]]
+                 eps: float, nonfinite: list[dict[str, Any]],
+                 suspects: list[dict[str, Any]] | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
         """The formula applied to one input's perturbed values; components whose points
-        were not finite are recomputed one-sided (and reported in ``nonfinite``)."""
+        were not finite are recomputed one-sided (and reported in ``nonfinite``). With
+        ``suspects`` (a user's step), the regime check widens the estimate to the change
+        seen between h/2 and h and reports components beyond the estimate's region."""
         tail = (1,) * (vals.ndim - 2)
         f = {m: vals[i] for i, m in enumerate(points)}
         a = {m: mags[i] for i, m in enumerate(points)}
-        if 0.0 in stencil.offsets:
-            f[0.0] = np.broadcast_to(base[0], vals.shape[1:])
-            a[0.0] = np.broadcast_to(base[1], vals.shape[1:])
+        f[0.0] = np.broadcast_to(base[0], vals.shape[1:])
+        a[0.0] = np.broadcast_to(base[1], vals.shape[1:])
+        hh = h.reshape((-1,) + tail)
         with np.errstate(all="ignore"):
-            d, err = stencil.combine(f, a, h.reshape((-1,) + tail), eps, estimate)
+            d, err = stencil.combine(f, a, hh, eps, estimate)
+            check = None if suspects is None else regime_check(
+                stencil, f, a, hh, eps, np.maximum(np.abs(arrays[name].ravel()[idx]), 1.0)
+                .reshape((-1,) + tail))
         finite = np.isfinite(vals) & np.isfinite(mags)
         bad = ~finite.reshape(len(points), len(idx), -1).all(axis=(0, 2))
+        if check is not None:
+            if stencil.regime_bounds:
+                err = np.maximum(err, check.estimate)
+            flagged = check.suspect.reshape(len(idx), -1).any(axis=1) & ~bad
+            if flagged.any():
+                suspects.append(self._regime_report(name, arrays[name], idx, h, check, flagged,
+                                                    stencil))
         if not bad.any():
             return d, err
         d, err = np.array(d), None if err is None else np.array(err)
@@ -386,7 +435,7 @@ class NumericProgram(Program):
             vals_list.append(v)
             mags_list.append(a)
             bar.update(len(cj))
-        est = set(stencil.estimate_offsets)
+        est = set(points) - set(stencil.offsets)
         counter.estimate_evaluations += int(sum(1 for m in off_of if m in est))
         vals = np.concatenate(vals_list).reshape((len(idx), len(points)) + vals_list[0].shape[1:])
         mags = np.concatenate(mags_list).reshape(vals.shape)
@@ -413,32 +462,37 @@ class NumericProgram(Program):
         # an output that does not depend on the perturbed input keeps a copy axis of size 1
         return np.broadcast_to(out, (n,) + self.out_shape)
 
-    def _steps(self, name: str, x: np.ndarray, idx: np.ndarray, stencil: Stencil, eps: float,
-               dtype: np.dtype) -> np.ndarray:
-        """The step of each selected component: the method's rule, or the user's step, made
-        exact (x + h lands on h) and, for rule steps, a power of two."""
+    def _steps(self, name: str, shape: tuple[int, ...], x: np.ndarray, idx: np.ndarray,
+               stencil: Stencil, eps: float, dtype: np.dtype, points: tuple[float, ...]
+               ) -> np.ndarray:
+        """The step of each selected component: the method's rule, or the user's step (a
+        number or an array of the input's shape), made exact (x + h lands on h) and, for
+        rule steps, a power of two. A user's step is made exact at the stencil's smallest
+        point (h/8 for Richardson, h/2 with the regime check) and scaled back up by that
+        power of two, so every point x + m·h is a whole number of that exact step."""
         xs = x[idx]
-        user = self.engine.step
-        if isinstance(user, Mapping):
-            user = user.get(name)
+        user = step_for(self.engine.step, name, shape)
         if user is None:
             h = default_step(stencil, xs, eps).astype(dtype)
             if stencil.imaginary:
                 return h
             return exact_step(xs, power_of_two(h))
-        h = np.broadcast_to(np.asarray(user, dtype=dtype), (x.size,) if np.ndim(user) else ())
-        h = np.broadcast_to(h if h.ndim == 0 else h[idx], xs.shape).astype(dtype)
-        if not np.all(np.isfinite(h)) or np.any(h <= 0):
-            raise InputError(f"numeric step for {name!r} must be positive and finite, got {user!r}")
+        h = user.reshape(-1)[idx].astype(dtype)
+        if not np.all(h > 0):  # positive in float64, but below the dtype's range
+            k = int(np.flatnonzero(~(h > 0))[0])
+            raise InputError(f"step {float(user.reshape(-1)[idx[k]]):.3g} for {name!r} at flat "
+                             f"index {int(idx[k])} underflows to 0 in {np.dtype(dtype).name}")
         if stencil.imaginary:
             return h
-        exact = exact_step(xs, h)
+        smallest = min((abs(m) for m in points), default=1.0)
+        exact = exact_step(xs, h * smallest)
         if np.any(exact == 0):
             k = int(np.flatnonzero(exact == 0)[0])
+            at = "" if smallest == 1.0 else f" (the method's smallest point is h·{smallest:g})"
             raise InputError(f"step {float(h[k]):.3g} for {name!r} at flat index {int(idx[k])} is "
                              f"below the spacing of x = {float(xs[k])!r} "
-                             f"({float(np.spacing(xs[k])):.3g}): x + h == x")
-        return exact
+                             f"({float(np.spacing(xs[k])):.3g}){at}: x + h == x")
+        return exact / smallest
 
     def _retry(self, run_arrays: dict[str, np.ndarray], arrays: dict[str, np.ndarray], name: str,
                j: int, h: float, points: tuple[float, ...], vals: np.ndarray, stencil: Stencil,
@@ -485,6 +539,34 @@ class NumericProgram(Program):
         raise NonFiniteError(f"{message}; one-sided retries with steps "
                              f"{', '.join(f'{s:+.3g}' for s in tried)} were not finite either")
 
+    def _regime_report(self, name: str, x: np.ndarray, idx: np.ndarray, h: np.ndarray,
+                       check: RegimeCheck, flagged: np.ndarray, stencil: Stencil
+                       ) -> dict[str, Any]:
+        """What a :class:`StepSizeWarning` says about one input: the first flagged
+        component, how many there are, and the changes the regime check saw."""
+        k = int(np.flatnonzero(flagged)[0])
+        where = f"{name}{[int(i) for i in np.unravel_index(int(idx[k]), x.shape)]}"
+        small = float(np.max(check.change_small.reshape(len(idx), -1)[k]))
+        large = float(np.max(check.change_large.reshape(len(idx), -1)[k]))
+        n = int(flagged.sum())
+        p = stencil.weights_order or stencil.order
+        lo, mid, hi = stencil.regime_levels
+        more = f" (and {n - 1} more of its {len(idx)} components)" if n > 1 else ""
+        x_k = float(x.ravel()[int(idx[k])].real)
+        if bool(np.all(check.beyond_scale.reshape(len(idx), -1)[k])):
+            why = (f"it is larger than the scale of x, max(|x|, 1) = {max(abs(x_k), 1.0):.3g}, "
+                   "and no samples can show that f does not vary faster than that")
+        else:
+            why = (f"the formula at steps {lo:g}h, {mid:g}h and {hi:g}h changed by {small:.3g} "
+                   f"and then {large:.3g}: halving the step should shrink the change about "
+                   f"{2 ** p}-fold (order {p}), and the curvature should grow with the step")
+        message = (f"numeric {stencil.name}: step {float(h[k]):.3g} for {where} = {x_k:.6g}"
+                   f"{more} is beyond the region where the error estimate holds: {why}. The "
+                   "estimate is only a guess there; use a smaller step (step=None picks the "
+                   "method's rule)")
+        return {"input": name, "index": int(idx[k]), "step": float(h[k]), "components": n,
+                "change_small": small, "change_large": large, "message": message}
+
     def _warn_kinks(self, base: dict[int, np.ndarray]) -> list[str]:
         """Warn once per op on the differentiation path whose inputs sit on a kink."""
         found = []
@@ -515,6 +597,7 @@ class NumericProgram(Program):
                          dtype: np.dtype) -> dict[str, np.ndarray]:
         if not isinstance(direction, Mapping):
             raise InputError("direction must be a dict {input name: array of that input's shape}")
+        check_step_names(self.graph, self.engine.step)
         out = {}
         for name, v in direction.items():
             if name not in self.graph.inputs:
@@ -530,20 +613,36 @@ class NumericProgram(Program):
         return out
 
     def _direction_step(self, stencil: Stencil, arrays: dict[str, np.ndarray],
-                        dirs: dict[str, np.ndarray], v_max: float, eps: float) -> float:
-        """t so that the largest coordinate moves by the method's step: x + t·v."""
-        user = self.engine.step
-        if user is not None and not isinstance(user, Mapping):
-            return float(np.max(user)) / v_max
+                        dirs: dict[str, np.ndarray], v_max: float, eps: float
+                        ) -> tuple[float, bool]:
+        """t for x + t·v, and whether a user's step set it. The method's rule moves the
+        largest coordinate by its step; with user steps (per input, per element) t is the
+        largest for which no coordinate moves by more than its own step."""
         if stencil.imaginary:
-            return COMPLEX_STEP / v_max
-        x_max = max(float(np.max(np.abs(arrays[n][v != 0]), initial=0.0)) for n, v in dirs.items())
-        return float(power_of_two(np.asarray(eps ** stencil.step_power * max(x_max, 1.0) / v_max)))
+            t_rule = COMPLEX_STEP / v_max
+        else:
+            x_max = max(float(np.max(np.abs(arrays[n][v != 0]), initial=0.0))
+                        for n, v in dirs.items())
+            t_rule = float(power_of_two(np.asarray(eps ** stencil.step_power * max(x_max, 1.0)
+                                                   / v_max)))
+        ts, user_given = [], False
+        for name, v in dirs.items():
+            moving = v != 0
+            if not moving.any():
+                continue
+            h = step_for(self.engine.step, name, arrays[name].shape)
+            if h is None:
+                ts.append(t_rule)
+            else:
+                user_given = True
+                ts.append(float(np.min(h[moving] / np.abs(v[moving]))))
+        return (min(ts), True) if user_given else (t_rule, False)
 
-    def _limit_message(self, comps: dict[str, np.ndarray], points: tuple[float, ...],
+    def _limit_message(self, comps: dict[str, np.ndarray], points: dict[str, tuple[float, ...]],
                        needed: int) -> str:
         sizes = ", ".join(f"{n} ({len(i)})" for n, i in comps.items())
-        per = len(points)
+        counts = sorted({len(points[n]) for n in comps})
+        per = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         return (f"the numeric gradient of {self.output!r} with respect to {sizes} needs "
                 f"{needed:,} forward evaluations with method {self.stencil.name!r} "
                 f"({per} per coordinate + 1), more than max_evaluations="
@@ -559,9 +658,20 @@ class NumericEngine(Engine):
 
     ``step``: None for each method's rule (eps^(1/2), eps^(1/3), eps^(1/5), eps^(1/7) times
     max(|x|, 1) for forward/backward, central, five-point, Richardson's first step; 1e-20 for
-    the complex step), or a step in x's units (a number, or {input name: number or array}).
+    the complex step), or a step in x's units: a number (every component of every input),
+    an array of steps per element (broadcast to the shape of each differentiated input,
+    so it suits one input) or a dict {input name: None, number or array broadcasting to that
+    input's shape} (inputs left out use the rule). Every step must be positive and finite
+    (an :class:`~autodiff_lab.errors.InputError` names the value otherwise); a step below the
+    spacing of x (x + h == x) is refused. ``program.directional`` moves x + t·v with the
+    largest t that moves no coordinate by more than its step.
     ``estimate_error``: also evaluate the points the error estimate needs (Richardson always
-    has one). ``batch_size``: copies per forward call (None: as many as fit in memory; 1: one
+    has one). With a user's step the estimate also evaluates the formula at h/2 (2 more
+    points per coordinate for central, 1 for forward, backward and complex, 2 for
+    five-point, none for Richardson): the estimate becomes the larger of the (h, 2h) and
+    (h/2, h) truncation estimates, and a :class:`StepSizeWarning` says when the three
+    steps show that the step is beyond the region where any such estimate holds.
+    ``batch_size``: copies per forward call (None: as many as fit in memory; 1: one
     call per copy, the slow reference). ``max_evaluations``: refuse bigger gradients up front.
     ``progress``: tqdm bar (None: from 5000 evaluations on).
     """
@@ -575,7 +685,7 @@ class NumericEngine(Engine):
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.method = method
-        self.step = step
+        self.step = check_step(step)
         self.estimate_error = estimate_error
         self.batch_size = batch_size
         self.max_evaluations = int(max_evaluations)
@@ -614,6 +724,15 @@ def _path_nodes(graph: Graph, sources: list[int], target: int) -> list[int]:
     return [v for v in graph.order if v in downstream and v in upstream]
 
 
+def check_step_names(graph: Graph, step: Any) -> None:
+    """A step dict may only name inputs of the graph."""
+    if isinstance(step, Mapping):
+        unknown = [n for n in step if n not in graph.inputs]
+        if unknown:
+            raise InputError(f"numeric step given for {', '.join(map(repr, unknown))}, which the "
+                             f"graph does not have; its inputs are: {', '.join(graph.inputs)}")
+
+
 def _complex_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.complex64 if dtype == np.float32 else np.complex128)
 
@@ -627,4 +746,4 @@ def _cast_floats(graph: Graph, arrays: dict[str, np.ndarray], dtype: np.dtype
 
 
 __all__ = ["EvaluationLimitError", "KinkWarning", "NonFiniteStepWarning", "NumericEngine",
-           "NumericProgram", "SubsetCheck", "jacobian"]
+           "NumericProgram", "StepSizeWarning", "SubsetCheck", "jacobian"]

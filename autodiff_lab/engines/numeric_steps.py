@@ -10,14 +10,21 @@ eps/h): a method of order p has its best step near ``eps ** (1 / (p + 1))`` time
 of x, which is where the rules below come from. Steps are rounded to a power of two and
 then adjusted so that ``(x + h) - x == h`` exactly: the step the formula divides by is the
 step that was really taken.
+
+A step the user chooses can be far from that optimum, where the error estimate's premise
+(error ∝ h^p) fails: :func:`regime_check` compares the formula at h/2, h and 2h and says
+which components are outside the region where the estimate holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from autodiff_lab.errors import InputError
 
 #: rounding a single evaluation of f costs a few units of eps relative to |f|;
 #: the round-off part of every error estimate uses this many units (a safety factor).
@@ -32,6 +39,18 @@ RICHARDSON_LEVELS = 4
 
 #: the complex step: no subtraction happens, so h can be tiny (its h² truncation vanishes)
 COMPLEX_STEP = 1e-20
+
+#: regime check: in the asymptotic regime halving the step divides the change of the
+#: derivative by 2^order; a component whose change shrinks by less than this fraction of
+#: that (or whose curvature does not grow about 4-fold with the step) is flagged
+REGIME_SLACK = 0.5
+#: regime check: differences below this many round-off bounds say nothing about the regime
+REGIME_NOISE = 8.0
+#: regime check: a step beyond this fraction of the scale of x, max(|x|, 1), is flagged
+#: whatever the samples show. Samples of f at a few points cannot rule out that f varies
+#: on a shorter scale than the step (sin sampled at multiples of its period looks flat);
+#: the step rules assume f varies on the scale of x, and so does this limit
+STEP_SCALE_LIMIT = 1.0
 
 Values = Mapping[float, np.ndarray]
 Combine = Callable[[Values, Values, np.ndarray, float, bool],
@@ -58,11 +77,35 @@ class Stencil:
     order: int
     imaginary: bool = False
     description: str = ""
+    #: the plain formula at step m·h as weights {offset: w}: d(m) = Σ w·f(offset) / (m·h)
+    weights: Callable[[float], dict[float, float]] | None = None
+    #: the three steps (multiples of h) the regime check compares, small to large
+    regime_levels: tuple[float, float, float] = (0.5, 1.0, 2.0)
+    #: the formula uses f at ±m alike, so its even part (the curvature) can be checked too
+    symmetric: bool = False
+    #: order of the plain formula ``weights`` (None: ``order``; Richardson's is central's 2)
+    weights_order: int | None = None
+    #: the regime check's (h/2, h) estimate also bounds this method's error (not so for an
+    #: extrapolation, far more accurate than the plain formula it starts from)
+    regime_bounds: bool = True
 
-    def points(self, estimate: bool) -> tuple[float, ...]:
-        """Non-zero offsets to evaluate (the base point is counted separately)."""
+    def points(self, estimate: bool, regime: bool = False) -> tuple[float, ...]:
+        """Non-zero offsets to evaluate (the base point is counted separately); with
+        ``regime`` also the points :func:`regime_check` needs."""
         pts = self.offsets + (self.estimate_offsets if estimate else ())
+        if regime:
+            pts = pts + tuple(o for o in self.regime_offsets if o not in pts)
         return tuple(m for m in pts if m != 0.0)
+
+    @property
+    def regime_offsets(self) -> tuple[float, ...]:
+        """Every offset the formula touches at the regime check's three steps."""
+        out: list[float] = []
+        for m in self.regime_levels:
+            for o in (self.weights(m) if self.weights else {}):
+                if o not in out:
+                    out.append(o)
+        return tuple(out)
 
     @property
     def needs_base(self) -> bool:
@@ -73,6 +116,122 @@ def _roundoff(abs_f: Values, coeffs: Mapping[float, float], h: np.ndarray, eps: 
     """Round-off error of sum(c * f(x + m h)) / h when each f carries a relative error eps."""
     total = sum(abs(c) * abs_f[m] for m, c in coeffs.items())
     return ROUND_UNITS * eps * total / h
+
+
+@dataclass
+class RegimeCheck:
+    """What :func:`regime_check` found, per component (arrays of the derivative's shape).
+
+    ``estimate``: the truncation error at h judged from the (h/2, h) pair, the "observed
+    change" (plus the round-off of the formula at h); ``suspect``: the component is outside
+    the region where error estimates from step ratios hold; ``ratio``: the observed
+    |d(2h) − d(h)| / |d(h) − d(h/2)| (2^order in the asymptotic regime).
+    """
+
+    estimate: np.ndarray
+    suspect: np.ndarray
+    ratio: np.ndarray
+    change_small: np.ndarray
+    change_large: np.ndarray
+    #: the part of ``suspect`` due to a step beyond the scale of x alone
+    beyond_scale: np.ndarray
+
+
+def regime_check(stencil: Stencil, f: Values, a: Values, h: np.ndarray, eps: float,
+                 x_scale: np.ndarray | float = 1.0) -> RegimeCheck:
+    """Is the step inside the region where error ∝ h^order, the premise of every estimate?
+
+    With d(m) the plain formula at step m·h, at the stencil's three levels (h/2, h, 2h for
+    most), the asymptotic regime shrinks the change |d(2h) − d(h)| by 2^p when the step is
+    halved, to |d(h) − d(h/2)|. A change that does not shrink (a period of f comparable to
+    the step, a step beyond a singularity's distance) flags the component; so does, for a
+    symmetric formula, a curvature (f(x+mh) + f(x−mh))/2 − f(x) that does not grow about
+    four-fold from one level to the next. Differences within round-off carry no
+    information and flag nothing. And a step larger than ``STEP_SCALE_LIMIT`` times
+    ``x_scale`` (max(|x|, 1) per component, broadcasting against h) is always flagged:
+    no finite set of samples can show that f does not vary faster than that. ``f`` and
+    ``a`` must include the base point 0.0.
+    """
+    lo, mid, hi = stencil.regime_levels
+    p = stencil.weights_order or stencil.order
+
+    def d(m: float) -> np.ndarray:
+        return sum(w * f[o] for o, w in stencil.weights(m).items()) / (m * h)
+
+    def noise(m: float, dm: np.ndarray) -> np.ndarray:
+        if stencil.imaginary:  # no cancellation: a few ulps of the derivative itself
+            return ROUND_UNITS * eps * (np.abs(dm) + np.max(np.abs(dm), axis=0, keepdims=True))
+        total = sum(abs(w) * a[o] for o, w in stencil.weights(m).items())
+        return ROUND_UNITS * eps * (total / (m * np.abs(h)) + np.abs(dm))
+
+    d_lo, d_mid, d_hi = d(lo), d(mid), d(hi)
+    small, large = np.abs(d_mid - d_lo), np.abs(d_hi - d_mid)
+    n_mid = noise(mid, d_mid)
+    informative = small > REGIME_NOISE * (noise(lo, d_lo) + n_mid)
+    suspect = informative & (large < REGIME_SLACK * 2.0 ** p * small)
+    beyond_scale = np.broadcast_to(np.abs(h) > STEP_SCALE_LIMIT * np.asarray(x_scale), small.shape)
+    suspect = suspect | beyond_scale
+    if stencil.symmetric:
+        curv = {m: (f[m] + f[-m]) / 2 - f[0.0] for m in (lo, mid, hi)}
+        c_noise = {m: ROUND_UNITS * eps * ((a[m] + a[-m]) / 2 + a[0.0]) for m in (lo, mid, hi)}
+        for m_small, m_large in ((lo, mid), (mid, hi)):
+            seen = np.abs(curv[m_small]) > REGIME_NOISE * (c_noise[m_small] + c_noise[m_large])
+            suspect = suspect | (seen & (np.abs(curv[m_large]) < 2.0 * np.abs(curv[m_small])))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(small > 0, large / np.where(small > 0, small, 1.0), np.inf)
+    estimate = TRUNCATION_SAFETY * small * 2.0 ** p / (2.0 ** p - 1) + n_mid
+    return RegimeCheck(estimate, suspect, ratio, small, large, beyond_scale)
+
+
+# --- user steps -----------------------------------------------------------------------------
+
+def check_step(step: Any, name: str | None = None) -> Any:
+    """A user's step, validated: None, a positive finite number, an array of them, or (at
+    the top level) a dict {input name: any of those}. Anything else is an InputError
+    naming the offending value (a zero, negative, NaN or infinite step has no meaning)."""
+    where = "numeric step" if name is None else f"numeric step for {name!r}"
+    if step is None:
+        return None
+    if isinstance(step, Mapping):
+        if name is not None:
+            raise InputError(f"{where} must be a number or an array, not a nested dict")
+        for key in step:
+            if not isinstance(key, str):
+                raise InputError(f"numeric step dict keys must be input names, got {key!r}")
+        return {key: check_step(value, key) for key, value in step.items()}
+    if isinstance(step, (bool, np.bool_)):
+        raise InputError(f"{where} must be a positive number, got {step!r}")
+    try:
+        arr = np.asarray(step, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{where} must be a positive number, an array of them or a dict "
+                         f"{{input name: step}}; got {step!r}") from None
+    bad = ~(np.isfinite(arr) & (arr > 0))
+    if bad.any():
+        if arr.ndim == 0:
+            raise InputError(f"{where} must be positive and finite, got {float(arr)!r}")
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{where} must be positive and finite everywhere; got {float(arr[idx])!r} "
+                         f"at index {idx} ({int(bad.sum())} of {arr.size} entries are not)")
+    return arr if arr.ndim else float(arr)
+
+
+def step_for(step: Any, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The (validated) user step of input ``name`` as an array of its shape (None: the
+    rule's step); an InputError when the step's shape does not broadcast to the input's."""
+    user = check_step(step.get(name) if isinstance(step, Mapping) else step, name)
+    if user is None:
+        return None
+    arr = np.asarray(user, dtype=np.float64)
+    try:
+        return np.broadcast_to(arr, shape)
+    except ValueError:
+        hint = "" if isinstance(step, Mapping) else (
+            "; a step array applies to every differentiated input, give a dict "
+            "{input name: step} for inputs of different shapes")
+        raise InputError(f"numeric step for {name!r} has shape {arr.shape}, which does not "
+                         f"broadcast to the input's shape {shape} (give a number, or an array "
+                         f"of shape {shape}){hint}") from None
 
 
 # --- the formulas -------------------------------------------------------------------------
@@ -162,22 +321,34 @@ def _complex(f: Values, a: Values, h: np.ndarray, eps: float, estimate: bool):
     return d, trunc + ROUND_UNITS * eps * scale
 
 
+def _central_weights(m: float) -> dict[float, float]:
+    return {m: 0.5, -m: -0.5}
+
+
 STENCILS: dict[str, Stencil] = {s.name: s for s in (
     Stencil("forward", (0.0, 1.0), (2.0,), _forward, 1 / 2, 1,
-            description="(f(x+h) − f(x)) / h, error O(h)"),
+            description="(f(x+h) − f(x)) / h, error O(h)",
+            weights=lambda m: {m: 1.0, 0.0: -1.0}),
     Stencil("backward", (0.0, -1.0), (-2.0,), _backward, 1 / 2, 1,
-            description="(f(x) − f(x−h)) / h, error O(h)"),
+            description="(f(x) − f(x−h)) / h, error O(h)",
+            weights=lambda m: {0.0: 1.0, -m: -1.0}),
     Stencil("central", (1.0, -1.0), (2.0, -2.0), _central, 1 / 3, 2,
-            description="(f(x+h) − f(x−h)) / 2h, error O(h²)"),
+            description="(f(x+h) − f(x−h)) / 2h, error O(h²)",
+            weights=_central_weights, symmetric=True),
     Stencil("five_point", (-2.0, -1.0, 1.0, 2.0), (4.0, -4.0), _five_point, 1 / 5, 4,
-            description="(f(x−2h) − 8f(x−h) + 8f(x+h) − f(x+2h)) / 12h, error O(h⁴)"),
+            description="(f(x−2h) − 8f(x−h) + 8f(x+h) − f(x+2h)) / 12h, error O(h⁴)",
+            weights=lambda m: {-2 * m: 1 / 12, -m: -8 / 12, m: 8 / 12, 2 * m: -1 / 12},
+            symmetric=True),
     Stencil("richardson",
             tuple(s * 2.0 ** -k for k in range(RICHARDSON_LEVELS) for s in (1.0, -1.0)), (),
             _richardson, 1 / 7, 2 * RICHARDSON_LEVELS,
             description=f"central differences at {RICHARDSON_LEVELS} steps h/2^k, "
-                        "extrapolated (Richardson/Ridders), error estimate per component"),
+                        "extrapolated (Richardson/Ridders), error estimate per component",
+            weights=_central_weights, regime_levels=(0.25, 0.5, 1.0), symmetric=True,
+            weights_order=2, regime_bounds=False),
     Stencil("complex", (1.0,), (2.0,), _complex, None, 2, imaginary=True,
-            description="Im f(x + ih) / h, no cancellation: machine precision"),
+            description="Im f(x + ih) / h, no cancellation: machine precision",
+            weights=lambda m: {m: 1.0}),
 )}
 
 METHODS = tuple(STENCILS)
