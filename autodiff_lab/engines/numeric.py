@@ -254,18 +254,22 @@ class NumericProgram(Program):
         d, err = stencil.combine(f, a, t_arr, eps, return_error)
         suspect = False
         if regime:
-            check = regime_check(stencil, f, a, t_arr, eps)
+            # t·|v_j| is coordinate j's step: flag t beyond the scale of the tightest one
+            scale = min(float(np.min(np.maximum(np.abs(arrays[n][v != 0]), 1.0) / np.abs(v[v != 0])))
+                        for n, v in dirs.items() if np.any(v != 0))
+            check = regime_check(stencil, f, a, t_arr, eps, scale)
             if stencil.regime_bounds:
                 err = np.maximum(err, check.estimate)
             suspect = bool(np.any(check.suspect))
             if suspect:
-                warnings.warn(
-                    f"numeric {stencil.name}: directional step t = {t:.3g} is beyond the region "
-                    f"where the error estimate holds (the change of the formula between the "
-                    f"step's levels is {float(np.max(check.change_small)):.3g}, then "
-                    f"{float(np.max(check.change_large)):.3g}, where its order predicts a "
-                    "steady shrinking); the estimate is only a guess. Use a smaller step",
-                    StepSizeWarning, stacklevel=2)
+                why = _regime_why(stencil, bool(np.all(check.beyond_scale)),
+                                  float(np.max(check.change_small)),
+                                  float(np.max(check.change_large)),
+                                  f"{scale:.3g}, beyond which a coordinate moves by more than "
+                                  "its scale max(|x|, 1)")
+                warnings.warn(f"numeric {stencil.name}: the directional step t = {t:.3g} is "
+                              f"beyond the region where the error estimate holds: {why}",
+                              StepSizeWarning, stacklevel=2)
         self.last_directional = {"evaluations": counter.evaluations, "step": t,
                                  "error_estimate": None if err is None else float(err),
                                  "method": stencil.name, "step_warning": suspect}
@@ -356,7 +360,7 @@ class NumericProgram(Program):
                                             counter, estimate, eps, nonfinite,
                                             suspects if regime[name] else None)
         for report in suspects:
-            warnings.warn(report.pop("message"), StepSizeWarning, stacklevel=4)
+            warnings.warn(report.pop("message"), StepSizeWarning, stacklevel=3)
         info = {
             "method": stencil.name, "steps": steps, "evaluations": counter.evaluations,
             "evaluations_for_estimate": counter.estimate_evaluations,
@@ -549,21 +553,13 @@ class NumericProgram(Program):
         small = float(np.max(check.change_small.reshape(len(idx), -1)[k]))
         large = float(np.max(check.change_large.reshape(len(idx), -1)[k]))
         n = int(flagged.sum())
-        p = stencil.weights_order or stencil.order
-        lo, mid, hi = stencil.regime_levels
         more = f" (and {n - 1} more of its {len(idx)} components)" if n > 1 else ""
         x_k = float(x.ravel()[int(idx[k])].real)
-        if bool(np.all(check.beyond_scale.reshape(len(idx), -1)[k])):
-            why = (f"it is larger than the scale of x, max(|x|, 1) = {max(abs(x_k), 1.0):.3g}, "
-                   "and no samples can show that f does not vary faster than that")
-        else:
-            why = (f"the formula at steps {lo:g}h, {mid:g}h and {hi:g}h changed by {small:.3g} "
-                   f"and then {large:.3g}: halving the step should shrink the change about "
-                   f"{2 ** p}-fold (order {p}), and the curvature should grow with the step")
+        scale = bool(np.all(check.beyond_scale.reshape(len(idx), -1)[k]))
+        why = _regime_why(stencil, scale, small, large,
+                          f"the scale of x, max(|x|, 1) = {max(abs(x_k), 1.0):.3g}")
         message = (f"numeric {stencil.name}: step {float(h[k]):.3g} for {where} = {x_k:.6g}"
-                   f"{more} is beyond the region where the error estimate holds: {why}. The "
-                   "estimate is only a guess there; use a smaller step (step=None picks the "
-                   "method's rule)")
+                   f"{more} is beyond the region where the error estimate holds: {why}")
         return {"input": name, "index": int(idx[k]), "step": float(h[k]), "components": n,
                 "change_small": small, "change_large": large, "message": message}
 
@@ -722,6 +718,22 @@ def _path_nodes(graph: Graph, sources: list[int], target: int) -> list[int]:
         if v in upstream:
             upstream.update(graph.operands(v))
     return [v for v in graph.order if v in downstream and v in upstream]
+
+
+def _regime_why(stencil: Stencil, beyond_scale: bool, small: float, large: float,
+                scale: str) -> str:
+    """Why a step failed the regime check, for a :class:`StepSizeWarning`."""
+    if beyond_scale:
+        why = (f"it is larger than {scale}, and no samples can show that f does not vary "
+               "faster than that")
+    else:
+        p = stencil.weights_order or stencil.order
+        lo, mid, hi = stencil.regime_levels
+        why = (f"the formula at steps {lo:g}h, {mid:g}h and {hi:g}h changed by {small:.3g} and "
+               f"then {large:.3g}: halving the step should shrink the change about "
+               f"{2 ** p}-fold (order {p}), and the curvature should grow with the step")
+    return (why + ". The estimate is only a guess there; use a smaller step (step=None picks "
+            "the method's rule)")
 
 
 def check_step_names(graph: Graph, step: Any) -> None:
