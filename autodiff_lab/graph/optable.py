@@ -22,7 +22,11 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   point (relu at 0, ties of a max); engines warn there;
 * ``batched``  -- forward with ``lead`` extra leading axes on every input (all inputs carry
                   them, possibly of size 1): the numeric engine uses it to evaluate many
-                  perturbed copies in one call. ``None`` means "loop over the copies";
+                  perturbed copies in one call. The copies' axes come before the operand's
+                  own axes (its batch axes included) and must never be broadcast against
+                  them; the result equals stacking ``forward`` over the copies
+                  (``tests/engines/test_batched_rules.py`` checks every entry). ``None``
+                  (or raising NotImplementedError) means "loop over the copies";
 * ``label``    -- how the node is labelled in a drawing;
 * ``decompose`` -- optional: the op written with more primitive ops (drawing at primitive level).
 * ``matrix``   -- one matrix-level derivative rule per input, ``matrix[i](M, g, ans, *xs, **attrs)``,
