@@ -811,24 +811,38 @@ def _lead_shape(lead: int, *xs: np.ndarray | None) -> Shape:
     return tuple(np.broadcast_shapes(*(x.shape[:lead] for x in xs if x is not None)))
 
 
-def _conv_copies(lead: int, conv: Callable, x: np.ndarray, w: np.ndarray, groups: int
-                 ) -> np.ndarray:
-    """A convolution-like ``conv(x, w, groups)`` for each copy of x and w.
+def _conv_copies(lead: int, conv: Callable, x: np.ndarray, w: np.ndarray, groups: int,
+                 transpose: bool = False) -> np.ndarray:
+    """A convolution-like ``conv(x, w, groups)`` for each copy of x and w (``transpose``:
+    the weight is (C_in, F/groups, kh, kw), as conv_transpose2d has it).
 
-    Weights shared by all copies: the copies are folded into the image axis N. Weights that
-    differ per copy (perturbed weights): the P copies become P times as many channel groups,
-    x (N, P·C, H, W) against w (P·rows, …) with P·groups groups, so copy p only ever meets
-    its own channels and its own filters; the output channels are unfolded again.
+    Weights shared by all copies: the copies are folded into the image axis N. Weights
+    that differ per copy (perturbed weights) on a shared image: the P copies' filters are
+    stacked into one convolution with P times as many filters per group. Both differ: the
+    copies become P times as many channel groups, so copy p only meets its own channels
+    and filters. The output channels are unfolded again in every case.
     """
     if all(d == 1 for d in w.shape[:lead]):
         return _lead_merge(lead, lambda y: conv(y, w.reshape(w.shape[lead:]), groups), x)
     batch = _lead_shape(lead, x, w)
     p = math.prod(batch)
+    ws = np.broadcast_to(w, batch + w.shape[lead:]).reshape((p,) + w.shape[lead:])
+    if all(d == 1 for d in x.shape[:lead]):
+        x0 = x.reshape(x.shape[lead:])
+        if transpose:  # (P, C_in, F/g, …) -> (C_in, P·F/g, …): group g's outputs are (p, f)
+            stacked = ws.transpose(1, 0, 2, 3, 4).reshape((ws.shape[1], -1) + ws.shape[3:])
+        else:  # (P, F, …) -> (g, P, F/g, …) -> (g·P·F/g, …)
+            stacked = ws.reshape((p, groups, -1) + ws.shape[2:]).transpose(1, 0, 2, 3, 4, 5)
+            stacked = stacked.reshape((-1,) + ws.shape[2:])
+        out = conv(x0, np.ascontiguousarray(stacked), groups)  # (N, g·P·F/g, H', W')
+        n = out.shape[0]
+        out = out.reshape((n, groups, p, -1) + out.shape[2:]).transpose(2, 0, 1, 3, 4, 5)
+        return out.reshape(batch + (n, -1) + out.shape[4:])
     xs = np.broadcast_to(x, batch + x.shape[lead:]).reshape((p,) + x.shape[lead:])
-    ws = np.broadcast_to(w, batch + w.shape[lead:]).reshape((-1,) + w.shape[lead + 1:])
     n, c = xs.shape[1:3]
     folded = xs.transpose(1, 0, 2, 3, 4).reshape((n, p * c) + xs.shape[3:])
-    out = conv(np.ascontiguousarray(folded), np.ascontiguousarray(ws), groups * p)
+    out = conv(np.ascontiguousarray(folded), np.ascontiguousarray(ws.reshape((-1,) + ws.shape[2:])),
+               groups * p)
     out = out.reshape((n, p, -1) + out.shape[2:]).transpose(1, 0, 2, 3, 4)
     return out.reshape(batch + out.shape[1:])
 
@@ -943,7 +957,7 @@ def _convT_batched(lead, x, w, b=None, stride=(1, 1), padding=(0, 0), output_pad
                    dilation=(1, 1), groups=1):
     out = _conv_copies(lead, lambda y, v, grp: _convT(y, v, None, stride, padding,
                                                       output_padding, dilation, grp),
-                       x, w, groups)
+                       x, w, groups, transpose=True)
     return _add_channel_bias(lead, out, b)
 
 
