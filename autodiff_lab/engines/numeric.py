@@ -13,8 +13,10 @@ point) and how wrong it may be (``error_estimate`` per component: a truncation e
 from a second step plus a round-off bound). Bad input is handled the way a careful person
 would: points where an op has a kink give a :class:`KinkWarning` naming the op, a perturbed
 evaluation that leaves f's domain is reported (:class:`NonFiniteStepWarning`) and retried
-one-sided with a smaller step, and a gradient that would take more evaluations than
-``max_evaluations`` is refused up front, saying how many it needs.
+one-sided with a smaller step, a step the user gives that is beyond the region where the
+estimate holds gives a :class:`StepSizeWarning` (see :func:`numeric_steps.regime_check`), and
+a gradient that would take more evaluations than ``max_evaluations`` is refused up front,
+saying how many it needs.
 """
 
 from __future__ import annotations
