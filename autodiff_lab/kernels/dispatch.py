@@ -163,14 +163,14 @@ def relu_forward(x: np.ndarray) -> np.ndarray | None:
 
 
 def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray | None:
-    """g·[x > 0] fused, for big real arrays of one shape, else ``None``."""
+    """g·relu'(x) fused (NaN where x is NaN), for big real arrays of one shape, else ``None``."""
     if x.size >= ELEMENTWISE_MIN_SIZE and g.shape == x.shape and real_float(g, x):
         return _fast("elementwise").relu_backward(g, _c(x))
     return None
 
 
 def leaky_relu_backward(g: np.ndarray, x: np.ndarray, alpha: float) -> np.ndarray | None:
-    """g·(1 if x > 0 else alpha) fused, for big real arrays, else ``None``."""
+    """g·(1 if x > 0 else alpha) fused (NaN where x is NaN), for big real arrays, else ``None``."""
     if x.size >= ELEMENTWISE_MIN_SIZE and g.shape == x.shape and real_float(g, x):
         return _fast("elementwise").leaky_relu_backward(g, _c(x), alpha)
     return None
