@@ -396,7 +396,7 @@ def _nan_where_nan(step: np.ndarray, x: np.ndarray) -> np.ndarray:
     comparison says False at a NaN, which would turn a NaN into a zero gradient."""
     nan = np.isnan(_re(x))
     if nan.any():
-        step[nan] = np.nan
+        return np.where(nan, np.nan, step).astype(step.dtype, copy=False)
     return step
 
 
@@ -891,9 +891,9 @@ def _conv2d_shape(x: Shape, w: Shape, b: Shape | None = None, stride=(1, 1), pad
     n, c, h, wd = x
     f, cg, kh, kw = w
     _nonempty_image("conv2d", x)
-    if kh < 1 or kw < 1 or cg < 1:
-        raise ShapeRuleError(f"conv2d weight {_fmt(w)} has an empty kernel (kernel size "
-                             f"{kh}×{kw}, {cg} channels per group)")
+    if kh < 1 or kw < 1 or cg < 1 or f < 1:
+        raise ShapeRuleError(f"conv2d weight {_fmt(w)} is empty (kernel size {kh}×{kw}, "
+                             f"{f} filters, {cg} channels per group)")
     if c % groups:
         raise ShapeRuleError(f"conv2d groups={groups}: the input's {c} channels are not "
                              f"divisible by groups")
@@ -964,8 +964,8 @@ def _convT_shape(x: Shape, w: Shape, b: Shape | None = None, stride=(1, 1), padd
     cin, fg, kh, kw = w
     _nonempty_image(name, x)
     if kh < 1 or kw < 1 or fg < 1:
-        raise ShapeRuleError(f"conv_transpose2d weight {_fmt(w)} has an empty kernel (kernel "
-                             f"size {kh}×{kw}, {fg} filters per group)")
+        raise ShapeRuleError(f"conv_transpose2d weight {_fmt(w)} is empty (kernel size "
+                             f"{kh}×{kw}, {fg} filters per group)")
     if c % groups:
         raise ShapeRuleError(f"conv_transpose2d groups={groups}: the input's {c} channels are "
                              f"not divisible by groups")
@@ -1221,12 +1221,11 @@ def _bn_vjp_x(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e
     if fast is not None:
         return fast
     xhat, inv, axes = _bn_parts(x, mean, var, training, eps)
-    gg = g * _chan(gamma, x.ndim)
+    scale = _chan(gamma, x.ndim) * inv  # γ/√(σ² + ε), factored out (so an infinite γ stays Inf)
     if not training:
-        return gg * inv
-    m = x.size // x.shape[1]
-    return inv / m * (m * gg - gg.sum(axis=axes, keepdims=True)
-                      - xhat * (gg * xhat).sum(axis=axes, keepdims=True))
+        return scale * g
+    return scale * (g - g.mean(axis=axes, keepdims=True)
+                    - xhat * (g * xhat).mean(axis=axes, keepdims=True))
 
 
 def _bn_vjp_gamma(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):

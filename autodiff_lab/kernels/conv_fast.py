@@ -408,7 +408,7 @@ def _avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - num
         c = nc - n * n_ch
         for oh in range(ho):
             for ow in range(wo):
-                acc = x[n, c, 0, 0] * 0
+                acc = 0.0  # not x[..] * 0, which is NaN when that pixel is NaN or ±Inf
                 for i in range(kh):
                     ih = oh * sh + i - ph
                     if ih < 0 or ih >= h:

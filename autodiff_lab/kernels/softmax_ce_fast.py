@@ -52,8 +52,12 @@ def _grad(logits, labels, scale, out):  # pragma: no cover - numba
             acc += e
         inv = 1.0 / acc
         for j in range(k):
-            out[r, j] = out[r, j] * inv * scale
-        out[r, labels[r]] -= scale
+            out[r, j] = out[r, j] * inv
+        # (softmax − onehot) · scale, in that order (as the numpy rule): with an infinite
+        # scale, softmax·scale − scale would be Inf − Inf = NaN
+        out[r, labels[r]] -= 1
+        for j in range(k):
+            out[r, j] = out[r, j] * scale
 
 
 def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray, reduction: str
