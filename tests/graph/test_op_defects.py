@@ -241,3 +241,17 @@ def test_output_padding_below_max_of_stride_and_dilation_is_accepted():
                                                     output_padding=(1, 1)),
                   x=(1, 4, 5, 5), w=(4, 3, 3, 3))
     assert g.node(g.output)["shape"] == (1, 3, 10, 12)
+
+
+def test_convolution_gradient_kernels_refuse_a_gradient_of_the_wrong_shape():
+    from autodiff_lab.kernels import dispatch
+    x = RNG.standard_normal((1, 2, 5, 5))
+    w = RNG.standard_normal((3, 2, 3, 3))
+    g = RNG.standard_normal((1, 3, 4, 4))  # the convolution of x has shape (1, 3, 3, 3)
+    for dtype in (np.float32, np.float64, np.complex128):
+        with pytest.raises(ShapeError, match="upstream gradient"):
+            dispatch.conv2d_backward_input(g.astype(dtype), w.astype(dtype), x.shape, (1, 1),
+                                           (0, 0), (1, 1))
+        with pytest.raises(ShapeError, match="upstream gradient"):
+            dispatch.conv2d_backward_weight(g.astype(dtype), x.astype(dtype), w.shape, (1, 1),
+                                            (0, 0), (1, 1))
