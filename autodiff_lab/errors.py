@@ -36,6 +36,11 @@ class InputError(AutodiffError, ValueError):
     """Values given for a graph's inputs are missing, unknown, mis-shaped or of a wrong dtype."""
 
 
+class LabelError(InputError, IndexError):
+    """An integer input used as an index (a class label) is outside the range the op allows,
+    e.g. label 10 for logits with K = 10 classes (labels are 0 … K − 1)."""
+
+
 class NonFiniteError(AutodiffError, FloatingPointError):
     """NaN or Inf in the values given, or produced by an op during evaluation."""
 
@@ -54,3 +59,14 @@ class RenderError(AutodiffError, RuntimeError):
 
 class GraphvizNotFoundError(RenderError, FileNotFoundError):
     """Neither the system ``dot`` nor the ``graphviz-pure`` binary could be found."""
+
+
+def with_node(exc: AutodiffError, where: str) -> AutodiffError:
+    """``exc`` re-made with ``where`` (how messages name a node: ``node 7 'softmax_cross_entropy'
+    (at model.py:12)``) in front of its message, for an error an op's rule raised without
+    knowing which node it runs for. An error that already names its node comes back as it is."""
+    if getattr(exc, "where", None):
+        return exc
+    new = type(exc)(f"{where}: {exc}")
+    new.where = where  # type: ignore[attr-defined]
+    return new

@@ -38,7 +38,7 @@ from autodiff_lab.engines.base import (
     resolve_seed,
     resolve_wrt,
 )
-from autodiff_lab.errors import InputError, NonFiniteError
+from autodiff_lab.errors import InputError, NonFiniteError, with_node
 from autodiff_lab.graph.evaluate import (
     check_values,
     constant_value,
@@ -240,17 +240,21 @@ class TapeProgram(Program):
                 vals[v] = arrays[d["name"]]
         anomaly = self.anomaly
         # with anomaly checks on, our error names the op: numpy's warnings would be noise
-        with np.errstate(all="ignore") if anomaly else contextlib.nullcontext():
-            for fn, args, node, attrs, frees in self._forward:
-                xs = [vals[u] for u in args]
-                out = fn(*xs, **attrs)
-                if type(out) is not np.ndarray:
-                    out = np.asarray(out)
-                if anomaly and _nonfinite(out):
-                    raise NonFiniteError(nonfinite_message(g, node, xs, out))
-                vals[node] = out
-                for u, stand_in in frees:
-                    vals[u] = _stand_in(vals[u]) if stand_in else None
+        node = -1
+        try:
+            with np.errstate(all="ignore") if anomaly else contextlib.nullcontext():
+                for fn, args, node, attrs, frees in self._forward:
+                    xs = [vals[u] for u in args]
+                    out = fn(*xs, **attrs)
+                    if type(out) is not np.ndarray:
+                        out = np.asarray(out)
+                    if anomaly and _nonfinite(out):
+                        raise NonFiniteError(nonfinite_message(g, node, xs, out))
+                    vals[node] = out
+                    for u, stand_in in frees:
+                        vals[u] = _stand_in(vals[u]) if stand_in else None
+        except InputError as exc:  # a forward refused the values (labels): name the node
+            raise with_node(exc, g.describe(node)) from None
         return TapeState(vals, dtype, vals[self.out_node])
 
     def backward(self, state: TapeState, seed: Any = None, retain: bool = False
@@ -281,7 +285,10 @@ class TapeProgram(Program):
             ans = vals[node]
             xs = [vals[u] for u in args]
             for _i, rule, u in rules:
-                contribution = rule(g_out, ans, *xs, **attrs)
+                try:
+                    contribution = rule(g_out, ans, *xs, **attrs)
+                except InputError as exc:  # a rule refused the values: name the node
+                    raise with_node(exc, g.describe(node)) from None
                 current = grads[u]
                 if current is None:
                     grads[u] = contribution  # may alias g_out (add's rule): not ours yet

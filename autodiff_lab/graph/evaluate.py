@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from autodiff_lab.errors import InputError, NonFiniteError
+from autodiff_lab.errors import InputError, NonFiniteError, with_node
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
+from autodiff_lab.graph.tensor import check_int_values
 
 
 def _first_bad(a: np.ndarray) -> str:
@@ -73,6 +74,7 @@ def check_values(graph: Graph, values: Mapping[str, Any], *, allow_complex: bool
         if want_int:
             if kind not in "iu":
                 raise InputError(f"{where} holds integer labels ({d['dtype']}); got {arr.dtype}")
+            check_label_input(graph, graph.inputs[name], arr, where)
         elif kind == "c":
             if not allow_complex:
                 raise InputError(f"{where} got complex values; only the numeric engine's complex "
@@ -84,6 +86,20 @@ def check_values(graph: Graph, values: Mapping[str, Any], *, allow_complex: bool
             raise NonFiniteError(f"{where}: value has {_first_bad(arr)}")
         out[name] = arr
     return out
+
+
+def check_label_input(graph: Graph, v: int, value: np.ndarray, where: str) -> None:
+    """Check an integer input's values against every op that indexes with it (class labels
+    against the number of classes), so every engine refuses out-of-range labels before it
+    runs, with a :class:`~autodiff_lab.errors.LabelError` naming the input and the node."""
+    for w in graph.nx.successors(v):
+        d = graph.node(w)
+        op = OPS[d["op"]]
+        for i in graph.nx.edges[v, w]["args"]:
+            if i in op.int_args:
+                shapes = [graph.node(u)["shape"] for u in graph.operands(w)]
+                check_int_values(op, i, value, shapes, d["attrs"],
+                                 f"{where}, argument {i} of {graph.describe(w)}")
 
 
 def constant_value(graph: Graph, v: int, dtype: np.dtype) -> np.ndarray:
@@ -137,7 +153,10 @@ def _run(graph: Graph, env: dict[int, np.ndarray], result: dict[int, np.ndarray]
         else:
             op = OPS[d["op"]]
             args = [env[u] for u in graph.operands(v)]
-            value = _apply(op, args, d["attrs"], lead, graph, v)
+            try:
+                value = _apply(op, args, d["attrs"], lead, graph, v)
+            except InputError as exc:  # a rule refused the values (labels): name the node
+                raise with_node(exc, graph.describe(v)) from None
             if check_finite and value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
                 raise NonFiniteError(nonfinite_message(graph, v, args, value))
         env[v] = value

@@ -48,13 +48,23 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _pair(v: IntPair, name: str) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
+def _pair(v: IntPair, name: str) -> tuple[int, int] | Any:
+    """An int attribute as a pair ``(v, v)``; a pair stays a pair (numpy integers become ints).
+
+    Anything else (a bool, a float, a string, a triple) is passed on unchanged: the op's
+    shape rule refuses it with a ShapeError naming the attribute, the same error a graph
+    loaded from JSON gets. Nothing is rounded: ``stride=1.5`` is an error, not stride 1.
+    """
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
         return (int(v), int(v))
-    t = tuple(int(x) for x in v)
-    if len(t) != 2:
-        raise TraceError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return t  # type: ignore[return-value]
+    if isinstance(v, (tuple, list)):
+        return tuple(int(x) if isinstance(x, np.integer) else x for x in v)
+    return v
+
+
+def _int(v: Any) -> Any:
+    """A numpy integer as an int; anything else unchanged (the shape rule checks it)."""
+    return int(v) if isinstance(v, np.integer) else v
 
 
 def normalize_index(key: Any, shape: tuple[int, ...]) -> tuple:
@@ -249,11 +259,18 @@ def matmul(a: ArrayLike, b: ArrayLike) -> ArrayLike:
 
 # --- convolution and pooling ----------------------------------------------------------
 
-def _padding(padding: IntPair | str, kernel: tuple[int, int], dilation: tuple[int, int],
-             stride: tuple[int, int]) -> tuple[int, int]:
+def _padding(padding: IntPair | str, kernel: tuple[int, int], dilation: Any,
+             stride: Any) -> Any:
     if padding == "same":
-        if stride != (1, 1) or any((d * (k - 1)) % 2 for k, d in zip(kernel, dilation)):
-            raise TraceError("padding='same' needs stride 1 and an odd effective kernel size")
+        if stride != (1, 1):
+            raise TraceError(f"padding='same' needs stride 1, got stride={stride!r}")
+        valid = isinstance(dilation, tuple) and len(dilation) == 2 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dilation)
+        if not valid:
+            return (0, 0)  # the shape rule names the bad dilation
+        if any((d * (k - 1)) % 2 for k, d in zip(kernel, dilation)):
+            raise TraceError("padding='same' needs an odd effective kernel size "
+                             f"(kernel {kernel[0]}×{kernel[1]}, dilation {dilation})")
         return (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
     if padding == "valid":
         return (0, 0)
@@ -270,7 +287,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: IntPa
     stride_, dilation_ = _pair(stride, "stride"), _pair(dilation, "dilation")
     kernel = (ws[2], ws[3]) if len(ws) == 4 else (1, 1)
     args = (x, w) if b is None else (x, w, b)
-    return apply("conv2d", *args, stride=stride_, dilation=dilation_, groups=int(groups),
+    return apply("conv2d", *args, stride=stride_, dilation=dilation_, groups=_int(groups),
                  padding=_padding(padding, kernel, dilation_, stride_))
 
 
@@ -282,7 +299,7 @@ def conv_transpose2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, str
     return apply("conv_transpose2d", *args, stride=_pair(stride, "stride"),
                  padding=_pair(padding, "padding"),
                  output_padding=_pair(output_padding, "output_padding"),
-                 dilation=_pair(dilation, "dilation"), groups=int(groups))
+                 dilation=_pair(dilation, "dilation"), groups=_int(groups))
 
 
 def max_pool2d(x: ArrayLike, kernel: IntPair = 2, stride: IntPair | None = None,

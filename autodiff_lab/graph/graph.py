@@ -30,7 +30,14 @@ import numpy as np
 
 from autodiff_lab.errors import GraphError, ShapeError, TraceError
 from autodiff_lab.graph.optable import OPS, get_op
-from autodiff_lab.graph.tensor import GraphBuilder, NodeRecord, Tensor, check_shape, describe
+from autodiff_lab.graph.tensor import (
+    GraphBuilder,
+    NodeRecord,
+    Tensor,
+    check_int_values,
+    check_shape,
+    describe,
+)
 
 LEAF_ROLES = ("input", "parameter", "constant")
 FORMAT = "autodiff_lab.graph"
@@ -256,6 +263,10 @@ class Graph:
                 if i < len(args) and not np.issubdtype(np.dtype(self.nx.nodes[args[i]]["dtype"]),
                                                        np.integer):
                     raise GraphError(f"{self._where(v)}: argument {i} must be integer labels")
+                if i < len(args) and self.nx.nodes[args[i]]["role"] == "constant":
+                    check_int_values(op, i, self.nx.nodes[args[i]]["value"],
+                                     [self.nx.nodes[u]["shape"] for u in args], d["attrs"],
+                                     self._where(v))
 
     # --- reading ------------------------------------------------------------------------------
     def node(self, v: int) -> dict[str, Any]:

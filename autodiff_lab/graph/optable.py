@@ -27,6 +27,12 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   them; the result equals stacking ``forward`` over the copies
                   (``tests/engines/test_batched_rules.py`` checks every entry). ``None``
                   (or raising NotImplementedError) means "loop over the copies";
+* ``check_ints`` -- for ops that index with integer inputs (class labels):
+                  ``check_ints(i, value, *input_shapes, **attrs)`` raises
+                  :class:`~autodiff_lab.errors.LabelError` naming the value and the range
+                  when integer input ``i`` holds a value the op cannot index with. The op's
+                  forward and VJP check before they index; the graph builder checks constants
+                  at trace time and the engines' input checks check integer inputs;
 * ``label``    -- how the node is labelled in a drawing;
 * ``decompose`` -- optional: the op written with more primitive ops (drawing at primitive level).
 * ``matrix``   -- one matrix-level derivative rule per input, ``matrix[i](M, g, ans, *xs, **attrs)``,
@@ -54,7 +60,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from autodiff_lab.errors import UnknownOpError
+from autodiff_lab.errors import LabelError, UnknownOpError
 from autodiff_lab.kernels import dispatch as K  # Numba/BLAS for real floats, else conv_reference
 
 Shape = tuple[int, ...]
@@ -101,6 +107,7 @@ class Op:
     doc: str = ""
     matrix: Sequence[Callable[..., Any] | None] | None = None
     scalar: ScalarForm | None = None
+    check_ints: Callable[..., None] | None = None
 
     def vjp_for(self, i: int) -> Callable[..., np.ndarray] | None:
         """The reverse-mode rule for input ``i`` (variadic ops repeat their last rule)."""
@@ -154,6 +161,11 @@ def get_op(name: str) -> Op:
 
 def _fmt(shape: Shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _is_int(v: Any) -> bool:
+    """A true integer (Python or numpy), not a bool, a float or a string."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def broadcast_shapes(*shapes: Shape) -> Shape:
@@ -323,9 +335,14 @@ def _minimum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _share_first(a: np.ndarray, b: np.ndarray, first_wins: np.ndarray) -> np.ndarray:
-    """1 where ``a`` is chosen, 0.5 on ties, 0 elsewhere (in the dtype of a and b)."""
+    """1 where ``a`` is chosen, 0.5 on ties, 0 elsewhere, NaN where a or b is NaN (in the
+    dtype of a and b)."""
     dtype = np.result_type(a, b)
-    return np.where(_re(a) == _re(b), 0.5, first_wins).astype(dtype, copy=False)
+    share = np.where(_re(a) == _re(b), 0.5, first_wins).astype(dtype)
+    nan = np.isnan(_re(a)) | np.isnan(_re(b))
+    if nan.any():
+        share = np.where(nan, np.nan, share).astype(dtype, copy=False)
+    return share
 
 
 _binary("maximum", _maximum,
@@ -378,12 +395,30 @@ def _relu_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray) -> np.ndarray:
     return fast if fast is not None else g * _relu_grad(x)
 
 
+def _nan_where_nan(step: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``step`` (a local derivative made by comparisons) with NaN where ``x`` is NaN: a
+    comparison says False at a NaN, which would turn a NaN into a zero gradient."""
+    nan = np.isnan(_re(x))
+    if nan.any():
+        return np.where(nan, np.nan, step).astype(step.dtype, copy=False)
+    return step
+
+
 def _relu_grad(x: np.ndarray) -> np.ndarray:
-    return (_re(x) > 0).astype(x.dtype)
+    """relu'(x): 1 for x > 0, 0 for x ≤ 0 (relu'(0) = 0), NaN at a NaN."""
+    return _nan_where_nan((_re(x) > 0).astype(x.dtype), x)
 
 
 def _leaky_relu(x: np.ndarray, alpha: float = 0.01) -> np.ndarray:
     return np.where(_re(x) > 0, x, alpha * x)
+
+
+def _leaky_relu_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray, alpha: float = 0.01
+                    ) -> np.ndarray:
+    fast = K.leaky_relu_backward(g, x, alpha)
+    if fast is not None:
+        return fast
+    return g * _nan_where_nan(np.where(_re(x) > 0, 1, alpha).astype(x.dtype), x)
 
 
 def _abs(x: np.ndarray) -> np.ndarray:
@@ -424,8 +459,7 @@ _unary("sigmoid", _sigmoid, lambda g, ans, x: g * ans * (1 - ans),
 _unary("relu", _relu, _relu_vjp, _sp_relu, "relu",
        kink=_at_zero, doc="max(0, x);  relu'(x) = 1 for x > 0, else 0 (relu'(0) = 0)",
        matrix=lambda M, g, ans, x: g * M.step(x))
-_unary("leaky_relu", _leaky_relu,
-       lambda g, ans, x, alpha=0.01: g * np.where(_re(x) > 0, 1, alpha).astype(x.dtype),
+_unary("leaky_relu", _leaky_relu, _leaky_relu_vjp,
        lambda x, alpha=0.01: sp.Piecewise((x, x > 0), (sp.Float(alpha) * x, True)),
        "leaky_relu", attrs={"alpha": 0.01}, kink=_at_zero,
        doc="x for x > 0, else alpha·x (derivative alpha at 0)",
@@ -641,7 +675,25 @@ def index_key(key: tuple) -> tuple:
     return tuple(out)
 
 
+def _check_index_key(key: Any) -> None:
+    """An index key (e.g. from a JSON graph) must be made of ('int', i), ('slice', a, b, c)
+    and ('newaxis',) items with integer parts: numpy would read 1.5 or True differently."""
+    if not isinstance(key, (tuple, list)):
+        raise ShapeRuleError(f"index key must be a sequence of items, got key={key!r}")
+    for item in key:
+        ok = isinstance(item, (tuple, list)) and len(item) >= 1 and (
+            (item[0] == "int" and len(item) == 2 and _is_int(item[1]))
+            or (item[0] == "slice" and len(item) == 4
+                and all(p is None or _is_int(p) for p in item[1:]) and item[3] != 0)
+            or (item[0] == "newaxis" and len(item) == 1))
+        if not ok:
+            raise ShapeRuleError(f"bad index item {item!r} in key={key!r}: items are "
+                                 "('int', i), ('slice', start, stop, step) with integer or "
+                                 "None parts and a non-zero step, or ('newaxis',)")
+
+
 def _index_shape(s: Shape, key: tuple = ()) -> Shape:
+    _check_index_key(key)
     used = sum(1 for item in key if item[0] != "newaxis")
     if used > len(s):
         raise ShapeRuleError(f"too many indices ({used}) for shape {_fmt(s)}")
@@ -858,14 +910,53 @@ def _conv_attrs() -> dict[str, Any]:
     return {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1}
 
 
+def _int_pair(op: str, name: str, value: Any, low: int) -> tuple[int, int]:
+    """Attribute ``name`` of ``op`` as a pair of integers ≥ ``low`` (JSON lists accepted);
+    a ShapeRuleError naming the attribute and its value for anything else (bools, floats,
+    strings, other lengths, values below ``low``)."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_int, value))):
+        raise ShapeRuleError(f"{op} {name} must be an integer or a pair of integers, "
+                             f"got {name}={value!r}")
+    pair = (int(value[0]), int(value[1]))
+    if min(pair) < low:
+        raise ShapeRuleError(f"{op} {name} must be at least {low} on both axes, got {name}={pair}")
+    return pair
+
+
+def _groups(op: str, groups: Any) -> int:
+    if not _is_int(groups) or groups < 1:
+        raise ShapeRuleError(f"{op} groups must be an integer ≥ 1, got groups={groups!r}")
+    return int(groups)
+
+
+def _nonempty_image(op: str, x: Shape, what: str = "input") -> None:
+    if min(x[1:]) < 1:
+        raise ShapeRuleError(f"{op} needs a non-empty {what} (N, C, H, W) with C, H, W ≥ 1, "
+                             f"got {_fmt(x)}")
+
+
 def _conv2d_shape(x: Shape, w: Shape, b: Shape | None = None, stride=(1, 1), padding=(0, 0),
                   dilation=(1, 1), groups=1) -> Shape:
     if len(x) != 4 or len(w) != 4:
         raise ShapeRuleError(f"conv2d needs input (N, C, H, W) and weight (F, C/groups, kh, kw); "
                              f"got {_fmt(x)} and {_fmt(w)}")
+    stride = _int_pair("conv2d", "stride", stride, 1)
+    padding = _int_pair("conv2d", "padding", padding, 0)
+    dilation = _int_pair("conv2d", "dilation", dilation, 1)
+    groups = _groups("conv2d", groups)
     n, c, h, wd = x
     f, cg, kh, kw = w
-    if c % groups or f % groups or cg * groups != c:
+    _nonempty_image("conv2d", x)
+    if kh < 1 or kw < 1 or cg < 1 or f < 1:
+        raise ShapeRuleError(f"conv2d weight {_fmt(w)} is empty (kernel size {kh}×{kw}, "
+                             f"{f} filters, {cg} channels per group)")
+    if c % groups:
+        raise ShapeRuleError(f"conv2d groups={groups}: the input's {c} channels are not "
+                             f"divisible by groups")
+    if f % groups:
+        raise ShapeRuleError(f"conv2d groups={groups}: the weight's {f} filters are not "
+                             f"divisible by groups (weight {_fmt(w)})")
+    if cg * groups != c:
         raise ShapeRuleError(f"conv2d with groups={groups}: input has {c} channels, weight "
                              f"{_fmt(w)} expects {cg * groups}")
     if b is not None and tuple(b) != (f,):
@@ -873,8 +964,11 @@ def _conv2d_shape(x: Shape, w: Shape, b: Shape | None = None, stride=(1, 1), pad
     ho = K.conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     wo = K.conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
     if ho < 1 or wo < 1:
-        raise ShapeRuleError(f"conv2d kernel {kh}×{kw} (dilation {dilation}) does not fit input "
-                             f"{h}×{wd} with padding {padding}")
+        span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+        raise ShapeRuleError(f"conv2d kernel {kh}×{kw} with dilation={dilation} (spanning "
+                             f"{span[0]}×{span[1]} pixels) does not fit the padded input "
+                             f"{h + 2 * padding[0]}×{wd + 2 * padding[1]} (input {h}×{wd}, "
+                             f"padding={padding})")
     return (n, f, ho, wo)
 
 
@@ -914,43 +1008,94 @@ def _convT_shape(x: Shape, w: Shape, b: Shape | None = None, stride=(1, 1), padd
     if len(x) != 4 or len(w) != 4:
         raise ShapeRuleError(f"conv_transpose2d needs input (N, C, H, W) and weight "
                              f"(C, F/groups, kh, kw); got {_fmt(x)} and {_fmt(w)}")
+    name = "conv_transpose2d"
+    stride = _int_pair(name, "stride", stride, 1)
+    padding = _int_pair(name, "padding", padding, 0)
+    output_padding = _int_pair(name, "output_padding", output_padding, 0)
+    dilation = _int_pair(name, "dilation", dilation, 1)
+    groups = _groups(name, groups)
     n, c, h, wd = x
     cin, fg, kh, kw = w
-    if cin != c or c % groups:
+    _nonempty_image(name, x)
+    if kh < 1 or kw < 1 or fg < 1:
+        raise ShapeRuleError(f"conv_transpose2d weight {_fmt(w)} is empty (kernel size "
+                             f"{kh}×{kw}, {fg} filters per group)")
+    if c % groups:
+        raise ShapeRuleError(f"conv_transpose2d groups={groups}: the input's {c} channels are "
+                             f"not divisible by groups")
+    if cin != c:
         raise ShapeRuleError(f"conv_transpose2d: input has {c} channels, weight {_fmt(w)} "
                              f"expects {cin} (groups={groups})")
     f = fg * groups
     if b is not None and tuple(b) != (f,):
         raise ShapeRuleError(f"conv_transpose2d bias must have shape ({f},), got {_fmt(b)}")
-    for op_, s_, d_ in zip(output_padding, stride, dilation):
-        if op_ >= max(s_, d_):
-            raise ShapeRuleError(f"output_padding {output_padding} must be smaller than stride "
-                                 f"{stride} or dilation {dilation}")
+    for axis in (0, 1):  # PyTorch's rule: the extra rows must be reachable by a stride or a tap
+        if output_padding[axis] >= max(stride[axis], dilation[axis]):
+            raise ShapeRuleError(f"conv_transpose2d output_padding={output_padding} must be "
+                                 f"smaller than stride={stride} or dilation={dilation} on each "
+                                 f"axis")
     ho = K.conv_transpose2d_output_size(h, kh, stride[0], padding[0], output_padding[0], dilation[0])
     wo = K.conv_transpose2d_output_size(wd, kw, stride[1], padding[1], output_padding[1],
                                         dilation[1])
     if ho < 1 or wo < 1:
-        raise ShapeRuleError(f"conv_transpose2d output would be {ho}×{wo}")
+        raise ShapeRuleError(f"conv_transpose2d output would be {ho}×{wo}: padding={padding} "
+                             f"crops more than the {h}×{wd} input with kernel {kh}×{kw}, "
+                             f"stride={stride} and dilation={dilation} produce")
     return (n, f, ho, wo)
+
+
+def _convT_conv_size(out_hw: tuple[int, int], w_shape: Shape, stride, padding, dilation
+                     ) -> tuple[int, int]:
+    """Output size of the *convolution* of a transpose convolution's (Ho, Wo) result: the
+    input size, plus ⌊output_padding / stride⌋ rows (columns) when output_padding ≥ stride
+    (possible with dilation): rows of the convolution the transpose convolution never fills."""
+    return (K.conv_output_size(out_hw[0], w_shape[2], stride[0], padding[0], dilation[0]),
+            K.conv_output_size(out_hw[1], w_shape[3], stride[1], padding[1], dilation[1]))
+
+
+def _pad_bottom_right(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``a`` (N, C, H, W) with zero rows and columns appended up to ``hw``."""
+    extra = (hw[0] - a.shape[-2], hw[1] - a.shape[-1])
+    if extra == (0, 0):
+        return a
+    return np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, extra[0]), (0, extra[1])])
 
 
 def _convT(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1),
            groups=1):
-    # the transpose convolution is the input-gradient of the convolution with the same weight
+    # the transpose convolution is the input-gradient of the convolution with the same
+    # weight, taken from an (Ho, Wo) image; that convolution may have more outputs than x
+    # (output_padding ≥ stride), which the transpose convolution treats as zeros
     out_shape = _convT_shape(x.shape, w.shape, None, stride, padding, output_padding, dilation,
                              groups)
-    out = K.conv2d_backward_input(x, w, out_shape, stride, padding, dilation, groups)
+    xc = _pad_bottom_right(x, _convT_conv_size(out_shape[2:], w.shape, stride, padding, dilation))
+    out = K.conv2d_backward_input(xc, w, out_shape, stride, padding, dilation, groups)
     return out if b is None else out + b[:, None, None]
 
 
 def _convT_vjp_x(g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
                  dilation=(1, 1), groups=1):
-    return K.conv2d_forward(g, w, stride, padding, dilation, groups)
+    out = K.conv2d_forward(g, w, stride, padding, dilation, groups)
+    h, wd = x.shape[2:]
+    return out if out.shape[2:] == (h, wd) else np.ascontiguousarray(out[:, :, :h, :wd])
 
 
 def _convT_vjp_w(g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
                  dilation=(1, 1), groups=1):
-    return K.conv2d_backward_weight(x, g, w.shape, stride, padding, dilation, groups)
+    xc = _pad_bottom_right(x, _convT_conv_size(g.shape[2:], w.shape, stride, padding, dilation))
+    return K.conv2d_backward_weight(xc, g, w.shape, stride, padding, dilation, groups)
+
+
+def _convT_matrix_x(M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                    dilation=(1, 1), groups=1):
+    # the adjoint of the transpose convolution is the convolution, less the rows and
+    # columns past x's size (output_padding ≥ stride)
+    out = M.conv2d(g, w, stride, padding, dilation, groups)
+    if out.shape[2:] == x.shape[2:]:
+        return out
+    whole = ("slice", None, None, None)
+    return M.index(out, (whole, whole, ("slice", 0, x.shape[2], None),
+                         ("slice", 0, x.shape[3], None)))
 
 
 def _convT_batched(lead, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
@@ -968,8 +1113,7 @@ _register(Op(
     label="conv_transpose2d", attrs={**_conv_attrs(), "output_padding": (0, 0)},
     batched=_convT_batched, vjp_uses=frozenset({"inputs"}),
     # the adjoint of the transpose convolution is the convolution itself
-    matrix=(lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
-            dilation=(1, 1), groups=1: M.conv2d(g, w, stride, padding, dilation, groups),
+    matrix=(_convT_matrix_x,
             lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
             dilation=(1, 1), groups=1:
             M.conv2d_weight_grad(x, g, w.shape, stride, padding, dilation, groups),
@@ -981,12 +1125,18 @@ _register(Op(
 def _pool_shape(x: Shape, kernel=(2, 2), stride=(2, 2), padding=(0, 0), name="pool") -> Shape:
     if len(x) != 4:
         raise ShapeRuleError(f"{name} needs input (N, C, H, W), got {_fmt(x)}")
+    kernel = _int_pair(name, "kernel", kernel, 1)
+    stride = _int_pair(name, "stride", stride, 1)
+    padding = _int_pair(name, "padding", padding, 0)
+    _nonempty_image(name, x)
     if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
-        raise ShapeRuleError(f"{name} padding {padding} must be at most half the kernel {kernel}")
+        raise ShapeRuleError(f"{name} padding={padding} must be at most half the kernel "
+                             f"{kernel} on each axis")
     ho = K.conv_output_size(x[2], kernel[0], stride[0], padding[0], 1)
     wo = K.conv_output_size(x[3], kernel[1], stride[1], padding[1], 1)
     if ho < 1 or wo < 1:
-        raise ShapeRuleError(f"{name} window {kernel} does not fit input {x[2]}×{x[3]}")
+        raise ShapeRuleError(f"{name} window kernel={kernel} does not fit the input "
+                             f"{x[2]}×{x[3]} with padding={padding}")
     return (x[0], x[1], ho, wo)
 
 
@@ -1047,6 +1197,7 @@ _register(Op(
 def _upsample_shape(x: Shape, scale=(2, 2)) -> Shape:
     if len(x) < 2:
         raise ShapeRuleError(f"upsample needs at least 2 axes (…, H, W), got {_fmt(x)}")
+    scale = _int_pair("upsample", "scale", scale, 1)
     return x[:-2] + (x[-2] * scale[0], x[-1] * scale[1])
 
 
@@ -1131,12 +1282,11 @@ def _bn_vjp_x(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e
     if fast is not None:
         return fast
     xhat, inv, axes = _bn_parts(x, mean, var, training, eps)
-    gg = g * _chan(gamma, x.ndim)
+    scale = _chan(gamma, x.ndim) * inv  # γ/√(σ² + ε), factored out (so an infinite γ stays Inf)
     if not training:
-        return gg * inv
-    m = x.size // x.shape[1]
-    return inv / m * (m * gg - gg.sum(axis=axes, keepdims=True)
-                      - xhat * (gg * xhat).sum(axis=axes, keepdims=True))
+        return scale * g
+    return scale * (g - g.mean(axis=axes, keepdims=True)
+                    - xhat * (g * xhat).mean(axis=axes, keepdims=True))
 
 
 def _bn_vjp_gamma(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
@@ -1290,7 +1440,29 @@ def _ce_shape(logits: Shape, labels: Shape, reduction: str = "mean") -> Shape:
     return ()
 
 
+def check_labels(labels: Any, classes: int) -> None:
+    """Raise :class:`LabelError` unless ``labels`` are integers in ``0 … classes − 1``; the
+    message names the first bad label, where it is and ``classes``. Every rule that indexes
+    with labels calls this first (numpy would wrap −1 round to K − 1, and a Numba kernel
+    would read or write outside the array)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise LabelError(f"class labels must be integers, got dtype {labels.dtype}")
+    if labels.size == 0:
+        return
+    bad = (labels < 0) | (labels >= classes)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise LabelError(f"class label {labels[idx]} (at index {idx}) is out of range for "
+                         f"K = {classes} classes: labels must be 0 … {classes - 1}")
+
+
+def _ce_check_ints(i: int, labels: Any, logits: Shape, labels_shape: Shape, **attrs: Any) -> None:
+    check_labels(labels, logits[-1])
+
+
 def _ce_forward(logits, labels, reduction="mean", lead=0):
+    check_labels(labels, logits.shape[-1])
     fast = None if lead else K.softmax_cross_entropy_forward(logits, labels, reduction)
     if fast is not None:
         return fast
@@ -1300,6 +1472,7 @@ def _ce_forward(logits, labels, reduction="mean", lead=0):
 
 
 def _ce_vjp(g, ans, logits, labels, reduction="mean"):
+    check_labels(labels, logits.shape[-1])
     fast = K.softmax_cross_entropy_backward(g, logits, labels, reduction)
     if fast is not None:
         return fast
@@ -1330,7 +1503,7 @@ def _ce_batched(lead, logits, labels, reduction="mean"):
 _register(Op(
     name="softmax_cross_entropy", n_args=(2, 2), shape=_ce_shape, forward=_ce_forward,
     vjp=(_ce_vjp, None), sympy=_sp_ce, label="softmax CE", attrs={"reduction": "mean"},
-    int_args=frozenset({1}),
+    int_args=frozenset({1}), check_ints=_ce_check_ints,
     batched=_ce_batched,
     vjp_uses=frozenset({"inputs"}),
     matrix=(lambda M, g, ans, logits, labels, reduction="mean":
@@ -1421,18 +1594,22 @@ _register(Op(
 # scalar forms (straight-line Python on floats) of the ops a scalar graph is made of
 # --------------------------------------------------------------------------------------
 
-_SIGN = "(1.0 if {d} > 0 else (-1.0 if {d} < 0 else 0.0))"
+# NaN in, NaN out, as in the numpy rules: a comparison is False at a NaN, so every chain of
+# comparisons ends in a branch that returns the NaN instead of a number
+_SIGN = "(1.0 if {d} > 0 else (-1.0 if {d} < 0 else (0.0 if {d} == 0 else {d})))"
 _SCALAR_FORMS: dict[str, ScalarForm] = {
     "add": ScalarForm("{0} + {1}", ("{g}", "{g}")),
     "sub": ScalarForm("{0} - {1}", ("{g}", "-{g}")),
     "mul": ScalarForm("{0} * {1}", ("{g} * {1}", "{g} * {0}")),
     "div": ScalarForm("{0} / {1}", ("{g} / {1}", "-{g} * {ans} / {1}")),
-    "maximum": ScalarForm("({0} if {0} >= {1} else {1})",
-                          ("{g} * (1.0 if {0} > {1} else (0.5 if {0} == {1} else 0.0))",
-                           "{g} * (1.0 if {1} > {0} else (0.5 if {0} == {1} else 0.0))")),
-    "minimum": ScalarForm("({0} if {0} <= {1} else {1})",
-                          ("{g} * (1.0 if {0} < {1} else (0.5 if {0} == {1} else 0.0))",
-                           "{g} * (1.0 if {1} < {0} else (0.5 if {0} == {1} else 0.0))")),
+    "maximum": ScalarForm(
+        "({0} if {0} >= {1} or {0} != {0} else {1})",
+        ("{g} * (1.0 if {0} > {1} else (0.5 if {0} == {1} else (0.0 if {0} < {1} else {0} - {1})))",
+         "{g} * (1.0 if {1} > {0} else (0.5 if {0} == {1} else (0.0 if {1} < {0} else {0} - {1})))")),
+    "minimum": ScalarForm(
+        "({0} if {0} <= {1} or {0} != {0} else {1})",
+        ("{g} * (1.0 if {0} < {1} else (0.5 if {0} == {1} else (0.0 if {0} > {1} else {0} - {1})))",
+         "{g} * (1.0 if {1} < {0} else (0.5 if {0} == {1} else (0.0 if {1} > {0} else {0} - {1})))")),
     "neg": ScalarForm("-{0}", ("-{g}",)),
     "reciprocal": ScalarForm("1.0 / {0}", ("-{g} * {ans} * {ans}",)),
     "exp": ScalarForm("exp({0})", ("{g} * {ans}",)),
@@ -1442,9 +1619,10 @@ _SCALAR_FORMS: dict[str, ScalarForm] = {
     "cos": ScalarForm("cos({0})", ("-{g} * sin({0})",)),
     "tanh": ScalarForm("tanh({0})", ("{g} * (1.0 - {ans} * {ans})",)),
     "sigmoid": ScalarForm("1.0 / (1.0 + exp(-{0}))", ("{g} * {ans} * (1.0 - {ans})",)),
-    "relu": ScalarForm("({0} if {0} > 0 else 0.0)", ("({g} if {0} > 0 else 0.0)",)),
+    "relu": ScalarForm("(0.0 if {0} <= 0 else {0})",
+                       ("({g} if {0} > 0 else ({g} * 0.0 if {0} <= 0 else {0}))",)),
     "leaky_relu": ScalarForm("({0} if {0} > 0 else {alpha} * {0})",
-                             ("({g} if {0} > 0 else {alpha} * {g})",)),
+                             ("({g} if {0} > 0 else ({alpha} * {g} if {0} <= 0 else {0}))",)),
     "abs": ScalarForm("abs({0})", ("{g} * " + _SIGN.format(d="{0}"),)),
     "pow": ScalarForm("{0} ** {exponent}",
                       ("({g} * {exponent} * {0} ** ({exponent} - 1.0) if {exponent} != 0 "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from autodiff_lab.errors import ShapeError, TraceError
+from autodiff_lab.errors import LabelError, ShapeError, TraceError, with_node
 from autodiff_lab.graph.optable import Op, ShapeRuleError, get_op
 
 # the tracing machinery: frames in here are never "where the user wrote the op"
@@ -80,6 +80,18 @@ def check_shape(op: Op, in_shapes: list[tuple[int, ...]], attrs: dict[str, Any],
         raise ShapeError(f"{where}: bad attributes {attrs} for {op.name}: {exc}") from None
 
 
+def check_int_values(op: Op, i: int, value: Any, in_shapes: list[tuple[int, ...]],
+                     attrs: dict[str, Any], where: str) -> None:
+    """Check the values of integer argument ``i`` (class labels) with the op's ``check_ints``;
+    a :class:`LabelError` naming the node, the value and the allowed range otherwise."""
+    if op.check_ints is None:
+        return
+    try:
+        op.check_ints(i, value, *in_shapes, **attrs)
+    except LabelError as exc:
+        raise with_node(exc, where) from None
+
+
 def result_dtype(op: Op, dtypes: list[str]) -> str:
     """dtype of an op's result: numpy promotion of its non-label inputs, float for float ops."""
     used = [np.dtype(d) for i, d in enumerate(dtypes) if i not in op.int_args]
@@ -126,6 +138,9 @@ class GraphBuilder:
             if i < len(args) and not np.issubdtype(np.dtype(dtypes[i]), np.integer):
                 raise TraceError(f"{describe(node_id, name, loc)}: argument {i} must be integer "
                                  f"(class labels), got {dtypes[i]}")
+            if i < len(args) and args[i].record.role == "constant":  # labels written in the code
+                check_int_values(op, i, args[i].record.value, [a.shape for a in args], attrs,
+                                 describe(node_id, name, loc))
         return self._add(NodeRecord(op=name, shape=shape, dtype=result_dtype(op, dtypes),
                                     role="op", inputs=tuple(a.node for a in args),
                                     attrs=dict(attrs), loc=loc))
@@ -164,7 +179,11 @@ def _eager(name: str, args: tuple, attrs: dict[str, Any]) -> np.ndarray:
     op = get_op(name)
     arrays = [np.asarray(a) if i in op.int_args else np.asarray(a, dtype=np.result_type(a, 0.0))
               for i, a in enumerate(args)]
-    check_shape(op, [a.shape for a in arrays], attrs, f"{name} (eager)")
+    where = f"{name} (eager)"
+    check_shape(op, [a.shape for a in arrays], attrs, where)
+    for i in op.int_args:
+        if i < len(arrays):
+            check_int_values(op, i, arrays[i], [a.shape for a in arrays], attrs, where)
     return op.forward(*arrays, **attrs)
 
 

@@ -42,10 +42,13 @@ def _normalise(x, mean, var, gamma, beta, eps, out):  # pragma: no cover - numba
     n, c, s = x.shape
     for ch in prange(c):
         scale = gamma[ch] / np.sqrt(var[ch] + eps)
-        shift = beta[ch] - mean[ch] * scale
+        # (x − μ)·scale + β, not x·scale + (β − μ·scale): with an infinite scale the
+        # latter is Inf − Inf = NaN where the numpy rule gives ±Inf
+        mu = mean[ch]
+        shift = beta[ch]
         for i in range(n):
             for k in range(s):
-                out[i, ch, k] = x[i, ch, k] * scale + shift
+                out[i, ch, k] = (x[i, ch, k] - mu) * scale + shift
 
 
 @cached_njit(parallel=True)

@@ -195,7 +195,9 @@ def _direct_conv(x, w, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - numba
                 out[n, f, oh, ow] = acc[oh, ow]
 
 
-@cached_njit(parallel=True, fastmath=True)  # fastmath: lets LLVM vectorise the sum
+# reassociation lets LLVM vectorise the sum; no "nnan"/"ninf" (fastmath=True), which would
+# let it assume x holds no NaN or Inf
+@cached_njit(parallel=True, fastmath={"reassoc", "contract"})
 def _direct_conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover
     """out[f, c, i, j] = Σ_n,oh,ow g[n, f, oh, ow] · x_padded[n, c, oh·sh + i·dh, ow·sw + j·dw]."""
     n_img, n_ch, h, wd = x.shape
@@ -205,7 +207,7 @@ def _direct_conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw, dh, dw, out):  # prag
         c = fc - f * n_ch
         for i in range(kh):
             for j in range(kw):
-                acc = x[0, 0, 0, 0] * 0
+                acc = 0.0  # float64 only (see conv2d_backward_weight); x may be empty
                 for n in range(n_img):
                     for oh in range(ho):
                         ih = oh * sh + i * dh - ph
@@ -231,6 +233,18 @@ def _thin(f: int, cg: int, groups: int) -> bool:
     return groups == 1 and f <= THIN_CHANNELS
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether ``a`` holds no NaN or Inf (a finite sum proves it, in one fast pass)."""
+    return bool(np.isfinite(a.sum()))
+
+
+# NaN and Inf: the im2col products multiply the zeros of the padding too (0 · Inf = NaN),
+# as the reference kernels do; the direct loops skip the padding, so they run only when the
+# operand multiplied by those zeros (the weights, or g for the weight gradient) is finite.
+# The stride-1 input gradient is a convolution of g padded with zeros; the reference (and
+# the col2im path) never multiply by those zeros, so it too needs finite weights.
+
+
 def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
                    groups: int = 1) -> np.ndarray:
     """Cross-correlation of ``x`` (N, C, H, W) with ``w`` (F, C/groups, kh, kw)."""
@@ -238,7 +252,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, di
     f, cg, kh, kw = w.shape
     ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     wo = conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
-    if _thin(f, cg, groups):
+    if _thin(f, cg, groups) and _all_finite(w):
         out = memory.empty((n, f, ho, wo), x.dtype)
         _direct_conv(x, w, stride[0], stride[1], padding[0], padding[1], dilation[0],
                      dilation[1], out)
@@ -278,7 +292,7 @@ def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...]
     f, cg, kh, kw = w.shape
     ho, wo = g.shape[2:]
     pad_flip = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
-    if stride == (1, 1) and min(pad_flip) >= 0:
+    if stride == (1, 1) and min(pad_flip) >= 0 and _all_finite(w):
         out = conv2d_forward(g, flipped_weight(w, groups), (1, 1), pad_flip, dilation, groups)
         if out.shape[2:] == (h, wd):
             return out
@@ -303,7 +317,7 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
     # the other orientation of this skinny product (M = F small, K = N·Ho·Wo huge)
     # direct only in float64: measured on the last DnCNN layer, 2.6 ms direct against 11 ms
     # through im2col in float64, but 2.4 against 1.5 ms in float32 (sgemv is fast enough)
-    if _thin(f, cg, groups) and g.dtype == np.float64:
+    if _thin(f, cg, groups) and g.dtype == np.float64 and _all_finite(g):
         out = np.empty(tuple(w_shape), dtype=g.dtype)
         _direct_conv_weight_grad(g, x, kh, kw, stride[0], stride[1], padding[0], padding[1],
                                  dilation[0], dilation[1], out)
@@ -345,8 +359,11 @@ def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - num
                         continue
                     for j in range(kw):
                         iw = ow * sw + j - pw
-                        if iw >= 0 and iw < w and x[n, c, ih, iw] > best:
-                            best = x[n, c, ih, iw]
+                        if iw >= 0 and iw < w:
+                            v = x[n, c, ih, iw]
+                            # a NaN is the maximum (numpy's max and PyTorch propagate it)
+                            if v > best or (v != v and best == best):
+                                best = v
                 out[n, c, oh, ow] = best
 
 
@@ -368,9 +385,13 @@ def _max_pool_backward(g, x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover -
                         continue
                     for j in range(kw):
                         iw = ow * sw + j - pw
-                        # strict '>' keeps the first maximum (PyTorch's convention at ties)
-                        if iw >= 0 and iw < w and (bi < 0 or x[n, c, ih, iw] > best):
-                            best = x[n, c, ih, iw]
+                        if iw < 0 or iw >= w:
+                            continue
+                        v = x[n, c, ih, iw]
+                        # strict '>' keeps the first maximum (PyTorch's convention at ties);
+                        # the first NaN is the maximum, and no later value replaces it
+                        if bi < 0 or v > best or (v != v and best == best):
+                            best = v
                             bi = ih
                             bj = iw
                 if bi >= 0:
@@ -387,7 +408,7 @@ def _avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - num
         c = nc - n * n_ch
         for oh in range(ho):
             for ow in range(wo):
-                acc = x[n, c, 0, 0] * 0
+                acc = 0.0  # not x[..] * 0, which is NaN when that pixel is NaN or ±Inf
                 for i in range(kh):
                     ih = oh * sh + i - ph
                     if ih < 0 or ih >= h:
@@ -427,7 +448,7 @@ def _pool_out(x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pai
 
 
 def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
-    """Maximum over each window (padding counts as -inf)."""
+    """Maximum over each window (padding counts as -inf; a NaN in the window gives NaN)."""
     ho, wo = _pool_out(x.shape, kernel, stride, padding)
     out = memory.empty(x.shape[:2] + (ho, wo), x.dtype)
     _max_pool_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out)
@@ -436,7 +457,7 @@ def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair)
 
 def max_pool2d_backward(g: np.ndarray, x: np.ndarray, kernel: Pair, stride: Pair,
                         padding: Pair) -> np.ndarray:
-    """Each window's gradient goes to its first maximum."""
+    """Each window's gradient goes to its first maximum (its first NaN, if it has one)."""
     out = memory.zeros(x.shape, g.dtype)
     _max_pool_backward(g, x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
                        out)

@@ -106,24 +106,41 @@ def conv_transpose2d_output_size(size: int, kernel: int, stride: int, padding: i
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
-    """Maximum over each window; padding counts as -inf. Complex input: compared by real part."""
+def _window_argmax(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Patches (N, C, kh·kw, Ho, Wo) of ``x`` (padding: −inf) and, per window, the position
+    of its first maximum by real part: the first NaN if the window has one (numpy's argmax,
+    PyTorch's pooling), and never a padding position, even when every pixel is −inf."""
     cols = im2col(x, kernel, stride, padding, (1, 1), pad_value=-np.inf)
     n, c, kh, kw, ho, wo = cols.shape
     flat = cols.reshape(n, c, kh * kw, ho, wo)
-    arg = np.argmax(flat.real, axis=2)[:, :, None]
-    return np.take_along_axis(flat, arg, axis=2)[:, :, 0]
+    arg = np.argmax(flat.real, axis=2)
+    if any(padding):
+        inside = im2col(np.ones((1, 1) + x.shape[2:]), kernel, stride, padding, (1, 1))
+        inside = inside.reshape(kh * kw, ho, wo).astype(bool)
+        first_inside = np.argmax(inside, axis=0)
+        chosen_inside = np.take_along_axis(inside, arg.reshape(-1, ho, wo), axis=0)
+        arg = np.where(chosen_inside.reshape(arg.shape), arg, first_inside)
+    return flat, arg
+
+
+def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
+    """Maximum over each window; padding counts as -inf; a NaN in the window gives NaN.
+    Complex input: compared by real part."""
+    flat, arg = _window_argmax(x, kernel, stride, padding)
+    return np.take_along_axis(flat, arg[:, :, None], axis=2)[:, :, 0]
 
 
 def max_pool2d_backward(g: np.ndarray, x: np.ndarray, kernel: Pair, stride: Pair,
                         padding: Pair) -> np.ndarray:
-    """Route each window's gradient to its first maximum (PyTorch's convention at ties)."""
-    cols = im2col(x, kernel, stride, padding, (1, 1), pad_value=-np.inf)
-    n, c, kh, kw, ho, wo = cols.shape
-    arg = np.argmax(cols.reshape(n, c, kh * kw, ho, wo).real, axis=2)
+    """Route each window's gradient to its first maximum (PyTorch's convention at ties; the
+    first NaN when the window has one)."""
+    flat, arg = _window_argmax(x, kernel, stride, padding)
+    n, c, _, ho, wo = flat.shape
+    kh, kw = kernel
     gcols = np.zeros((n, c, kh * kw, ho, wo), dtype=g.dtype)
     np.put_along_axis(gcols, arg[:, :, None], g[:, :, None], axis=2)
-    return col2im(gcols.reshape(cols.shape), x.shape, stride, padding, (1, 1))
+    return col2im(gcols.reshape(n, c, kh, kw, ho, wo), x.shape, stride, padding, (1, 1))
 
 
 def max_pool2d_ties(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> bool:

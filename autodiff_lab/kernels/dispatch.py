@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from autodiff_lab.errors import ShapeError
 from autodiff_lab.kernels import conv_reference as ref
 from autodiff_lab.kernels.conv_reference import (  # noqa: F401 - re-exported for the op table
     col2im,
@@ -103,9 +104,25 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, di
     return ref.conv2d_forward(x, w, stride, padding, dilation, groups)
 
 
+def _check_conv_gradient(g_shape: tuple[int, ...], x_shape: tuple[int, ...], f: int,
+                         kernel: tuple[int, int], stride: Pair, padding: Pair, dilation: Pair
+                         ) -> None:
+    """The upstream gradient of a convolution must have the convolution's output shape: a
+    caller passing another (the transpose convolution once did) gets an error, not numbers
+    computed from misread memory or a result of the wrong shape."""
+    want = (x_shape[0], f, conv_output_size(x_shape[2], kernel[0], stride[0], padding[0],
+                                            dilation[0]),
+            conv_output_size(x_shape[3], kernel[1], stride[1], padding[1], dilation[1]))
+    if tuple(g_shape) != want:
+        raise ShapeError(f"convolution gradient kernel: upstream gradient of shape "
+                         f"{tuple(g_shape)} for an input {tuple(x_shape)}, whose convolution "
+                         f"has shape {want}")
+
+
 def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], stride: Pair,
                           padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
     """See :func:`conv_reference.conv2d_backward_input`."""
+    _check_conv_gradient(g.shape, x_shape, w.shape[0], w.shape[2:], stride, padding, dilation)
     if real_float(g, w):
         return _fast("conv_fast").conv2d_backward_input(
             _c(g), _c(w), tuple(x_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
@@ -115,6 +132,7 @@ def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...]
 def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...], stride: Pair,
                            padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
     """See :func:`conv_reference.conv2d_backward_weight`."""
+    _check_conv_gradient(g.shape, x.shape, w_shape[0], w_shape[2:], stride, padding, dilation)
     if real_float(g, x):
         return _fast("conv_fast").conv2d_backward_weight(
             _c(g), _c(x), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
@@ -163,14 +181,14 @@ def relu_forward(x: np.ndarray) -> np.ndarray | None:
 
 
 def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray | None:
-    """g·[x > 0] fused, for big real arrays of one shape, else ``None``."""
+    """g·relu'(x) fused (NaN where x is NaN), for big real arrays of one shape, else ``None``."""
     if x.size >= ELEMENTWISE_MIN_SIZE and g.shape == x.shape and real_float(g, x):
         return _fast("elementwise").relu_backward(g, _c(x))
     return None
 
 
 def leaky_relu_backward(g: np.ndarray, x: np.ndarray, alpha: float) -> np.ndarray | None:
-    """g·(1 if x > 0 else alpha) fused, for big real arrays, else ``None``."""
+    """g·(1 if x > 0 else alpha) fused (NaN where x is NaN), for big real arrays, else ``None``."""
     if x.size >= ELEMENTWISE_MIN_SIZE and g.shape == x.shape and real_float(g, x):
         return _fast("elementwise").leaky_relu_backward(g, _c(x), alpha)
     return None

@@ -1,7 +1,9 @@
 """Softmax cross-entropy over the last axis, forward and gradient, one pass per row.
 
 The forward needs only log Σ exp per row (shifted by the row maximum for stability); the
-gradient is ``(softmax − onehot(label)) · scale``. Rows run in parallel.
+gradient is ``(softmax − onehot(label)) · scale``. Rows run in parallel. The kernels index
+the logits with the labels, so the entry points check every label first: an out-of-range
+label would otherwise read (or write) outside the array.
 """
 
 from __future__ import annotations
@@ -9,7 +11,18 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from autodiff_lab.errors import LabelError
 from autodiff_lab.kernels.numba_cache import cached_njit
+
+
+def _checked_labels(labels: np.ndarray, k: int) -> np.ndarray:
+    """The labels as a flat intp array, after checking they lie in 0 … k − 1."""
+    flat = np.ascontiguousarray(labels, dtype=np.intp).reshape(-1)
+    if flat.size and (flat.min() < 0 or flat.max() >= k):
+        bad = int(np.flatnonzero((flat < 0) | (flat >= k))[0])
+        raise LabelError(f"class label {flat[bad]} (at flat index {bad}) is out of range for "
+                         f"K = {k} classes: labels must be 0 … {k - 1}")
+    return flat
 
 
 @cached_njit(parallel=True)
@@ -39,8 +52,12 @@ def _grad(logits, labels, scale, out):  # pragma: no cover - numba
             acc += e
         inv = 1.0 / acc
         for j in range(k):
-            out[r, j] = out[r, j] * inv * scale
-        out[r, labels[r]] -= scale
+            out[r, j] = out[r, j] * inv
+        # (softmax − onehot) · scale, in that order (as the numpy rule): with an infinite
+        # scale, softmax·scale − scale would be Inf − Inf = NaN
+        out[r, labels[r]] -= 1
+        for j in range(k):
+            out[r, j] = out[r, j] * scale
 
 
 def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray, reduction: str
@@ -49,7 +66,7 @@ def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray, reduct
     k = logits.shape[-1]
     rows = np.ascontiguousarray(logits).reshape(-1, k)
     per_row = np.empty(rows.shape[0], dtype=np.float64)
-    _row_losses(rows, np.ascontiguousarray(labels, dtype=np.intp).reshape(-1), per_row)
+    _row_losses(rows, _checked_labels(labels, k), per_row)
     total = per_row.sum() if reduction == "sum" else per_row.mean()
     return np.asarray(total, dtype=logits.dtype)
 
@@ -61,5 +78,5 @@ def softmax_cross_entropy_backward(g: np.ndarray, logits: np.ndarray, labels: np
     rows = np.ascontiguousarray(logits).reshape(-1, k)
     scale = float(g) if reduction == "sum" else float(g) / max(rows.shape[0], 1)
     out = np.empty_like(rows)
-    _grad(rows, np.ascontiguousarray(labels, dtype=np.intp).reshape(-1), scale, out)
+    _grad(rows, _checked_labels(labels, k), scale, out)
     return out.reshape(logits.shape)
