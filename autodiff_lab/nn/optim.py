@@ -159,11 +159,11 @@ class Optimizer:
                 raise InputError(f"gradient of parameter {name} has dtype {g.dtype}, "
                                  f"expected real numbers ({p.data.dtype})")
             g = np.ascontiguousarray(g, dtype=p.data.dtype)
-        bad = _kernels().first_nonfinite(_flat(g))
-        if bad >= 0:
-            idx = np.unravel_index(bad, g.shape) if g.ndim else ()
+        if _kernels().any_nonfinite(_flat(g)):
+            bad = int(np.flatnonzero(~np.isfinite(_flat(g)))[0])
+            idx = tuple(int(i) for i in np.unravel_index(bad, g.shape)) if g.ndim else ()
             raise NonFiniteError(f"gradient of parameter {name} has {_flat(g)[bad]} at index "
-                                 f"{tuple(int(i) for i in idx)}; the step was not taken")
+                                 f"{idx}; the step was not taken")
         return g
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -308,15 +308,17 @@ class SGD(Optimizer):
     def _update(self, data: np.ndarray, grad: np.ndarray, group: Group, state: dict[str, Any]) -> None:
         k = _kernels()
         t = data.dtype.type
-        if group["momentum"] == 0:
-            k.sgd_plain(_flat(data), _flat(grad), t(group["lr"]), t(group["weight_decay"]))
+        lr, wd, mu = t(group["lr"]), t(group["weight_decay"]), group["momentum"]
+        if mu == 0:
+            k.sgd_plain(_flat(data), _flat(grad), lr, wd)
             return
         first = "momentum_buffer" not in state
-        if first:
-            state["momentum_buffer"] = np.empty_like(data)
-        k.sgd_momentum(_flat(data), _flat(grad), _flat(state["momentum_buffer"]), t(group["lr"]),
-                       t(group["weight_decay"]), t(group["momentum"]), t(1.0 - group["dampening"]),
-                       group["nesterov"], first)
+        if first:  # b ← g: b·0 + 1·g
+            state["momentum_buffer"] = np.zeros_like(data)
+        keep_g, buf_factor = (1.0, mu) if group["nesterov"] else (0.0, 1.0)
+        k.sgd_momentum(_flat(data), _flat(grad), _flat(state["momentum_buffer"]), lr, wd,
+                       t(0.0 if first else mu), t(1.0 if first else 1.0 - group["dampening"]),
+                       t(keep_g), t(buf_factor))
 
 
 class Adam(Optimizer):
@@ -367,11 +369,18 @@ class Adam(Optimizer):
         # the bias corrections in double precision, as PyTorch computes them
         step_size = lr / (1.0 - b1 ** step)
         bc2_sqrt = math.sqrt(1.0 - b2 ** step)
-        vmax = state["max_exp_avg_sq"] if group["amsgrad"] else np.empty(0, data.dtype)
         t = data.dtype.type
-        _kernels().adam(_flat(data), _flat(grad), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]),
-                        _flat(vmax), t(wd), self._decoupled, t(1.0 - lr * wd), t(1.0 - b1), t(b1), t(b2),
-                        t(1.0 - b2), t(step_size), t(bc2_sqrt), t(eps), group["amsgrad"])
+        if self._decoupled:  # θ ← θ(1 − γλ), the gradient left alone
+            coupled, decay = t(0.0), t(1.0 - lr * wd)
+        else:  # g ← g + λθ, θ·1
+            coupled, decay = t(wd), t(1.0)
+        args = (coupled, decay, t(1.0 - b1), t(b2), t(1.0 - b2), t(step_size), t(bc2_sqrt), t(eps))
+        k = _kernels()
+        p, g, m, v = _flat(data), _flat(grad), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"])
+        if group["amsgrad"]:
+            k.adam_amsgrad(p, g, m, v, _flat(state["max_exp_avg_sq"]), *args)
+        else:
+            k.adam(p, g, m, v, *args)
 
 
 class AdamW(Adam):
