@@ -54,6 +54,7 @@ from autodiff_lab.nn.parameter import Parameter
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 Group = dict[str, Any]
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _kernels() -> Any:
@@ -148,6 +149,11 @@ class Optimizer:
 
     def _checked_grad(self, p: Parameter, index: int, group_index: int) -> np.ndarray:
         name = repr(p.name) if p.name else f"#{index} of group {group_index}"
+        if p.data.dtype not in _DTYPES:
+            raise InputError(f"parameter {name} is {p.data.dtype}; the optimisers update float32 and "
+                             "float64 parameters")
+        if not p.data.flags.writeable:
+            raise InputError(f"parameter {name} holds a read-only array; the optimiser updates it in place")
         g = p.grad
         if not isinstance(g, np.ndarray):
             g = np.asarray(g)

@@ -249,6 +249,22 @@ def test_nonfinite_gradient_names_the_parameter_and_changes_nothing():
     assert opt.state == {}
 
 
+def test_unsupported_parameter_arrays():
+    half = Parameter(np.ones(3, dtype=np.float16), name="h")
+    half.grad = np.ones(3, dtype=np.float16)
+    with pytest.raises(InputError, match="'h' is float16"):
+        Adam([half]).step()
+    frozen = Parameter(np.ones(3), name="f")
+    frozen.data = np.broadcast_to(np.ones(1), (3,))
+    frozen.grad = np.ones(3)
+    with pytest.raises(InputError, match="'f' holds a read-only array"):
+        SGD([frozen], lr=0.1).step()
+    p = Parameter(np.ones(2), name="s")
+    p.grad = np.array(["a", "b"])
+    with pytest.raises(InputError, match="dtype"):
+        SGD([p], lr=0.1).step()
+
+
 def test_negative_lr_set_by_hand_is_refused_at_step():
     p = Parameter([1.0], name="w")
     opt = SGD([p], lr=0.1)
