@@ -80,7 +80,9 @@ from autodiff_lab.checks import GradcheckError, gradcheck, jacobian  # noqa: E40
 
 __all__ += ["GradcheckError", "gradcheck", "jacobian"]
 
-from autodiff_lab.render import render  # noqa: E402
+# the render package itself, callable as adl.render(graph, ...): a function of that name
+# would be replaced by the package as soon as a submodule such as render.backend is imported
+from autodiff_lab import render  # noqa: E402
 
 __all__ += ["render"]
 
