@@ -73,8 +73,9 @@ __all__ = [
 
 from autodiff_lab.engines import engine, gradient  # noqa: E402
 from autodiff_lab.engines.base import GradientResult  # noqa: E402
+from autodiff_lab.graph.evaluate import DtypeCastWarning  # noqa: E402
 
-__all__ += ["GradientResult", "engine", "gradient"]
+__all__ += ["DtypeCastWarning", "GradientResult", "engine", "gradient"]
 
 from autodiff_lab.checks import GradcheckError, gradcheck, jacobian  # noqa: E402
 

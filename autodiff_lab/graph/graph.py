@@ -28,7 +28,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from autodiff_lab.errors import GraphError, GraphShapeError, ShapeError, TraceError
+from autodiff_lab.errors import GraphError, GraphShapeError, InputError, ShapeError, TraceError
 from autodiff_lab.graph.optable import OPS, get_op
 from autodiff_lab.graph.tensor import GraphBuilder, NodeRecord, Tensor, check_shape, describe
 
@@ -472,6 +472,21 @@ class Graph:
         return hash(self.fingerprint())
 
     # --- rewriting --------------------------------------------------------------------------------
+    def astype(self, dtype: Any) -> Graph:
+        """A copy computing in float ``dtype``: every float input, constant and op of the
+        graph takes that dtype (integer labels stay). ``g.astype("float64")`` is how
+        gradcheck checks a float32 graph in double precision."""
+        target = np.dtype(dtype)
+        if target.kind != "f":
+            raise InputError(f"astype needs a float dtype (float32, float64), got {target}")
+        data = self.to_dict()
+        for item in data["nodes"]:
+            if np.dtype(item["dtype"]).kind == "f":
+                item["dtype"] = target.name
+                if item["role"] == "constant":
+                    item["value"] = np.asarray(item["value"], dtype=target).tolist()
+        return Graph.from_dict(data)
+
     def expand(self, ops: str | tuple[str, ...] = ("sigmoid",)) -> Graph:
         """A copy with the named composite ops written out in primitives (their ``decompose``).
 
