@@ -73,14 +73,17 @@ __all__ = [
 
 from autodiff_lab.engines import engine, gradient  # noqa: E402
 from autodiff_lab.engines.base import GradientResult  # noqa: E402
+from autodiff_lab.graph.evaluate import DtypeCastWarning  # noqa: E402
 
-__all__ += ["GradientResult", "engine", "gradient"]
+__all__ += ["DtypeCastWarning", "GradientResult", "engine", "gradient"]
 
 from autodiff_lab.checks import GradcheckError, gradcheck, jacobian  # noqa: E402
 
 __all__ += ["GradcheckError", "gradcheck", "jacobian"]
 
-from autodiff_lab.render import render  # noqa: E402
+# the render package itself, callable as adl.render(graph, ...): a function of that name
+# would be replaced by the package as soon as a submodule such as render.backend is imported
+from autodiff_lab import render  # noqa: E402
 
 __all__ += ["render"]
 

@@ -58,14 +58,27 @@ class GradcheckResult:
         return text + (f"\n{self.message}" if self.message else "")
 
 
-def _as_float64(graph: Graph, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _as_float64(graph: Graph, values: Mapping[str, Any]
+                ) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The graph (a float64 copy if it has lower-precision floats) and the values in
+    float64, warning when either was in single precision."""
+    low = sorted(n for n, v in values.items()
+                 if isinstance(v, (np.ndarray, np.generic)) and v.dtype.kind == "f"
+                 and v.dtype.itemsize < 8)
+    low_graph = sorted(n for n, v in graph.inputs.items()
+                       if np.dtype(graph.node(v)["dtype"]).kind == "f"
+                       and np.dtype(graph.node(v)["dtype"]).itemsize < 8)
+    if low or low_graph:
+        names = sorted(set(low) | set(low_graph))
+        dtype = (np.asarray(values[low[0]]).dtype if low
+                 else np.dtype(graph.node(graph.inputs[low_graph[0]])["dtype"]))
+        warnings.warn(f"gradcheck: input(s) {', '.join(names)} are {dtype}; finite differences "
+                      "in single precision cannot reach the tolerances, so the check runs in "
+                      "float64 (cast copies)", UserWarning, stacklevel=3)
+    if low_graph:
+        graph = graph.astype(np.float64)
     arrays = check_values(graph, values)
-    low = sorted(n for n, a in arrays.items() if a.dtype.kind == "f" and a.dtype != np.float64)
-    if low:
-        warnings.warn(f"gradcheck: input(s) {', '.join(low)} are {arrays[low[0]].dtype}; finite "
-                      "differences in single precision cannot reach the tolerances, so the check "
-                      "runs in float64 (cast copies)", UserWarning, stacklevel=3)
-    return {n: a.astype(np.float64) if a.dtype.kind == "f" else a for n, a in arrays.items()}
+    return graph, arrays
 
 
 def _close(got: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> np.ndarray:
@@ -85,7 +98,7 @@ def gradcheck(graph: Graph, values: Mapping[str, Any], wrt: Iterable[str] | str 
     """
     output = resolve_output(graph, output)
     wrt = resolve_wrt(graph, wrt)
-    arrays = _as_float64(graph, values)
+    graph, arrays = _as_float64(graph, values)
     gen = np.random.default_rng(rng)
     out_shape = graph.node(graph.outputs[output])["shape"]
     if seed is None and out_shape != ():

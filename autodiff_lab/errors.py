@@ -17,15 +17,19 @@ class ShapeError(AutodiffError, ValueError):
     """Operand shapes do not fit an op (raised at trace time, or when a graph is loaded)."""
 
 
-class UnknownOpError(AutodiffError, KeyError):
+class GraphError(AutodiffError, ValueError):
+    """A graph is malformed: a cycle, wrong number of arguments, bad names or attributes."""
+
+
+class GraphShapeError(ShapeError, GraphError):
+    """The shapes recorded in a graph (a loaded or hand-built one) do not fit its ops."""
+
+
+class UnknownOpError(GraphError, KeyError):
     """A graph names an op that is not in the op table."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
-
-
-class GraphError(AutodiffError, ValueError):
-    """A graph is malformed: a cycle, wrong number of arguments, bad names or attributes."""
 
 
 class TraceError(AutodiffError, TypeError):
@@ -55,6 +59,10 @@ class SymbolicSizeError(AutodiffError, MemoryError):
 
 class RenderError(AutodiffError, RuntimeError):
     """Graphviz could not turn the DOT text into a picture."""
+
+
+class GraphTooLargeError(RenderError):
+    """A graph has too many nodes to draw in reasonable time (see ``max_nodes``)."""
 
 
 class GraphvizNotFoundError(RenderError, FileNotFoundError):

@@ -13,6 +13,7 @@ Two jobs live here because every engine needs them:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,24 +32,54 @@ def _first_bad(a: np.ndarray) -> str:
         ("NaN" if np.isnan(a) else "Inf")
 
 
+class DtypeCastWarning(UserWarning):
+    """Values given for an input were cast to the input's dtype and lost precision (float64
+    numbers given to a float32 graph, say)."""
+
+
 def working_dtype(graph: Graph, arrays: Mapping[str, np.ndarray]) -> np.dtype:
-    """The float dtype a run computes in: the one all float inputs share."""
+    """The float dtype a run computes in: that of the graph's float inputs (the values were
+    cast to them by :func:`check_values`); numpy's promotion of them if they differ."""
     floats = {a.dtype for n, a in arrays.items() if np.issubdtype(a.dtype, np.inexact)
               and not np.issubdtype(np.dtype(graph.node(graph.inputs[n])["dtype"]), np.integer)}
     if not floats:
         return np.dtype(graph.node(graph.output)["dtype"]) if len(graph.outputs) == 1 else \
             np.dtype(np.float64)
-    if len(floats) > 1:
-        kinds = {n: a.dtype.name for n, a in arrays.items() if a.dtype in floats}
-        raise InputError(f"inputs mix dtypes {kinds}; cast them to one dtype (float64 for "
-                         "accuracy, float32 for speed)")
-    return floats.pop()
+    return np.result_type(*floats)
+
+
+def _cast(arr: np.ndarray, target: np.dtype, where: str, warn: bool, check_finite: bool
+          ) -> np.ndarray:
+    """``arr`` in the input's float dtype ``target``: exact widening silently; a narrowing
+    that changes a value warns (:class:`DtypeCastWarning`) when ``warn``."""
+    if arr.dtype == target:
+        return arr
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = arr.astype(target)
+    if np.can_cast(arr.dtype, target, "safe"):
+        return cast
+    if check_finite and not np.all(np.isfinite(cast)):
+        raise NonFiniteError(f"{where}: {arr.dtype} values too large for the graph's "
+                             f"{target} (largest magnitude {np.max(np.abs(arr)):.4g})")
+    if warn and not np.array_equal(cast, arr, equal_nan=True):
+        warnings.warn(f"{where} is {target} in the graph; the {arr.dtype} values given were "
+                      f"rounded to {target} (trace with {arr.dtype} inputs to compute in "
+                      f"{arr.dtype}, or cast the values yourself to silence this)",
+                      DtypeCastWarning, stacklevel=3)
+    return cast
 
 
 def check_values(graph: Graph, values: Mapping[str, Any], *, allow_complex: bool = False,
                  check_finite: bool = True, required: Iterable[str] | None = None
                  ) -> dict[str, np.ndarray]:
-    """Validate and convert input values; every problem is an error naming the input."""
+    """Validate and convert input values; every problem is an error naming the input.
+
+    Every engine reads its values through here, so they all follow one rule: a float input
+    computes in the dtype the graph gives it. Values of another float dtype are cast to it
+    -- float32 values for a float64 input exactly and silently; float64 arrays for a float32
+    input with a :class:`DtypeCastWarning` when that rounds a value (Python numbers and
+    lists are simply converted) -- so results always have the graph's dtypes.
+    """
     if not isinstance(values, Mapping):
         raise InputError(f"values must be a dict {{input name: array}}, got {type(values).__name__}")
     unknown = [n for n in values if n not in graph.inputs]
@@ -63,7 +94,9 @@ def check_values(graph: Graph, values: Mapping[str, Any], *, allow_complex: bool
     out: dict[str, np.ndarray] = {}
     for name, value in values.items():
         d = graph.node(graph.inputs[name])
-        want_int = np.issubdtype(np.dtype(d["dtype"]), np.integer)
+        target = np.dtype(d["dtype"])
+        want_int = np.issubdtype(target, np.integer)
+        numpy_value = isinstance(value, (np.ndarray, np.generic))
         arr = value if isinstance(value, np.ndarray) else np.asarray(value)
         if not isinstance(value, np.ndarray) and not want_int and arr.dtype.kind in "biu":
             arr = arr.astype(np.float64)  # Python numbers and lists of ints are fine for floats
@@ -84,6 +117,8 @@ def check_values(graph: Graph, values: Mapping[str, Any], *, allow_complex: bool
                              "Convert with .astype(float); integer arrays cannot be differentiated")
         if check_finite and kind in "fc" and not np.all(np.isfinite(arr)):
             raise NonFiniteError(f"{where}: value has {_first_bad(arr)}")
+        if kind == "f" and target.kind == "f":
+            arr = _cast(arr, target, where, numpy_value, check_finite)
         out[name] = arr
     return out
 

@@ -19,15 +19,6 @@ from autodiff_lab.graph.tensor import Tensor, apply
 ArrayLike = Any  # a Tensor while tracing, or anything numpy accepts
 IntPair = int | tuple[int, int]
 
-#: numpy ufuncs a traced tensor accepts (``np.exp(t)`` records our ``exp``)
-NUMPY_UFUNCS = {
-    "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div",
-    "negative": "neg", "reciprocal": "reciprocal", "exp": "exp", "log": "log", "sqrt": "sqrt",
-    "sin": "sin", "cos": "cos", "tanh": "tanh", "absolute": "abs", "maximum": "maximum",
-    "minimum": "minimum", "matmul": "matmul",
-}
-
-
 def _shape_of(x: ArrayLike) -> tuple[int, ...]:
     return x.shape if isinstance(x, Tensor) else np.shape(x)
 

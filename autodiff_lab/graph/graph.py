@@ -28,7 +28,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from autodiff_lab.errors import GraphError, ShapeError, TraceError
+from autodiff_lab.errors import GraphError, GraphShapeError, InputError, ShapeError, TraceError
 from autodiff_lab.graph.optable import OPS, get_op
 from autodiff_lab.graph.tensor import (
     GraphBuilder,
@@ -151,6 +151,7 @@ class Graph:
     def __init__(self, g: nx.DiGraph, outputs: Mapping[str, int]) -> None:
         self.nx = g
         self.outputs: dict[str, int] = dict(outputs)
+        self._fingerprint: str | None = None
         self._validate()
         self.order: list[int] = list(nx.lexicographical_topological_sort(g))
         self._operands: dict[int, tuple[int, ...]] = {
@@ -202,10 +203,32 @@ class Graph:
             for key in ("op", "role", "shape", "dtype"):
                 if key not in d:
                     raise GraphError(f"node {v} has no {key!r}")
-            d["shape"] = tuple(int(s) for s in d["shape"])
+            if not isinstance(d["op"], str) or not isinstance(d["role"], str):
+                raise GraphError(f"node {v}: op and role must be strings, got {d['op']!r} and "
+                                 f"{d['role']!r}")
+            try:
+                d["shape"] = tuple(int(s) for s in d["shape"])
+                if any(s < 0 for s in d["shape"]):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise GraphError(f"{self._where(v)}: shape {d['shape']!r} is not a tuple of "
+                                 "non-negative integers") from None
+            try:
+                dtype = np.dtype(d["dtype"])
+            except (TypeError, ValueError):
+                dtype = None
+            if dtype is None or dtype.kind not in "biufc":
+                raise GraphError(f"{self._where(v)}: dtype {d['dtype']!r} is not a numpy number "
+                                 "type")
+            d["dtype"] = dtype.name
             d.setdefault("attrs", {})
+            if not isinstance(d["attrs"], Mapping):
+                raise GraphError(f"{self._where(v)}: attrs must be a dict, got {d['attrs']!r}")
             d.setdefault("loc", "")
             role = d["role"]
+            if role in LEAF_ROLES and d["op"] != role:
+                raise GraphError(f"node {v}: a node of role {role!r} must have op {role!r}, "
+                                 f"got {d['op']!r}")
             if role in ("input", "parameter"):
                 name = d.get("name")
                 if not name or not isinstance(name, str):
@@ -217,9 +240,12 @@ class Graph:
                     raise GraphError(f"{self._where(v)}: an input cannot have arguments")
             elif role == "constant":
                 value = d.get("value")
-                if value is None or np.shape(value) != d["shape"]:
-                    raise GraphError(f"{self._where(v)}: constant value missing or not of shape "
-                                     f"{d['shape']}")
+                if not isinstance(value, np.ndarray) or value.shape != d["shape"] \
+                        or value.dtype.kind not in "biufc":
+                    raise GraphError(f"{self._where(v)}: constant value missing or not a numeric "
+                                     f"array of shape {d['shape']}")
+                if g.in_degree(v):
+                    raise GraphError(f"{self._where(v)}: a constant cannot have arguments")
             elif role == "op":
                 get_op(d["op"])  # UnknownOpError names the op and lists the known ones
                 op = OPS[d["op"]]
@@ -232,7 +258,7 @@ class Graph:
         if not self.outputs:
             raise GraphError("a graph needs at least one named output")
         for name, v in self.outputs.items():
-            if v not in g:
+            if not _is_int(v) or v not in g:
                 raise GraphError(f"output {name!r} refers to node {v}, which is not in the graph")
 
     def _collect_operands(self, v: int) -> tuple[int, ...]:
@@ -254,11 +280,17 @@ class Graph:
                 continue
             op = OPS[d["op"]]
             args = self._operands[v]
-            shape = check_shape(op, [self.nx.nodes[u]["shape"] for u in args], d["attrs"],
-                                self._where(v))
+            try:
+                shape = check_shape(op, [self.nx.nodes[u]["shape"] for u in args], d["attrs"],
+                                    self._where(v))
+            except ShapeError as exc:
+                raise GraphShapeError(str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - a shape rule fed attributes of a wrong kind
+                raise GraphError(f"{self._where(v)}: attributes {d['attrs']} do not fit "
+                                 f"{op.name} ({type(exc).__name__}: {exc})") from None
             if shape != d["shape"]:
-                raise ShapeError(f"{self._where(v)}: recorded shape {d['shape']} but the op's "
-                                 f"shape rule gives {shape}")
+                raise GraphShapeError(f"{self._where(v)}: recorded shape {d['shape']} but the "
+                                      f"op's shape rule gives {shape}")
             for i in op.int_args:
                 if i < len(args) and not np.issubdtype(np.dtype(self.nx.nodes[args[i]]["dtype"]),
                                                        np.integer):
@@ -363,37 +395,61 @@ class Graph:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Graph:
-        """Inverse of :meth:`to_dict`; validates like any other construction."""
+        """Inverse of :meth:`to_dict`; validates like any other construction.
+
+        Every problem -- a missing or mistyped field, a constant of the wrong size, an
+        unknown op, shapes the ops do not fit -- is a :class:`GraphError` naming the node
+        and the field.
+        """
+        if not isinstance(data, Mapping):
+            raise GraphError("malformed graph description: expected a JSON object with "
+                             f"'format', 'nodes' and 'outputs', got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise GraphError(f"not an autodiff_lab graph (format {data.get('format')!r})")
+        if "version" in data and not (_is_int(data["version"]) and data["version"] == VERSION):
+            raise GraphError(f"graph format version {data['version']!r}; this version of "
+                             f"autodiff_lab reads version {VERSION}")
+        nodes = data.get("nodes")
+        if not isinstance(nodes, list):
+            raise GraphError("malformed graph description: field 'nodes' must be a list of "
+                             f"node objects, got {_kind(nodes)}")
         g = nx.DiGraph()
-        try:
-            for item in data["nodes"]:
-                attrs = {k: _to_tuple(a) for k, a in item.get("attrs", {}).items()}
-                node = {"op": item["op"], "role": item["role"], "shape": tuple(item["shape"]),
-                        "dtype": item["dtype"], "attrs": attrs, "loc": item.get("loc", "")}
-                if "name" in item:
-                    node["name"] = item["name"]
-                if item["role"] == "constant":
-                    node["value"] = np.asarray(item["value"], dtype=item["dtype"]).reshape(
-                        item["shape"])
-                g.add_node(int(item["id"]), **node)
-            for item in data["nodes"]:
-                for pos, src in enumerate(item.get("inputs", ())):
-                    if int(src) not in g:
-                        raise GraphError(f"node {item['id']} uses node {src}, which does not exist")
-                    _add_arg_edge(g, int(src), int(item["id"]), pos)
-            outputs = {str(k): int(v) for k, v in data["outputs"].items()}
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, GraphError):
-                raise
-            raise GraphError(f"malformed graph description: {exc!r}") from None
+        operands: list[tuple[int, str, list[int]]] = []
+        for k, item in enumerate(nodes):
+            v, node, inputs = _parse_node(item, k)
+            if v in g:
+                raise GraphError(f"malformed graph description: two nodes have id {v}")
+            g.add_node(v, **node)
+            operands.append((v, node["op"], inputs))
+        for v, op, inputs in operands:
+            for pos, src in enumerate(inputs):
+                if src not in g:
+                    raise GraphError(f"malformed graph description: node {v} {op!r}: field "
+                                     f"'inputs' refers to node {src}, which does not exist")
+                _add_arg_edge(g, src, v, pos)
+        raw_outputs = data.get("outputs")
+        if not isinstance(raw_outputs, Mapping):
+            raise GraphError("malformed graph description: field 'outputs' must be an object "
+                             f"{{name: node id}}, got {_kind(raw_outputs)}")
+        outputs = {}
+        for name, v in raw_outputs.items():
+            if not _is_int(v):
+                raise GraphError(f"malformed graph description: output {name!r} must be a node "
+                                 f"id (an integer), got {_kind(v)}")
+            outputs[str(name)] = int(v)
         return cls(g, outputs)
 
     @classmethod
-    def from_json(cls, text: str) -> Graph:
+    def from_json(cls, text: str | bytes) -> Graph:
         """Read a graph written by :meth:`to_json`."""
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GraphError(f"not a graph file: the text is not JSON ({exc.msg} at line "
+                             f"{exc.lineno}, column {exc.colno})") from None
+        except (TypeError, UnicodeDecodeError) as exc:
+            raise GraphError(f"not a graph file: {exc}") from None
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         """Write the graph as JSON to ``path``."""
@@ -402,19 +458,46 @@ class Graph:
     @classmethod
     def load(cls, path: str | Path) -> Graph:
         """Read a graph saved with :meth:`save`."""
-        return cls.from_json(Path(path).read_text())
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise GraphError(f"{str(path)!r} is not a graph file: it is not text (JSON)") from None
+        try:
+            return cls.from_json(text)
+        except GraphError as exc:
+            raise type(exc)(f"{str(path)!r}: {exc}") from None
 
     def fingerprint(self) -> str:
-        """A hash of the graph's content (not of where it was traced): a cache key."""
-        text = json.dumps(self.to_dict(with_locations=False), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """A hash of the graph's content (not of where it was traced): a cache key.
+        Computed once (the graph is immutable)."""
+        if self._fingerprint is None:
+            text = json.dumps(self.to_dict(with_locations=False), sort_keys=True)
+            self._fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._fingerprint
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Graph) and self.fingerprint() == other.fingerprint()
 
-    __hash__ = object.__hash__
+    def __hash__(self) -> int:
+        # equal graphs (same fingerprint) hash alike, so sets and dict keys agree with ==
+        return hash(self.fingerprint())
 
     # --- rewriting --------------------------------------------------------------------------------
+    def astype(self, dtype: Any) -> Graph:
+        """A copy computing in float ``dtype``: every float input, constant and op of the
+        graph takes that dtype (integer labels stay). ``g.astype("float64")`` is how
+        gradcheck checks a float32 graph in double precision."""
+        target = np.dtype(dtype)
+        if target.kind != "f":
+            raise InputError(f"astype needs a float dtype (float32, float64), got {target}")
+        data = self.to_dict()
+        for item in data["nodes"]:
+            if np.dtype(item["dtype"]).kind == "f":
+                item["dtype"] = target.name
+                if item["role"] == "constant":
+                    item["value"] = np.asarray(item["value"], dtype=target).tolist()
+        return Graph.from_dict(data)
+
     def expand(self, ops: str | tuple[str, ...] = ("sigmoid",)) -> Graph:
         """A copy with the named composite ops written out in primitives (their ``decompose``).
 
@@ -443,9 +526,100 @@ class Graph:
         return Graph.from_records(builder.nodes, {n: env[v].node for n, v in self.outputs.items()})
 
     # --- drawing --------------------------------------------------------------------------------
-    def _repr_svg_(self) -> str:
+    def _repr_svg_(self) -> str | None:
+        from autodiff_lab.errors import GraphTooLargeError
         from autodiff_lab.render import to_svg
-        return to_svg(self)
+        try:
+            return to_svg(self)
+        except GraphTooLargeError:
+            return None  # Jupyter shows the text summary instead
+
+
+def _kind(x: Any) -> str:
+    """How a message names a JSON value's type."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(x), type(x).__name__)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _parse_node(item: Any, k: int) -> tuple[int, dict[str, Any], list[int]]:
+    """One node of :meth:`Graph.from_dict`: (id, networkx attributes, operand ids)."""
+    head = "malformed graph description"
+    if not isinstance(item, Mapping):
+        raise GraphError(f"{head}: nodes[{k}] must be an object, got {_kind(item)}")
+    if "id" not in item:
+        raise GraphError(f"{head}: nodes[{k}] has no field 'id'")
+    if not _is_int(item["id"]):
+        raise GraphError(f"{head}: nodes[{k}]: field 'id' must be an integer, got "
+                         f"{_kind(item['id'])}")
+    v = int(item["id"])
+    where = f"{head}: node {v}"
+    for key in ("op", "role", "shape", "dtype"):
+        if key not in item:
+            raise GraphError(f"{where} has no field {key!r}")
+    for key in ("op", "role", "dtype"):
+        if not isinstance(item[key], str):
+            raise GraphError(f"{where}: field {key!r} must be a string, got {_kind(item[key])}")
+    where = f"{head}: node {v} {item['op']!r}"
+    shape = item["shape"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise GraphError(f"{where}: field 'shape' must be a list of non-negative integers, "
+                         f"got {shape!r}")
+    dtype = _parse_dtype(item["dtype"], where)
+    attrs = item.get("attrs", {})
+    if not isinstance(attrs, Mapping):
+        raise GraphError(f"{where}: field 'attrs' must be an object, got {_kind(attrs)}")
+    node: dict[str, Any] = {"op": item["op"], "role": item["role"], "shape": tuple(shape),
+                            "dtype": dtype, "attrs": {str(a): _to_tuple(x) for a, x in attrs.items()},
+                            "loc": item.get("loc", "")}
+    if not isinstance(node["loc"], str):
+        raise GraphError(f"{where}: field 'loc' must be a string, got {_kind(node['loc'])}")
+    if "name" in item:
+        node["name"] = item["name"]
+    if item["role"] == "constant":
+        node["value"] = _parse_value(item, tuple(shape), dtype, where)
+    inputs = item.get("inputs", [])
+    if not isinstance(inputs, list) or not all(_is_int(u) for u in inputs):
+        raise GraphError(f"{where}: field 'inputs' must be a list of node ids, got {inputs!r}")
+    return v, node, [int(u) for u in inputs]
+
+
+def _parse_dtype(text: str, where: str) -> str:
+    try:
+        dtype = np.dtype(text)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in "biufc":
+        raise GraphError(f"{where}: field 'dtype' must name a numpy number type such as "
+                         f"'float64', got {text!r}")
+    return dtype.name
+
+
+def _parse_value(item: Mapping[str, Any], shape: tuple[int, ...], dtype: str,
+                 where: str) -> np.ndarray:
+    if "value" not in item:
+        raise GraphError(f"{where}: a constant needs a field 'value'")
+    raw = item["value"]
+    try:
+        if isinstance(raw, (str, bytes, Mapping)) or raw is None:
+            raise TypeError
+        value = np.asarray(raw, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise GraphError(f"{where}: field 'value' must be {dtype} numbers (nested lists of the "
+                         f"node's shape {shape}), got {_short_json(raw)}") from None
+    size = int(np.prod(shape, dtype=np.int64))
+    if value.size != size:
+        raise GraphError(f"{where}: field 'value' holds {value.size} number(s), but shape "
+                         f"{shape} needs {size}")
+    return value.reshape(shape)
+
+
+def _short_json(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _jsonable(a: Any) -> Any:

@@ -19,17 +19,19 @@ import numpy as np
 from autodiff_lab.errors import LabelError, ShapeError, TraceError, with_node
 from autodiff_lab.graph.optable import Op, ShapeRuleError, get_op
 
-# the tracing machinery: frames in here are never "where the user wrote the op"
-_TRACING_DIR = os.path.dirname(os.path.abspath(__file__))
+# the tracing machinery and numpy (whose functions hand our tensors back to us): frames in
+# there are never "where the user wrote the op"
+_SKIPPED_DIRS = tuple(os.path.join(os.path.dirname(os.path.abspath(f)), "")
+                      for f in (__file__, np.__file__))
 
 
 def user_location() -> str:
-    """``file:line`` of the first caller outside the tracing machinery (where the op was written:
-    the user's code, or a model in the package such as ``examples.py``)."""
+    """``file:line`` of the first caller outside the tracing machinery and numpy (where the op
+    was written: the user's code, or a model in the package such as ``examples.py``)."""
     frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not os.path.abspath(path).startswith(_TRACING_DIR):
+        if not os.path.abspath(path).startswith(_SKIPPED_DIRS):
             return f"{os.path.basename(path)}:{frame.f_lineno}"
         frame = frame.f_back
     return ""
@@ -356,9 +358,11 @@ class Tensor:
                          f"(at {user_location()})")
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        from autodiff_lab.graph.functions import NUMPY_UFUNCS
-        name = NUMPY_UFUNCS.get(ufunc.__name__)
-        if method != "__call__" or name is None or kwargs:
-            raise TraceError(f"numpy's {ufunc.__name__} cannot be applied to a traced tensor; "
-                             f"use the adl function of the same name (at {user_location()})")
-        return apply(name, *inputs)
+        # np.exp(t) records exp; numpy ufuncs without an op raise a TraceError at the user's line
+        from autodiff_lab.graph.numpy_interop import array_ufunc
+        return array_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: tuple, kwargs: dict) -> Any:
+        # np.sum(t), np.reshape(t, ...) record their op; other numpy functions raise a TraceError
+        from autodiff_lab.graph.numpy_interop import array_function
+        return array_function(func, args, kwargs)

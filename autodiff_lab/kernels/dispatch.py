@@ -12,7 +12,9 @@ The fast modules are imported on first use: importing autodiff_lab does not pay 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -45,25 +47,52 @@ enabled = True
 kernel_threads: int | None = 1
 
 
+#: held while a parallel kernel runs: Numba's ``workqueue`` threading layer (the one we
+#: prefer, see :func:`~autodiff_lab.kernels.numba_cache.prefer_workqueue`) aborts the whole
+#: process when two Python threads launch parallel kernels at once. Only the kernel calls are
+#: serialised; numpy, BLAS and the rest of a program keep running in parallel.
+_launch_lock = threading.Lock()
+_lock_needed: bool | None = None  # known after the first kernel started Numba's threads
+
+
+def _needs_lock() -> bool:
+    """Whether parallel kernel launches must be serialised: yes for ``workqueue`` (and
+    while Numba has not chosen its layer yet), no for the thread-safe ``tbb`` and ``omp``."""
+    global _lock_needed
+    if _lock_needed is None:
+        import numba
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet
+            return True
+        _lock_needed = layer not in ("tbb", "omp")
+    return _lock_needed
+
+
 class _Threads:
-    """Run a kernel with ``kernel_threads`` Numba threads, restoring the caller's count."""
+    """Run a kernel with ``kernel_threads`` Numba threads, restoring the caller's count, and
+    one kernel launch at a time where the threading layer needs it."""
 
     def __init__(self, mod: ModuleType) -> None:
         self.mod = mod
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(self.mod, name)
-        if kernel_threads is None:
-            return fn
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            import numba
-            before = numba.get_num_threads()
-            numba.set_num_threads(min(kernel_threads, numba.config.NUMBA_NUM_THREADS))
-            try:
+            threads = kernel_threads
+            if threads is None and not _needs_lock():
                 return fn(*args, **kwargs)
-            finally:
-                numba.set_num_threads(before)
+            with _launch_lock if _needs_lock() else contextlib.nullcontext():
+                if threads is None:
+                    return fn(*args, **kwargs)
+                import numba
+                before = numba.get_num_threads()
+                numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    numba.set_num_threads(before)
         return call
 
 

@@ -11,10 +11,13 @@ numbers, ``backend`` finds and runs Graphviz (system ``dot``, else the pip-insta
 
 from __future__ import annotations
 
+import inspect
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
-from autodiff_lab.errors import InputError
+from autodiff_lab.errors import GraphTooLargeError, InputError
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.render.annotate import annotate
 from autodiff_lab.render.backend import (
@@ -30,17 +33,41 @@ from autodiff_lab.render.numbers import format_number, format_summary
 
 #: formats written without Graphviz
 TEXT_FORMATS = ("dot", "gv")
+#: graphs with more nodes are refused (``max_nodes=`` raises the limit, ``None`` lifts it):
+#: Graphviz's layout time grows much faster than the node count (measured: a densely
+#: connected 2,400-node graph took 3 s, a 133,000-node one did not finish in 120 s), and
+#: such a picture is unreadable anyway
+MAX_NODES = 2000
+
+
+def check_size(graph: Graph, max_nodes: int | None = MAX_NODES) -> None:
+    """Raise :class:`GraphTooLargeError` if ``graph`` has more than ``max_nodes`` nodes."""
+    if max_nodes is None or len(graph) <= max_nodes:
+        return
+    raise GraphTooLargeError(
+        f"the graph has {len(graph):,} nodes, more than the {max_nodes:,} drawn at most: "
+        "Graphviz would take minutes (or never finish) and the picture would be unreadable. "
+        "Read graph.summary() (inputs, outputs, ops by kind) instead; or draw at layer level "
+        "by tracing whole arrays (adl.matmul, adl.conv2d on tensors: one node per layer) "
+        "rather than single scalars, a smaller instance (fewer units, a smaller batch or "
+        "image), or pass max_nodes=... (None for no limit) to draw it anyway")
 
 
 def to_dot(graph: Graph, values: Any = None, grads: Any = None, *, primitive: bool = False,
            output: str | None = None, numbers: str = "edges", digits: int = 4,
-           legend: bool = True, title: str | None = None, rankdir: str = "LR") -> str:
+           legend: bool = True, title: str | None = None, rankdir: str = "LR",
+           max_nodes: int | None = MAX_NODES) -> str:
     """The DOT source of the drawing (see :func:`render` for the arguments)."""
     if not isinstance(graph, Graph):
         raise InputError(f"render expects an autodiff_lab Graph, got {type(graph).__name__}")
     if rankdir not in ("LR", "TB", "RL", "BT"):
         raise InputError(f"rankdir must be LR, TB, RL or BT, got {rankdir!r}")
+    if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int)
+                                  or max_nodes < 1):
+        raise InputError(f"max_nodes must be a positive int or None, got {max_nodes!r}")
+    check_size(graph, max_nodes)  # before any value is computed
     notes = annotate(graph, values, grads, primitive=primitive, output=output)
+    check_size(notes.graph, max_nodes)  # primitive=True may have written composites out
     options = DrawOptions(numbers=numbers, digits=digits, legend=legend, title=title,
                           rankdir=rankdir)
     return build_dot(notes, options)
@@ -49,7 +76,8 @@ def to_dot(graph: Graph, values: Any = None, grads: Any = None, *, primitive: bo
 def render(graph: Graph, values: Any = None, grads: Any = None, path: str | Path | None = None,
            format: str | None = None, *, primitive: bool = False, output: str | None = None,
            numbers: str = "edges", digits: int = 4, legend: bool = True,
-           title: str | None = None, rankdir: str = "LR") -> str:
+           title: str | None = None, rankdir: str = "LR", max_nodes: int | None = MAX_NODES
+           ) -> str:
     """Draw ``graph`` with its forward values and gradients; return the DOT source.
 
     * ``values``: the input values by name (every other node is evaluated), every node's
@@ -63,10 +91,13 @@ def render(graph: Graph, values: Any = None, grads: Any = None, path: str | Path
       and gradients recomputed on that graph;
     * ``numbers``: ``"edges"`` (textbook: value above, gradient below each edge) or
       ``"nodes"``; ``digits`` significant digits; ``legend`` and ``title`` below the graph;
-      ``output`` the output whose gradient is drawn when there are several.
+      ``output`` the output whose gradient is drawn when there are several;
+    * ``max_nodes``: a bigger graph raises :class:`GraphTooLargeError` at once, before any
+      value is computed or Graphviz started (default :data:`MAX_NODES`; ``None``: no limit).
     """
     source = to_dot(graph, values, grads, primitive=primitive, output=output, numbers=numbers,
-                    digits=digits, legend=legend, title=title, rankdir=rankdir)
+                    digits=digits, legend=legend, title=title, rankdir=rankdir,
+                    max_nodes=max_nodes)
     if path is None:
         if format is not None:
             raise InputError("format= needs a path= to write to (the DOT text is returned)")
@@ -118,7 +149,25 @@ def to_svg(graph: Graph, values: Any = None, grads: Any = None, **options: Any) 
 
 
 __all__ = [
-    "DotProgram", "DrawOptions", "GraphvizNotFoundError", "RenderError",
+    "MAX_NODES", "DotProgram", "DrawOptions", "GraphTooLargeError", "GraphvizNotFoundError",
+    "RenderError", "check_size",
     "configure_graphviz_package", "find_dot", "format_number", "format_summary", "output_format",
     "render", "run_dot", "to_dot", "to_graphviz", "to_svg", "write",
 ]
+
+
+class _RenderPackage(types.ModuleType):
+    """This package, callable as :func:`render`.
+
+    ``adl.render(graph, ...)`` draws a graph, and ``autodiff_lab.render`` is also this
+    package, so ``import autodiff_lab.render.backend`` and ``from autodiff_lab.render import
+    dot`` work in any order: the import system sets the package as the ``render`` attribute
+    of ``autodiff_lab``, so a plain function of that name would be replaced by (or hide) it.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        return render(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _RenderPackage
+__signature__ = inspect.signature(render)  # what help() and IDEs show for adl.render(...)

@@ -13,6 +13,7 @@ import sys
 
 from autodiff_lab.cli import add_graph_argument, load_graph_argument
 from autodiff_lab.errors import InputError
+from autodiff_lab.render import MAX_NODES
 from autodiff_lab.render.dot import NUMBER_MODES
 
 
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", help="caption under the graph (default: the example's "
                                         "description)")
     parser.add_argument("--no-legend", action="store_true", help="leave out the colour key")
+    parser.add_argument("--max-nodes", type=int, default=MAX_NODES, metavar="N",
+                        help=f"refuse graphs with more nodes (default {MAX_NODES}; 0 for no "
+                             "limit): Graphviz takes minutes on big graphs")
 
 
 def _has_one_scalar_output(graph) -> bool:
@@ -50,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.digits < 1:
         raise InputError(f"--digits must be at least 1, got {args.digits}")
+    if args.max_nodes < 0:
+        raise InputError(f"--max-nodes must be at least 0, got {args.max_nodes}")
+    max_nodes = args.max_nodes or None
     loaded = load_graph_argument(args)
     graph, values = loaded.graph, loaded.values
     want_grads = not args.no_grads and values is not None
@@ -74,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     source = render(graph, shown_values, grads, path=None if to_stdout else args.output,
                     format=None if to_stdout else args.format, primitive=primitive,
                     numbers=args.numbers, digits=args.digits, legend=not args.no_legend,
-                    title=args.title if args.title is not None else loaded.description)
+                    title=args.title if args.title is not None else loaded.description,
+                    max_nodes=max_nodes)
     if to_stdout:
         sys.stdout.write(source)
     else:

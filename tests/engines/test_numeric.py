@@ -80,7 +80,7 @@ def test_float32_inputs_use_float32_steps_and_estimates():
     e = sigmoid_neuron_vector()
     values = {k: v.astype(np.float32) for k, v in e.values.items()}
     tape = adl.gradient(e.graph, e.values, engine="tape")
-    r = numeric(e.graph, values, method="central")
+    r = numeric(e.graph.astype("float32"), values, method="central")
     assert r.grads["w"].dtype == np.float32
     assert r.info["steps"]["w"][0] > 1e-3  # eps32^(1/3) ≈ 5e-3, not float64's 6e-6
     assert np.all(np.abs(r.grads["w"] - tape.grads["w"]) <= r.error_estimate["w"] + 1e-6)
