@@ -163,7 +163,7 @@ def test_step_underflowing_in_float32_is_refused():
     e = sigmoid_neuron_vector()
     values = {k: v.astype(np.float32) for k, v in e.values.items()}
     with pytest.raises(adl.InputError, match="underflows to 0 in float32"):
-        adl.gradient(e.graph, values, engine="numeric", step=1e-50)
+        adl.gradient(e.graph.astype("float32"), values, engine="numeric", step=1e-50)
 
 
 # --- per-element steps ------------------------------------------------------------------------
