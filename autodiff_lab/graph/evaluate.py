@@ -35,7 +35,7 @@ def working_dtype(graph: Graph, arrays: Mapping[str, np.ndarray]) -> np.dtype:
     floats = {a.dtype for n, a in arrays.items() if np.issubdtype(a.dtype, np.inexact)
               and not np.issubdtype(np.dtype(graph.node(graph.inputs[n])["dtype"]), np.integer)}
     if not floats:
-        return np.dtype(graph.node(graph.output)["dtype"]) if len(graph.outputs) == 1 else \
+        return np.dtype(graph.node(graph.output)["dtype"]) if len(graph.main_outputs) == 1 else \
             np.dtype(np.float64)
     if len(floats) > 1:
         kinds = {n: a.dtype.name for n, a in arrays.items() if a.dtype in floats}
@@ -47,10 +47,18 @@ def working_dtype(graph: Graph, arrays: Mapping[str, np.ndarray]) -> np.dtype:
 def check_values(graph: Graph, values: Mapping[str, Any], *, allow_complex: bool = False,
                  check_finite: bool = True, required: Iterable[str] | None = None
                  ) -> dict[str, np.ndarray]:
-    """Validate and convert input values; every problem is an error naming the input."""
+    """Validate and convert input values; every problem is an error naming the input.
+
+    Values for the graph's ``ignorable_inputs`` (state of traced modules the graph does not
+    read) are dropped; any other name the graph does not have is an error.
+    """
     if not isinstance(values, Mapping):
         raise InputError(f"values must be a dict {{input name: array}}, got {type(values).__name__}")
     unknown = [n for n in values if n not in graph.inputs]
+    if unknown and graph.ignorable_inputs:
+        ignorable = graph.ignorable_inputs
+        values = {n: v for n, v in values.items() if n not in ignorable}
+        unknown = [n for n in unknown if n not in ignorable]
     if unknown:
         raise InputError(f"value(s) given for {', '.join(map(repr, unknown))}, which the graph "
                          f"does not have; its inputs are: {', '.join(graph.inputs) or 'none'}")
