@@ -92,3 +92,7 @@ __all__ += ["compare"]
 from autodiff_lab.formula import explain, formula  # noqa: E402  (derivatives as formulas)
 
 __all__ += ["explain", "formula"]
+
+from autodiff_lab.functional import grad, value_and_grad  # noqa: E402  (gradients of functions)
+
+__all__ += ["grad", "value_and_grad"]

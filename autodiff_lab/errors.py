@@ -54,3 +54,8 @@ class RenderError(AutodiffError, RuntimeError):
 
 class GraphvizNotFoundError(RenderError, FileNotFoundError):
     """Neither the system ``dot`` nor the ``graphviz-pure`` binary could be found."""
+
+
+class CheckpointError(AutodiffError, ValueError):
+    """A saved model or state dict does not fit: a truncated or corrupt file, an unknown
+    class, or the parameters of another architecture."""
