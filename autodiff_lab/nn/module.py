@@ -103,6 +103,7 @@ class TraceState:
     buffers: dict[str, Tensor] = field(default_factory=dict)  # buffer name -> its input node
     calls: dict[str, int] = field(default_factory=dict)       # key -> how often it was used
     depth: int = 0
+    tagged: set[int] = field(default_factory=set)  # nodes that already say which layer made them
 
 
 _TRACES: weakref.WeakKeyDictionary[GraphBuilder, TraceState] = weakref.WeakKeyDictionary()
@@ -244,9 +245,7 @@ class Module:
         if isinstance(value, Parameter):
             self.register_parameter(name, value)
         elif isinstance(value, Module):
-            self._forget(name)
-            self._modules[name] = value
-            value._set_path(join(self._path, name))
+            self.add_module(name, value)
         elif name in self.__dict__.get("_parameters", ()):
             if value is not None:
                 raise TraceError(f"{self._describe()}: assign a nn.Parameter (or None) to "
@@ -275,9 +274,11 @@ class Module:
                 return
         object.__delattr__(self, name)
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, keep: dict[str, Any] | None = None) -> None:
+        """Remove ``name`` from every store but ``keep`` (re-assigning keeps the position)."""
         for store in (self._parameters, self._buffers, self._modules):
-            store.pop(name, None)
+            if store is not keep:
+                store.pop(name, None)
         self._non_persistent.discard(name)
         self.__dict__.pop(name, None)
 
@@ -287,16 +288,15 @@ class Module:
         if param is not None and not isinstance(param, Parameter):
             raise TraceError(f"register_parameter({name!r}) needs a nn.Parameter or None, got "
                              f"{type(param).__name__}")
-        self._forget(name)
+        self._forget(name, keep=self._parameters)
         self._parameters[name] = param
-        if param is not None:
-            param.name = join(self._path, name)
+        self._set_path(self._path)
 
     def register_buffer(self, name: str, value: Any, persistent: bool = True) -> None:
         """Add a buffer: state saved in the state dict but not trained (running statistics).
         ``persistent=False`` keeps it out of ``state_dict()``."""
         self._check_initialised()
-        self._forget(name)
+        self._forget(name, keep=self._buffers)
         self._buffers[name] = None if value is None else np.asarray(value)
         if not persistent:
             self._non_persistent.add(name)
@@ -306,21 +306,30 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TraceError(f"add_module({name!r}) needs a Module, got {type(module).__name__}")
         self._check_initialised()
-        self._forget(name)
+        self._forget(name, keep=self._modules)
         self._modules[name] = module
-        if module is not None:
-            module._set_path(join(self._path, name))
+        self._set_path(self._path)
 
     def _set_path(self, path: str) -> None:
-        """Rename this module and everything below it (a module's path is where it sits in
-        the outermost model; parameters are named by it)."""
-        object.__setattr__(self, "_path", path)
-        for name, p in self._parameters.items():
-            if p is not None:
-                p.name = join(path, name)
-        for name, m in self._modules.items():
-            if m is not None:
-                m._set_path(join(path, name))
+        """Name this module ``path`` and rename everything below it: a module's path is where
+        it sits in the outermost model, a parameter's name its state-dict key. A module or
+        parameter reachable twice (shared) takes its first name in traversal order, the
+        name ``named_parameters()`` gives it, as in PyTorch."""
+        seen_modules: set[int] = set()
+        seen_params: set[int] = set()
+        stack: list[tuple[str, Module]] = [(path, self)]
+        while stack:
+            prefix, m = stack.pop()
+            if id(m) in seen_modules:
+                continue
+            seen_modules.add(id(m))
+            object.__setattr__(m, "_path", prefix)
+            for name, p in m._parameters.items():
+                if p is not None and id(p) not in seen_params:
+                    seen_params.add(id(p))
+                    p.name = join(prefix, name)
+            stack.extend(reversed([(join(prefix, k), c) for k, c in m._modules.items()
+                                   if c is not None]))
 
     @property
     def path(self) -> str:
@@ -402,19 +411,18 @@ class Module:
         """(state-dict key, owning module, attribute, "parameter" | "buffer") in PyTorch's
         order: a module's parameters, then its buffers, then each submodule in turn."""
         out: list[tuple[str, Module, str, str]] = []
-        stack: list[tuple[str, Module]] = [("", self)]
-        seen: set[int] = set()
+        # (key prefix, module, ids of its ancestors): a module shared by two parents is
+        # listed under both names, as PyTorch does; a module inside itself is not followed
+        stack: list[tuple[str, Module, frozenset[int]]] = [("", self, frozenset())]
         while stack:
-            prefix, m = stack.pop()
-            if id(m) in seen:
-                continue
-            seen.add(id(m))
+            prefix, m, above = stack.pop()
             out.extend((join(prefix, k), m, k, "parameter")
                        for k, p in m._parameters.items() if p is not None)
             out.extend((join(prefix, k), m, k, "buffer") for k, b in m._buffers.items()
                        if b is not None and k not in m._non_persistent)
-            stack.extend(reversed([(join(prefix, k), c) for k, c in m._modules.items()
-                                   if c is not None]))
+            inner = above | {id(m)}
+            stack.extend(reversed([(join(prefix, k), c, inner) for k, c in m._modules.items()
+                                   if c is not None and id(c) not in inner]))
         return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -562,10 +570,23 @@ class Module:
         if state.depth == 0:  # the outermost module of this trace: its whole state may be given
             traced.builder.ignorable_inputs.update(self.state_names())
         state.depth += 1
+        start = len(traced.builder.nodes)
         try:
             return self._run(args, kwargs)
         finally:
             state.depth -= 1
+            self._tag_nodes(traced.builder, start)
+
+    def _tag_nodes(self, builder: GraphBuilder, start: int) -> None:
+        """Say which layer made each node this call recorded (inner layers tag first), so
+        errors and drawings name ``layers.3 (BatchNorm2d)`` and not only a line in norm.py."""
+        where = f"{self._path} ({type(self).__name__})" if self._path else type(self).__name__
+        tagged = trace_state(builder).tagged
+        for i in range(start, len(builder.nodes)):
+            rec = builder.nodes[i]
+            if rec.role == "op" and i not in tagged:
+                rec.loc = f"{where}, {rec.loc}" if rec.loc else where
+                tagged.add(i)
 
     def _run(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         try:

@@ -200,8 +200,12 @@ def load(path: str | os.PathLike) -> Module:
     if not path.is_file():
         raise CheckpointError(f"{where}no such file")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{where}not a model file (not an .npz archive: truncated, "
-                              "corrupt or another kind of file)")
+        with open(path, "rb") as f:
+            starts_like_npz = f.read(4) == b"PK\x03\x04"
+        if starts_like_npz:  # the archive's directory sits at the end: cut off
+            raise CheckpointError(f"{where}cannot be read: it is truncated or corrupt (an .npz "
+                                  "archive without its directory)")
+        raise CheckpointError(f"{where}not a model file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             names = list(data.files)
