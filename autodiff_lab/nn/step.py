@@ -199,8 +199,8 @@ class CompiledStep:
         result = compiled.program(values)
         for name, p in compiled.trained:
             p.grad = result.grads[name]
-        if self.model.training:
-            self.model.update_running_stats(result.outputs, strict=False)
+        # batch-norm layers in training mode take this batch's statistics (others: nothing)
+        self.model.update_running_stats(result.outputs, strict=False)
         return StepOutput(loss=float(result.value), grads=result.grads, outputs=result.outputs,
                           batch_size=int(X.shape[0]) if X.ndim else 1, result=result)
 
