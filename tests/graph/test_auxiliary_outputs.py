@@ -81,3 +81,11 @@ def test_bad_auxiliary_outputs():
         Graph.from_nx(g.nx, g.outputs, auxiliary={"nope"})
     with pytest.raises(GraphError, match="every output"):
         Graph.from_nx(g.nx, g.outputs, auxiliary=set(g.outputs))
+
+
+def test_drawings_leave_auxiliary_outputs_out():
+    g = traced_with_aux()
+    src = adl.render(g, values=VALUES, grads=True)
+    mean_node = g.outputs["stats.mean"]
+    assert f"n{mean_node} " not in src and "stats.mean" not in src
+    assert f"n{g.outputs['out']} -> o0" in src
