@@ -92,6 +92,9 @@ def describe_module(module: Module) -> dict[str, Any]:
     cls = type(module)
     name = class_name(cls)
     custom = getattr(module, "_architecture_arguments", None)
+    if custom is not None and _defined_in(cls, "_architecture_arguments") is not \
+            _defined_in(cls, "__init__"):
+        custom = None  # a subclass with its own constructor: its recorded arguments
     if custom is not None:
         args, kwargs = custom()
     else:
@@ -116,6 +119,11 @@ def describe_module(module: Module) -> dict[str, Any]:
     return {"class": name,
             "args": [_encode(v, f"{cls.__name__} argument {i}") for i, v in enumerate(args)],
             "kwargs": {k: _encode(v, f"{cls.__name__} argument {k!r}") for k, v in kwargs.items()}}
+
+
+def _defined_in(cls: type, attr: str) -> type | None:
+    """The class of ``cls``'s MRO whose own namespace defines ``attr``."""
+    return next((k for k in cls.__mro__ if attr in k.__dict__), None)
 
 
 def find_class(name: str, where: str = "") -> type[Module]:

@@ -29,7 +29,15 @@ class TwoHeads(nn.Module):
         return self.heads[0](h) * self.scale, self.heads[1](h)
 
 
+class Stack(nn.Sequential):
+    """A container subclass with its own constructor: saved by its own arguments."""
+
+    def __init__(self, width: int, depth: int = 2):
+        super().__init__(*[nn.Linear(width, width) for _ in range(depth)])
+
+
 MODELS = {
+    "sequential_subclass": lambda: Stack(3, depth=3),
     "neuron": lambda: nn.SigmoidNeuron(),
     "inpainting": lambda: nn.InpaintingMLP(16, 8),
     "dncnn": lambda: nn.DnCNN(depth=4, channels=4),
