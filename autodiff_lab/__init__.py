@@ -27,6 +27,7 @@ from autodiff_lab.graph.functions import (
     conv_transpose2d,
     cos,
     div,
+    dropout,
     exp,
     flatten,
     l1_loss,
@@ -64,7 +65,7 @@ __all__ = [
     "OPS", "AutodiffError", "Graph", "GraphError", "InputError", "NonFiniteError",
     "NotDifferentiableError", "ShapeError", "Spec", "SymbolicSizeError", "Tensor", "TraceError",
     "UnknownOpError", "abs", "add", "avg_pool2d", "batch_norm", "broadcast_to", "concatenate",
-    "conv2d", "conv_transpose2d", "cos", "div", "exp", "flatten", "l1_loss", "leaky_relu", "load",
+    "conv2d", "conv_transpose2d", "cos", "div", "dropout", "exp", "flatten", "l1_loss", "leaky_relu", "load",
     "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean", "minimum", "mse_loss",
     "mul", "neg", "param", "power", "reciprocal", "relu", "reshape", "sigmoid", "sin", "softmax",
     "softmax_cross_entropy", "spec", "sqrt", "sub", "sum", "tanh", "trace", "transpose",
@@ -94,3 +95,7 @@ __all__ += ["compare"]
 from autodiff_lab.formula import explain, formula  # noqa: E402  (derivatives as formulas)
 
 __all__ += ["explain", "formula"]
+
+from autodiff_lab.functional import grad, value_and_grad  # noqa: E402  (gradients of functions)
+
+__all__ += ["grad", "value_and_grad"]

@@ -78,3 +78,8 @@ def with_node(exc: AutodiffError, where: str) -> AutodiffError:
     new = type(exc)(f"{where}: {exc}")
     new.where = where  # type: ignore[attr-defined]
     return new
+
+
+class CheckpointError(AutodiffError, ValueError):
+    """A saved model or state dict does not fit: a truncated or corrupt file, an unknown
+    class, or the parameters of another architecture."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from autodiff_lab.engines.base import Engine, GradientResult, Program
-from autodiff_lab.errors import InputError
+from autodiff_lab.errors import InputError, TraceError
 from autodiff_lab.graph.graph import Graph
 
 ENGINES = {
@@ -35,8 +35,19 @@ def gradient(graph: Graph, values: Mapping[str, Any], engine: str = "tape",
              wrt: Iterable[str] | None = None, output: str | None = None, seed: Any = None,
              **options: Any) -> GradientResult:
     """Compile ``graph`` with the named engine and run it once at ``values``."""
+    if not isinstance(graph, Graph):
+        raise TraceError(_not_a_graph(graph))
     program = globals()["engine"](engine, **options).compile(graph, wrt=wrt, output=output)
     return program(values, seed=seed)
+
+
+def _not_a_graph(obj: Any) -> str:
+    if callable(obj):
+        name = getattr(obj, "__name__", type(obj).__name__)
+        return (f"adl.gradient needs a traced graph, got the function {name!r}: trace it first "
+                "(g = adl.trace(f, x=X_example); adl.gradient(g, {'x': X})) or differentiate the "
+                "function directly with adl.grad(f)(X) / adl.value_and_grad(f)(X)")
+    return f"adl.gradient needs a traced graph (adl.trace(f, ...)), got {type(obj).__name__}"
 
 
 __all__ = ["ENGINES", "Engine", "GradientResult", "Program", "engine", "gradient"]

@@ -35,6 +35,9 @@ class GradientResult:
     node_grads: dict[int, np.ndarray] | None = None
     #: engine-specific extras (timings, method, step ...)
     info: dict[str, Any] = field(default_factory=dict)
+    #: the value of every named output of the graph at these inputs, the differentiated one
+    #: included (so auxiliary outputs, e.g. batch statistics of batch norm, come back too)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         grads = ", ".join(f"{k}: shape {np.shape(v)}" for k, v in self.grads.items())
@@ -71,11 +74,12 @@ class Engine(ABC):
 
 
 def resolve_output(graph: Graph, output: str | None) -> str:
-    """The output to differentiate: the given name, or the only output."""
+    """The output to differentiate: the given name, or the only main (not auxiliary) output."""
     if output is None:
-        if len(graph.outputs) != 1:
-            raise InputError(f"the graph has outputs {', '.join(graph.outputs)}; pass output=...")
-        return next(iter(graph.outputs))
+        main = graph.main_outputs
+        if len(main) != 1:
+            raise InputError(f"the graph has outputs {', '.join(main)}; pass output=...")
+        return next(iter(main))
     if output not in graph.outputs:
         raise InputError(f"no output named {output!r}; outputs are {', '.join(graph.outputs)}")
     return output

@@ -179,8 +179,10 @@ class NumericProgram(Program):
         errs = None
         if parts and all(parts[n][1] is not None for n in self.wrt):
             errs = {n: parts[n][1].reshape(arrays[n].shape).astype(dtype) for n in self.wrt}
+        outputs = info.pop("outputs")
         return GradientResult(value=value, grads=grads, engine="numeric", output=self.output,
-                              evaluations=info["evaluations"], error_estimate=errs, info=info)
+                              evaluations=info["evaluations"], error_estimate=errs, info=info,
+                              outputs=outputs)
 
     def jacobian(self, values: Mapping[str, Any]) -> GradientResult:
         """d output / d input for each input in ``wrt``, laid out output × input: the block
@@ -200,8 +202,10 @@ class NumericProgram(Program):
         if all(parts[n][1] is not None for n in self.wrt):
             errs = {n: layout(parts[n][1], arrays[n].shape) for n in self.wrt}
         info["jacobian"] = True
+        outputs = info.pop("outputs")
         return GradientResult(value=value, grads=grads, engine="numeric", output=self.output,
-                              evaluations=info["evaluations"], error_estimate=errs, info=info)
+                              evaluations=info["evaluations"], error_estimate=errs, info=info,
+                              outputs=outputs)
 
     def directional(self, values: Mapping[str, Any], direction: Mapping[str, Any], *,
                     method: str | None = None, seed: Any = None,
@@ -333,6 +337,7 @@ class NumericProgram(Program):
         dtype = working_dtype(g, arrays)
         eps = float(np.finfo(dtype).eps)
         keep = {self.out_node} | {u for v in self.kink_nodes for u in g.operands(v)}
+        keep |= set(g.outputs.values())  # auxiliary outputs come back too
         base = run_forward(g, arrays, keep=keep)
         counter = _Counter(evaluations=1, calls=1)
         kinks = self._warn_kinks(base)
@@ -368,6 +373,7 @@ class NumericProgram(Program):
             "evaluations_for_estimate": counter.estimate_evaluations,
             "forward_calls": counter.calls, "kinks": kinks, "nonfinite": nonfinite,
             "step_warnings": suspects, "seconds": time.perf_counter() - started,
+            "outputs": {n: base[v] for n, v in g.outputs.items()},
         }
         return base[self.out_node], parts, info
 

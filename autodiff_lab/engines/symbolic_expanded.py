@@ -376,6 +376,13 @@ class ExpandedProgram(Program):
             if self.precision:  # SymPy Floats keep (and print) all the digits
                 mp_grads[n] = np.array([sp.Float(x, self.precision) for x in items],
                                        dtype=object).reshape(shape)
+        outputs = {self.output: value}
+        others = [n for n in g.outputs if n != self.output]
+        if others:  # not differentiated: the reference interpreter gives their values
+            from autodiff_lab.graph.evaluate import run_forward
+            env = run_forward(g, arrays, keep=[g.outputs[n] for n in others],
+                              check_finite=self.check_finite)
+            outputs.update({n: env[g.outputs[n]] for n in others})
         info: dict[str, Any] = {"mode": "expanded", "compile_seconds": self.compile_seconds,
                                 "eval_seconds": seconds, "timings": dict(self.timings),
                                 "estimated_gradient_ops": self.estimate.gradient_ops}
@@ -384,4 +391,4 @@ class ExpandedProgram(Program):
                         mp_value=np.array([sp.Float(x, self.precision) for x in value_items],
                                           dtype=object).reshape(out_shape))
         return GradientResult(value=value, grads=grads, engine="symbolic", output=self.output,
-                              info=info)
+                              info=info, outputs=outputs)

@@ -149,8 +149,16 @@ class MatrixProgram(Program):
         value_var = builder.emit(dv.values[graph.outputs[output]])
         builder.comment("backward: each adjoint is built once and shared (reverse mode)")
         grad_vars = [builder.emit(dv.grads[n], hint="grad_" + n) for n in wrt]
+        # the other named outputs (e.g. auxiliary batch statistics): forward values only
+        self.other_outputs = [n for n in graph.outputs if n != output]
+        if self.other_outputs:
+            builder.comment("the graph's other outputs")
+        other_vars = [builder.emit(dv.values[graph.outputs[n]], hint="out_" + n)
+                      for n in self.other_outputs]
         self.n_ops = builder.n_ops
         returns = f"{value_var}, ({', '.join(grad_vars)}{',' if len(grad_vars) == 1 else ''})"
+        if other_vars:
+            returns += f", ({', '.join(other_vars)},)"
         self.source = builder.source("value_and_gradient", returns)
         self.param_names = builder.params
         namespace = dict(builder.namespace)
@@ -171,7 +179,7 @@ class MatrixProgram(Program):
             args.append(seed_arr)
         start = time.perf_counter()
         with np.errstate(all="ignore"):
-            value, grads = self._fn(*args)
+            value, grads, *others = self._fn(*args)
         seconds = time.perf_counter() - start
         value = np.asarray(value, dtype=dtype)
         if self.check_finite and not np.all(np.isfinite(value)):
@@ -186,6 +194,10 @@ class MatrixProgram(Program):
             if self.scalar_output and seed is not None:
                 arr = arr * seed_arr
             result[n] = arr
+        outputs = {self.output: value}
+        for n, out in zip(self.other_outputs, others[0] if others else ()):
+            outputs[n] = np.asarray(out)
         return GradientResult(value=value, grads=result, engine="symbolic", output=self.output,
                               info={"mode": "matrix", "compile_seconds": self.compile_seconds,
-                                    "eval_seconds": seconds, "ops": self.n_ops})
+                                    "eval_seconds": seconds, "ops": self.n_ops},
+                              outputs=outputs)

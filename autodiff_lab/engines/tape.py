@@ -25,7 +25,7 @@ import contextlib
 import gc
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -105,17 +105,18 @@ class TapeProgram(Program):
         for v in graph.order:
             if v in wanted or any(u in depends for u in graph.operands(v)):
                 depends.add(v)
-        # nodes the output depends on: the forward pass runs nothing else
-        reaches = {out_node}
-        for v in reversed(graph.order):
-            if v in reaches:
-                reaches.update(graph.operands(v))
+        # nodes the differentiated output depends on: backward visits nothing else; the
+        # forward pass also runs what the other (e.g. auxiliary) outputs need
+        to_output = _ancestors(graph, [out_node])
+        reaches = _ancestors(graph, graph.outputs.values())
+        self._output_nodes = dict(graph.outputs)
         self.steps = [
             Step(v, OPS[graph.node(v)["op"]], graph.operands(v), graph.node(v)["attrs"],
                  tuple(u in depends for u in graph.operands(v)))
             for v in graph.order if graph.node(v)["role"] == "op" and v in reaches
         ]
-        self.backward_steps = [s for s in reversed(self.steps) if any(s.needs_grad)]
+        self.backward_steps = [s for s in reversed(self.steps)
+                               if any(s.needs_grad) and s.node in to_output]
         self._plan(wanted)
         self._leaves = [(v, graph.node(v)) for v in graph.order
                         if graph.node(v)["role"] != "op" and v in reaches]
@@ -139,8 +140,9 @@ class TapeProgram(Program):
             for u in s.args:
                 last_read[u] = k
         free_after: list[list[int]] = [[] for _ in self.steps]
+        outputs = set(self._output_nodes.values())
         for u, k in last_read.items():
-            if u in is_op and u not in kept and not self.keep_all:
+            if u in is_op and u not in kept and u not in outputs and not self.keep_all:
                 free_after[k].append(u)
         # a rule that does not read its inputs' values may still read their shapes
         # (add un-broadcasts to a.shape): those get a zero-byte stand-in of that shape
@@ -225,7 +227,8 @@ class TapeProgram(Program):
             if self.keep_all else None
         grads, node_grads = self._backward_pass(state, seed, retain=False)
         return GradientResult(value=state.value, grads=grads, engine="tape", output=self.output,
-                              node_values=node_values, node_grads=node_grads)
+                              node_values=node_values, node_grads=node_grads,
+                              outputs=state.outputs)
 
     def forward(self, values: Mapping[str, Any]) -> TapeState:
         """Run the forward pass only; the state holds what :meth:`backward` needs."""
@@ -255,7 +258,8 @@ class TapeProgram(Program):
                         vals[u] = _stand_in(vals[u]) if stand_in else None
         except InputError as exc:  # a forward refused the values (labels): name the node
             raise with_node(exc, g.describe(node)) from None
-        return TapeState(vals, dtype, vals[self.out_node])
+        return TapeState(vals, dtype, vals[self.out_node],
+                         outputs={n: vals[v] for n, v in self._output_nodes.items()})
 
     def backward(self, state: TapeState, seed: Any = None, retain: bool = False
                  ) -> dict[str, np.ndarray]:
@@ -332,6 +336,8 @@ class TapeState:
     dtype: np.dtype
     value: np.ndarray
     used: bool = False
+    #: the value of every named output (auxiliary outputs included)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _ScalarCodegen:
@@ -344,6 +350,8 @@ class _ScalarCodegen:
 
     def eligible(self) -> bool:
         g = self.p.graph
+        if len(g.outputs) != 1:  # auxiliary outputs: the array path returns them
+            return False
         for v in g.order:
             d = g.node(v)
             if d["shape"] != ():
@@ -390,8 +398,10 @@ class _ScalarCodegen:
                                   [f"_isfinite(g{v})" for _, v in names if v in has_grad])
             lines += [f"    if not ({checks}):", "        return None  # the array path names the op"]
         dict_items = ", ".join(f"{n!r}: _f64(grads[{k}])" for k, (n, _) in enumerate(names))
-        lines.append(f"    return _Result(value=_f64(v{p.out_node}), grads={{{dict_items}}}, "
-                     f"engine='tape', output={p.output!r}, info={{'path': 'scalar'}})")
+        lines.append(f"    value = _f64(v{p.out_node})")
+        lines.append(f"    return _Result(value=value, grads={{{dict_items}}}, "
+                     f"engine='tape', output={p.output!r}, info={{'path': 'scalar'}}, "
+                     f"outputs={{{p.output!r}: value}})")
         source = "\n".join(lines) + "\n"
         namespace: dict[str, Any] = {
             "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "sin": math.sin,
@@ -416,6 +426,15 @@ class _ScalarCodegen:
 
 
 _F64 = np.dtype(np.float64)
+
+
+def _ancestors(graph: Graph, nodes: Iterable[int]) -> set[int]:
+    """``nodes`` and every node they depend on (one reverse sweep, no recursion)."""
+    found = set(nodes)
+    for v in reversed(graph.order):
+        if v in found:
+            found.update(graph.operands(v))
+    return found
 
 
 def _plain_float(v: Any) -> float:

@@ -43,7 +43,7 @@ def working_dtype(graph: Graph, arrays: Mapping[str, np.ndarray]) -> np.dtype:
     floats = {a.dtype for n, a in arrays.items() if np.issubdtype(a.dtype, np.inexact)
               and not np.issubdtype(np.dtype(graph.node(graph.inputs[n])["dtype"]), np.integer)}
     if not floats:
-        return np.dtype(graph.node(graph.output)["dtype"]) if len(graph.outputs) == 1 else \
+        return np.dtype(graph.node(graph.output)["dtype"]) if len(graph.main_outputs) == 1 else \
             np.dtype(np.float64)
     return np.result_type(*floats)
 
@@ -79,10 +79,17 @@ def check_values(graph: Graph, values: Mapping[str, Any], *, allow_complex: bool
     -- float32 values for a float64 input exactly and silently; float64 arrays for a float32
     input with a :class:`DtypeCastWarning` when that rounds a value (Python numbers and
     lists are simply converted) -- so results always have the graph's dtypes.
+
+    Values for the graph's ``ignorable_inputs`` (state of traced modules the graph does not
+    read) are dropped; any other name the graph does not have is an error.
     """
     if not isinstance(values, Mapping):
         raise InputError(f"values must be a dict {{input name: array}}, got {type(values).__name__}")
     unknown = [n for n in values if n not in graph.inputs]
+    if unknown and graph.ignorable_inputs:
+        ignorable = graph.ignorable_inputs
+        values = {n: v for n, v in values.items() if n not in ignorable}
+        unknown = [n for n in unknown if n not in ignorable]
     if unknown:
         raise InputError(f"value(s) given for {', '.join(map(repr, unknown))}, which the graph "
                          f"does not have; its inputs are: {', '.join(graph.inputs) or 'none'}")

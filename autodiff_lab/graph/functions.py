@@ -328,6 +328,24 @@ def batch_norm(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike,
     return apply("batch_norm", *args, training=bool(training), eps=float(eps))
 
 
+def dropout(x: ArrayLike, mask: ArrayLike, p: float = 0.5) -> ArrayLike:
+    """Inverted dropout with a given keep-mask: ``x · mask / (1 − p)``.
+
+    ``mask`` holds integers, 1 = keep and 0 = drop (shape of ``x``, or broadcasting to it);
+    it is data, like class labels, so the op is deterministic and not differentiable in it.
+    Draw it with probability ``1 − p`` of a 1 per element, e.g.
+    ``(rng.random(x.shape) >= p).astype(np.uint8)``; :class:`autodiff_lab.nn.Dropout`
+    does so from its seeded generator.
+    """
+    if not isinstance(mask, Tensor):
+        mask = np.asarray(mask)
+        if mask.dtype == np.bool_:
+            mask = mask.astype(np.uint8)
+        elif mask.dtype.kind not in "iu":
+            raise TraceError(f"the dropout mask must hold integers 0/1 (1 = keep), got {mask.dtype}")
+    return apply("dropout", x, mask, p=float(p))
+
+
 # --- softmax and losses -----------------------------------------------------------------
 
 def log_softmax(x: ArrayLike, axis: int = -1) -> ArrayLike:

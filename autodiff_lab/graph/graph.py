@@ -21,7 +21,7 @@ import hashlib
 import inspect
 import json
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,8 @@ def trace(fn: Callable[..., Any], /, **inputs: Any) -> Graph:
     array (shape and dtype are taken from it), a float (a scalar), or a :class:`Spec`
     (``adl.param(...)`` marks a parameter). ``fn`` is called once with symbolic tensors;
     it may return one tensor (output ``"out"``), a tuple (``"out0"``, ``"out1"``...) or a
-    dict of named tensors.
+    dict of named tensors. Layers of :mod:`autodiff_lab.nn` may add auxiliary outputs
+    (batch statistics of batch normalisation, see :attr:`Graph.auxiliary`).
     """
     if not callable(fn):
         raise TraceError(f"trace needs a function, got {type(fn).__name__}")
@@ -113,7 +114,13 @@ def trace(fn: Callable[..., Any], /, **inputs: Any) -> Graph:
         elif value.builder is not builder:
             raise TraceError(f"output {name!r} comes from another trace")
         outputs[name] = value.node
-    return Graph.from_records(builder.nodes, outputs)
+    for name, value in builder.aux_outputs.items():
+        if name in outputs:
+            raise TraceError(f"the traced function returns an output named {name!r}, which is "
+                             "also the name of a layer's auxiliary output; rename the output")
+        outputs[name] = value.node
+    return Graph.from_records(builder.nodes, outputs, auxiliary=builder.aux_outputs,
+                              ignorable_inputs=builder.ignorable_inputs)
 
 
 def _check_signature(fn: Callable[..., Any], specs: dict[str, Spec]) -> None:
@@ -148,10 +155,14 @@ class Graph:
     construction and is immutable afterwards, so engines may cache what they derive from it.
     """
 
-    def __init__(self, g: nx.DiGraph, outputs: Mapping[str, int]) -> None:
+    def __init__(self, g: nx.DiGraph, outputs: Mapping[str, int],
+                 auxiliary: Iterable[str] = (), ignorable_inputs: Iterable[str] = ()) -> None:
         self.nx = g
         self.outputs: dict[str, int] = dict(outputs)
         self._fingerprint: str | None = None
+        #: names of auxiliary outputs: values every engine computes and returns (in
+        #: ``GradientResult.outputs``) but never the output differentiated by default
+        self.auxiliary: frozenset[str] = frozenset(auxiliary)
         self._validate()
         self.order: list[int] = list(nx.lexicographical_topological_sort(g))
         self._operands: dict[int, tuple[int, ...]] = {
@@ -161,10 +172,15 @@ class Graph:
         self.inputs: dict[str, int] = {
             g.nodes[v]["name"]: v for v in self.order if g.nodes[v]["role"] in ("input", "parameter")
         }
+        #: names whose values a caller may pass although the graph does not read them: the
+        #: parameters and buffers of traced modules that this trace did not use (running
+        #: statistics in training mode, ``num_batches_tracked``); other unknown names are errors
+        self.ignorable_inputs: frozenset[str] = frozenset(ignorable_inputs) - set(self.inputs)
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def from_records(cls, records: list[NodeRecord], outputs: Mapping[str, int]) -> Graph:
+    def from_records(cls, records: list[NodeRecord], outputs: Mapping[str, int],
+                     auxiliary: Iterable[str] = (), ignorable_inputs: Iterable[str] = ()) -> Graph:
         """Build from traced records: prune what does not reach an output, number 0..n-1."""
         keep = set(outputs.values())
         for i in range(len(records) - 1, -1, -1):
@@ -179,12 +195,14 @@ class Graph:
         for old in sorted(keep):
             for pos, src in enumerate(records[old].inputs):
                 _add_arg_edge(g, new_id[src], new_id[old], pos)
-        return cls(g, {name: new_id[v] for name, v in outputs.items()})
+        return cls(g, {name: new_id[v] for name, v in outputs.items()}, auxiliary,
+                   ignorable_inputs)
 
     @classmethod
-    def from_nx(cls, g: nx.DiGraph, outputs: Mapping[str, int]) -> Graph:
+    def from_nx(cls, g: nx.DiGraph, outputs: Mapping[str, int], auxiliary: Iterable[str] = (),
+                ignorable_inputs: Iterable[str] = ()) -> Graph:
         """Wrap (a copy of) a networkx graph that follows the node/edge schema above."""
-        return cls(g.copy(), outputs)
+        return cls(g.copy(), outputs, auxiliary, ignorable_inputs)
 
     # --- validation -------------------------------------------------------------------------
     def _where(self, v: int) -> str:
@@ -257,6 +275,11 @@ class Graph:
                 raise GraphError(f"node {v} has unknown role {role!r}")
         if not self.outputs:
             raise GraphError("a graph needs at least one named output")
+        unknown_aux = sorted(self.auxiliary - set(self.outputs))
+        if unknown_aux:
+            raise GraphError(f"auxiliary output(s) {unknown_aux} are not outputs of the graph")
+        if not self.main_outputs:
+            raise GraphError("every output of the graph is auxiliary; a graph needs a main output")
         for name, v in self.outputs.items():
             if not _is_int(v) or v not in g:
                 raise GraphError(f"output {name!r} refers to node {v}, which is not in the graph")
@@ -319,12 +342,18 @@ class Graph:
         return {n: v for n, v in self.inputs.items() if self.nx.nodes[v]["role"] == "parameter"}
 
     @property
+    def main_outputs(self) -> dict[str, int]:
+        """The outputs that are not auxiliary (what the traced function returned), by name."""
+        return {n: v for n, v in self.outputs.items() if n not in self.auxiliary}
+
+    @property
     def output(self) -> int:
-        """The node id of the only output (error when there are several)."""
-        if len(self.outputs) != 1:
-            raise GraphError(f"the graph has {len(self.outputs)} outputs ({', '.join(self.outputs)});"
+        """The node id of the only main output (error when there are several)."""
+        main = self.main_outputs
+        if len(main) != 1:
+            raise GraphError(f"the graph has {len(main)} outputs ({', '.join(main)});"
                              " name the one you mean")
-        return next(iter(self.outputs.values()))
+        return next(iter(main.values()))
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of each input by name."""
@@ -358,7 +387,8 @@ class Graph:
             lines.append(f"  {d['role']:<9} {name}: shape {d['shape']} {d['dtype']}")
         for name, v in self.outputs.items():
             d = g.nodes[v]
-            lines.append(f"  output    {name}: shape {d['shape']} {d['dtype']} <- node {v} {d['op']!r}")
+            kind = "auxiliary" if name in self.auxiliary else "output   "
+            lines.append(f"  {kind} {name}: shape {d['shape']} {d['dtype']} <- node {v} {d['op']!r}")
         lines.append("  ops: " + ", ".join(f"{k}×{n}" for k, n in sorted(ops.items())))
         lines.append(f"  parameters: {n_params} scalars in {len(self.parameters)} tensor(s)")
         return "\n".join(lines)
@@ -386,8 +416,13 @@ class Graph:
             if with_locations and d.get("loc"):
                 item["loc"] = d["loc"]
             nodes.append(item)
-        return {"format": FORMAT, "version": VERSION, "nodes": nodes,
-                "outputs": dict(self.outputs)}
+        out = {"format": FORMAT, "version": VERSION, "nodes": nodes,
+               "outputs": dict(self.outputs)}
+        if self.auxiliary:
+            out["auxiliary"] = sorted(self.auxiliary)
+        if self.ignorable_inputs:
+            out["ignorable_inputs"] = sorted(self.ignorable_inputs)
+        return out
 
     def to_json(self, indent: int | None = 1) -> str:
         """The graph as JSON text (:meth:`from_json` reads it back)."""
@@ -437,7 +472,9 @@ class Graph:
                 raise GraphError(f"malformed graph description: output {name!r} must be a node "
                                  f"id (an integer), got {_kind(v)}")
             outputs[str(name)] = int(v)
-        return cls(g, outputs)
+        auxiliary = _name_list(data.get("auxiliary", ()), "auxiliary")
+        ignorable = _name_list(data.get("ignorable_inputs", ()), "ignorable_inputs")
+        return cls(g, outputs, auxiliary, ignorable)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Graph:
@@ -523,7 +560,8 @@ class Graph:
                 else:
                     env[v] = builder.op(d["op"], args, d["attrs"])
                     builder.nodes[-1].loc = d.get("loc", "")
-        return Graph.from_records(builder.nodes, {n: env[v].node for n, v in self.outputs.items()})
+        return Graph.from_records(builder.nodes, {n: env[v].node for n, v in self.outputs.items()},
+                                  self.auxiliary, self.ignorable_inputs)
 
     # --- drawing --------------------------------------------------------------------------------
     def _repr_svg_(self) -> str | None:
@@ -539,6 +577,14 @@ def _kind(x: Any) -> str:
     """How a message names a JSON value's type."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             type(None): "null"}.get(type(x), type(x).__name__)
+
+
+def _name_list(raw: Any, field: str) -> list[str]:
+    """A JSON list of names (``auxiliary``, ``ignorable_inputs``), or our error."""
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(n, str) for n in raw):
+        raise GraphError(f"malformed graph description: field {field!r} must be a list of "
+                         f"names, got {_kind(raw)}")
+    return list(raw)
 
 
 def _is_int(x: Any) -> bool:

@@ -1634,3 +1634,60 @@ _SCALAR_FORMS: dict[str, ScalarForm] = {
 }
 for _name, _form in _SCALAR_FORMS.items():
     OPS[_name] = replace(OPS[_name], scalar=_form)
+
+
+# --------------------------------------------------------------------------------------
+# dropout: x times a given keep-mask (0/1 integers), scaled by 1/(1 − p) ("inverted" dropout)
+# --------------------------------------------------------------------------------------
+# The mask is an integer input of the graph, like class labels: random numbers are drawn
+# outside the graph (by the Dropout layer, from its seeded generator, once per step), so
+# the op itself is deterministic and every engine computes the same function of x.
+
+def _dropout_scale(p: float) -> float:
+    """1/(1 − p), the factor that keeps E[output] = x; 0 when everything is dropped."""
+    return 1.0 / (1.0 - p) if p < 1 else 0.0
+
+
+def _dropout_shape(x: Shape, mask: Shape, p: float = 0.5) -> Shape:
+    if not 0.0 <= p <= 1.0:
+        raise ShapeRuleError(f"dropout probability p must be in [0, 1], got {p}")
+    try:
+        fits = tuple(np.broadcast_shapes(x, mask)) == tuple(x)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeRuleError(f"dropout mask {_fmt(mask)} must have the shape of the input "
+                             f"{_fmt(x)} (or broadcast to it, e.g. one entry per channel)")
+    return x
+
+
+def _dropout(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> np.ndarray:
+    # the mask in x's dtype times a scalar of x's dtype: float32 stays float32
+    keep = np.asarray(mask).astype(x.dtype, copy=False)
+    return x * (keep * x.dtype.type(_dropout_scale(p)))
+
+
+def _sp_dropout(x: np.ndarray, mask: np.ndarray, p: float = 0.5) -> np.ndarray:
+    if mask is None or np.asarray(mask).dtype == object:
+        raise TypeError("the expanded SymPy form of dropout needs the numeric mask")
+    scale = sp.Rational(1, 1) / (1 - sp.nsimplify(p)) if p < 1 else sp.S.Zero
+    keep = np.broadcast_to(np.asarray(mask), np.shape(x))
+    return np.asarray(x * np.vectorize(lambda k: sp.Integer(int(k)) * scale, otypes=[object])(keep),
+                      dtype=object)
+
+
+_register(Op(
+    name="dropout", n_args=(2, 2), shape=_dropout_shape, forward=_dropout,
+    # d(x·m·s)/dx = m·s; the mask is data (integers), not differentiable, like labels
+    vjp=(lambda g, ans, x, mask, p=0.5: _dropout(g, mask, p), None),
+    sympy=_sp_dropout, label="dropout", attrs={"p": 0.5},
+    int_args=frozenset({1}),
+    complex_safe=True,  # linear in x
+    kink=None,          # linear in x: no non-differentiable points
+    # the mask (not perturbed) carries size-1 leading axes: numpy broadcasting does the rest
+    batched=lambda lead, x, mask, p=0.5: _dropout(x, mask, p),
+    vjp_uses=frozenset({"inputs"}),
+    matrix=(lambda M, g, ans, x, mask, p=0.5: g * mask * _dropout_scale(p), None),
+    doc="x · mask / (1 − p): inverted dropout with a given 0/1 keep-mask (an integer input); "
+        "d/dx = mask / (1 − p)",
+))

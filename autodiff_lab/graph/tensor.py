@@ -109,6 +109,14 @@ class GraphBuilder:
     def __init__(self, float_dtype: str = "float64") -> None:
         self.nodes: list[NodeRecord] = []
         self.float_dtype = float_dtype
+        #: extra named results layers register while tracing (a batch-norm layer's batch
+        #: statistics): :func:`~autodiff_lab.graph.graph.trace` adds them to the graph as
+        #: auxiliary outputs, computed by every engine but never differentiated
+        self.aux_outputs: dict[str, Tensor] = {}
+        #: names a caller may give values for although the graph does not read them (the
+        #: state of traced modules that this trace did not use, e.g. running statistics in
+        #: training mode), so ``{**model.state_dict(), "x": X}`` is valid input
+        self.ignorable_inputs: set[str] = set()
 
     def _add(self, record: NodeRecord) -> Tensor:
         self.nodes.append(record)

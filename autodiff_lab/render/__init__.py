@@ -91,7 +91,9 @@ def render(graph: Graph, values: Any = None, grads: Any = None, path: str | Path
       and gradients recomputed on that graph;
     * ``numbers``: ``"edges"`` (textbook: value above, gradient below each edge) or
       ``"nodes"``; ``digits`` significant digits; ``legend`` and ``title`` below the graph;
-      ``output`` the output whose gradient is drawn when there are several;
+      ``output`` the output whose gradient is drawn when there are several. Auxiliary
+      outputs (batch-norm statistics of an ``nn`` model) and the nodes only they need are
+      not drawn.
     * ``max_nodes``: a bigger graph raises :class:`GraphTooLargeError` at once, before any
       value is computed or Graphviz started (default :data:`MAX_NODES`; ``None``: no limit).
     """

@@ -64,8 +64,8 @@ def annotate(graph: Graph, values: Any = None, grads: Any = None, *, primitive: 
     if node_grads is not None:
         if isinstance(grads, GradientResult):
             differentiated = grads.output
-        elif output is not None or len(graph.outputs) == 1:
-            differentiated = output or next(iter(graph.outputs))
+        elif output is not None or len(graph.main_outputs) == 1:
+            differentiated = output or next(iter(graph.main_outputs))
     return Annotations(graph, node_values, node_grads, differentiated)
 
 

@@ -207,6 +207,14 @@ class _DotWriter:
         self.values = notes.values or {}
         self.grads = notes.grads or {}
         self.output_nodes = set(self.g.outputs.values())
+        # auxiliary outputs (batch statistics of batch norm) and what only they need are
+        # bookkeeping, not part of the computation the picture explains: not drawn
+        main = set(self.g.main_outputs.values())
+        for v in reversed(self.g.order):
+            if v in main:
+                main.update(self.g.operands(v))
+        self.hidden = {v for v in self.g.order if v not in main
+                       and self.g.node(v)["role"] in ("op", "constant")}
         self.labels: dict[int, str] = {}
         self._uses: dict[int, int] = {}
         self.folded: set[tuple[int, int]] = set()   # (constant, consumer) edges not drawn
@@ -299,7 +307,10 @@ class _DotWriter:
         return f"node {v}: {what} {format_shape(tuple(d['shape']))} {d['dtype']}"
 
     def drawn(self, v: int) -> bool:
-        """Scalar constants folded into every consumer are not drawn."""
+        """Scalar constants folded into every consumer are not drawn, nor what only
+        auxiliary outputs need."""
+        if v in self.hidden:
+            return False
         if self.g.node(v)["role"] != "constant":
             return True
         consumers = list(self.g.nx.successors(v))
@@ -330,6 +341,8 @@ class _DotWriter:
     def output_lines(self) -> list[str]:
         lines = []
         for i, (name, u) in enumerate(self.g.outputs.items()):
+            if name in self.g.auxiliary:
+                continue
             lines.append(f"  o{i} [label={_html([_font(name, bold=True)])}, shape=plaintext];")
             attrs: dict[str, str] = {}
             if self.opt.numbers == "edges":
@@ -378,7 +391,7 @@ class _DotWriter:
                 out.append(self.node_line(v))
         out += self.output_lines()
         for v in self.g.order:
-            if self.g.node(v)["role"] == "op":
+            if self.g.node(v)["role"] == "op" and v not in self.hidden:
                 out += self.edge_lines(v)
         out.append("}")
         return "\n".join(out) + "\n"
