@@ -161,6 +161,9 @@ SAMPLES: dict[str, list[Case]] = {
     ] + [Case(((2, 3, 5), (2, 3)), {"reduction": "mean"}, labels={1: 5}),
          Case(((5,), ()), {"reduction": "sum"}, labels={1: 5}),
          Case(((1, 3, 2), (1, 3)), {"reduction": "mean"}, labels={1: 2})],
+    "dropout": [Case(((3, 4), (3, 4)), {"p": p}, labels={1: 2}) for p in (0.5, 0.2)]
+    + [Case(((2, 3, 4, 4), (1, 3, 1, 1)), {"p": 0.5}, labels={1: 2}),
+       Case(((1, 3, 2), (1, 3, 2)), {"p": 0.0}, labels={1: 2})],
     "mse": [Case(((3, 4), (3, 4)), {"reduction": red}) for red in ("sum", "mean")]
     + [Case(((), ()), {"reduction": "sum"}), Case(((2, 1, 3), (2, 1, 3)), {"reduction": "mean"})],
     "l1": [Case(((3, 4), (3, 4)), {"reduction": red}) for red in ("sum", "mean")]
