@@ -3,7 +3,9 @@
 * :func:`load_digits` -- 6,000 training and 1,000 test MNIST digits (28×28), 600/100 per class;
 * :func:`load_gray_images` -- natural grey-scale images from scikit-image's samples;
 * :func:`mask_pixels`, :func:`add_gaussian_noise`, :func:`extract_patches` -- how the
-  inpainting and denoising case studies damage and cut them.
+  inpainting and denoising case studies damage and cut them;
+* from :mod:`.transforms`: :func:`random_block_mask`, :func:`random_patches`, :func:`batches`,
+  the classical filters, :func:`read_image` / :func:`write_image`, :func:`confusion_matrix`.
 
 Sources and licences are in ``DATA_NOTICE.md`` next to this file.
 """
@@ -15,6 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+from autodiff_lab.data.transforms import (  # noqa: F401 - re-exported
+    DEFAULT_SIGMAS,
+    batches,
+    best_gaussian_filter,
+    confusion_matrix,
+    gaussian_filter,
+    median_filter,
+    random_block_mask,
+    random_patches,
+    read_image,
+    write_image,
+)
 from autodiff_lab.errors import InputError
 
 DATA_DIR = Path(__file__).resolve().parent
