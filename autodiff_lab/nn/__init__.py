@@ -51,5 +51,7 @@ __all__ = [
 ]
 
 # optimisers and schedules: nn/optim.py, nn/schedules.py
-# from autodiff_lab.nn.optim import SGD, Adam, AdamW  # noqa: E402
-# from autodiff_lab.nn.schedules import StepLR, CosineLR  # noqa: E402
+from autodiff_lab.nn.optim import SGD, Adam, AdamW, Optimizer  # noqa: E402
+from autodiff_lab.nn.schedules import CosineLR, StepLR  # noqa: E402
+
+__all__ += ["SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR"]
