@@ -47,7 +47,7 @@ from autodiff_lab.engines.numeric_steps import (
     power_of_two,
 )
 from autodiff_lab.errors import (
-    AutodiffError,
+    EvaluationLimitError,
     InputError,
     NonFiniteError,
     NotDifferentiableError,
@@ -72,10 +72,6 @@ class KinkWarning(UserWarning):
 
 class NonFiniteStepWarning(RuntimeWarning):
     """A perturbed evaluation gave NaN/Inf; the component was retried one-sided."""
-
-
-class EvaluationLimitError(AutodiffError, RuntimeError):
-    """The gradient would need more forward evaluations than the engine allows."""
 
 
 @dataclass
