@@ -146,6 +146,7 @@ def locate_nonfinite(graph: Graph, values: Mapping[str, Any], parameters: Iterab
     parameters = list(parameters)
     bad_inputs = [n for n in graph.inputs if n in values and not _finite(values[n])]
     report = NonFiniteReport(bad_inputs)
+    bad_params = [n for n in parameters if n in bad_inputs]
     arrays = {k: np.asarray(v) for k, v in values.items() if k in graph.inputs}
     with np.errstate(all="ignore"):
         env = run_forward(graph, arrays, keep=graph.order, check_finite=False)
@@ -159,7 +160,9 @@ def locate_nonfinite(graph: Graph, values: Mapping[str, Any], parameters: Iterab
             if name in grads and not _finite(grads[name]):
                 report.parameter = name
                 break
-    if report.node_layer is not None:
+    if bad_params:  # an update overflowed: the parameter itself holds Inf/NaN
+        report.layer = layer_of_parameter(bad_params[0])
+    elif report.node_layer is not None:
         report.layer = report.node_layer
     elif report.parameter is not None:
         report.layer = layer_of_parameter(report.parameter)
