@@ -314,6 +314,20 @@ def test_directional_check_catches_a_wrong_gradient():
     assert wrong.relative_error > 1e-3
 
 
+def test_directional_check_steps_around_relu_kinks():
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(3, 50, rng=0), nn.ReLU(), nn.Linear(50, 1, rng=1))
+    X, Y = rng.normal(size=(40, 3)), rng.normal(size=(40, 1))
+    step = nn.compile_step(model, nn.MSELoss(), X, Y)
+    out = step(X, Y)
+    names = [n for n, _ in step.last_compiled.trained]
+    # a large first step crosses kinks every time: they are seen and the step shrunk
+    checks = [directional_check(step.last_compiled.graph, step.last_values, out.grads, names, rng,
+                                step_power=0.15) for _ in range(5)]
+    assert all(c.evaluations > 2 and not c.kinks_crossed for c in checks)
+    assert max(c.relative_error for c in checks) < 1e-6
+
+
 # --------------------------------------------------------------------------------------
 # checkpoint files
 # --------------------------------------------------------------------------------------
