@@ -609,6 +609,8 @@ class _Run:
                 with self.guard.critical(raise_pending=False):
                     if not self.guard.dirty:
                         path = self.save_checkpoint()
+                    elif self.out is not None and (self.out / CHECKPOINT).is_file():
+                        path = self.out / CHECKPOINT  # stopped mid-update: the last good one
                     self.write_outputs(final=False)
                 where = f"; resume with resume={str(path)!r}" if path is not None else ""
                 raise TrainingInterrupted(f"training interrupted at step {h.steps} (epoch "
