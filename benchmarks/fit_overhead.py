@@ -1,9 +1,11 @@
 """The training loop's own cost per step: ``nn.fit`` against bare ``compile_step`` calls.
 
-Same model (the 784-256-784 inpainting MLP, float32), same batches of 64, same optimiser;
-the bare loop only slices consecutive rows, ``fit`` gathers a shuffled batch, checks the
-loss, keeps the history and the generator state for checkpoints. Run it alone on a quiet
-machine (``OMP_NUM_THREADS=1 python benchmarks/fit_overhead.py``); it prints steps/s.
+Same model, same batches of 64, same optimiser (SGD). The bare loop slices consecutive rows
+and calls the compiled step and ``opt.step()``; ``fit`` gathers a shuffled batch, checks the
+loss, keeps the history and the generator state for checkpoints. Times are medians of
+whole loop iterations (``fit``'s measured between consecutive callbacks), which a busy
+machine disturbs less than means. Run it alone: ``OMP_NUM_THREADS=1 python
+benchmarks/fit_overhead.py``.
 """
 
 from __future__ import annotations
@@ -14,71 +16,42 @@ import numpy as np
 
 from autodiff_lab import nn
 
-STEPS = 300
 BATCH = 64
 
 
-def tiny_overhead(steps: int = 2000) -> None:
-    """The loop's fixed cost per step, measured where the step itself costs little."""
-    rng = np.random.default_rng(0)
-    X = rng.random((steps * BATCH, 8))
-    Y = rng.random((steps * BATCH, 1))
-    model = nn.Linear(8, 1, rng=0)
-    opt = nn.SGD(model.parameters(), lr=1e-3)
-    step = nn.compile_step(model, nn.MSELoss(), X[:BATCH], Y[:BATCH], anomaly=False)
-    best_bare = best_fit = 0.0
-    for _ in range(3):
-        t = time.perf_counter()
+def compare(make_model, X: np.ndarray, Y: np.ndarray, label: str, repeats: int = 3) -> None:
+    steps = len(X) // BATCH
+    bare, looped = [], []
+    for _ in range(repeats):
+        model = make_model()
+        opt = nn.SGD(model.parameters(), lr=1e-3)
+        step = nn.compile_step(model, nn.MSELoss(), X[:BATCH], Y[:BATCH], anomaly=False)
+        step(X[:BATCH], Y[:BATCH])
+        last = time.perf_counter()
         for i in range(steps):
             step(X[i * BATCH:(i + 1) * BATCH], Y[i * BATCH:(i + 1) * BATCH])
             opt.step()
-        best_bare = max(best_bare, steps / (time.perf_counter() - t))
-        model = nn.Linear(8, 1, rng=0)
-        h = nn.fit(model, nn.MSELoss(), nn.SGD(model.parameters(), lr=1e-3), (X, Y), epochs=1,
-                   batch_size=BATCH, progress=False)
-        best_fit = max(best_fit, h.steps / h.wall_time)
-    print(f"Linear(8, 1), batch {BATCH}: bare {1e6 / best_bare:.0f} µs/step, fit {1e6 / best_fit:.0f} "
-          f"µs/step: the loop adds {1e6 / best_fit - 1e6 / best_bare:.0f} µs per step")
+            now = time.perf_counter()
+            bare.append(now - last)
+            last = now
+
+        stamps: list[float] = []
+        model = make_model()
+        nn.fit(model, nn.MSELoss(), nn.SGD(model.parameters(), lr=1e-3), (X, Y), epochs=1,
+               batch_size=BATCH, progress=False, callback=lambda info: stamps.append(time.perf_counter()))
+        looped.extend(np.diff(stamps))
+    b, f = float(np.median(bare)), float(np.median(looped))
+    print(f"{label}: bare {1e3 * b:.3f} ms/step ({1 / b:.0f} steps/s), fit {1e3 * f:.3f} ms/step "
+          f"({1 / f:.0f} steps/s): the loop adds {1e6 * (f - b):+.0f} µs per step")
 
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    X = rng.random((STEPS * BATCH, 784), dtype=np.float32)
-
-    model = nn.InpaintingMLP(784, 256, dtype=np.float32, rng=0)
-    opt = nn.SGD(model.parameters(), lr=1e-3)
-    step = nn.compile_step(model, nn.MSELoss(), X[:BATCH], X[:BATCH], engine="tape", anomaly=False)
-    for _ in range(10):  # warm-up (Numba kernels, BLAS)
-        step(X[:BATCH], X[:BATCH])
-        opt.step()
-    best_bare = best_gather = best_fit = 0.0
-    perm = rng.permutation(len(X))
-    for _ in range(3):
-        t = time.perf_counter()
-        for i in range(STEPS):
-            xb = X[i * BATCH:(i + 1) * BATCH]
-            step(xb, xb)
-            opt.step()
-        best_bare = max(best_bare, STEPS / (time.perf_counter() - t))
-
-        t = time.perf_counter()
-        for i in range(STEPS):
-            idx = perm[i * BATCH:(i + 1) * BATCH]
-            step(X.take(idx, axis=0), X.take(idx, axis=0))
-            opt.step()
-        best_gather = max(best_gather, STEPS / (time.perf_counter() - t))
-
-        model = nn.InpaintingMLP(784, 256, dtype=np.float32, rng=0)
-        h = nn.fit(model, nn.MSELoss(), nn.SGD(model.parameters(), lr=1e-3), (X, X), epochs=1,
-                   batch_size=BATCH, progress=False)
-        best_fit = max(best_fit, h.steps / h.wall_time)
-    print(f"bare compile_step + SGD: {best_bare:7.1f} steps/s ({1e3 / best_bare:.3f} ms/step)")
-    print(f"  + shuffled batches:    {best_gather:7.1f} steps/s ({1e3 / best_gather:.3f} ms/step)")
-    print(f"nn.fit:                  {best_fit:7.1f} steps/s ({1e3 / best_fit:.3f} ms/step)")
-    print(f"fit - bare:              {1e3 / best_fit - 1e3 / best_bare:+.3f} ms/step "
-          f"({100 * (best_bare / best_fit - 1):+.1f} %), of which gathering shuffled rows "
-          f"{1e3 / best_gather - 1e3 / best_bare:+.3f} ms/step")
-    tiny_overhead()
+    X = rng.random((300 * BATCH, 784), dtype=np.float32)
+    compare(lambda: nn.InpaintingMLP(784, 256, dtype=np.float32, rng=0), X, X,
+            "784-256-784 MLP float32, batch 64")
+    Xs, Ys = rng.random((2000 * BATCH, 8)), rng.random((2000 * BATCH, 1))
+    compare(lambda: nn.Linear(8, 1, rng=0), Xs, Ys, "Linear(8, 1), batch 64 (the fixed cost)")
 
 
 if __name__ == "__main__":
