@@ -83,3 +83,43 @@ def with_node(exc: AutodiffError, where: str) -> AutodiffError:
 class CheckpointError(AutodiffError, ValueError):
     """A saved model or state dict does not fit: a truncated or corrupt file, an unknown
     class, or the parameters of another architecture."""
+
+
+class EvaluationLimitError(AutodiffError, RuntimeError):
+    """A finite-difference gradient would need more forward evaluations than allowed (the
+    numeric engine's ``max_evaluations``, or ``fit``'s ``max_numeric_evaluations``)."""
+
+
+class TrainingDiverged(NonFiniteError):  # noqa: N818 (the public name)
+    """The loss or a gradient became NaN or Inf during training.
+
+    Attributes: ``step`` (the 1-based number of the step that failed), ``epoch`` (1-based),
+    ``layer`` (module path of the first non-finite layer, ``""`` for the model itself,
+    ``None`` if unknown), ``parameter`` (the first parameter, in model order, whose gradient
+    is not finite, or ``None``), ``node`` (description of the first graph node whose value
+    is not finite, or ``None``), ``history`` (the training history up to the last good step)
+    and ``checkpoint`` (path of the last good checkpoint, or ``None``).
+    """
+
+    def __init__(self, message: str, *, step: int = 0, epoch: int = 0, layer: str | None = None,
+                 parameter: str | None = None, node: str | None = None, history: object = None,
+                 checkpoint: object = None) -> None:
+        super().__init__(message)
+        self.step, self.epoch, self.layer = step, epoch, layer
+        self.parameter, self.node = parameter, node
+        self.history, self.checkpoint = history, checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C (KeyboardInterrupt). The checkpoint being written was
+    finished and the run can be resumed from it; ``history`` holds the history so far and
+    ``checkpoint`` the path of the checkpoint (or ``None`` without an output folder).
+
+    A subclass of :class:`KeyboardInterrupt`, not of :class:`AutodiffError`, so that
+    ``except Exception`` does not swallow a Ctrl-C.
+    """
+
+    def __init__(self, message: str = "training interrupted", *, history: object = None,
+                 checkpoint: object = None) -> None:
+        super().__init__(message)
+        self.history, self.checkpoint = history, checkpoint

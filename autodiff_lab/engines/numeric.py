@@ -53,7 +53,7 @@ from autodiff_lab.engines.numeric_steps import (
     step_for,
 )
 from autodiff_lab.errors import (
-    AutodiffError,
+    EvaluationLimitError,
     InputError,
     NonFiniteError,
     NotDifferentiableError,
@@ -83,10 +83,6 @@ class NonFiniteStepWarning(RuntimeWarning):
 class StepSizeWarning(UserWarning):
     """A user's step is beyond the region where the error estimate holds (the formula at
     h/2, h and 2h does not behave like error ∝ h^order); the estimate is only a guess."""
-
-
-class EvaluationLimitError(AutodiffError, RuntimeError):
-    """The gradient would need more forward evaluations than the engine allows."""
 
 
 @dataclass

@@ -14,7 +14,8 @@ differentiate. Parameters become graph inputs named by their module path, PyTorc
     r.grads["0.weight"]
 
 ``nn.compile_step`` does the tracing, compiling, feeding and bookkeeping of a training
-step; ``nn.save`` / ``nn.load`` write and rebuild whole models. See docs/nn.md.
+step; ``nn.fit`` is the whole training loop (checkpoints, resume, gradient health checks);
+``nn.save`` / ``nn.load`` write and rebuild whole models. See docs/training.md.
 """
 
 from autodiff_lab.errors import CheckpointError
@@ -51,5 +52,13 @@ __all__ = [
 ]
 
 # optimisers and schedules: nn/optim.py, nn/schedules.py
-# from autodiff_lab.nn.optim import SGD, Adam, AdamW  # noqa: E402
-# from autodiff_lab.nn.schedules import StepLR, CosineLR  # noqa: E402
+from autodiff_lab.nn.optim import SGD, Adam, AdamW, Optimizer  # noqa: E402
+from autodiff_lab.nn.schedules import CosineLR, StepLR  # noqa: E402
+
+__all__ += ["SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR"]
+
+# the training loop: nn/train.py (checkpoints: nn/checkpoint.py, gradient checks: nn/health.py)
+from autodiff_lab.errors import TrainingDiverged, TrainingInterrupted  # noqa: E402
+from autodiff_lab.nn.train import History, Sampler, StepInfo, fit  # noqa: E402
+
+__all__ += ["History", "Sampler", "StepInfo", "TrainingDiverged", "TrainingInterrupted", "fit"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -30,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from autodiff_lab.errors import AutodiffError, CheckpointError
+from autodiff_lab.nn.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from autodiff_lab.nn.checkpoint import MODEL_PREFIX, atomic_write
 from autodiff_lab.nn.module import REGISTRY, Module
 
 FORMAT = "autodiff_lab.nn.model"
@@ -185,24 +186,12 @@ def save(model: Module, path: str | os.PathLike) -> None:
         raise CheckpointError(f"cannot save: state dict key(s) {clash} are reserved")
     arrays = {"__format__": np.array(f"{FORMAT}/{VERSION}"), "__architecture__": np.array(arch)}
     arrays.update(state)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path: str | os.PathLike) -> Module:
-    """Rebuild the model saved at ``path`` by :func:`save` and load its weights."""
+    """Rebuild the model saved at ``path`` by :func:`save` and load its weights. A training
+    checkpoint of :func:`autodiff_lab.nn.fit` (``checkpoint.npz``) works too: its model."""
     path = Path(path)
     where = f"model file {str(path)!r}: "
     if not path.is_file():
@@ -223,7 +212,15 @@ def load(path: str | os.PathLike) -> Module:
                                       "model.load_state_dict")
             fmt = str(data["__format__"])
             arch_text = str(data["__architecture__"])
-            state = {k: data[k] for k in names if k not in _META_KEYS}
+            if fmt.partition("/")[0] == CHECKPOINT_FORMAT:  # a training checkpoint: its model
+                state = {k[len(MODEL_PREFIX):]: data[k] for k in names if k.startswith(MODEL_PREFIX)}
+                fmt = f"{FORMAT}/{VERSION}"
+                if not arch_text:
+                    raise CheckpointError(f"{where}this training checkpoint holds no architecture (the "
+                                          "model could not be described); build the model and load "
+                                          "its state with nn.fit(..., resume=...)")
+            else:
+                state = {k: data[k] for k in names if k not in _META_KEYS}
     except CheckpointError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:

@@ -83,6 +83,11 @@ class CompiledStep:
         self.engine = make_engine(engine, **engine_options)
         self._compiled: OrderedDict[tuple, _Compiled] = OrderedDict()
         self.last_graph: Graph | None = None
+        #: the compiled program and the input values of the latest call (the batch, the
+        #: parameters' arrays -- the live ones, which the optimiser then updates in place --,
+        #: buffers and dropout masks): what a gradient check or a NaN diagnosis re-runs
+        self.last_compiled: _Compiled | None = None
+        self.last_values: dict[str, Any] = {}
         if x_example is not None and y_example is not None:
             self.compile(x_example, y_example)
 
@@ -196,6 +201,7 @@ class CompiledStep:
         values.update((name, p.data) for name, p in compiled.trained)
         values.update((name, read()) for name, read in compiled.state)
         values.update(self.model.dropout_masks(compiled.graph))
+        self.last_compiled, self.last_values = compiled, values
         result = compiled.program(values)
         for name, p in compiled.trained:
             p.grad = result.grads[name]
