@@ -116,6 +116,16 @@ def derive(graph: Graph, wrt: list[str], output: str, seed_leaf: bool = False) -
             except NotImplementedError as exc:
                 raise NotDifferentiableError(f"{graph.describe(v)}: {exc}; use the tape "
                                              "engine") from None
+            if contribution.shape != xs[i].shape:
+                # every adjoint has its node's shape: a gradient that arrives broadcast (to
+                # the op's output shape, or as a scalar) is summed back or spread out here
+                try:
+                    contribution = M.sum_to(contribution, xs[i].shape)
+                except ValueError as exc:
+                    raise NotDifferentiableError(
+                        f"{graph.describe(v)}: the matrix rule for argument {i} gave a "
+                        f"gradient of shape {contribution.shape} for an argument of shape "
+                        f"{xs[i].shape} ({exc}); use the tape engine") from None
             adjoints[u] = adjoints[u] + contribution if u in adjoints else contribution
         if v in adjoints and adjoints[v].hint is None:
             adjoints[v].hint = "d_" + names[v]
@@ -182,7 +192,10 @@ class MatrixProgram(Program):
             shape = g.node(g.inputs[n])["shape"]
             arr = np.asarray(gr, dtype=dtype)
             if arr.shape != shape:
-                arr = np.broadcast_to(arr, shape).copy()
+                arr = np.broadcast_to(arr, shape)
+            # each gradient its own writeable array (not a broadcast view, nor shared)
+            if not arr.flags.writeable or any(np.shares_memory(arr, r) for r in result.values()):
+                arr = arr.copy()
             if self.scalar_output and seed is not None:
                 arr = arr * seed_arr
             result[n] = arr
