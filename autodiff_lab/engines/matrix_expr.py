@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from autodiff_lab.graph.optable import OPS, broadcast_shapes, index_key
+from autodiff_lab.graph.optable import OPS, index_key
+from autodiff_lab.graph.optable import broadcast_shapes as _broadcast_shapes
 
 try:  # the fast forward convolution (Numba + BLAS) when it is there, the reference otherwise
     from autodiff_lab.kernels import dispatch as K
@@ -44,6 +45,17 @@ except ImportError:  # pragma: no cover
     from autodiff_lab.kernels import conv_reference as K
 
 Shape = tuple[int, ...]
+
+
+def broadcast_shapes(*shapes: Shape) -> Shape:
+    """numpy's broadcast shape (the op table's rule, with the common cases short-cut)."""
+    if len(shapes) == 2:
+        a, b = shapes
+        if a == b or not b:
+            return a
+        if not a:
+            return b
+    return _broadcast_shapes(*shapes)
 
 
 def _freeze(v: Any) -> Any:
@@ -87,9 +99,10 @@ class MExpr:
         self.op = op
         self.args = tuple(args)
         self.attrs = dict(attrs or {})
-        self.shape = tuple(int(d) for d in shape)
+        self.shape = tuple(map(int, shape))
         self.hint = hint
-        structure = (op, tuple(a.key for a in self.args), _freeze(self.attrs))
+        structure = (op, tuple(a.key for a in self.args),
+                     _freeze(self.attrs) if self.attrs else ())
         canonical = _CANONICAL.get(structure)
         if canonical is None:
             self.key: int = next(_KEYS)
@@ -163,6 +176,8 @@ def const(value: Any) -> MExpr:
     """A constant (Python number or small array)."""
     if isinstance(value, MExpr):
         return value
+    if type(value) in (float, int):
+        return MExpr("const", (), (), {"value": float(value)})
     arr = np.asarray(value)
     if arr.ndim == 0:
         v = arr.item()
@@ -192,6 +207,8 @@ def _uniform_value(x: MExpr) -> float | None:
         x = x.args[0]
     if x.op != "const":
         return None
+    if not x.shape:
+        return float(x.attrs["value"])
     v = np.asarray(x.attrs["value"])
     if v.size == 0 or v.dtype.kind not in "fiub":
         return None
