@@ -28,7 +28,8 @@ from autodiff_lab.engines import matrix_expr as M
 from autodiff_lab.engines.base import resolve_output, resolve_wrt
 from autodiff_lab.engines.matrix_display import ACTIVATIONS, Display
 from autodiff_lab.engines.matrix_expr import SourceBuilder
-from autodiff_lab.engines.symbolic_matrix import derive
+from autodiff_lab.engines.symbolic import DEFAULT_MAX_NODES
+from autodiff_lab.engines.symbolic_matrix import check_matrix_size, derive
 from autodiff_lab.errors import InputError, NotDifferentiableError, SymbolicSizeError
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
@@ -149,6 +150,7 @@ def formula(graph: Graph, wrt: Iterable[str] | str | None = None, output: str | 
     """
     output = resolve_output(graph, output)
     names_wrt = resolve_wrt(graph, wrt)
+    check_matrix_size(graph, output, DEFAULT_MAX_NODES)
     dv = derive(graph, names_wrt, output)
     shown = set(graph.inputs.values()) if expand else _shown_nodes(graph, dv.names)
     display = Display(graph, dv.names, dv.forward_of, shown)
