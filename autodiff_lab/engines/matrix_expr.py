@@ -767,11 +767,17 @@ class SourceBuilder:
             return f"{inner}.T" if e.op == "T" else f"rt_step({inner})"
         return self.var_of[e.key]
 
-    def _array_ref(self, e: MExpr) -> str:
+    def _array_ref(self, e: MExpr, siblings: Sequence[MExpr] = ()) -> str:
         """Like ``_ref``, but a scalar constant comes as a 0-d array (for functions that read
-        ``.dtype`` or ``.shape`` of their arguments)."""
+        ``.dtype`` or ``.shape`` of their arguments), in the float type a sibling argument
+        would give it (so float32 stays float32)."""
         text = self._ref(e)
-        return f"np.asarray({text})" if e.op == "const" and e.shape == () else text
+        if not (e.op == "const" and e.shape == ()):
+            return text
+        for other in siblings:
+            if not (other.op == "const" and other.shape == ()):
+                return f"np.asarray({text}, np.result_type({self._ref(other)}, {text}))"
+        return f"np.asarray({text})"
 
     def _code(self, e: MExpr) -> str:
         a = [self._ref(x) for x in e.args]
@@ -829,7 +835,7 @@ class SourceBuilder:
             return f"rt_avgpool_grad({a[0]}, {e.shape}, {at['kernel']}, {at['stride']}, {at['padding']})"
         if op in OPS:
             kwargs = "".join(f", {k}={v!r}" for k, v in at.items())
-            args = ", ".join(self._array_ref(x) for x in e.args)
+            args = ", ".join(self._array_ref(x, e.args) for x in e.args)
             return f"{self._function(op)}({args}{kwargs})"
         raise KeyError(f"no code generation for matrix-expression op {op!r}")
 
