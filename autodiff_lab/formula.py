@@ -28,8 +28,9 @@ from autodiff_lab.engines import matrix_expr as M
 from autodiff_lab.engines.base import resolve_output, resolve_wrt
 from autodiff_lab.engines.matrix_display import ACTIVATIONS, Display
 from autodiff_lab.engines.matrix_expr import SourceBuilder
-from autodiff_lab.engines.symbolic_matrix import derive
-from autodiff_lab.errors import InputError, NotDifferentiableError
+from autodiff_lab.engines.symbolic import DEFAULT_MAX_NODES
+from autodiff_lab.engines.symbolic_matrix import check_matrix_size, derive
+from autodiff_lab.errors import InputError, NotDifferentiableError, SymbolicSizeError
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
 
@@ -92,6 +93,14 @@ class Formula:
 
     def lines(self) -> list[tuple[str, str]]:
         """(text, latex) of every line: the derivatives, then the definitions."""
+        try:
+            return self._lines()
+        except RecursionError:  # formulas are measured before they are built; the backstop
+            raise SymbolicSizeError("the formula is too deep for SymPy's printers; read the "
+                                    "generated code instead: "
+                                    "adl.engine('symbolic').compile(graph).source") from None
+
+    def _lines(self) -> list[tuple[str, str]]:
         out = []
         lhs = sp.Symbol(self.output_name, real=True)
         for name, e in self.exprs.items():
@@ -141,6 +150,7 @@ def formula(graph: Graph, wrt: Iterable[str] | str | None = None, output: str | 
     """
     output = resolve_output(graph, output)
     names_wrt = resolve_wrt(graph, wrt)
+    check_matrix_size(graph, output, DEFAULT_MAX_NODES)
     dv = derive(graph, names_wrt, output)
     shown = set(graph.inputs.values()) if expand else _shown_nodes(graph, dv.names)
     display = Display(graph, dv.names, dv.forward_of, shown)

@@ -13,6 +13,7 @@ matrix, sums over axes, convolution adjoints).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from sympy.printing.precedence import PRECEDENCE
 
 from autodiff_lab.engines.matrix_expr import MExpr
+from autodiff_lab.errors import SymbolicSizeError
 from autodiff_lab.graph.graph import Graph
 
 LOSS_OPS = ("mse", "l1", "softmax_cross_entropy")
@@ -241,14 +243,74 @@ def _flat_add(*terms: sp.Expr) -> sp.Expr:
     return sp.Add(*flat, evaluate=False)
 
 
+#: the largest formula shown: operations when written out as a tree (shared parts counted
+#: each time they are printed); longer formulas are not readable anyway
+MAX_DISPLAY_SIZE = 20_000
+#: Python frames SymPy's printers spend per level of a formula, and frames kept free
+FRAMES_PER_DISPLAY_LEVEL = 8
+FRAMES_RESERVED = 120
+
+
+def display_depth_limit() -> int:
+    """The deepest formula SymPy can print from here (its printers recurse per level)."""
+    frame, used = sys._getframe(), 0
+    while frame is not None:
+        frame, used = frame.f_back, used + 1
+    return max((sys.getrecursionlimit() - used - FRAMES_RESERVED) // FRAMES_PER_DISPLAY_LEVEL, 0)
+
+
 class Display:
     """Converts matrix expressions to SymPy, showing the values of ``shown`` graph nodes by
-    their names and writing the others out (``forward`` maps value keys to graph nodes)."""
+    their names and writing the others out (``forward`` maps value keys to graph nodes).
 
-    def __init__(self, graph: Graph, names: Mapping[int, str], forward: Mapping[tuple, int],
-                 shown: set[int]) -> None:
+    A formula is printed as a tree, so before building one its written-out size and depth
+    are measured on the DAG (linear time, no recursion) and a formula too large to read or
+    too deep for SymPy's recursive printers is refused with
+    :class:`~autodiff_lab.errors.SymbolicSizeError`.
+    """
+
+    def __init__(self, graph: Graph, names: Mapping[int, str], forward: Mapping[int, int],
+                 shown: set[int], max_size: int = MAX_DISPLAY_SIZE) -> None:
         self.graph, self.names, self.forward, self.shown = graph, names, forward, shown
-        self._memo: dict[tuple, sp.Basic] = {}
+        self.max_size = max_size
+        self._memo: dict[int, sp.Basic] = {}
+        self._extent: dict[int, tuple[int, int]] = {}  # key -> (tree size, depth)
+
+    def _is_leaf(self, node: MExpr) -> bool:
+        v = self.forward.get(node.key)
+        return node.op == "leaf" or (v is not None and v in self.shown)
+
+    def extent(self, e: MExpr) -> tuple[int, int]:
+        """(size, depth) of ``e`` written out as a tree: shown values and leaves count 1."""
+        stack: list[tuple[MExpr, bool]] = [(e, False)]
+        while stack:
+            node, done = stack.pop()
+            if node.key in self._extent:
+                continue
+            if self._is_leaf(node) or not node.args:
+                self._extent[node.key] = (1, 1)
+                continue
+            if not done:
+                stack.append((node, True))
+                stack.extend((a, False) for a in node.args)
+                continue
+            parts = [self._extent[a.key] for a in node.args]
+            self._extent[node.key] = (1 + sum(p[0] for p in parts),
+                                      1 + max(p[1] for p in parts))
+        return self._extent[e.key]
+
+    def check(self, e: MExpr) -> None:
+        """Refuse a formula too large to read or too deep to print."""
+        size, depth = self.extent(e)
+        limit = display_depth_limit()
+        if size > self.max_size or depth > limit:
+            what = (f"{size} operations (limit {self.max_size})" if size > self.max_size
+                    else f"{depth} levels deep (SymPy's printers can go about {limit} from here)")
+            raise SymbolicSizeError(
+                f"the formula written out would be {what}: too large to show. Name more "
+                "intermediate values (formula(..., expand=False) names the activations), "
+                "show a smaller graph, or read the generated code instead: "
+                "adl.engine('symbolic').compile(graph).source")
 
     def symbol(self, v: int) -> sp.Basic:
         """The SymPy symbol of graph node ``v`` (a MatrixSymbol for tensors)."""
@@ -259,6 +321,8 @@ class Display:
         return sp.MatrixSymbol(name, *_display_shape(shape))
 
     def __call__(self, e: MExpr) -> sp.Basic:
+        if e.key not in self._memo:
+            self.check(e)
         # iterative post-order so deep graphs do not hit the recursion limit
         stack: list[tuple[MExpr, bool]] = [(e, False)]
         while stack:

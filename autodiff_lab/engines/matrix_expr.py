@@ -27,14 +27,17 @@ op table's hand-written VJPs, so matrix mode is an independent check of the tape
 
 from __future__ import annotations
 
+import itertools
 import keyword
 import math
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from autodiff_lab.graph.optable import OPS, broadcast_shapes, index_key
+from autodiff_lab.graph.optable import OPS, index_key
+from autodiff_lab.graph.optable import broadcast_shapes as _broadcast_shapes
 
 try:  # the fast forward convolution (Numba + BLAS) when it is there, the reference otherwise
     from autodiff_lab.kernels import dispatch as K
@@ -42,6 +45,17 @@ except ImportError:  # pragma: no cover
     from autodiff_lab.kernels import conv_reference as K
 
 Shape = tuple[int, ...]
+
+
+def broadcast_shapes(*shapes: Shape) -> Shape:
+    """numpy's broadcast shape (the op table's rule, with the common cases short-cut)."""
+    if len(shapes) == 2:
+        a, b = shapes
+        if a == b or not b:
+            return a
+        if not a:
+            return b
+    return _broadcast_shapes(*shapes)
 
 
 def _freeze(v: Any) -> Any:
@@ -57,6 +71,11 @@ def _freeze(v: Any) -> Any:
     return v
 
 
+#: structure (op, argument keys, frozen attributes) -> the first live node built with it
+_CANONICAL: weakref.WeakValueDictionary[tuple, MExpr] = weakref.WeakValueDictionary()
+_KEYS = itertools.count(1)
+
+
 class MExpr:
     """One node of a matrix-level expression DAG (op, arguments, attributes, shape).
 
@@ -64,9 +83,15 @@ class MExpr:
     one of the primitives of this module (``const``, ``leaf``, ``T``, ``step``, ``sum_to``
     ...). ``hint`` is a readable name for generated code and printing; it is not part of
     the node's identity.
+
+    Identity is hash-consed: ``key`` is a small integer shared by every live node with the
+    same op, attributes and (identical) arguments. It is computed once, when the node is
+    built, from the arguments' keys, so comparing or hashing a node costs O(1) however deep
+    or shared the DAG below it is (a nested structural tuple would be re-walked as a tree
+    on every hash: exponential on residual chains, and a C-level recursion on deep ones).
     """
 
-    __slots__ = ("op", "args", "attrs", "shape", "hint", "_key")
+    __slots__ = ("op", "args", "attrs", "shape", "hint", "key", "_canonical", "__weakref__")
     __array_priority__ = 1000  # numpy scalars on the left defer to our operators
 
     def __init__(self, op: str, args: Sequence[MExpr], shape: Shape,
@@ -74,17 +99,18 @@ class MExpr:
         self.op = op
         self.args = tuple(args)
         self.attrs = dict(attrs or {})
-        self.shape = tuple(int(d) for d in shape)
+        self.shape = tuple(map(int, shape))
         self.hint = hint
-        self._key: tuple | None = None
-
-    # --- identity --------------------------------------------------------------------------
-    @property
-    def key(self) -> tuple:
-        """Structural key: equal keys compute equal values (used to merge subexpressions)."""
-        if self._key is None:
-            self._key = (self.op, tuple(a.key for a in self.args), _freeze(self.attrs))
-        return self._key
+        structure = (op, tuple(a.key for a in self.args),
+                     _freeze(self.attrs) if self.attrs else ())
+        canonical = _CANONICAL.get(structure)
+        if canonical is None:
+            self.key: int = next(_KEYS)
+            self._canonical: MExpr | None = None
+            _CANONICAL[structure] = self
+        else:  # keep the first such node alive while this one is, so later equals find it
+            self.key = canonical.key
+            self._canonical = canonical
 
     @property
     def ndim(self) -> int:
@@ -150,11 +176,18 @@ def const(value: Any) -> MExpr:
     """A constant (Python number or small array)."""
     if isinstance(value, MExpr):
         return value
+    if type(value) in (float, int):
+        return MExpr("const", (), (), {"value": float(value)})
     arr = np.asarray(value)
     if arr.ndim == 0:
         v = arr.item()
         return MExpr("const", (), (), {"value": float(v) if not isinstance(v, bool) else float(v)})
     return MExpr("const", (), arr.shape, {"value": arr})
+
+
+def zeros(shape: Shape) -> MExpr:
+    """0 everywhere on ``shape`` (a gradient that is exactly zero, whatever flows in)."""
+    return _uniform(0.0, tuple(shape))
 
 
 def _lift(x: Any) -> MExpr:
@@ -165,6 +198,27 @@ def _scalar_value(x: MExpr) -> float | None:
     if x.op == "const" and x.shape == ():
         return float(x.attrs["value"])
     return None
+
+
+def _uniform_value(x: MExpr) -> float | None:
+    """The value of a constant that is the same everywhere (a scalar, or a scalar
+    broadcast to a shape), else None."""
+    if x.op == "broadcast_to":
+        x = x.args[0]
+    if x.op != "const":
+        return None
+    if not x.shape:
+        return float(x.attrs["value"])
+    v = np.asarray(x.attrs["value"])
+    if v.size == 0 or v.dtype.kind not in "fiub":
+        return None
+    first = v.flat[0]
+    return float(first) if bool(np.all(v == first)) else None
+
+
+def _uniform(value: float, shape: Shape) -> MExpr:
+    """The constant ``value`` everywhere on ``shape`` (a scalar broadcast, not an array)."""
+    return broadcast_to(const(float(value)), shape)
 
 
 # --------------------------------------------------------------------------------------
@@ -180,22 +234,25 @@ def apply(op: str, *args: Any, **attrs: Any) -> MExpr:
     return MExpr(op, xs, shape, full)
 
 
-def _folded(op: str, a: MExpr, b: MExpr) -> MExpr | None:
-    va, vb = _scalar_value(a), _scalar_value(b)
-    if va is not None and vb is not None:
-        return const({"add": va + vb, "sub": va - vb, "mul": va * vb,
-                      "div": va / vb if vb else math.nan}[op])
-    return None
+def _folded(op: str, a: MExpr, b: MExpr, shape: Shape) -> MExpr | None:
+    """Both sides constant and uniform: the result, as a (broadcast) constant."""
+    va, vb = _uniform_value(a), _uniform_value(b)
+    if va is None or vb is None:
+        return None
+    with np.errstate(all="ignore"):
+        x, y = np.float64(va), np.float64(vb)
+        value = {"add": x + y, "sub": x - y, "mul": x * y, "div": x / y}[op]
+    return _uniform(float(value), shape)
 
 
 def add(a: Any, b: Any) -> MExpr:
     a, b = _lift(a), _lift(b)
     shape = broadcast_shapes(a.shape, b.shape)
-    if (f := _folded("add", a, b)) is not None:
+    if (f := _folded("add", a, b, shape)) is not None:
         return f
-    if b.is_const(0) and a.shape == shape:
+    if _uniform_value(b) == 0 and a.shape == shape:
         return a
-    if a.is_const(0) and b.shape == shape:
+    if _uniform_value(a) == 0 and b.shape == shape:
         return b
     if b.op == "neg":
         return sub(a, b.args[0])
@@ -205,11 +262,11 @@ def add(a: Any, b: Any) -> MExpr:
 def sub(a: Any, b: Any) -> MExpr:
     a, b = _lift(a), _lift(b)
     shape = broadcast_shapes(a.shape, b.shape)
-    if (f := _folded("sub", a, b)) is not None:
+    if (f := _folded("sub", a, b, shape)) is not None:
         return f
-    if b.is_const(0) and a.shape == shape:
+    if _uniform_value(b) == 0 and a.shape == shape:
         return a
-    if a.is_const(0) and b.shape == shape:
+    if _uniform_value(a) == 0 and b.shape == shape:
         return neg(b)
     if b.op == "neg":
         return add(a, b.args[0])
@@ -220,15 +277,16 @@ def mul(a: Any, b: Any) -> MExpr:
     """Element-wise (Hadamard) product, or scaling when one side is a scalar."""
     a, b = _lift(a), _lift(b)
     shape = broadcast_shapes(a.shape, b.shape)
-    if (f := _folded("mul", a, b)) is not None:
+    if (f := _folded("mul", a, b, shape)) is not None:
         return f
-    if b.is_const(1) and a.shape == shape:
+    ua, ub = _uniform_value(a), _uniform_value(b)
+    if ub == 1 and a.shape == shape:
         return a
-    if a.is_const(1) and b.shape == shape:
+    if ua == 1 and b.shape == shape:
         return b
-    if b.is_const(-1) and a.shape == shape:
+    if ub == -1 and a.shape == shape:
         return neg(a)
-    if a.is_const(-1) and b.shape == shape:
+    if ua == -1 and b.shape == shape:
         return neg(b)
     if a.op == "neg" and b.op == "neg":
         return mul(a.args[0], b.args[0])
@@ -244,9 +302,9 @@ def mul(a: Any, b: Any) -> MExpr:
 def div(a: Any, b: Any) -> MExpr:
     a, b = _lift(a), _lift(b)
     shape = broadcast_shapes(a.shape, b.shape)
-    if (f := _folded("div", a, b)) is not None:
+    if (f := _folded("div", a, b, shape)) is not None:
         return f
-    if b.is_const(1) and a.shape == shape:
+    if _uniform_value(b) == 1 and a.shape == shape:
         return a
     if a.op == "neg":
         return neg(div(a.args[0], b))
@@ -259,21 +317,25 @@ def neg(a: Any) -> MExpr:
     a = _lift(a)
     if a.op == "neg":
         return a.args[0]
-    if (v := _scalar_value(a)) is not None:
-        return const(-v)
+    if (v := _uniform_value(a)) is not None:
+        return _uniform(-v, a.shape)
     if a.op == "mul" and (c := _scalar_value(a.args[0])) is not None:
         return mul(-c, a.args[1])
     return MExpr("neg", (a,), a.shape)
 
 
 def power(x: Any, exponent: float) -> MExpr:
-    """x ** p for a constant p."""
+    """x ** p for a constant p (x⁰ = 1 everywhere, as numpy has it, even at 0 and NaN)."""
     x = _lift(x)
+    exponent = float(exponent)
     if exponent == 1:
         return x
     if exponent == 0:
-        return mul(0.0, x) if x.shape else const(1.0)
-    return MExpr("pow", (x,), x.shape, {"exponent": float(exponent)})
+        return _uniform(1.0, x.shape)
+    if (v := _scalar_value(x)) is not None:
+        with np.errstate(all="ignore"):
+            return const(float(np.float64(v) ** exponent))
+    return MExpr("pow", (x,), x.shape, {"exponent": exponent})
 
 
 def matmul(a: Any, b: Any) -> MExpr:
@@ -384,14 +446,37 @@ def broadcast_to(x: Any, shape: Sequence[int]) -> MExpr:
 
 
 def sum_to(x: Any, shape: Sequence[int]) -> MExpr:
-    """Sum ``x`` over the axes broadcasting added or stretched, back to ``shape``."""
+    """Sum ``x`` over the axes broadcasting added or stretched, back to ``shape`` (the
+    adjoint of broadcasting ``shape`` up to ``x.shape``).
+
+    A value of a shape that itself broadcasts *to* ``shape`` (a scalar gradient for a
+    tensor, say) is broadcast instead; any other pair of shapes is an error in a rule.
+    """
     x = _lift(x)
     shape = tuple(int(d) for d in shape)
     if shape == x.shape:
         return x
+    if _broadcasts_to(shape, x.shape):
+        pass
+    elif _broadcasts_to(x.shape, shape):
+        return broadcast_to(x, shape)
+    else:
+        raise ValueError(f"sum_to: a gradient of shape {x.shape} cannot be summed back to "
+                         f"shape {shape}")
+    if (u := _uniform_value(x)) is not None:
+        return _uniform(u * (math.prod(x.shape) // max(math.prod(shape), 1)), shape)
     if x.op == "broadcast_to" and x.args[0].shape == shape:
-        return x.args[0]
+        # Σ over the stretched axes of a broadcast value: the value times the copies made
+        copies = math.prod(x.shape) // max(math.prod(shape), 1)
+        return mul(float(copies), x.args[0]) if math.prod(shape) else x.args[0]
     return MExpr("sum_to", (x,), shape, {"shape": shape})
+
+
+def _broadcasts_to(small: Shape, big: Shape) -> bool:
+    """Whether numpy broadcasting takes ``small`` to exactly ``big``."""
+    if len(small) > len(big):
+        return False
+    return all(s in (1, b) for s, b in zip(small[::-1], big[::-1]))
 
 
 def index(x: Any, key: tuple) -> MExpr:
@@ -469,6 +554,7 @@ def avgpool_grad(g: Any, x_shape: Shape, kernel, stride, padding) -> MExpr:
 
 def rt_sum_to(x: np.ndarray, shape: Shape) -> np.ndarray:
     """Sum over leading axes broadcasting added and axes it stretched from 1."""
+    x = np.asarray(x)
     lead = x.ndim - len(shape)
     axes = list(range(lead)) + [lead + i for i, d in enumerate(shape)
                                 if d == 1 and x.shape[lead + i] != 1]
@@ -483,7 +569,9 @@ def rt_step(x: Any) -> np.ndarray:
 
 
 def rt_scatter(g: np.ndarray, key: tuple, shape: Shape) -> np.ndarray:
-    out = np.zeros(shape, dtype=g.dtype)
+    """Zeros of ``shape`` with ``g`` at ``[key]`` (``g`` may be a Python number)."""
+    g = np.asarray(g)
+    out = np.zeros(shape, dtype=g.dtype if g.dtype.kind in "fc" else np.float64)
     out[index_key(key)] = g
     return out
 
@@ -513,6 +601,7 @@ def _dilate(g: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
 def rt_conv2d_input_grad(g: np.ndarray, w: np.ndarray, x_shape: Shape, stride, padding,
                          dilation) -> np.ndarray:
     """dX = dilate(G, stride) ⋆ rot180(W) with full padding, then cropped to X's size."""
+    g = np.asarray(g)
     kh, kw = w.shape[2:]
     dh, dw = dilation
     gd = _dilate(g, stride)
@@ -529,6 +618,7 @@ def rt_conv2d_input_grad(g: np.ndarray, w: np.ndarray, x_shape: Shape, stride, p
 def rt_conv2d_weight_grad(g: np.ndarray, x: np.ndarray, w_shape: Shape, stride, padding,
                           dilation) -> np.ndarray:
     """dW[f, c] = X_c ⋆ G_f summed over the batch: a correlation with G as the kernel."""
+    g = np.asarray(g)
     kh, kw = w_shape[2:]
     xp = _pad_or_crop(x, padding[0], padding[0], padding[1], padding[1])
     xs = np.ascontiguousarray(np.swapaxes(xp, 0, 1))  # (C, N, H, W): channels as the batch
@@ -538,6 +628,7 @@ def rt_conv2d_weight_grad(g: np.ndarray, x: np.ndarray, w_shape: Shape, stride, 
 
 
 def rt_maxpool_grad(g: np.ndarray, x: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    g = np.asarray(g)
     n, c, h, w = x.shape
     kh, kw = kernel
     (sh, sw), (ph, pw) = stride, padding
@@ -559,6 +650,7 @@ def rt_maxpool_grad(g: np.ndarray, x: np.ndarray, kernel, stride, padding) -> np
 
 
 def rt_avgpool_grad(g: np.ndarray, x_shape: Shape, kernel, stride, padding) -> np.ndarray:
+    g = np.asarray(g)
     kh, kw = kernel
     (sh, sw), (ph, pw) = stride, padding
     n, c, h, w = x_shape
@@ -617,6 +709,7 @@ class SourceBuilder:
         self.lines: list[str] = []
         self.var_of: dict[tuple, str] = {}
         self.used: set[str] = set(self.namespace) | set(keyword.kwlist) | {"seed"}
+        self._suffix: dict[str, int] = {}
         self.params: list[str] = []
         for p in params:
             name = self._fresh(p.hint or "arg")
@@ -626,10 +719,11 @@ class SourceBuilder:
 
     def _fresh(self, hint: str) -> str:
         base = _sanitize(hint)
-        name, k = base, 1
-        while name in self.used:
+        name, k = base, self._suffix.get(base, 1)
+        while name in self.used:  # the next free suffix per base: linear, not quadratic
             k += 1
             name = f"{base}_{k}"
+        self._suffix[base] = k
         self.used.add(name)
         return name
 
@@ -644,17 +738,17 @@ class SourceBuilder:
     def emit(self, expr: MExpr, hint: str | None = None) -> str:
         """The variable (or literal) holding ``expr``, emitting the lines it needs."""
         order: list[MExpr] = []
-        seen: set[tuple] = set()
+        expanded: set[int] = set()
         stack: list[tuple[MExpr, bool]] = [(expr, False)]
-        while stack:  # iterative post-order: deep graphs do not hit the recursion limit
+        while stack:  # iterative post-order, each node once: linear in the DAG, any depth
             node, done = stack.pop()
-            if node.key in self.var_of or node.op == "const" and node.shape == ():
-                continue
             if done:
-                if node.key not in seen:
-                    seen.add(node.key)
-                    order.append(node)
+                order.append(node)
                 continue
+            if node.key in expanded or node.key in self.var_of or \
+                    node.op == "const" and node.shape == ():
+                continue
+            expanded.add(node.key)
             stack.append((node, True))
             stack.extend((a, False) for a in reversed(node.args))
         for node in order:
@@ -672,6 +766,18 @@ class SourceBuilder:
             inner = self._ref(e.args[0])
             return f"{inner}.T" if e.op == "T" else f"rt_step({inner})"
         return self.var_of[e.key]
+
+    def _array_ref(self, e: MExpr, siblings: Sequence[MExpr] = ()) -> str:
+        """Like ``_ref``, but a scalar constant comes as a 0-d array (for functions that read
+        ``.dtype`` or ``.shape`` of their arguments), in the float type a sibling argument
+        would give it (so float32 stays float32)."""
+        text = self._ref(e)
+        if not (e.op == "const" and e.shape == ()):
+            return text
+        for other in siblings:
+            if not (other.op == "const" and other.shape == ()):
+                return f"np.asarray({text}, np.result_type({self._ref(other)}, {text}))"
+        return f"np.asarray({text})"
 
     def _code(self, e: MExpr) -> str:
         a = [self._ref(x) for x in e.args]
@@ -729,7 +835,8 @@ class SourceBuilder:
             return f"rt_avgpool_grad({a[0]}, {e.shape}, {at['kernel']}, {at['stride']}, {at['padding']})"
         if op in OPS:
             kwargs = "".join(f", {k}={v!r}" for k, v in at.items())
-            return f"{self._function(op)}({', '.join(a)}{kwargs})"
+            args = ", ".join(self._array_ref(x, e.args) for x in e.args)
+            return f"{self._function(op)}({args}{kwargs})"
         raise KeyError(f"no code generation for matrix-expression op {op!r}")
 
     def source(self, name: str, returns: str) -> str:

@@ -31,6 +31,8 @@ from autodiff_lab.graph.graph import Graph
 
 MODES = ("matrix", "expanded")
 DEFAULT_MAX_TREE_SIZE = 2_000_000
+#: the largest graph (op nodes reaching the output) the matrix mode compiles by default
+DEFAULT_MAX_NODES = 50_000
 _CACHE: OrderedDict[tuple, Program] = OrderedDict()
 _CACHE_SIZE = 32
 
@@ -42,14 +44,20 @@ class SymbolicEngine(Engine):
     mode's guard (estimated operations of the expanded gradient; ``None`` disables it).
     ``precision``: digits for an mpmath evaluation of the expanded gradient (implies
     ``mode="expanded"``). ``check_finite``: refuse NaN/Inf inputs. ``cache``: reuse
-    compiled programs for the same graph.
+    compiled programs for the same graph. ``max_nodes``: the matrix mode's guard (op nodes
+    reaching the output; ``None`` disables it).
+
+    Both modes refuse what they cannot do (:class:`~autodiff_lab.errors.SymbolicSizeError`)
+    before doing any work: the expanded mode a graph whose expression is deeper than
+    SymPy's recursion can go, or larger than ``max_tree_size``; the matrix mode a graph of
+    more than ``max_nodes`` ops.
     """
 
     name = "symbolic"
 
     def __init__(self, mode: str | None = None, max_tree_size: float | None = DEFAULT_MAX_TREE_SIZE,
                  precision: int | None = None, check_finite: bool = True,
-                 cache: bool = True) -> None:
+                 cache: bool = True, max_nodes: int | None = DEFAULT_MAX_NODES) -> None:
         if mode is None:
             mode = "expanded" if precision else "matrix"
         if mode not in MODES:
@@ -62,20 +70,29 @@ class SymbolicEngine(Engine):
         self.precision = precision
         self.check_finite = check_finite
         self.cache = cache
+        self.max_nodes = max_nodes
 
     def compile(self, graph: Graph, wrt: Iterable[str] | None = None,
                 output: str | None = None) -> Program:
         """A program for ∂output/∂wrt (cached by graph fingerprint, output, wrt, options)."""
         output = resolve_output(graph, output)
         names = resolve_wrt(graph, wrt)
+        # the cheap refusals first (linear, no SymPy): before even fingerprinting the graph
+        if self.mode == "matrix":
+            from autodiff_lab.engines.symbolic_matrix import check_matrix_size
+            check_matrix_size(graph, output, self.max_nodes)
+        else:
+            from autodiff_lab.engines.symbolic_expanded import check_expansion_depth
+            check_expansion_depth(graph, output)
         key = (graph.fingerprint(), output, tuple(names), self.mode, self.precision,
-               self.check_finite)
+               self.check_finite, self.max_tree_size, self.max_nodes)
         if self.cache and key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
         if self.mode == "matrix":
             from autodiff_lab.engines.symbolic_matrix import MatrixProgram
-            program: Program = MatrixProgram(graph, names, output, check_finite=self.check_finite)
+            program: Program = MatrixProgram(graph, names, output, check_finite=self.check_finite,
+                                             max_nodes=self.max_nodes)
         else:
             from autodiff_lab.engines.symbolic_expanded import ExpandedProgram
             program = ExpandedProgram(graph, names, output, max_tree_size=self.max_tree_size,

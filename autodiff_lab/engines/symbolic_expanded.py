@@ -15,6 +15,7 @@ the same expressions are evaluated with mpmath (the high-precision reference).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,6 +127,88 @@ def tree_sizes(graph: Graph, stop_above: float | None = None,
                     xs[i] = np.zeros(xs[i].shape, dtype=np.intp)
             sizes[v] = np.asarray(_sizes_of_op(d["op"], xs, d["attrs"], d["shape"]), dtype=float)
     return sizes
+
+
+# --------------------------------------------------------------------------------------
+# the guard's second measure: expression depth (SymPy recurses once per level)
+# --------------------------------------------------------------------------------------
+
+# SymPy levels an op's expanded form adds above its deepest argument: an upper bound
+# (SymPy's flattening of sums and products often makes it less). sigmoid is
+# Pow(Add(1, exp(Mul(-1, x))), -1); maximum is Mul(1/2, Add(a, b, Abs(Add(a, Mul(-1, b)))))
+_DEPTH_COST = {"neg": 1, "reciprocal": 1, "exp": 1, "log": 1, "sqrt": 1, "sin": 1, "cos": 1,
+               "tanh": 1, "sigmoid": 4, "abs": 1, "pow": 1, "relu": 1, "leaky_relu": 3,
+               "add": 1, "mul": 1, "sub": 2, "div": 2, "maximum": 5, "minimum": 5,
+               "sum": 1, "mean": 2, "matmul": 2, "conv2d": 3, "conv_transpose2d": 3,
+               "avg_pool2d": 2, "batch_norm": 14, "softmax": 4, "log_softmax": 5,
+               "mse": 5, "l1": 4, "softmax_cross_entropy": 6}
+_DEFAULT_DEPTH_COST = 8
+# Python frames SymPy's diff spends per level of an expression (measured with SymPy 1.14 on
+# tanh and sigmoid chains: about 7), and frames kept free for cse, lambdify and the caller
+FRAMES_PER_LEVEL = 9
+FRAMES_RESERVED = 120
+
+
+def _depth_cost(graph: Graph, v: int) -> int:
+    d = graph.node(v)
+    op = d["op"]
+    if op in _STRUCTURAL:
+        return 0
+    if op in ("max", "max_pool2d"):  # a chain of pairwise maxima, one per further item
+        if op == "max_pool2d":
+            k = math.prod(d["attrs"].get("kernel", (2, 2)))
+        else:
+            shape = graph.node(graph.operands(v)[0])["shape"]
+            k = math.prod(shape[a] for a in d["attrs"].get("axes", ())) if shape else 1
+        return _DEPTH_COST["maximum"] * max(k - 1, 1)
+    return _DEPTH_COST.get(op, _DEFAULT_DEPTH_COST)
+
+
+def expression_depth(graph: Graph, output: str) -> tuple[int, int | None]:
+    """An upper bound of the depth of ``output``'s expanded SymPy expression, and the node
+    where it is reached first. Linear in the graph and iterative (no recursion)."""
+    out = graph.outputs[output]
+    relevant = {out}
+    for v in reversed(graph.order):
+        if v in relevant:
+            relevant.update(graph.operands(v))
+    depth: dict[int, int] = {}
+    for v in graph.order:
+        if v not in relevant:
+            continue
+        if graph.node(v)["role"] != "op":
+            depth[v] = 0
+            continue
+        depth[v] = max((depth[u] for u in graph.operands(v)), default=0) + _depth_cost(graph, v)
+    return depth[out], out
+
+
+def depth_limit() -> int:
+    """The deepest expression SymPy can differentiate, simplify and print from here: what
+    the interpreter's recursion limit leaves above the current stack, per SymPy level."""
+    frame, used = sys._getframe(), 0
+    while frame is not None:
+        frame, used = frame.f_back, used + 1
+    return max((sys.getrecursionlimit() - used - FRAMES_RESERVED) // FRAMES_PER_LEVEL, 0)
+
+
+def check_expansion_depth(graph: Graph, output: str) -> int:
+    """Refuse (:class:`SymbolicSizeError`) before SymPy starts when ``output``'s expression
+    is deeper than SymPy's recursion can go; else return the depth."""
+    depth, _ = expression_depth(graph, output)
+    limit = depth_limit()
+    if depth > limit:
+        n_ops = sum(1 for v in graph.order if graph.node(v)["role"] == "op")
+        raise SymbolicSizeError(
+            f"expanded symbolic differentiation refused: output {output!r} "
+            f"({graph.describe(graph.outputs[output])}) written out element by element is an "
+            f"expression about {depth} levels deep ({n_ops} ops in the graph); SymPy "
+            f"differentiates, simplifies and prints by recursion, and from here it can go "
+            f"about {limit} levels deep (the interpreter's recursion limit "
+            f"{sys.getrecursionlimit()}; raising it risks a crash). Use the matrix mode: "
+            "adl.engine('symbolic', mode='matrix'), or reverse mode: "
+            "adl.gradient(graph, values, engine='tape').")
+    return depth
 
 
 @dataclass
@@ -292,11 +375,26 @@ class ExpandedProgram(Program):
         if labels:
             raise SymbolicSizeError(f"expanded mode needs numeric values for integer inputs "
                                     f"{labels} at compile time; use mode='matrix'")
+        self.depth = check_expansion_depth(graph, output)
         self.estimate = estimate_expansion(graph, wrt, output, max_tree_size)
         if max_tree_size is not None and self.estimate.gradient_ops > max_tree_size:
             raise SymbolicSizeError(self.estimate.message(graph, output, max_tree_size))
         t = {"guard": time.perf_counter() - start}
+        try:
+            self._build(graph, wrt, output, precision, t)
+        except RecursionError:  # the depth bound is conservative; this is the backstop
+            raise SymbolicSizeError(
+                f"expanded symbolic differentiation refused: SymPy ran out of recursion on "
+                f"output {output!r} (an expression about {self.depth} levels deep, limit "
+                f"estimated at {depth_limit()}). Use the matrix mode: "
+                "adl.engine('symbolic', mode='matrix'), or reverse mode: "
+                "adl.gradient(graph, values, engine='tape').") from None
+        self.timings = t
+        self.compile_seconds = time.perf_counter() - start
 
+    def _build(self, graph: Graph, wrt: list[str], output: str, precision: int | None,
+               t: dict[str, float]) -> None:
+        """expand, diff, cse, lambdify (recording the time of each in ``t``)."""
         tic = time.perf_counter()
         symbols, out = expand_graph(graph, output)
         out_shape = out.shape
@@ -329,8 +427,6 @@ class ExpandedProgram(Program):
         self._fn = sp.lambdify([self.args], self.reduced, modules=modules,
                                cse=lambda exprs: precomputed, docstring_limit=1000)
         t["lambdify"] = time.perf_counter() - tic
-        self.timings = t
-        self.compile_seconds = time.perf_counter() - start
 
     def op_counts(self) -> dict[str, int]:
         """Operations (``sympy.count_ops``) of the gradient before and after ``cse``."""

@@ -22,7 +22,8 @@ from autodiff_lab.engines import matrix_expr as M
 from autodiff_lab.engines.base import GradientResult, Program
 from autodiff_lab.engines.matrix_display import node_names
 from autodiff_lab.engines.matrix_expr import MExpr, SourceBuilder
-from autodiff_lab.errors import NonFiniteError, NotDifferentiableError
+from autodiff_lab.engines.symbolic import DEFAULT_MAX_NODES
+from autodiff_lab.errors import NonFiniteError, NotDifferentiableError, SymbolicSizeError
 from autodiff_lab.graph.evaluate import check_values, constant_value, working_dtype
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
@@ -53,6 +54,29 @@ def forward_expression(op: str, args: list[MExpr], attrs: Mapping[str, Any]) -> 
     return M.apply(op, *args, **attrs)
 
 
+#: building, generating and compiling the straight-line code costs ~0.1 ms per graph node
+SECONDS_PER_NODE = 1e-4
+
+
+def check_matrix_size(graph: Graph, output: str, max_nodes: int | None) -> int:
+    """Refuse (:class:`SymbolicSizeError`) a graph with more than ``max_nodes`` op nodes
+    reaching ``output``, before any work; else return that number."""
+    out = graph.outputs[output]
+    relevant = {out}
+    for v in reversed(graph.order):
+        if v in relevant:
+            relevant.update(graph.operands(v))
+    n_ops = sum(1 for v in relevant if graph.node(v)["role"] == "op")
+    if max_nodes is not None and n_ops > max_nodes:
+        raise SymbolicSizeError(
+            f"matrix-mode symbolic differentiation refused: output {output!r} "
+            f"({graph.describe(out)}) depends on {n_ops} op nodes (limit max_nodes={max_nodes}); "
+            f"generating and compiling straight-line code for them would take about "
+            f"{n_ops * SECONDS_PER_NODE:.2g} s. Use reverse mode: "
+            "adl.gradient(graph, values, engine='tape'), or raise max_nodes to wait for it.")
+    return n_ops
+
+
 @dataclass
 class Derivation:
     """Forward values and adjoints of a graph as matrix expressions."""
@@ -65,14 +89,14 @@ class Derivation:
     adjoints: dict[int, MExpr]        # ∂(output)/∂(node) for nodes between wrt and output
     grads: dict[str, MExpr]           # ∂(output)/∂(input) by input name
     seed: MExpr
-    forward_of: dict[tuple, int]      # value key -> graph node (for printing by name)
+    forward_of: dict[int, int]        # value key -> graph node (for printing by name)
 
 
 def derive(graph: Graph, wrt: list[str], output: str, seed_leaf: bool = False) -> Derivation:
     """Build the forward expressions and, in reverse order, the adjoints (see module doc)."""
     names = node_names(graph)
     values: dict[int, MExpr] = {}
-    forward_of: dict[tuple, int] = {}
+    forward_of: dict[int, int] = {}
     for v in graph.order:
         d = graph.node(v)
         if d["role"] in ("input", "parameter"):
@@ -116,6 +140,16 @@ def derive(graph: Graph, wrt: list[str], output: str, seed_leaf: bool = False) -
             except NotImplementedError as exc:
                 raise NotDifferentiableError(f"{graph.describe(v)}: {exc}; use the tape "
                                              "engine") from None
+            if contribution.shape != xs[i].shape:
+                # every adjoint has its node's shape: a gradient that arrives broadcast (to
+                # the op's output shape, or as a scalar) is summed back or spread out here
+                try:
+                    contribution = M.sum_to(contribution, xs[i].shape)
+                except ValueError as exc:
+                    raise NotDifferentiableError(
+                        f"{graph.describe(v)}: the matrix rule for argument {i} gave a "
+                        f"gradient of shape {contribution.shape} for an argument of shape "
+                        f"{xs[i].shape} ({exc}); use the tape engine") from None
             adjoints[u] = adjoints[u] + contribution if u in adjoints else contribution
         if v in adjoints and adjoints[v].hint is None:
             adjoints[v].hint = "d_" + names[v]
@@ -130,8 +164,9 @@ class MatrixProgram(Program):
     """Generated numpy code for the value and gradients (``self.source`` shows it)."""
 
     def __init__(self, graph: Graph, wrt: list[str], output: str, *,
-                 check_finite: bool = True) -> None:
+                 check_finite: bool = True, max_nodes: int | None = DEFAULT_MAX_NODES) -> None:
         start = time.perf_counter()
+        check_matrix_size(graph, output, max_nodes)
         self.graph, self.wrt, self.output = graph, wrt, output
         self.check_finite = check_finite
         out_shape = graph.node(graph.outputs[output])["shape"]
@@ -190,7 +225,10 @@ class MatrixProgram(Program):
             shape = g.node(g.inputs[n])["shape"]
             arr = np.asarray(gr, dtype=dtype)
             if arr.shape != shape:
-                arr = np.broadcast_to(arr, shape).copy()
+                arr = np.broadcast_to(arr, shape)
+            # each gradient its own writeable array (not a broadcast view, nor shared)
+            if not arr.flags.writeable or any(np.shares_memory(arr, r) for r in result.values()):
+                arr = arr.copy()
             if self.scalar_output and seed is not None:
                 arr = arr * seed_arr
             result[n] = arr

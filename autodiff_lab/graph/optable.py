@@ -481,8 +481,9 @@ _unary("pow", lambda x, exponent=2.0: x ** exponent, _pow_vjp,
        "xᵖ", attrs={"exponent": 2.0},
        kink=lambda x, exponent=2.0: bool(exponent < 1 and np.any(_re(x) == 0)),
        doc="x ** p for a constant exponent p",
+       # p = 0: exactly zero (as the VJP, whatever flows in); p = 1: g itself (x⁰ = 1)
        matrix=lambda M, g, ans, x, exponent=2.0:
-       g * exponent * x ** (exponent - 1) if exponent else 0 * g)
+       M.zeros(x.shape) if exponent == 0 else g * exponent * x ** (exponent - 1))
 
 
 # --------------------------------------------------------------------------------------
