@@ -312,13 +312,15 @@ def _complex(f: Values, a: Values, h: np.ndarray, eps: float, estimate: bool):
     d = f[1.0] / h
     if not estimate:
         return d, None
-    # truncation -h² f'''/6: at 2h it is four times larger, so the gap / 3 estimates it;
-    # no cancellation between evaluations, so round-off is a few ulps; but a component
-    # that is a sum of larger terms (a weight's gradient over a batch) is only accurate
-    # to ulps of those terms, so the floor is relative to the largest component
-    trunc = TRUNCATION_SAFETY * np.abs(d - f[2.0] / (2 * h)) / 3
+    # truncation −h² f‴/6 is nine times larger at 3h, so the gap is 8 times d's truncation;
+    # at the default step (1e-20) truncation vanishes and the gap is round-off alone: the
+    # imaginary parts at h and 3h round differently (at 2h they would round exactly alike),
+    # so twice the gap bounds both. The floor is a few ulps of the largest component: a
+    # component that is a sum of larger terms (a weight's gradient over a batch) is only
+    # accurate to ulps of those terms
+    gap = np.abs(d - f[3.0] / (3 * h))
     scale = np.abs(d) + np.max(np.abs(d), axis=0, keepdims=True)
-    return d, trunc + ROUND_UNITS * eps * scale
+    return d, TRUNCATION_SAFETY * gap + ROUND_UNITS * eps * scale
 
 
 def _central_weights(m: float) -> dict[float, float]:
@@ -346,7 +348,7 @@ STENCILS: dict[str, Stencil] = {s.name: s for s in (
                         "extrapolated (Richardson/Ridders), error estimate per component",
             weights=_central_weights, regime_levels=(0.25, 0.5, 1.0), symmetric=True,
             weights_order=2, regime_bounds=False),
-    Stencil("complex", (1.0,), (2.0,), _complex, None, 2, imaginary=True,
+    Stencil("complex", (1.0,), (3.0,), _complex, None, 2, imaginary=True,
             description="Im f(x + ih) / h, no cancellation: machine precision",
             weights=lambda m: {m: 1.0}),
 )}
@@ -384,3 +386,21 @@ def one_sided_second_order(f0: np.ndarray, f1: np.ndarray, f2: np.ndarray, h: np
     first = (f1 - f0) / h
     noise = ROUND_UNITS * eps * (3 * a[0] + 4 * a[1] + a[2]) / (2 * np.abs(h))
     return d, np.abs(d - first) + noise
+
+
+#: one-sided points (multiples of the signed step) of :func:`one_sided_with_estimate`
+ONE_SIDED_POINTS = (1.0, 2.0, 4.0)
+
+
+def one_sided_with_estimate(f0: np.ndarray, f1: np.ndarray, f2: np.ndarray, f4: np.ndarray,
+                            h: np.ndarray, a: tuple[np.ndarray, ...], eps: float
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """The second-order one-sided formula (−3 f(x) + 4 f(x+h) − f(x+2h)) / 2h (h may be
+    negative) and its error estimate: its error is −h² f‴/3 + O(h³), four times larger at
+    2h, so a third of the gap to the same formula at 2h (which uses f(x+4h)) estimates it;
+    plus the round-off bound of the formula at h. ``a`` holds |f| at 0, h, 2h and 4h.
+    Used where a kink rules out the points on one side of x."""
+    d = (-3 * f0 + 4 * f1 - f2) / (2 * h) + 0.0  # + 0.0: no −0 from a negative step
+    d_2h = (-3 * f0 + 4 * f2 - f4) / (4 * h)
+    noise = ROUND_UNITS * eps * (3 * a[0] + 4 * a[1] + a[2]) / (2 * np.abs(h))
+    return d, TRUNCATION_SAFETY * np.abs(d - d_2h) / 3 + noise
