@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,7 +264,14 @@ class NumericProgram(Program):
         for name, v in dirs.items():
             shift = (ms * t).reshape((-1,) + (1,) * v.ndim) * v
             copies[name] = base_arrays[name] + (1j * shift if stencil.imaginary else shift)
-        out, _ = self._forward_copies(base_arrays, copies, len(offsets), run_dtype, counter)
+        watch = None
+        kink_path = [v for v in self.kink_nodes if v in set(path)]
+        if kink_path:  # the kink coordinates at x, to compare the copies' with
+            keep = {u for v in kink_path for u in g.operands(v)}
+            watch = KinkWatch(g, kink_path, run_forward(g, arrays, keep=keep))
+            counter.evaluations += 1
+        out, stats = self._forward_copies(base_arrays, copies, len(offsets), run_dtype, counter,
+                                          watch)
         vals, mags = target.project(out)
         if not np.all(np.isfinite(vals)):
             bad = [m for m, ok in zip(offsets, np.isfinite(vals)) if not ok]
@@ -273,13 +280,22 @@ class NumericProgram(Program):
                                  "a smaller step=... or a one-sided method")
         f = {m: vals[i] for i, m in enumerate(offsets)}
         a = {m: mags[i] for i, m in enumerate(offsets)}
-        if stencil.needs_base or regime:
+        plan = plan_sides(stats.reshape(len(offsets), 1), offsets, np.array([t])) if watch else None
+        kinked = plan is not None and bool(plan.flagged[0]) and not stencil.imaginary
+        if stencil.needs_base or regime or kinked:
             base = run_forward(g, arrays, keep=[self.out_node])[self.out_node]
             counter.evaluations += 1
             b_val, b_mag = target.project(base[None])
             f[0.0], a[0.0] = b_val[0], b_mag[0]
         t_arr = np.asarray(t, dtype=dtype)
         d, err = stencil.combine(f, a, t_arr, eps, return_error)
+        kink_record = None
+        if kinked:
+            d, err_k, kink_record = self._directional_kink(base_arrays, dirs, t, v_max, plan,
+                                                           (f[0.0], a[0.0]), d, err, target,
+                                                           counter, eps, watch)
+            err = err_k if return_error else None
+            regime = False  # the stencil was replaced
         suspect = False
         if regime:
             # t·|v_j| is coordinate j's step: flag t beyond the scale of the tightest one
@@ -300,7 +316,8 @@ class NumericProgram(Program):
                               StepSizeWarning, stacklevel=2)
         self.last_directional = {"evaluations": counter.evaluations, "step": t,
                                  "error_estimate": None if err is None else float(err),
-                                 "method": stencil.name, "step_warning": suspect}
+                                 "method": stencil.name, "step_warning": suspect,
+                                 "kink": kink_record}
         return (float(d), float(err)) if return_error else float(d)
 
     def check_subset(self, values: Mapping[str, Any], n: int = 16, *,
@@ -456,6 +473,36 @@ class NumericProgram(Program):
             nonfinite.append(report)
         return d, err
 
+    def _directional_kink(self, base_arrays: dict[str, np.ndarray], dirs: dict[str, np.ndarray],
+                          t: float, v_max: float, plan: SidePlan, base: tuple[Any, Any],
+                          d: Any, err: Any, target: _Target, counter: _Counter, eps: float,
+                          watch: KinkWatch) -> tuple[float, float, dict[str, Any]]:
+        """The directional stencil straddles a kink (or x sits on one along v): the same
+        one-sided recomputation as :meth:`_fix_kinks`, along v."""
+        on = bool(plan.on_kink[0])
+        rule, floor = eps ** (1 / 3) / v_max, eps ** 0.5 / v_max
+        first = 1.0 if plan.reach[0, 0] >= plan.reach[1, 0] else -1.0
+        base_v = (np.asarray(base[0]), np.asarray(base[1]))
+        by_side: dict[float, tuple[_OneSided, int]] = {}
+        for side in (first, -first):
+            if not on and by_side and by_side[first][0].ok[0]:
+                break  # a crossing needs one good side
+            reach = plan.reach[0 if side > 0 else 1, 0]
+            r = self._one_sided(base_arrays, None, np.zeros(1, dtype=np.int64), np.array([side]),
+                                np.array([min(rule, reach / ONE_SIDED_POINTS[-1])]),
+                                np.array([floor]), base_v, target, counter, eps, watch,
+                                direction=dirs)
+            by_side[side] = (r, 0)
+        d_new, e_new, record = self._resolve(np.asarray(d), None if err is None else np.asarray(err),
+                                             by_side, on)
+        record.update(step=t, node=int(plan.node[0]) if plan.node[0] >= 0 else None)
+        if not record["differentiable"]:
+            where = self.graph.describe(record["node"]) if record["node"] is not None else "an op"
+            warnings.warn(f"numeric directional derivative: x + t·v meets a kink of {where} "
+                          f"at t = 0 or on both sides; reported: {record['resolution']}",
+                          KinkWarning, stacklevel=3)
+        return float(d_new), float(e_new), record
+
     def _fix_kinks(self, run_arrays: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
                    name: str, idx: np.ndarray, h: np.ndarray, plan: SidePlan, kinks: np.ndarray,
                    d: np.ndarray, err: np.ndarray | None, base: tuple[np.ndarray, np.ndarray],
@@ -575,15 +622,18 @@ class NumericProgram(Program):
         record.update(fields)
         return record
 
-    def _one_sided(self, run_arrays: dict[str, np.ndarray], name: str, comps: np.ndarray,
+    def _one_sided(self, run_arrays: dict[str, np.ndarray], name: str | None, comps: np.ndarray,
                    sides: np.ndarray, start: np.ndarray, floor: np.ndarray,
                    base: tuple[np.ndarray, np.ndarray], target: _Target, counter: _Counter,
-                   eps: float, watch: KinkWatch) -> _OneSided:
-        """The one-sided formula for flat components ``comps`` of ``name`` on ``sides``,
+                   eps: float, watch: KinkWatch,
+                   direction: dict[str, np.ndarray] | None = None) -> _OneSided:
+        """The one-sided formula for flat components ``comps`` of ``name`` on ``sides``
+        (or, with ``direction`` and ``name=None``, along that direction: one request),
         every request in the same batched calls: a step that lets a point cross a kink
         (or gives a non-finite value) is shrunk, to the interpolated distance of the
         crossing or 4-fold, until it is clean or below ``floor``."""
-        x = run_arrays[name].ravel()
+        x = run_arrays[name].ravel() if name is not None else \
+            np.zeros(1, dtype=next(iter(direction.values())).dtype)
         n = len(comps)
         tail = np.shape(base[0])
         out = _OneSided(sides=np.asarray(sides, dtype=np.float64), ok=np.zeros(n, dtype=bool),
@@ -603,8 +653,16 @@ class NumericProgram(Program):
                 if not pend.size:
                     break
             shift = (stp[:, None] * ms).reshape(-1)
-            vals, mags, st = self._eval_shifts(run_arrays, name, np.repeat(comps[pend], len(ms)),
-                                               shift, target, counter, x.dtype, watch)
+            if direction is None:
+                vals, mags, st = self._eval_shifts(run_arrays, name,
+                                                   np.repeat(comps[pend], len(ms)), shift,
+                                                   target, counter, x.dtype, watch)
+            else:
+                vals, mags, st = self._eval_copies(
+                    run_arrays, lambda sel, shift=shift: {
+                        k: run_arrays[k] + shift[sel].reshape((-1,) + (1,) * v.ndim) * v
+                        for k, v in direction.items()},
+                    len(shift), 1, target, counter, x.dtype, watch)
             counter.kink_evaluations += len(shift)
             vals = vals.reshape((len(pend), len(ms)) + tail)
             mags = mags.reshape(vals.shape)
@@ -661,22 +719,34 @@ class NumericProgram(Program):
         copies' kink statistics; evaluated in chunks of as many copies as fit in memory."""
         x = arrays[name].ravel()
         shape = arrays[name].shape
-        n = len(comp_of)
-        chunk = self.engine.batch_size or max(1, BATCH_ELEMENTS // max(self.largest_node, x.size, 1))
-        vals_list, mags_list, stats_list = [], [], []
-        for start in range(0, n, chunk):
-            sel = slice(start, min(start + chunk, n))
+
+        def make(sel: slice) -> dict[str, np.ndarray]:
             cj = comp_of[sel]
             copies = np.repeat(x[None, :], len(cj), axis=0)
             copies[np.arange(len(cj)), cj] += shift_of[sel]
-            out, st = self._forward_copies(arrays, {name: copies.reshape((len(cj),) + shape)},
-                                           len(cj), run_dtype, counter, watch)
+            return {name: copies.reshape((len(cj),) + shape)}
+
+        return self._eval_copies(arrays, make, len(comp_of), x.size, target, counter, run_dtype,
+                                 watch, bar)
+
+    def _eval_copies(self, arrays: dict[str, np.ndarray],
+                     make: Callable[[slice], dict[str, np.ndarray]], n: int, width: int,
+                     target: _Target, counter: _Counter, run_dtype: np.dtype, watch: KinkWatch,
+                     bar: Any = None) -> tuple[np.ndarray, np.ndarray, KinkStats]:
+        """``n`` perturbed copies, ``make(rows)`` building the inputs of copies ``rows``
+        (each ``width`` elements), in chunks: projected outputs and kink statistics."""
+        chunk = self.engine.batch_size or max(1, BATCH_ELEMENTS // max(self.largest_node, width, 1))
+        vals_list, mags_list, stats_list = [], [], []
+        for start in range(0, n, chunk):
+            sel = slice(start, min(start + chunk, n))
+            out, st = self._forward_copies(arrays, make(sel), sel.stop - sel.start, run_dtype,
+                                           counter, watch)
             v, a = target.project(out)
             vals_list.append(v)
             mags_list.append(a)
             stats_list.append(st)
             if bar is not None:
-                bar.update(len(cj))
+                bar.update(sel.stop - sel.start)
         return (np.concatenate(vals_list), np.concatenate(mags_list),
                 KinkStats.concat(stats_list))
 
