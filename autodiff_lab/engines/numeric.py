@@ -265,7 +265,7 @@ class NumericProgram(Program):
             shift = (ms * t).reshape((-1,) + (1,) * v.ndim) * v
             copies[name] = base_arrays[name] + (1j * shift if stencil.imaginary else shift)
         watch = None
-        kink_path = [v for v in self.kink_nodes if v in set(path)]
+        kink_path = [v for v in self.kink_nodes if v in set(path)] if self.engine.kinks else []
         if kink_path:  # the kink coordinates at x, to compare the copies' with
             keep = {u for v in kink_path for u in g.operands(v)}
             watch = KinkWatch(g, kink_path, run_forward(g, arrays, keep=keep))
@@ -379,7 +379,7 @@ class NumericProgram(Program):
         keep = {self.out_node} | {u for v in self.kink_nodes for u in g.operands(v)}
         base = run_forward(g, arrays, keep=keep)
         counter = _Counter(evaluations=1, calls=1)
-        watch = KinkWatch(g, self.kink_nodes, base)
+        watch = KinkWatch(g, self.kink_nodes if eng.kinks else [], base)
         base_val, base_mag = target.project(base[self.out_node][None])
         run_dtype = _complex_dtype(dtype) if stencil.imaginary else dtype
         run_arrays = _cast_floats(g, arrays, run_dtype)
@@ -997,13 +997,17 @@ class NumericEngine(Engine):
     ``batch_size``: copies per forward call (None: as many as fit in memory; 1: one
     call per copy, the slow reference). ``max_evaluations``: refuse bigger gradients up front.
     ``progress``: tqdm bar (None: from 5000 evaluations on).
+    ``kinks``: watch the kink coordinates of relu, abs, max, max pooling … at every stencil
+    point and recompute one-sided the components whose stencil straddles a kink (see
+    :mod:`~autodiff_lab.engines.numeric_kinks`); ``False`` gives the plain formulas, for
+    comparison.
     """
 
     name = "numeric"
 
     def __init__(self, method: str = "central", step: Any = None, *, estimate_error: bool = True,
                  batch_size: int | None = None, max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, kinks: bool = True) -> None:
         _stencil(method)
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
@@ -1013,6 +1017,7 @@ class NumericEngine(Engine):
         self.batch_size = batch_size
         self.max_evaluations = int(max_evaluations)
         self.progress = progress
+        self.kinks = bool(kinks)
 
     def compile(self, graph: Graph, wrt: Iterable[str] | None = None,
                 output: str | None = None) -> NumericProgram:

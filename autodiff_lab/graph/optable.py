@@ -1262,7 +1262,8 @@ _register(Op(
     vjp=(lambda g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
          K.max_pool2d_backward(g, x, kernel, stride, padding),),
     sympy=_sp_max_pool, label="max_pool", attrs=_pool_attrs(),
-    kink=lambda x, **a: K.max_pool2d_ties(x, **a),
+    kink=lambda x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+        K.max_pool2d_ties(x, kernel, stride, padding),
     kink_coord=lambda lead, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
         _max_pool_coord(lead, x, kernel, stride, padding),
     batched=_pool_batched(K.max_pool2d_forward),
