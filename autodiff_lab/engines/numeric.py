@@ -50,6 +50,7 @@ from autodiff_lab.engines.numeric_steps import (
     COMPLEX_STEP,
     METHODS,
     ONE_SIDED_POINTS,
+    ONE_SIDED_STEP_POWER,
     STENCILS,
     RegimeCheck,
     Stencil,
@@ -234,7 +235,9 @@ class NumericProgram(Program):
                     return_error: bool = False) -> float | tuple[float, float]:
         """vᵀ∇f: the derivative of the (scalar, or seed-weighted) output along ``direction``
         ({input name: array of its shape}; inputs left out do not move), from
-        ``f(x + t·v)`` at the method's offsets: 2 evaluations with central differences.
+        ``f(x + t·v)`` at the method's offsets: 2 evaluations with central differences
+        (plus one at x on a graph with kinks, to see whether x ± t·v crosses one; a
+        stencil that does is recomputed one-sided, as for gradients).
 
         With ``return_error=True`` also an error estimate (which costs the estimate's
         extra points). Details of the last call are in ``program.last_directional``.
@@ -480,7 +483,7 @@ class NumericProgram(Program):
         """The directional stencil straddles a kink (or x sits on one along v): the same
         one-sided recomputation as :meth:`_fix_kinks`, along v."""
         on = bool(plan.on_kink[0])
-        rule, floor = eps ** (1 / 3) / v_max, eps ** 0.5 / v_max
+        rule, floor = eps ** ONE_SIDED_STEP_POWER / v_max, eps ** 0.5 / v_max
         first = 1.0 if plan.reach[0, 0] >= plan.reach[1, 0] else -1.0
         base_v = (np.asarray(base[0]), np.asarray(base[1]))
         by_side: dict[float, tuple[_OneSided, int]] = {}
@@ -531,7 +534,7 @@ class NumericProgram(Program):
             return
         x = arrays[name].ravel()[idx[ks]]
         scale = np.maximum(np.abs(x), 1.0)
-        rule, floor = eps ** (1 / 3) * scale, eps ** 0.5 * scale
+        rule, floor = eps ** ONE_SIDED_STEP_POWER * scale, eps ** 0.5 * scale
         on = plan.on_kink[ks]
         reach = plan.reach[:, ks]
         first = np.where(reach[0] >= reach[1], 1.0, -1.0)
@@ -668,9 +671,11 @@ class NumericProgram(Program):
             mags = mags.reshape(vals.shape)
             st = st.reshape(len(pend), len(ms))
             hh = stp.reshape((-1,) + (1,) * len(tail))
+            f = np.concatenate([np.broadcast_to(base[0], vals[:, :1].shape), vals], axis=1)
+            fa = np.concatenate([np.broadcast_to(base[1], mags[:, :1].shape), mags], axis=1)
             with np.errstate(all="ignore"):
-                dv, ev = one_sided_with_estimate(base[0], vals[:, 0], vals[:, 1], vals[:, 2], hh,
-                                                 (base[1], mags[:, 0], mags[:, 1], mags[:, 2]), eps)
+                dv, ev = one_sided_with_estimate(np.moveaxis(f, 1, 0), np.moveaxis(fa, 1, 0), hh,
+                                                 eps)
             out.d[pend], out.e[pend], out.step[pend] = dv, ev, stp
             finite = np.isfinite(vals).reshape(len(pend), -1).all(axis=1) & \
                 np.isfinite(mags).reshape(len(pend), -1).all(axis=1)

@@ -200,21 +200,18 @@ class SidePlan:
 
 def plan_sides(stats: KinkStats, points: Sequence[float], h: np.ndarray) -> SidePlan:
     """Read the stencil's :class:`KinkStats` (arrays of shape (len(points), n)) for
-    components with steps ``h`` (n,). A side whose points all stayed on x's side of every
-    kink is safe up to its farthest point; a side with a crossing is safe up to
-    ``REACH_MARGIN`` times the interpolated distance of its nearest crossing; a side the
-    stencil does not visit (forward differences' − side) is unknown (inf)."""
+    components with steps ``h`` (n,). A side with a crossing is safe up to
+    ``REACH_MARGIN`` times the interpolated distance of its nearest crossing; a side whose
+    points all stayed on x's side of every kink, or that the stencil does not visit
+    (forward differences' − side), has no known limit (inf): the one-sided retry starts
+    with its own rule's step there and shrinks it if the copies show a crossing."""
     pts = np.asarray(points, dtype=np.float64)
     dist = stats.frac * np.abs(pts)[:, None] * np.abs(h)[None, :]
     reach = np.full((2,) + h.shape, np.inf)
     for i, side in enumerate((1.0, -1.0)):
         on_side = np.sign(pts) == side
-        if not on_side.any():
-            continue
-        d_side = dist[on_side]
-        crossed = np.isfinite(d_side).any(axis=0)
-        clean = np.abs(pts[on_side]).max() * np.abs(h)
-        reach[i] = np.where(crossed, REACH_MARGIN * d_side.min(axis=0), clean)
+        if on_side.any():
+            reach[i] = REACH_MARGIN * dist[on_side].min(axis=0)
     crossed = stats.crossed.any(axis=0)
     on_kink = stats.on.sum(axis=0) > 0
     first = np.argmin(stats.frac, axis=0)
