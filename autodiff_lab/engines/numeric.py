@@ -10,9 +10,14 @@ handful of Python calls, not thousands.
 
 Every result says what it cost (``evaluations``, one per perturbed copy plus the base
 point) and how wrong it may be (``error_estimate`` per component: a truncation estimate
-from a second step plus a round-off bound). Bad input is handled the way a careful person
-would: points where an op has a kink give a :class:`KinkWarning` naming the op, a perturbed
-evaluation that leaves f's domain is reported (:class:`NonFiniteStepWarning`) and retried
+from a second step plus a round-off bound). Kinks are seen, not assumed away: every
+stencil point also evaluates the kink coordinates of relu, abs, max, max pooling … (the op
+table's ``kink_coord``, read during the same batched calls), a component whose stencil
+straddles a kink is recomputed one-sided on the side free of kinks, and a point on a kink
+gets both one-sided derivatives, the engines' convention where the op table gives one and
+a :class:`KinkWarning` naming the op (see :mod:`~autodiff_lab.engines.numeric_kinks` and
+``result.info["kink_components"]``). Bad input is handled the way a careful person
+would: a perturbed evaluation that leaves f's domain is reported (:class:`NonFiniteStepWarning`) and retried
 one-sided with a smaller step, a step the user gives that is beyond the region where the
 estimate holds gives a :class:`StepSizeWarning` (see :func:`numeric_steps.regime_check`), and
 a gradient that would take more evaluations than ``max_evaluations`` is refused up front,
