@@ -518,14 +518,15 @@ class NumericProgram(Program):
                    watch: KinkWatch, kinked: list[dict[str, Any]]) -> None:
         """Recompute (in place in ``d`` and ``err``) the components ``kinks`` marks.
 
-        A stencil that straddles a kink is replaced by the second-order one-sided formula
-        on the side that is free of kinks (the farther-reaching side first, then the
-        other), with a step small enough that none of its points crosses one; a point on
-        a kink gets both one-sided derivatives: where they agree the point is
-        differentiable after all, where they do not the value follows the engines'
-        convention when the op table gives one, else it is their mean with an error
-        estimate that covers the jump. The complex step never crosses a kink (it does not
-        move real parts) and on one it takes the branch the forward takes, which is the
+        A stencil that straddles a kink is replaced by the one-sided formula of
+        :func:`~autodiff_lab.engines.numeric_steps.one_sided_with_estimate` on the side
+        free of kinks (the farther-reaching side first, then the other), with a step small
+        enough that none of its points crosses one; a point on a kink gets both one-sided
+        derivatives: where they agree the point is differentiable after all, where they do
+        not the value follows the engines' convention when the op table gives one, else it
+        is their mean with an error estimate that covers the jump. The complex step never
+        crosses a kink (it does not move real parts) and on one it takes the branch the
+        forward takes, which is the
         convention: its components are only reported.
         """
         ks = np.flatnonzero(kinks)
