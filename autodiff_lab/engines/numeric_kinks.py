@@ -141,6 +141,8 @@ class KinkWatch:
                 if coord is None:
                     return
                 c = np.asarray(coord)
+                if c.size == 0:
+                    return
                 c = c.reshape((1 if lead == 0 else c.shape[0], -1))
                 if c.shape[0] != n:  # one copy for all: the perturbation does not reach it
                     return
