@@ -10,9 +10,14 @@ handful of Python calls, not thousands.
 
 Every result says what it cost (``evaluations``, one per perturbed copy plus the base
 point) and how wrong it may be (``error_estimate`` per component: a truncation estimate
-from a second step plus a round-off bound). Bad input is handled the way a careful person
-would: points where an op has a kink give a :class:`KinkWarning` naming the op, a perturbed
-evaluation that leaves f's domain is reported (:class:`NonFiniteStepWarning`) and retried
+from a second step plus a round-off bound). Kinks are seen, not assumed away: every
+stencil point also evaluates the kink coordinates of relu, abs, max, max pooling … (the op
+table's ``kink_coord``, read during the same batched calls), a component whose stencil
+straddles a kink is recomputed one-sided on the side free of kinks, and a point on a kink
+gets both one-sided derivatives, the engines' convention where the op table gives one and
+a :class:`KinkWarning` naming the op (see :mod:`~autodiff_lab.engines.numeric_kinks` and
+``result.info["kink_components"]``). Bad input is handled the way a careful person
+would: a perturbed evaluation that leaves f's domain is reported (:class:`NonFiniteStepWarning`) and retried
 one-sided with a smaller step, a step the user gives that is beyond the region where the
 estimate holds gives a :class:`StepSizeWarning` (see :func:`numeric_steps.regime_check`), and
 a gradient that would take more evaluations than ``max_evaluations`` is refused up front,
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +43,19 @@ from autodiff_lab.engines.base import (
     resolve_seed,
     resolve_wrt,
 )
+from autodiff_lab.engines.numeric_kinks import (
+    REACH_MARGIN,
+    KinkStats,
+    KinkWatch,
+    SidePlan,
+    convention_side,
+    plan_sides,
+)
 from autodiff_lab.engines.numeric_steps import (
     COMPLEX_STEP,
     METHODS,
+    ONE_SIDED_POINTS,
+    ONE_SIDED_STEP_POWER,
     STENCILS,
     RegimeCheck,
     Stencil,
@@ -48,6 +63,7 @@ from autodiff_lab.engines.numeric_steps import (
     default_step,
     exact_step,
     one_sided_second_order,
+    one_sided_with_estimate,
     power_of_two,
     regime_check,
     step_for,
@@ -70,6 +86,8 @@ PROGRESS_THRESHOLD = 5_000
 BATCH_ELEMENTS = 2 ** 22
 #: one-sided retries after a non-finite evaluation: steps shrink 16-fold each time
 RETRIES = 6
+#: rounds of one-sided retries around a kink (each shrinks the step at least 4-fold)
+KINK_ROUNDS = 8
 
 
 class KinkWarning(UserWarning):
@@ -89,7 +107,21 @@ class StepSizeWarning(UserWarning):
 class _Counter:
     evaluations: int = 0
     estimate_evaluations: int = 0
+    kink_evaluations: int = 0
     calls: int = 0
+
+
+@dataclass
+class _OneSided:
+    """One-sided derivatives of a batch of requests (see ``NumericProgram._one_sided``):
+    ``ok`` where the step found keeps every point on x's side of every kink."""
+
+    sides: np.ndarray
+    ok: np.ndarray
+    d: np.ndarray
+    e: np.ndarray
+    step: np.ndarray
+    counts: np.ndarray  # KinkStats.counts at the accepted points, per request (4 each)
 
 
 @dataclass
@@ -208,7 +240,9 @@ class NumericProgram(Program):
                     return_error: bool = False) -> float | tuple[float, float]:
         """vᵀ∇f: the derivative of the (scalar, or seed-weighted) output along ``direction``
         ({input name: array of its shape}; inputs left out do not move), from
-        ``f(x + t·v)`` at the method's offsets: 2 evaluations with central differences.
+        ``f(x + t·v)`` at the method's offsets: 2 evaluations with central differences
+        (plus one at x on a graph with kinks, to see whether x ± t·v crosses one; a
+        stencil that does is recomputed one-sided, as for gradients).
 
         With ``return_error=True`` also an error estimate (which costs the estimate's
         extra points). Details of the last call are in ``program.last_directional``.
@@ -238,7 +272,14 @@ class NumericProgram(Program):
         for name, v in dirs.items():
             shift = (ms * t).reshape((-1,) + (1,) * v.ndim) * v
             copies[name] = base_arrays[name] + (1j * shift if stencil.imaginary else shift)
-        out = self._forward_copies(base_arrays, copies, len(offsets), run_dtype, counter)
+        watch = None
+        kink_path = [v for v in self.kink_nodes if v in set(path)] if self.engine.kinks else []
+        if kink_path:  # the kink coordinates at x, to compare the copies' with
+            keep = {u for v in kink_path for u in g.operands(v)}
+            watch = KinkWatch(g, kink_path, run_forward(g, arrays, keep=keep))
+            counter.evaluations += 1
+        out, stats = self._forward_copies(base_arrays, copies, len(offsets), run_dtype, counter,
+                                          watch)
         vals, mags = target.project(out)
         if not np.all(np.isfinite(vals)):
             bad = [m for m, ok in zip(offsets, np.isfinite(vals)) if not ok]
@@ -247,13 +288,22 @@ class NumericProgram(Program):
                                  "a smaller step=... or a one-sided method")
         f = {m: vals[i] for i, m in enumerate(offsets)}
         a = {m: mags[i] for i, m in enumerate(offsets)}
-        if stencil.needs_base or regime:
+        plan = plan_sides(stats.reshape(len(offsets), 1), offsets, np.array([t])) if watch else None
+        kinked = plan is not None and bool(plan.flagged[0]) and not stencil.imaginary
+        if stencil.needs_base or regime or kinked:
             base = run_forward(g, arrays, keep=[self.out_node])[self.out_node]
             counter.evaluations += 1
             b_val, b_mag = target.project(base[None])
             f[0.0], a[0.0] = b_val[0], b_mag[0]
         t_arr = np.asarray(t, dtype=dtype)
         d, err = stencil.combine(f, a, t_arr, eps, return_error)
+        kink_record = None
+        if kinked:
+            d, err_k, kink_record = self._directional_kink(base_arrays, dirs, t, v_max, plan,
+                                                           (f[0.0], a[0.0]), d, err, target,
+                                                           counter, eps, watch)
+            err = err_k if return_error else None
+            regime = False  # the stencil was replaced
         suspect = False
         if regime:
             # t·|v_j| is coordinate j's step: flag t beyond the scale of the tightest one
@@ -274,7 +324,8 @@ class NumericProgram(Program):
                               StepSizeWarning, stacklevel=2)
         self.last_directional = {"evaluations": counter.evaluations, "step": t,
                                  "error_estimate": None if err is None else float(err),
-                                 "method": stencil.name, "step_warning": suspect}
+                                 "method": stencil.name, "step_warning": suspect,
+                                 "kink": kink_record}
         return (float(d), float(err)) if return_error else float(d)
 
     def check_subset(self, values: Mapping[str, Any], n: int = 16, *,
@@ -319,7 +370,8 @@ class NumericProgram(Program):
     def _run(self, arrays: dict[str, np.ndarray], comps: dict[str, np.ndarray], target: _Target,
              stencil: Stencil, force_estimate: bool = False
              ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray | None]], dict]:
-        """Base evaluation, kink check, then every component's derivative and estimate."""
+        """Base evaluation, then every component's derivative and estimate; components
+        whose stencil straddles a kink, or whose point sits on one, are recomputed."""
         g, eng = self.graph, self.engine
         started = time.perf_counter()
         estimate = eng.estimate_error or force_estimate or stencil.name == "richardson"
@@ -336,7 +388,7 @@ class NumericProgram(Program):
         keep |= set(g.outputs.values())  # auxiliary outputs come back too
         base = run_forward(g, arrays, keep=keep)
         counter = _Counter(evaluations=1, calls=1)
-        kinks = self._warn_kinks(base)
+        watch = KinkWatch(g, self.kink_nodes if eng.kinks else [], base)
         base_val, base_mag = target.project(base[self.out_node][None])
         run_dtype = _complex_dtype(dtype) if stencil.imaginary else dtype
         run_arrays = _cast_floats(g, arrays, run_dtype)
@@ -344,6 +396,7 @@ class NumericProgram(Program):
         parts: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         nonfinite: list[dict[str, Any]] = []
         suspects: list[dict[str, Any]] = []
+        kinked: list[dict[str, Any]] = []
         total = needed - 1
         show = eng.progress if eng.progress is not None else total >= PROGRESS_THRESHOLD
         with tqdm(total=total, disable=not show, desc=f"numeric {stencil.name}", unit="eval",
@@ -356,34 +409,42 @@ class NumericProgram(Program):
                     empty = np.zeros((0,) + base_val.shape[1:], dtype=dtype)
                     parts[name] = (empty, empty.copy() if estimate else None)
                     continue
-                vals, mags = self._perturbed(run_arrays, name, idx, h, points[name], stencil,
-                                             target, counter, bar, run_dtype)
+                vals, mags, stats = self._perturbed(run_arrays, name, idx, h, points[name],
+                                                    stencil, target, counter, bar, run_dtype,
+                                                    watch)
                 parts[name] = self._combine(run_arrays, arrays, name, idx, h, points[name], vals,
-                                            mags, (base_val[0], base_mag[0]), stencil, target,
-                                            counter, estimate, eps, nonfinite,
-                                            suspects if regime[name] else None)
+                                            mags, stats, (base_val[0], base_mag[0]), stencil,
+                                            target, counter, estimate, eps, nonfinite, kinked,
+                                            watch, suspects if regime[name] else None)
         for report in suspects:
             warnings.warn(report.pop("message"), StepSizeWarning, stacklevel=3)
+        kinks = self._warn_kinks(kinked, stencil)
         info = {
             "method": stencil.name, "steps": steps, "evaluations": counter.evaluations,
             "evaluations_for_estimate": counter.estimate_evaluations,
-            "forward_calls": counter.calls, "kinks": kinks, "nonfinite": nonfinite,
-            "step_warnings": suspects, "seconds": time.perf_counter() - started,
+            "evaluations_for_kinks": counter.kink_evaluations,
+            "forward_calls": counter.calls, "kinks": kinks, "kink_components": kinked,
+            "kink_flagged": {n: sum(1 for r in kinked if r["input"] == n) for n in comps},
+            "nonfinite": nonfinite, "step_warnings": suspects,
+            "seconds": time.perf_counter() - started,
             "outputs": {n: base[v] for n, v in g.outputs.items()},
         }
         return base[self.out_node], parts, info
 
     def _combine(self, run_arrays: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
                  name: str, idx: np.ndarray, h: np.ndarray, points: tuple[float, ...],
-                 vals: np.ndarray, mags: np.ndarray, base: tuple[np.ndarray, np.ndarray],
-                 stencil: Stencil, target: _Target, counter: _Counter, estimate: bool,
-                 eps: float, nonfinite: list[dict[str, Any]],
+                 vals: np.ndarray, mags: np.ndarray, stats: KinkStats,
+                 base: tuple[np.ndarray, np.ndarray], stencil: Stencil, target: _Target,
+                 counter: _Counter, estimate: bool, eps: float, nonfinite: list[dict[str, Any]],
+                 kinked: list[dict[str, Any]], watch: KinkWatch,
                  suspects: list[dict[str, Any]] | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The formula applied to one input's perturbed values; components whose points
-        were not finite are recomputed one-sided (and reported in ``nonfinite``). With
-        ``suspects`` (a user's step), the regime check widens the estimate to the change
-        seen between h/2 and h and reports components beyond the estimate's region."""
+        """The formula applied to one input's perturbed values. Components whose points
+        were not finite are recomputed one-sided (reported in ``nonfinite``), and so are
+        those whose stencil straddles a kink or whose x sits on one (reported in
+        ``kinked``, see :meth:`_fix_kinks`). With ``suspects`` (a user's step), the regime
+        check widens the estimate to the change seen between h/2 and h and reports
+        components beyond the estimate's region."""
         tail = (1,) * (vals.ndim - 2)
         f = {m: vals[i] for i, m in enumerate(points)}
         a = {m: mags[i] for i, m in enumerate(points)}
@@ -397,16 +458,22 @@ class NumericProgram(Program):
                 .reshape((-1,) + tail))
         finite = np.isfinite(vals) & np.isfinite(mags)
         bad = ~finite.reshape(len(points), len(idx), -1).all(axis=(0, 2))
+        plan = plan_sides(stats, points, h) if watch else None
+        kinks = np.zeros(len(idx), dtype=bool) if plan is None else plan.flagged & ~bad
         if check is not None:
             if stencil.regime_bounds:
                 err = np.maximum(err, check.estimate)
-            flagged = check.suspect.reshape(len(idx), -1).any(axis=1) & ~bad
+            # a kink explains a failed regime check, and the component is recomputed anyway
+            flagged = check.suspect.reshape(len(idx), -1).any(axis=1) & ~bad & ~kinks
             if flagged.any():
                 suspects.append(self._regime_report(name, arrays[name], idx, h, check, flagged,
                                                     stencil))
-        if not bad.any():
+        if not (bad.any() or kinks.any()):
             return d, err
         d, err = np.array(d), None if err is None else np.array(err)
+        if kinks.any():
+            self._fix_kinks(run_arrays, arrays, name, idx, h, plan, kinks, d, err, base, stencil,
+                            target, counter, eps, watch, kinked)
         for k in np.flatnonzero(bad):
             d[k], e_k, report = self._retry(run_arrays, arrays, name, int(idx[k]), float(h[k]),
                                             points, vals[:, k], stencil, target, base[0],
@@ -416,59 +483,316 @@ class NumericProgram(Program):
             nonfinite.append(report)
         return d, err
 
+    def _directional_kink(self, base_arrays: dict[str, np.ndarray], dirs: dict[str, np.ndarray],
+                          t: float, v_max: float, plan: SidePlan, base: tuple[Any, Any],
+                          d: Any, err: Any, target: _Target, counter: _Counter, eps: float,
+                          watch: KinkWatch) -> tuple[float, float, dict[str, Any]]:
+        """The directional stencil straddles a kink (or x sits on one along v): the same
+        one-sided recomputation as :meth:`_fix_kinks`, along v."""
+        on = bool(plan.on_kink[0])
+        rule, floor = eps ** ONE_SIDED_STEP_POWER / v_max, eps ** 0.5 / v_max
+        first = 1.0 if plan.reach[0, 0] >= plan.reach[1, 0] else -1.0
+        base_v = (np.asarray(base[0]), np.asarray(base[1]))
+        by_side: dict[float, tuple[_OneSided, int]] = {}
+        for side in (first, -first):
+            if not on and by_side and by_side[first][0].ok[0]:
+                break  # a crossing needs one good side
+            reach = plan.reach[0 if side > 0 else 1, 0]
+            r = self._one_sided(base_arrays, None, np.zeros(1, dtype=np.int64), np.array([side]),
+                                np.array([min(rule, reach / ONE_SIDED_POINTS[-1])]),
+                                np.array([floor]), base_v, target, counter, eps, watch,
+                                direction=dirs)
+            by_side[side] = (r, 0)
+        d_new, e_new, record = self._resolve(np.asarray(d), None if err is None else np.asarray(err),
+                                             by_side, on)
+        record.update(step=t, node=int(plan.node[0]) if plan.node[0] >= 0 else None)
+        if not record["differentiable"]:
+            where = self.graph.describe(record["node"]) if record["node"] is not None else "an op"
+            warnings.warn(f"numeric directional derivative: x + t·v meets a kink of {where} "
+                          f"at t = 0 or on both sides; reported: {record['resolution']}",
+                          KinkWarning, stacklevel=3)
+        return float(d_new), float(e_new), record
+
+    def _fix_kinks(self, run_arrays: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
+                   name: str, idx: np.ndarray, h: np.ndarray, plan: SidePlan, kinks: np.ndarray,
+                   d: np.ndarray, err: np.ndarray | None, base: tuple[np.ndarray, np.ndarray],
+                   stencil: Stencil, target: _Target, counter: _Counter, eps: float,
+                   watch: KinkWatch, kinked: list[dict[str, Any]]) -> None:
+        """Recompute (in place in ``d`` and ``err``) the components ``kinks`` marks.
+
+        A stencil that straddles a kink is replaced by the one-sided formula of
+        :func:`~autodiff_lab.engines.numeric_steps.one_sided_with_estimate` on the side
+        free of kinks (the farther-reaching side first, then the other), with a step small
+        enough that none of its points crosses one; a point on a kink gets both one-sided
+        derivatives: where they agree the point is differentiable after all, where they do
+        not the value follows the engines' convention when the op table gives one, else it
+        is their mean with an error estimate that covers the jump. The complex step never
+        crosses a kink (it does not move real parts) and on one it takes the branch the
+        forward takes, which is the
+        convention: its components are only reported.
+        """
+        ks = np.flatnonzero(kinks)
+        shape = arrays[name].shape
+        if stencil.imaginary:
+            for k in ks:
+                kinked.append(self._kink_record(name, shape, int(idx[k]), float(h[k]), plan, k,
+                                                kind="on_kink", differentiable=False,
+                                                resolution="complex step: the branch the forward "
+                                                "takes, the engines' convention"))
+            return
+        x = arrays[name].ravel()[idx[ks]]
+        scale = np.maximum(np.abs(x), 1.0)
+        rule, floor = eps ** ONE_SIDED_STEP_POWER * scale, eps ** 0.5 * scale
+        on = plan.on_kink[ks]
+        reach = plan.reach[:, ks]
+        first = np.where(reach[0] >= reach[1], 1.0, -1.0)
+        # requests: a crossing tries its farther-reaching side; a point on a kink both sides
+        req = np.concatenate([np.arange(len(ks)), np.flatnonzero(on)])
+        sides = np.concatenate([first, -first[on]])
+        res = self._one_sided(run_arrays, name, idx[ks][req], sides,
+                              self._start(rule[req], reach, req, sides), floor[req], base,
+                              target, counter, eps, watch)
+        retry = np.flatnonzero(~res.ok[:len(ks)] & ~on)  # a crossing whose side failed
+        res2 = None
+        if retry.size:
+            res2 = self._one_sided(run_arrays, name, idx[ks][retry], -first[retry],
+                                   self._start(rule[retry], reach, retry, -first[retry]),
+                                   floor[retry], base, target, counter, eps, watch)
+        second = {int(i): r for r, i in enumerate(np.flatnonzero(on))}
+        again = {int(i): r for r, i in enumerate(retry)}
+        for i, k in enumerate(ks):
+            tries = [(res, i)] + ([(res, len(ks) + second[i])] if on[i] else []) + \
+                    ([(res2, again[i])] if i in again else [])
+            by_side = {float(r.sides[j]): (r, j) for r, j in tries}
+            value, estimate, record = self._resolve(d[k], None if err is None else err[k],
+                                                    by_side, bool(on[i]))
+            d[k] = value
+            if err is not None:
+                err[k] = estimate
+            kinked.append(self._kink_record(name, shape, int(idx[k]), float(h[k]), plan, k,
+                                            **record))
+
+    @staticmethod
+    def _start(rule: np.ndarray, reach: np.ndarray, req: np.ndarray, sides: np.ndarray
+               ) -> np.ndarray:
+        """First one-sided step: the second-order rule's, or less so that its farthest point
+        (4 steps) stays within the side's reach."""
+        side_reach = np.where(sides > 0, reach[0][req], reach[1][req])
+        return np.minimum(rule, side_reach / ONE_SIDED_POINTS[-1])
+
+    @staticmethod
+    def _resolve(d: np.ndarray, err: np.ndarray | None, by_side: dict[float, tuple[Any, int]],
+                 on_kink: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Value, estimate and report of one recomputed component from its one-sided
+        results ``by_side`` {±1.0: (result, row)}."""
+        ok = {s: (r.d[j], r.e[j]) for s, (r, j) in by_side.items() if r.ok[j]}
+        steps = {s: float(r.step[j]) for s, (r, j) in by_side.items()}
+        if not on_kink and ok:
+            side = next(iter(ok))
+            dv, ev = ok[side]
+            return dv, ev, {"kind": "crossing", "differentiable": True, "side": side,
+                            "retried_step": steps[side], "resolution": "one-sided"}
+        if on_kink and len(ok) == 2:
+            (dp, ep), (dm, em) = ok[1.0], ok[-1.0]
+            jump = np.abs(dp - dm)
+            record: dict[str, Any] = {"kind": "on_kink", "retried_step": steps[1.0],
+                                      "one_sided": (_scalar(dm), _scalar(dp))}
+            if np.all(jump <= ep + em):
+                record.update(differentiable=True, resolution="both one-sided derivatives agree")
+                return (dp + dm) / 2, np.maximum(ep, em) + jump / 2, record
+            rule = convention_side(by_side[1.0][0].counts[by_side[1.0][1]],
+                                   by_side[-1.0][0].counts[by_side[-1.0][1]])
+            record["differentiable"] = False
+            if rule in (1.0, -1.0):
+                record["resolution"] = ("the engines' convention: the derivative on the "
+                                        f"x {'+' if rule > 0 else '−'} h side")
+                return (dp, ep, record) if rule > 0 else (dm, em, record)
+            if rule == "mean":
+                record["resolution"] = "the engines' convention: the mean of both sides"
+                return (dp + dm) / 2, (ep + em) / 2, record
+            record["resolution"] = ("the mean of both sides (no single convention applies); "
+                                    "the error estimate covers the jump")
+            return (dp + dm) / 2, jump / 2 + np.maximum(ep, em), record
+        # no side could be freed of kinks: keep the formula's value, with an estimate that
+        # covers every one-sided slope seen
+        seen = [np.abs(d - r.d[j]) + r.e[j] for r, j in by_side.values()
+                if np.all(np.isfinite(r.d[j]))]
+        estimate = np.maximum(np.zeros_like(d) if err is None else err,
+                              np.max(seen, axis=0) if seen else np.full_like(d, np.inf))
+        return d, estimate, {"kind": "on_kink" if on_kink else "crossing", "differentiable": False,
+                             "retried_step": min(abs(s) for s in steps.values()) if steps else None,
+                             "resolution": "unresolved: kinks on both sides closer than the "
+                                           "smallest step tried"}
+
+    def _kink_record(self, name: str, shape: tuple[int, ...], j: int, h: float, plan: SidePlan,
+                     k: int, **fields: Any) -> dict[str, Any]:
+        node = int(plan.node[k])
+        record = {"input": name, "index": tuple(int(i) for i in np.unravel_index(j, shape)),
+                  "step": h, "node": node if node >= 0 else None,
+                  "op": self.graph.node(node)["op"] if node >= 0 else None}
+        record.update(fields)
+        return record
+
+    def _one_sided(self, run_arrays: dict[str, np.ndarray], name: str | None, comps: np.ndarray,
+                   sides: np.ndarray, start: np.ndarray, floor: np.ndarray,
+                   base: tuple[np.ndarray, np.ndarray], target: _Target, counter: _Counter,
+                   eps: float, watch: KinkWatch,
+                   direction: dict[str, np.ndarray] | None = None) -> _OneSided:
+        """The one-sided formula for flat components ``comps`` of ``name`` on ``sides``
+        (or, with ``direction`` and ``name=None``, along that direction: one request),
+        every request in the same batched calls: a step that lets a point cross a kink
+        (or gives a non-finite value) is shrunk, to the interpolated distance of the
+        crossing or 4-fold, until it is clean or below ``floor``."""
+        x = run_arrays[name].ravel() if name is not None else \
+            np.zeros(1, dtype=next(iter(direction.values())).dtype)
+        n = len(comps)
+        tail = np.shape(base[0])
+        out = _OneSided(sides=np.asarray(sides, dtype=np.float64), ok=np.zeros(n, dtype=bool),
+                        d=np.full((n,) + tail, np.nan), e=np.full((n,) + tail, np.inf),
+                        step=np.zeros(n), counts=np.zeros((n, 4), dtype=np.int64))
+        h1 = np.maximum(start, floor)
+        done = np.zeros(n, dtype=bool)
+        ms = np.array(ONE_SIDED_POINTS)
+        for _ in range(KINK_ROUNDS):
+            pend = np.flatnonzero(~done)
+            if not pend.size:
+                break
+            stp = exact_step(x[comps[pend]], sides[pend] * np.exp2(np.floor(np.log2(h1[pend]))))
+            if np.any(stp == 0):
+                done[pend[stp == 0]] = True
+                pend, stp = pend[stp != 0], stp[stp != 0]
+                if not pend.size:
+                    break
+            shift = (stp[:, None] * ms).reshape(-1)
+            if direction is None:
+                vals, mags, st = self._eval_shifts(run_arrays, name,
+                                                   np.repeat(comps[pend], len(ms)), shift,
+                                                   target, counter, x.dtype, watch)
+            else:
+                vals, mags, st = self._eval_copies(
+                    run_arrays, lambda sel, shift=shift: {
+                        k: run_arrays[k] + shift[sel].reshape((-1,) + (1,) * v.ndim) * v
+                        for k, v in direction.items()},
+                    len(shift), 1, target, counter, x.dtype, watch)
+            counter.kink_evaluations += len(shift)
+            vals = vals.reshape((len(pend), len(ms)) + tail)
+            mags = mags.reshape(vals.shape)
+            st = st.reshape(len(pend), len(ms))
+            hh = stp.reshape((-1,) + (1,) * len(tail))
+            f = np.concatenate([np.broadcast_to(base[0], vals[:, :1].shape), vals], axis=1)
+            fa = np.concatenate([np.broadcast_to(base[1], mags[:, :1].shape), mags], axis=1)
+            with np.errstate(all="ignore"):
+                dv, ev = one_sided_with_estimate(np.moveaxis(f, 1, 0), np.moveaxis(fa, 1, 0), hh,
+                                                 eps)
+            out.d[pend], out.e[pend], out.step[pend] = dv, ev, stp
+            finite = np.isfinite(vals).reshape(len(pend), -1).all(axis=1) & \
+                np.isfinite(mags).reshape(len(pend), -1).all(axis=1)
+            counts = st.counts
+            steady = (counts == counts[..., :1]).all(axis=(0, 2))
+            clean = finite & ~st.crossed.any(axis=1) & steady
+            out.ok[pend[clean]] = True
+            out.counts[pend[clean]] = counts[:, clean, 0].T
+            done[pend[clean]] = True
+            rest = ~clean
+            crossing = np.min(np.where(st.crossed, st.frac * ms, np.inf), axis=1) * np.abs(stp)
+            shrunk = np.minimum(h1[pend] / 4, REACH_MARGIN * crossing)
+            give_up = rest & (shrunk < floor[pend])
+            done[pend[give_up]] = True
+            h1[pend[rest]] = shrunk[rest]
+        return out
+
     def _perturbed(self, arrays: dict[str, np.ndarray], name: str, idx: np.ndarray,
                    h: np.ndarray, points: tuple[float, ...], stencil: Stencil, target: _Target,
-                   counter: _Counter, bar: Any, run_dtype: np.dtype
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   counter: _Counter, bar: Any, run_dtype: np.dtype, watch: KinkWatch
+                   ) -> tuple[np.ndarray, np.ndarray, KinkStats]:
         """Projected f(x + m·h_j·e_j) for every offset m and component j: arrays of shape
-        (len(points), len(idx), *tail), evaluated in chunks of copies."""
-        x = arrays[name].ravel()
-        shape = arrays[name].shape
-        offsets = np.array(points)
+        (len(points), len(idx), *tail), and what the kink coordinates did at each point."""
         n_points = len(idx) * len(points)
         # point p is component p // len(points) at offset points[p % len(points)]
         comp_of = np.repeat(np.arange(len(idx)), len(points))
-        off_of = np.tile(offsets, len(idx))
-        chunk = self.engine.batch_size or max(1, BATCH_ELEMENTS // max(self.largest_node, x.size, 1))
-        vals_list, mags_list = [], []
-        for start in range(0, n_points, chunk):
-            sel = slice(start, min(start + chunk, n_points))
-            cj, m = comp_of[sel], off_of[sel]
-            shift = m * h[cj]
+        off_of = np.tile(np.array(points), len(idx))
+        shift = off_of * h[comp_of]
+        vals, mags, stats = self._eval_shifts(arrays, name, idx[comp_of],
+                                              1j * shift if stencil.imaginary else shift,
+                                              target, counter, run_dtype, watch, bar)
+        est = set(points) - set(stencil.offsets)
+        counter.estimate_evaluations += int(sum(1 for m in off_of if m in est))
+        vals = vals.reshape((len(idx), len(points)) + vals.shape[1:])
+        mags = mags.reshape(vals.shape)
+        stats = stats.reshape(len(idx), len(points)).transpose()
+        assert n_points == stats.frac.size
+        return np.moveaxis(vals, 1, 0), np.moveaxis(mags, 1, 0), stats
+
+    def _eval_shifts(self, arrays: dict[str, np.ndarray], name: str, comp_of: np.ndarray,
+                     shift_of: np.ndarray, target: _Target, counter: _Counter,
+                     run_dtype: np.dtype, watch: KinkWatch, bar: Any = None
+                     ) -> tuple[np.ndarray, np.ndarray, KinkStats]:
+        """Projected outputs at copies of the inputs where flat component ``comp_of[i]`` of
+        input ``name`` moved by ``shift_of[i]`` (imaginary for the complex step), with the
+        copies' kink statistics; evaluated in chunks of as many copies as fit in memory."""
+        x = arrays[name].ravel()
+        shape = arrays[name].shape
+
+        def make(sel: slice) -> dict[str, np.ndarray]:
+            cj = comp_of[sel]
             copies = np.repeat(x[None, :], len(cj), axis=0)
-            copies[np.arange(len(cj)), idx[cj]] += 1j * shift if stencil.imaginary else shift
-            out = self._forward_copies(arrays, {name: copies.reshape((len(cj),) + shape)},
-                                       len(cj), run_dtype, counter)
+            copies[np.arange(len(cj)), cj] += shift_of[sel]
+            return {name: copies.reshape((len(cj),) + shape)}
+
+        return self._eval_copies(arrays, make, len(comp_of), x.size, target, counter, run_dtype,
+                                 watch, bar)
+
+    def _eval_copies(self, arrays: dict[str, np.ndarray],
+                     make: Callable[[slice], dict[str, np.ndarray]], n: int, width: int,
+                     target: _Target, counter: _Counter, run_dtype: np.dtype, watch: KinkWatch,
+                     bar: Any = None) -> tuple[np.ndarray, np.ndarray, KinkStats]:
+        """``n`` perturbed copies, ``make(rows)`` building the inputs of copies ``rows``
+        (each ``width`` elements), in chunks: projected outputs and kink statistics."""
+        chunk = self.engine.batch_size or max(1, BATCH_ELEMENTS // max(self.largest_node, width, 1))
+        vals_list, mags_list, stats_list = [], [], []
+        for start in range(0, n, chunk):
+            sel = slice(start, min(start + chunk, n))
+            out, st = self._forward_copies(arrays, make(sel), sel.stop - sel.start, run_dtype,
+                                           counter, watch)
             v, a = target.project(out)
             vals_list.append(v)
             mags_list.append(a)
-            bar.update(len(cj))
-        est = set(points) - set(stencil.offsets)
-        counter.estimate_evaluations += int(sum(1 for m in off_of if m in est))
-        vals = np.concatenate(vals_list).reshape((len(idx), len(points)) + vals_list[0].shape[1:])
-        mags = np.concatenate(mags_list).reshape(vals.shape)
-        return np.moveaxis(vals, 1, 0), np.moveaxis(mags, 1, 0)
+            stats_list.append(st)
+            if bar is not None:
+                bar.update(sel.stop - sel.start)
+        return (np.concatenate(vals_list), np.concatenate(mags_list),
+                KinkStats.concat(stats_list))
 
     def _forward_copies(self, arrays: dict[str, np.ndarray], copies: dict[str, np.ndarray],
-                        n: int, run_dtype: np.dtype, counter: _Counter) -> np.ndarray:
+                        n: int, run_dtype: np.dtype, counter: _Counter,
+                        watch: KinkWatch | None = None) -> tuple[np.ndarray, KinkStats]:
         """The output for ``n`` copies of the inputs (``copies`` carry a leading axis of n):
-        one batched call, or one call per copy when ``batch_size=1`` (the slow reference)."""
+        one batched call, or one call per copy when ``batch_size=1`` (the slow reference);
+        with ``watch``, what the copies' kink coordinates did (read while the call runs)."""
         g = self.graph
         counter.evaluations += n
+        stats = KinkStats.empty(n)
+        imaginary = np.issubdtype(run_dtype, np.complexfloating)
+
+        def observers(rows: slice) -> Any:
+            return watch.observers(stats, rows, imaginary) if watch else None
+
         with np.errstate(all="ignore"):  # non-finite copies are found and reported by callers
             if self.engine.batch_size == 1:
                 outs = []
                 for i in range(n):
                     single = {**arrays, **{k: c[i] for k, c in copies.items()}}
                     outs.append(run_forward(g, single, keep=[self.out_node], check_finite=False,
-                                            dtype=run_dtype)[self.out_node])
+                                            dtype=run_dtype, observe=observers(slice(i, i + 1))
+                                            )[self.out_node])
                     counter.calls += 1
-                return np.stack(outs)
+                return np.stack(outs), stats
             out = run_forward(g, {**arrays, **copies}, lead=1, keep=[self.out_node],
-                              check_finite=False, dtype=run_dtype)[self.out_node]
+                              check_finite=False, dtype=run_dtype,
+                              observe=observers(slice(0, n)))[self.out_node]
         counter.calls += 1
         # an output that does not depend on the perturbed input keeps a copy axis of size 1
-        return np.broadcast_to(out, (n,) + self.out_shape)
+        return np.broadcast_to(out, (n,) + self.out_shape), stats
 
     def _steps(self, name: str, shape: tuple[int, ...], x: np.ndarray, idx: np.ndarray,
                stencil: Stencil, eps: float, dtype: np.dtype, points: tuple[float, ...]
@@ -533,9 +857,9 @@ class NumericProgram(Program):
                 tried.append(step)
                 copies = np.repeat(run_arrays[name].ravel()[None, :], 2, axis=0)
                 copies[:, j] += np.array([step, 2 * step])
-                out = self._forward_copies(run_arrays,
-                                           {name: copies.reshape((2,) + arrays[name].shape)},
-                                           2, copies.dtype, counter)
+                out, _ = self._forward_copies(run_arrays,
+                                              {name: copies.reshape((2,) + arrays[name].shape)},
+                                              2, copies.dtype, counter)
                 v, a = target.project(out)
                 if np.all(np.isfinite(v)):
                     d, err = one_sided_second_order(f0, v[0], v[1], np.asarray(step), (a0, a[0], a[1]),
@@ -567,19 +891,31 @@ class NumericProgram(Program):
         return {"input": name, "index": int(idx[k]), "step": float(h[k]), "components": n,
                 "change_small": small, "change_large": large, "message": message}
 
-    def _warn_kinks(self, base: dict[int, np.ndarray]) -> list[str]:
-        """Warn once per op on the differentiation path whose inputs sit on a kink."""
+    def _warn_kinks(self, kinked: list[dict[str, Any]], stencil: Stencil) -> list[str]:
+        """One :class:`KinkWarning` per op node where a component sits on a kink it is not
+        differentiable at, or straddles kinks no step could avoid; returns those nodes."""
+        by_node: dict[Any, list[dict[str, Any]]] = {}
+        for r in kinked:
+            if not r["differentiable"]:
+                by_node.setdefault(r["node"], []).append(r)
         found = []
-        for v in self.kink_nodes:
-            d = self.graph.node(v)
-            op = OPS[d["op"]]
-            if op.kink(*(base[u] for u in self.graph.operands(v)), **d["attrs"]):
-                where = self.graph.describe(v)
-                found.append(where)
-                warnings.warn(f"{where}: its inputs sit on a kink (a non-differentiable point, "
-                              f"e.g. relu or abs at 0, or a tie of a max); finite differences "
-                              "there straddle two slopes and will not match the engines' "
-                              "one-sided convention", KinkWarning, stacklevel=4)
+        for node, records in by_node.items():
+            where = self.graph.describe(node) if node is not None else "an op with a kink"
+            found.append(where)
+            r = records[0]
+            first = f"{r['input']}{list(r['index'])}"
+            more = f" (and {len(records) - 1} more components)" if len(records) > 1 else ""
+            if r["kind"] == "on_kink" and "one_sided" in r and r["one_sided"][0] is not None:
+                left, right = r["one_sided"]
+                what = (f"sits on a kink of {where}, where it is not differentiable: the "
+                        f"one-sided derivatives are {left:.6g} (x − h) and {right:.6g} (x + h)")
+            elif r["kind"] == "on_kink":
+                what = f"sits on a kink of {where}, where it is not differentiable"
+            else:
+                what = f"has kinks of {where} on both sides, closer than any step tried"
+            warnings.warn(f"numeric {stencil.name}: {first}{more} {what}; reported: "
+                          f"{r['resolution']} (details in result.info['kink_components'])",
+                          KinkWarning, stacklevel=4)
         return found
 
     def _check_complex_safe(self, path: Iterable[int]) -> None:
@@ -674,13 +1010,17 @@ class NumericEngine(Engine):
     ``batch_size``: copies per forward call (None: as many as fit in memory; 1: one
     call per copy, the slow reference). ``max_evaluations``: refuse bigger gradients up front.
     ``progress``: tqdm bar (None: from 5000 evaluations on).
+    ``kinks``: watch the kink coordinates of relu, abs, max, max pooling … at every stencil
+    point and recompute one-sided the components whose stencil straddles a kink (see
+    :mod:`~autodiff_lab.engines.numeric_kinks`); ``False`` gives the plain formulas, for
+    comparison.
     """
 
     name = "numeric"
 
     def __init__(self, method: str = "central", step: Any = None, *, estimate_error: bool = True,
                  batch_size: int | None = None, max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, kinks: bool = True) -> None:
         _stencil(method)
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
@@ -690,6 +1030,7 @@ class NumericEngine(Engine):
         self.batch_size = batch_size
         self.max_evaluations = int(max_evaluations)
         self.progress = progress
+        self.kinks = bool(kinks)
 
     def compile(self, graph: Graph, wrt: Iterable[str] | None = None,
                 output: str | None = None) -> NumericProgram:
@@ -747,6 +1088,11 @@ def check_step_names(graph: Graph, step: Any) -> None:
         if unknown:
             raise InputError(f"numeric step given for {', '.join(map(repr, unknown))}, which the "
                              f"graph does not have; its inputs are: {', '.join(graph.inputs)}")
+
+
+def _scalar(a: np.ndarray) -> float | None:
+    """A one-element array as a float (None for a Jacobian's blocks)."""
+    return float(a) if np.size(a) == 1 else None
 
 
 def _complex_dtype(dtype: np.dtype) -> np.dtype:

@@ -312,13 +312,15 @@ def _complex(f: Values, a: Values, h: np.ndarray, eps: float, estimate: bool):
     d = f[1.0] / h
     if not estimate:
         return d, None
-    # truncation -h² f'''/6: at 2h it is four times larger, so the gap / 3 estimates it;
-    # no cancellation between evaluations, so round-off is a few ulps; but a component
-    # that is a sum of larger terms (a weight's gradient over a batch) is only accurate
-    # to ulps of those terms, so the floor is relative to the largest component
-    trunc = TRUNCATION_SAFETY * np.abs(d - f[2.0] / (2 * h)) / 3
+    # truncation −h² f‴/6 is nine times larger at 3h, so the gap is 8 times d's truncation;
+    # at the default step (1e-20) truncation vanishes and the gap is round-off alone: the
+    # imaginary parts at h and 3h round differently (at 2h they would round exactly alike),
+    # so twice the gap bounds both. The floor is a few ulps of the largest component: a
+    # component that is a sum of larger terms (a weight's gradient over a batch) is only
+    # accurate to ulps of those terms
+    gap = np.abs(d - f[3.0] / (3 * h))
     scale = np.abs(d) + np.max(np.abs(d), axis=0, keepdims=True)
-    return d, trunc + ROUND_UNITS * eps * scale
+    return d, TRUNCATION_SAFETY * gap + ROUND_UNITS * eps * scale
 
 
 def _central_weights(m: float) -> dict[float, float]:
@@ -346,7 +348,7 @@ STENCILS: dict[str, Stencil] = {s.name: s for s in (
                         "extrapolated (Richardson/Ridders), error estimate per component",
             weights=_central_weights, regime_levels=(0.25, 0.5, 1.0), symmetric=True,
             weights_order=2, regime_bounds=False),
-    Stencil("complex", (1.0,), (2.0,), _complex, None, 2, imaginary=True,
+    Stencil("complex", (1.0,), (3.0,), _complex, None, 2, imaginary=True,
             description="Im f(x + ih) / h, no cancellation: machine precision",
             weights=lambda m: {m: 1.0}),
 )}
@@ -384,3 +386,40 @@ def one_sided_second_order(f0: np.ndarray, f1: np.ndarray, f2: np.ndarray, h: np
     first = (f1 - f0) / h
     noise = ROUND_UNITS * eps * (3 * a[0] + 4 * a[1] + a[2]) / (2 * np.abs(h))
     return d, np.abs(d - first) + noise
+
+
+#: one-sided points (multiples of the signed step) of :func:`one_sided_with_estimate`
+ONE_SIDED_POINTS = (1.0, 2.0, 4.0, 8.0)
+#: its step rule: eps^(1/4) (a third-order formula) times max(|x|, 1)
+ONE_SIDED_STEP_POWER = 1 / 4
+
+
+def one_sided_with_estimate(f: np.ndarray, a: np.ndarray, h: np.ndarray, eps: float
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """A one-sided derivative from f at x, x+h, x+2h, x+4h, x+8h (``f`` and its magnitudes
+    ``a`` stacked in that order along the first axis; h may be negative).
+
+    D(h) = (−3 f(x) + 4 f(x+h) − f(x+2h)) / 2h is second order, D(h) = f′ + c₂h² + c₃h³ + …;
+    T(h) = (4 D(h) − D(2h)) / 3 removes the h² term, leaving −(4/3) c₃h³, eight times
+    larger at 2h: a seventh of |T(2h) − T(h)| estimates T(h)'s truncation (doubled for
+    safety), plus T(h)'s round-off bound. Per component the one of D(h) (estimate: a third
+    of |D(2h) − D(h)|, doubled, plus round-off) and T(h) with the smaller estimate wins, as
+    in a Richardson tableau: where the third derivative is large over 8h, the plain
+    formula is the better one. Used where a kink rules out one side of x.
+    """
+    f0, f1, f2, f4, f8 = f
+    a0, a1, a2, a4, a8 = a
+
+    def d(fa: np.ndarray, fb: np.ndarray, step: np.ndarray) -> np.ndarray:
+        return (-3 * f0 + 4 * fa - fb) / (2 * step)
+
+    def noise(aa: np.ndarray, ab: np.ndarray, step: np.ndarray) -> np.ndarray:
+        return ROUND_UNITS * eps * (3 * a0 + 4 * aa + ab) / (2 * np.abs(step))
+
+    d1, d2, d4 = d(f1, f2, h), d(f2, f4, 2 * h), d(f4, f8, 4 * h)
+    t1, t2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
+    n1 = noise(a1, a2, h)
+    e_t = TRUNCATION_SAFETY * np.abs(t2 - t1) / 7 + (4 * n1 + noise(a2, a4, 2 * h)) / 3
+    e_d = TRUNCATION_SAFETY * np.abs(d2 - d1) / 3 + n1
+    plain = e_d < e_t
+    return np.where(plain, d1, t1) + 0.0, np.where(plain, e_d, e_t)  # + 0.0: no −0

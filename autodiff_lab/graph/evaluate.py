@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -154,11 +154,16 @@ def constant_value(graph: Graph, v: int, dtype: np.dtype) -> np.ndarray:
 
 def run_forward(graph: Graph, arrays: Mapping[str, np.ndarray], *, lead: int = 0,
                 check_finite: bool = True, keep: Iterable[int] | None = None,
-                dtype: np.dtype | None = None) -> dict[int, np.ndarray]:
+                dtype: np.dtype | None = None,
+                observe: Mapping[int, Callable[[list[np.ndarray], int], None]] | None = None
+                ) -> dict[int, np.ndarray]:
     """Values of the nodes in ``keep`` (default: the outputs), running every node in order.
 
     ``arrays`` are already checked input values; with ``lead > 0`` each may carry ``lead``
     extra leading axes (size 1 or the batch size) and so does every result.
+    ``observe`` maps op nodes to callbacks ``fn(args, lead)`` that see the node's operand
+    values just before it runs (the numeric engine reads the inputs of kinked ops this way,
+    without keeping them alive for the whole run).
     """
     dtype = dtype or working_dtype(graph, {n: a for n, a in arrays.items()})
     keep_set = set(graph.outputs.values()) if keep is None else set(keep)
@@ -172,13 +177,15 @@ def run_forward(graph: Graph, arrays: Mapping[str, np.ndarray], *, lead: int = 0
     quiet = np.errstate(invalid="ignore", divide="ignore", over="ignore") if check_finite \
         else contextlib.nullcontext()
     with quiet:
-        _run(graph, env, result, arrays, lead, check_finite, keep_set, dtype, last_use)
+        _run(graph, env, result, arrays, lead, check_finite, keep_set, dtype, last_use,
+             observe or {})
     return result
 
 
 def _run(graph: Graph, env: dict[int, np.ndarray], result: dict[int, np.ndarray],
          arrays: Mapping[str, np.ndarray], lead: int, check_finite: bool, keep_set: set[int],
-         dtype: np.dtype, last_use: dict[int, int]) -> None:
+         dtype: np.dtype, last_use: dict[int, int],
+         observe: Mapping[int, Callable[[list[np.ndarray], int], None]]) -> None:
     for v in graph.order:
         d = graph.node(v)
         role = d["role"]
@@ -195,6 +202,8 @@ def _run(graph: Graph, env: dict[int, np.ndarray], result: dict[int, np.ndarray]
         else:
             op = OPS[d["op"]]
             args = [env[u] for u in graph.operands(v)]
+            if v in observe:
+                observe[v](args, lead)
             try:
                 value = _apply(op, args, d["attrs"], lead, graph, v)
             except InputError as exc:  # a rule refused the values (labels): name the node

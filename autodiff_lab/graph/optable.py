@@ -20,6 +20,27 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   derivative (abs, relu, max and comparisons act on the real part);
 * ``kink``     -- ``kink(*xs, **attrs) -> bool``: the inputs sit on a non-differentiable
                   point (relu at 0, ties of a max); engines warn there;
+* ``kink_coord`` -- required for every op with a ``kink``:
+                  ``kink_coord(lead, *xs, **attrs) -> array | None``, the *kink coordinates*
+                  of the inputs: an array of signed distances to the op's kinks, one per
+                  place where the op switches branch, whose sign says which branch is taken
+                  and which is 0 exactly on a kink (so ``kink`` is "some coordinate is 0").
+                  relu, leaky_relu, abs, sqrt: x; maximum/minimum: a − b; l1: ŷ − y; max
+                  (reduction) and max pooling: for every element of every window,
+                  x_i − max of the others (positive for the window's maximum, negative
+                  for the rest, 0 on a tie). The inputs carry ``lead`` extra leading axes
+                  (perturbed copies, as for ``batched``) and so does the result. Complex
+                  inputs give complex coordinates (real part: the point; imaginary part:
+                  the complex step's perturbation). ``None``: no kink for these attributes
+                  (pow with an exponent ≥ 1, a max over one element). The numeric engine
+                  compares their signs at x and at every perturbed point: a change of sign
+                  means a finite-difference stencil straddles a kink;
+* ``kink_convention`` -- what the engines' derivative is on a kink, in terms of the two
+                  sides: ``"negative"`` (the branch of negative coordinate: relu'(0) = 0,
+                  leaky_relu'(0) = alpha), ``"mean"`` (the mean of both branches: abs'(0) = 0,
+                  ties of maximum/minimum and l1's sign(0) = 0) or ``None`` (no rule in terms
+                  of one coordinate: ties of more than two in a max, max pooling's first
+                  maximum, the infinite slope of sqrt at 0);
 * ``batched``  -- forward with ``lead`` extra leading axes on every input (all inputs carry
                   them, possibly of size 1): the numeric engine uses it to evaluate many
                   perturbed copies in one call. The copies' axes come before the operand's
@@ -99,6 +120,8 @@ class Op:
     n_args: tuple[int, int | None] = (1, 1)
     attrs: dict[str, Any] = field(default_factory=dict)
     kink: Callable[..., bool] | None = None
+    kink_coord: Callable[..., np.ndarray | None] | None = None
+    kink_convention: str | None = None
     batched: Callable[..., np.ndarray] | None = None
     int_args: frozenset[int] = frozenset()
     float_result: bool = True
@@ -292,6 +315,7 @@ def _sp_minimum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
 
 def _binary(name: str, forward: Callable, vjp_a: Callable, vjp_b: Callable, sym: Callable,
             label: str, *, complex_safe: bool = True, kink: Callable | None = None,
+            kink_convention: str | None = None,
             uses: frozenset[str] = frozenset({"inputs"}), doc: str = "",
             matrix: tuple[Callable, Callable] | None = None) -> Op:
     return _register(Op(
@@ -301,6 +325,8 @@ def _binary(name: str, forward: Callable, vjp_a: Callable, vjp_b: Callable, sym:
         vjp=(lambda g, ans, a, b: unbroadcast(vjp_a(g, ans, a, b), a.shape),
              lambda g, ans, a, b: unbroadcast(vjp_b(g, ans, a, b), b.shape)),
         sympy=_ew(sym, 2), label=label, complex_safe=complex_safe, kink=kink,
+        kink_coord=None if kink is None else _difference_coord,
+        kink_convention=kink_convention,
         batched=_poly_broadcast(forward), vjp_uses=uses, doc=doc,
         matrix=None if matrix is None else (
             lambda M, g, ans, a, b: M.sum_to(matrix[0](M, g, ans, a, b), a.shape),
@@ -322,16 +348,47 @@ _binary("div", np.divide, lambda g, ans, a, b: g / b, lambda g, ans, a, b: -g * 
         matrix=(lambda M, g, ans, a, b: g / b, lambda M, g, ans, a, b: -(g * a) / (b * b)))
 
 
+def _tie_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # on a tie the real parts are equal, so a + (b − a)/2 keeps a's real part exactly and
+    # the complex step sees half of each perturbation: the engines' even split
+    return a + (b - a) / 2
+
+
 def _maximum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if _is_real(a) and _is_real(b):
         return np.maximum(a, b)
-    return np.where(_re(a) >= _re(b), a, b)
+    return np.where(_re(a) > _re(b), a, np.where(_re(a) < _re(b), b, _tie_mean(a, b)))
 
 
 def _minimum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if _is_real(a) and _is_real(b):
         return np.minimum(a, b)
-    return np.where(_re(a) <= _re(b), a, b)
+    return np.where(_re(a) < _re(b), a, np.where(_re(a) > _re(b), b, _tie_mean(a, b)))
+
+
+def _difference_coord(lead: int, a: np.ndarray, b: np.ndarray, **_: Any) -> np.ndarray:
+    """Kink coordinate of a choice between a and b (maximum, minimum, l1): a − b."""
+    a, b = _align(lead, (a, b), max(a.ndim, b.ndim) - lead)
+    return a - b
+
+
+def _window_coord(flat: np.ndarray) -> np.ndarray | None:
+    """Kink coordinates of a maximum over the last axis: x_i − (max of the others), i.e.
+    top1 − top2 for the (first) maximum and x_i − top1 for the rest; 0 on a tie. −inf
+    entries (padding) never win and never tie."""
+    if flat.shape[-1] < 2:
+        return None
+    re = np.array(_re(flat), dtype=np.float64)  # a copy: the maximum is masked out below
+    first = np.argmax(re, axis=-1)[..., None]
+    top1 = np.take_along_axis(flat, first, axis=-1)
+    np.put_along_axis(re, first, -np.inf, axis=-1)
+    second = np.argmax(re, axis=-1)[..., None]
+    alone = np.take_along_axis(re, second, axis=-1) == -np.inf
+    with np.errstate(invalid="ignore"):
+        out = flat - top1
+        gap = np.where(alone, np.inf, top1 - np.take_along_axis(flat, second, axis=-1))
+    np.put_along_axis(out, first, gap.astype(out.dtype), axis=-1)
+    return out
 
 
 def _share_first(a: np.ndarray, b: np.ndarray, first_wins: np.ndarray) -> np.ndarray:
@@ -349,7 +406,8 @@ _binary("maximum", _maximum,
         lambda g, ans, a, b: g * _share_first(a, b, _re(a) > _re(b)),
         lambda g, ans, a, b: g * _share_first(b, a, _re(b) > _re(a)),
         _sp_maximum, "max",
-        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), doc="element-wise maximum",
+        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), kink_convention="mean",
+        doc="element-wise maximum",
         # d max(a, b)/da = (1 + sign(a − b))/2: 1, 0, or ½ on a tie
         matrix=(lambda M, g, ans, a, b: g * (1 + M.sign(a - b)) / 2,
                 lambda M, g, ans, a, b: g * (1 + M.sign(b - a)) / 2))
@@ -357,7 +415,8 @@ _binary("minimum", _minimum,
         lambda g, ans, a, b: g * _share_first(a, b, _re(a) < _re(b)),
         lambda g, ans, a, b: g * _share_first(b, a, _re(b) < _re(a)),
         _sp_minimum, "min",
-        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), doc="element-wise minimum",
+        kink=lambda a, b: bool(np.any(_re(a) == _re(b))), kink_convention="mean",
+        doc="element-wise minimum",
         matrix=(lambda M, g, ans, a, b: g * (1 - M.sign(a - b)) / 2,
                 lambda M, g, ans, a, b: g * (1 - M.sign(b - a)) / 2))
 
@@ -368,12 +427,15 @@ _binary("minimum", _minimum,
 
 def _unary(name: str, forward: Callable, vjp: Callable, sym: Callable, label: str, *,
            attrs: dict[str, Any] | None = None, complex_safe: bool = True,
-           kink: Callable | None = None, uses: frozenset[str] = frozenset({"inputs"}),
+           kink: Callable | None = None, kink_coord: Callable | None = None,
+           kink_convention: str | None = None, uses: frozenset[str] = frozenset({"inputs"}),
            decompose: Callable | None = None, doc: str = "", matrix: Callable | None = None) -> Op:
     return _register(Op(
         name=name, shape=_same_shape, forward=forward, vjp=(vjp,), label=label,
         sympy=_ew(sym) if not attrs else (lambda x, **a: _ew(lambda v: sym(v, **a))(x)),
         attrs=attrs or {}, complex_safe=complex_safe, kink=kink, batched=_poly(forward),
+        kink_coord=kink_coord if kink_coord is not None or kink is None else _identity_coord,
+        kink_convention=kink_convention,
         vjp_uses=uses, decompose=decompose, doc=doc, matrix=None if matrix is None else (matrix,),
     ))
 
@@ -430,6 +492,11 @@ def _at_zero(x: np.ndarray, **_: Any) -> bool:
     return bool(np.any(_re(x) == 0))
 
 
+def _identity_coord(lead: int, x: np.ndarray, **_: Any) -> np.ndarray:
+    """Kink coordinate of an op whose kink is at x = 0 (relu, abs, sqrt): x itself."""
+    return x
+
+
 _unary("neg", np.negative, lambda g, ans, x: -g, lambda x: -x, "−x",
        uses=frozenset(), doc="−x",
        matrix=lambda M, g, ans, x: -g)
@@ -457,15 +524,16 @@ _unary("sigmoid", _sigmoid, lambda g, ans, x: g * ans * (1 - ans),
        doc="σ(x) = 1 / (1 + e⁻ˣ);  dσ/dx = σ(1 − σ)",
        matrix=lambda M, g, ans, x: g * ans * (1 - ans))
 _unary("relu", _relu, _relu_vjp, _sp_relu, "relu",
-       kink=_at_zero, doc="max(0, x);  relu'(x) = 1 for x > 0, else 0 (relu'(0) = 0)",
+       kink=_at_zero, kink_convention="negative",
+       doc="max(0, x);  relu'(x) = 1 for x > 0, else 0 (relu'(0) = 0)",
        matrix=lambda M, g, ans, x: g * M.step(x))
 _unary("leaky_relu", _leaky_relu, _leaky_relu_vjp,
        lambda x, alpha=0.01: sp.Piecewise((x, x > 0), (sp.Float(alpha) * x, True)),
-       "leaky_relu", attrs={"alpha": 0.01}, kink=_at_zero,
+       "leaky_relu", attrs={"alpha": 0.01}, kink=_at_zero, kink_convention="negative",
        doc="x for x > 0, else alpha·x (derivative alpha at 0)",
        matrix=lambda M, g, ans, x, alpha=0.01: g * (M.step(x) + alpha * (1 - M.step(x))))
 _unary("abs", _abs, lambda g, ans, x: g * np.sign(_re(x)).astype(x.dtype), sp.Abs, "|x|",
-       kink=_at_zero, doc="|x| (abs'(0) = 0)",
+       kink=_at_zero, kink_convention="mean", doc="|x| (abs'(0) = 0)",
        matrix=lambda M, g, ans, x: g * M.sign(x))
 
 
@@ -480,6 +548,7 @@ _unary("pow", lambda x, exponent=2.0: x ** exponent, _pow_vjp,
                                      else sp.Float(exponent)),
        "xᵖ", attrs={"exponent": 2.0},
        kink=lambda x, exponent=2.0: bool(exponent < 1 and np.any(_re(x) == 0)),
+       kink_coord=lambda lead, x, exponent=2.0: x if exponent < 1 else None,
        doc="x ** p for a constant exponent p",
        # p = 0: exactly zero (as the VJP, whatever flows in); p = 1: g itself (x⁰ = 1)
        matrix=lambda M, g, ans, x, exponent=2.0:
@@ -521,14 +590,27 @@ def _mean_vjp(g, ans, x, axes=(), keepdims=False):
     return _sum_vjp(g, ans, x, axes, keepdims) / _count(x.shape, axes)
 
 
+def _reduced_last(x, axes):
+    """x with the reduced axes moved to the end and flattened into one."""
+    moved = np.moveaxis(x, axes, tuple(range(-len(axes), 0)))
+    return moved.reshape(moved.shape[: moved.ndim - len(axes)] + (-1,))
+
+
 def _max_reduce(x, axes=(), keepdims=False):
     if _is_real(x):
         return np.max(x, axis=axes, keepdims=keepdims)
-    moved = np.moveaxis(x, axes, tuple(range(-len(axes), 0)))
-    flat = moved.reshape(moved.shape[: moved.ndim - len(axes)] + (-1,))
+    flat = _reduced_last(x, axes)
     arg = np.argmax(flat.real, axis=-1)[..., None]
-    out = np.take_along_axis(flat, arg, axis=-1)[..., 0]
+    top = np.take_along_axis(flat, arg, axis=-1)
+    # ties (equal real parts) share the complex step evenly, as the engines share the
+    # gradient; top's real part is kept exactly
+    hit = flat.real == top.real
+    out = (top + ((flat - top) * hit).sum(axis=-1, keepdims=True) / hit.sum(axis=-1, keepdims=True))[..., 0]
     return out.reshape(_reduce_shape(x.shape, axes, keepdims)) if keepdims else out
+
+
+def _max_coord(lead, x, axes=(), keepdims=False):
+    return _window_coord(_reduced_last(x, axes)) if axes else None
 
 
 def _max_vjp(g, ans, x, axes=(), keepdims=False):
@@ -588,6 +670,7 @@ for _name, _fwd, _vjp, _sym, _label, _kink in (
     _register(Op(
         name=_name, shape=_reduce_shape, forward=_fwd, vjp=(_vjp,), sympy=_sym, label=_label,
         attrs={"axes": (), "keepdims": False}, kink=_kink, batched=_poly(_fwd),
+        kink_coord=_max_coord if _kink is not None else None,
         vjp_uses=frozenset({"inputs"}) if _name != "max" else frozenset({"inputs", "ans"}),
         doc=f"{_name} over the given axes", matrix=(_MATRIX_REDUCE[_name],),
     ))
@@ -1161,6 +1244,17 @@ def _pool_batched(forward: Callable) -> Callable:
     return batched
 
 
+def _max_pool_coord(lead: int, x: np.ndarray, kernel, stride, padding) -> np.ndarray | None:
+    """Kink coordinates of max pooling: per window, each element minus the largest other
+    (padding counts as −inf), shape (*lead, N, C, Ho, Wo, kh·kw)."""
+    front = x.shape[: lead + 1]
+    cols = K.im2col(x.reshape((-1,) + x.shape[lead + 1:]), kernel, stride, padding, (1, 1),
+                    pad_value=-np.inf)
+    n, c, kh, kw, ho, wo = cols.shape
+    coord = _window_coord(np.moveaxis(cols.reshape(n, c, kh * kw, ho, wo), 2, -1))
+    return None if coord is None else coord.reshape(front + coord.shape[1:])
+
+
 _register(Op(
     name="max_pool2d",
     shape=lambda x, **a: _pool_shape(x, name="max_pool2d", **a),
@@ -1169,7 +1263,10 @@ _register(Op(
     vjp=(lambda g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
          K.max_pool2d_backward(g, x, kernel, stride, padding),),
     sympy=_sp_max_pool, label="max_pool", attrs=_pool_attrs(),
-    kink=lambda x, **a: K.max_pool2d_ties(x, **a),
+    kink=lambda x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+        K.max_pool2d_ties(x, kernel, stride, padding),
+    kink_coord=lambda lead, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
+        _max_pool_coord(lead, x, kernel, stride, padding),
     batched=_pool_batched(K.max_pool2d_forward),
     vjp_uses=frozenset({"inputs"}),
     matrix=(lambda M, g, ans, x, kernel=(2, 2), stride=(2, 2), padding=(0, 0):
@@ -1583,6 +1680,7 @@ _register(Op(
     sympy=_sp_pair_loss(lambda p, t: sp.Abs(p - t)), label="‖ŷ−y‖₁",
     attrs={"reduction": "sum"},
     kink=lambda p, t, **a: bool(np.any(_re(p) == _re(t))),
+    kink_coord=_difference_coord, kink_convention="mean",
     batched=lambda lead, p, t, reduction="sum": _l1(p, t, reduction, lead),
     vjp_uses=frozenset({"inputs"}),
     matrix=(_pair_loss_matrix(lambda M, d: M.sign(d), 1),

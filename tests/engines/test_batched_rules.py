@@ -339,3 +339,60 @@ def test_lead_patterns_include_size_one_operands():
     assert ((2, 3), (1, 1)) in pats and ((1, 3), (2, 3)) in pats and ((2, 3), (2, 3)) in pats
     assert all(len(p) == 2 for p in pats)
     assert len(list(itertools.chain.from_iterable(SAMPLES.values()))) > 100
+
+
+# --- kink coordinates (what the numeric engine compares to see a stencil cross a kink) ---
+
+def _kinked_ops() -> list[str]:
+    return sorted(name for name, op in OPS.items() if op.kink is not None)
+
+
+def _coord_copy_by_copy(op: Any, lead: int, stacked: list[np.ndarray], attrs: dict[str, Any]
+                        ) -> np.ndarray | None:
+    batch = np.broadcast_shapes(*(a.shape[:lead] for a in stacked))
+    outs = []
+    for idx in np.ndindex(batch):
+        picked = [a[tuple(i if s > 1 else 0 for i, s in zip(idx, a.shape[:lead]))] for a in stacked]
+        c = op.kink_coord(0, *picked, **attrs)
+        if c is None:
+            return None
+        outs.append(np.asarray(c))
+    return np.stack(outs).reshape(batch + outs[0].shape)
+
+
+@pytest.mark.parametrize("name", _kinked_ops())
+def test_kink_coordinates_batched_equal_copy_by_copy(name):
+    """The engine reads kink coordinates of perturbed copies in the batched call: with
+    lead axes they must be the coordinates of each copy, stacked."""
+    op = OPS[name]
+    for case in SAMPLES[name]:
+        rng = np.random.default_rng(zlib.crc32(repr((name, case, "kink")).encode()))
+        base = _operands(case, rng, False)
+        for lead in LEADS:
+            for pattern in _lead_patterns(lead, len(base)):
+                stacked = [_stack(x, p, rng) for x, p in zip(base, pattern)]
+                expected = _coord_copy_by_copy(op, lead, stacked, case.attrs)
+                got = op.kink_coord(lead, *(a.copy() for a in stacked), **case.attrs)
+                where = f"{name}{case.shapes} attrs={case.attrs} lead={lead} lead shapes={pattern}"
+                if expected is None:
+                    assert got is None, where
+                    continue
+                got = np.asarray(got)
+                assert got.shape == expected.shape, f"{where}: {got.shape} vs {expected.shape}"
+                np.testing.assert_array_equal(got, expected, err_msg=where)
+
+
+@pytest.mark.parametrize("name", _kinked_ops())
+def test_kink_is_a_zero_kink_coordinate(name):
+    """``kink`` (the inputs sit on a kink) and ``kink_coord`` (0 exactly on a kink) agree,
+    on inputs with ties and zeros and on inputs without."""
+    op = OPS[name]
+    for case in SAMPLES[name]:
+        rng = np.random.default_rng(zlib.crc32(repr((name, case, "zero")).encode()))
+        for rounded in (False, True):
+            xs = _operands(case, rng, False)
+            if rounded:  # integers: zeros and ties everywhere
+                xs = [np.round(x) if i not in case.positive else x for i, x in enumerate(xs)]
+            coord = op.kink_coord(0, *xs, **case.attrs)
+            on = False if coord is None else bool(np.any(np.asarray(coord) == 0))
+            assert op.kink(*xs, **case.attrs) == on, (name, case, rounded)
