@@ -6,7 +6,12 @@ training digits, scored on the 1,000 test digits (100 per class):
 
 * :class:`~autodiff_lab.nn.LinearClassifier`: logits = W·x + b. Its ten weight rows, drawn
   as 28×28 images, are the templates each class score matches the digit against;
-* :class:`~autodiff_lab.nn.MLPClassifier`: logits = W2·relu(W1·x + b1) + b2.
+* :class:`~autodiff_lab.nn.MLPClassifier`: logits = W2·relu(W1·x + b1) + b2, 256 hidden
+  units; its training digits are shifted by up to 2 pixels in each direction (a new random
+  shift per digit per batch, a ``transform`` of ``nn.fit``): with only 6,000 training
+  digits this lifts the test accuracy from about 94 % to 96 %.
+
+Both use AdamW (weight decay 0.01) with a cosine decay of the learning rate.
 
 Writes ``linear.npz``, ``mlp.npz`` and ``model.npz`` (= the MLP), ``metrics.json``,
 ``confusion_linear.png``, ``confusion_mlp.png``, ``templates.png`` (the linear model's
@@ -37,13 +42,34 @@ DEFAULT_ENGINE = "tape"
 
 #: per model: constructor, epochs, batch, learning rate, weight decay (AdamW)
 RECIPES = {
-    "linear": {"epochs": 15, "batch": 64, "lr": 1e-3, "weight_decay": 1e-2},
-    "mlp": {"epochs": 15, "batch": 64, "lr": 1e-3, "weight_decay": 1e-2, "hidden": 256},
+    "linear": {"epochs": 15, "batch": 64, "lr": 1e-3, "weight_decay": 1e-2, "shift": 0},
+    "mlp": {"epochs": 30, "batch": 64, "lr": 1e-3, "weight_decay": 1e-2, "shift": 2, "hidden": 256},
 }
 QUICK_EPOCHS = 1
 QUICK_TRAIN, QUICK_TEST = 300, 100
 TARGET_ACCURACY = {"linear": 0.88, "mlp": 0.95}
 TARGET_SECONDS = 60.0
+
+
+class RandomShifts:
+    """The training transform of the MLP: move each digit by up to ``pixels`` in x and y
+    (independently, uniformly), filling with background (0)."""
+
+    __name__ = "random_shifts"
+
+    def __init__(self, pixels: int = 2) -> None:
+        self.pixels = pixels
+
+    def __call__(self, rng: np.random.Generator, xb: np.ndarray, yb: np.ndarray):
+        m, n = self.pixels, len(xb)
+        padded = np.pad(xb.reshape(n, 28, 28), ((0, 0), (m, m), (m, m)))
+        dy, dx = rng.integers(0, 2 * m + 1, n), rng.integers(0, 2 * m + 1, n)
+        r = np.arange(28)
+        rows, cols = (dy[:, None] + r)[:, :, None], (dx[:, None] + r)[:, None, :]
+        return padded[np.arange(n)[:, None, None], rows, cols].reshape(n, 784), yb
+
+    def __repr__(self) -> str:
+        return f"RandomShifts(pixels={self.pixels})"
 
 
 def load(quick: bool, dtype=np.float32):
@@ -97,6 +123,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
         history = nn.fit(model, nn.CrossEntropyLoss(), optimizer, (x_train, y_train), (x_test, y_test),
                          engine=engine, epochs=epochs, batch_size=recipe["batch"], scheduler=scheduler,
                          schedule_per="step", seed=options.seed,
+                         transform=RandomShifts(recipe["shift"]) if recipe["shift"] else None,
                          metrics={"test_accuracy": lambda m: accuracy(m, x_test, y_test)},
                          out=folder.training(kind), resume=folder.checkpoint(kind),
                          max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet)
@@ -127,7 +154,8 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
         models["linear"].linear.weight.data, folder.file("templates"), titles=[str(d) for d in range(10)],
         title="linear classifier: the weight row of each class"))
     folder.record(figures.loss_curves(
-        {kind: (np.arange(1, len(h.step_loss) + 1), np.asarray(h.step_loss)) for kind, h in histories.items()},
+        {kind: (np.arange(1, len(h.step_loss) + 1), np.asarray(h.step_loss))
+         for kind, h in histories.items()},
         folder.file("loss"), xlabel="training step", ylabel="cross-entropy",
         val={kind: (np.asarray(h.epoch_end_step), np.asarray(h.val_loss)) for kind, h in histories.items()},
         title="training loss per step, test loss per epoch"))
@@ -147,4 +175,4 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
     return StudyResult(NAME, folder.path, metrics, folder.files, [f"test accuracy: {summary}"])
 
 
-__all__ = ["accuracy", "build", "load", "run"]
+__all__ = ["RandomShifts", "accuracy", "build", "load", "run"]

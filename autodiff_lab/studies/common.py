@@ -177,14 +177,16 @@ class RunFolder:
 
     def write_settings(self, name: str, options: StudyOptions, extra: Mapping[str, Any]) -> None:
         """run.json: the study's name and settings, what ``--resume`` reads back."""
-        text = json.dumps({"study": name, **options.saved(), **jsonable(dict(extra))}, indent=1)
+        text = json.dumps(jsonable({"study": name, **options.saved(), **dict(extra)}), indent=1,
+                          ensure_ascii=False)
         self.file(RUN_FILE).write_text(text + "\n")
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
         """metrics.json (non-finite numbers become ``null``; none should be there)."""
         path = self.file(METRICS_FILE)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(jsonable(dict(metrics)), indent=1, allow_nan=False) + "\n")
+        text = json.dumps(jsonable(dict(metrics)), indent=1, allow_nan=False, ensure_ascii=False)
+        tmp.write_text(text + "\n")
         os.replace(tmp, path)
         self.record(path)
         return path
@@ -364,6 +366,6 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-__all__ = ["ALL_ENGINES", "STUDY_MAX_NUMERIC", "RunFolder", "StudyOptions", "StudyResult", "check_engine", "finite_numbers",
-           "holds_run", "jsonable", "options_from", "per_image_psnr", "positive_int",
+__all__ = ["ALL_ENGINES", "STUDY_MAX_NUMERIC", "RunFolder", "StudyOptions", "StudyResult", "check_engine",
+           "finite_numbers", "holds_run", "jsonable", "options_from", "per_image_psnr", "positive_int",
            "prepare_run_folder", "psnr_db", "read_settings", "say", "timed", "training_record"]

@@ -112,6 +112,14 @@ def _draw_graph(model, X: np.ndarray, Y: np.ndarray, folder: RunFolder) -> dict:
             "grads": {k: v for k, v in result.grads.items()}}
 
 
+def _num(v: float) -> str:
+    return f"{v:.2f}".replace("-", "−")
+
+
+def _signed(v: float) -> str:
+    return f"{'+' if v >= 0 else '−'} {abs(v):.2f}"
+
+
 def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
     """Train the neuron with every engine, check they agree, draw it (module docstring)."""
     from autodiff_lab import figures, nn
@@ -138,8 +146,9 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
         if c.shape != reference.shape:
             raise AgreementError(f"the {name} engine took {c.size} steps, the tape {reference.size}")
         differences[name] = float(np.max(np.abs(c - reference))) if c.size else 0.0
-    weight_differences = {name: float(max(np.max(np.abs(models[name].weight.data - models["tape"].weight.data)),
-                                          np.max(np.abs(models[name].bias.data - models["tape"].bias.data))))
+    tape = models["tape"]
+    weight_differences = {name: float(max(np.max(np.abs(models[name].weight.data - tape.weight.data)),
+                                          np.max(np.abs(models[name].bias.data - tape.bias.data))))
                           for name in ("symbolic", "numeric")}
     worst = max(differences, key=differences.get)
     if differences[worst] > TOLERANCE:
@@ -159,8 +168,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
     folder.record(figures.decision_boundary(
         lambda P: (nn.predict(model, P)[:, 0] >= 0.5).astype(int), X, labels, folder.file("boundary"),
         class_names=["y = 0", "y = 1"],
-        title=f"σ({w[0]:.2f}·x₁ {'+' if w[1] >= 0 else '−'} {abs(w[1]):.2f}·x₂ "
-              f"{'+' if b >= 0 else '−'} {abs(b):.2f}) = ½"))
+        title=f"σ({_num(w[0])}·x₁ {_signed(w[1])}·x₂ {_signed(b)}) = ½"))
 
     per_engine = {}
     for name, m in models.items():
