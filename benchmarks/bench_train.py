@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py            # 3 MLP epochs, 20 DnCNN steps
     python benchmarks/bench_train.py --quick    # a smoke run (a few steps of each)
     python benchmarks/bench_train.py --json out.json
+    python benchmarks/bench_train.py --threads 1   # on a busy machine (see below)
 
 Both sides train the same model from the same initial weights on the same data with the
 same batch size and optimiser, in float32:
@@ -19,14 +20,27 @@ The PyTorch side is ``benchmarks/peers_torch_train.py`` (an optional peer: witho
 the table says "peer not installed"). Our side is the loop the studies use, written out:
 ``nn.compile_step`` (tape engine, no per-op NaN checks, as ``nn.fit`` runs it) and
 ``nn.Adam``. The ratio is ours / PyTorch (> 1: we are slower). Timings depend on the
-machine's load; run it on a quiet machine for numbers to quote.
+machine's load; run it on a quiet machine for numbers to quote. On a machine whose cores
+are busy with other work, multi-threaded BLAS and PyTorch spin-wait for each other's
+threads and slow down many-fold: ``--threads 1`` then gives the fairer comparison.
 """
 
 from __future__ import annotations
 
 import os
 
-THREADS = 2
+
+def _threads_from_argv(argv: list[str], default: int = 2) -> int:
+    """``--threads N`` read before numpy is imported (BLAS reads its variables at import)."""
+    for i, a in enumerate(argv):
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+        if a == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+    return default
+
+
+THREADS = _threads_from_argv(__import__("sys").argv[1:]) if __name__ == "__main__" else 2
 if __name__ == "__main__":
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(_var, str(THREADS))
@@ -125,21 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 MLP steps, 5 DnCNN steps")
     ap.add_argument("--epochs", type=int, default=3, help="MLP epochs (the median is reported)")
     ap.add_argument("--dncnn-steps", type=int, default=20, help="timed DnCNN steps")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="threads for BLAS, Numba and PyTorch (default 2; 1 on a busy machine)")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
     mlp_kw = {"epochs": 1, "max_steps_per_epoch": 20} if args.quick else {"epochs": args.epochs}
     dn_kw = {"steps": 5, "warmup": 1} if args.quick else {"steps": args.dncnn_steps}
-    results: dict[str, Any] = {"threads": THREADS, "load_average": list(os.getloadavg()),
+    results: dict[str, Any] = {"threads": args.threads, "load_average": list(os.getloadavg()),
                                "ours": {}, "torch": {}}
     results["ours"]["mlp"] = ours_mlp_inpainting(**mlp_kw)
     results["ours"]["dncnn"] = ours_dncnn_steps(**dn_kw)
     if peer.available():
-        results["torch"]["mlp"] = peer.torch_mlp_inpainting(**mlp_kw)
-        results["torch"]["dncnn"] = peer.torch_dncnn_steps(**dn_kw)
+        results["torch"]["mlp"] = peer.torch_mlp_inpainting(**mlp_kw, threads=args.threads)
+        results["torch"]["dncnn"] = peer.torch_dncnn_steps(**dn_kw, threads=args.threads)
         results["torch_version"] = results["torch"]["mlp"]["framework"]
     t = results["torch"]
     steps = results["ours"]["mlp"]["steps_per_epoch"]
-    print(f"training speed, float32, {THREADS} threads; load average "
+    print(f"training speed, float32, {args.threads} thread(s); load average "
           f"{', '.join(f'{v:.1f}' for v in results['load_average'])} (ratio = ours / PyTorch)")
     print("| case | ours (tape) | PyTorch CPU | ratio |")
     print("|---|---|---|---|")

@@ -59,7 +59,7 @@ SIGMA = 25 / 255
 TEST_NOISE_SEED = 2017
 #: training steps per "epoch" (checkpoints, validation PSNR, progress)
 EPOCH_STEPS = 100
-CALIBRATION_STEPS = 6
+CALIBRATION_STEPS = 8
 TARGET_CAMERA_DB = 29.0
 TARGET_GAIN_DB = 1.0
 
@@ -156,15 +156,21 @@ def _validation(seed: int, size: int = 64, count: int = 8):
     return clean + noise, noise
 
 
-def calibrate(recipe: Recipe, seed: int, engine: str, sampler: NoisyPatches, quiet: bool) -> float:
-    """Seconds per training step, measured on a copy of the model (so the run itself is not
-    changed). An engine that cannot train the model is refused here, before any training."""
+def calibrate(recipe: Recipe, seed: int, engine: str, sampler: NoisyPatches) -> float:
+    """Seconds per training step (sampling, forward, backward, update), measured on a copy
+    of the model so the run itself is not changed: the median of the steps after the first
+    two (which trace, compile and warm up). An engine that cannot train the model is
+    refused here, before any training."""
     from autodiff_lab import nn
     model, optimizer = build(recipe, seed)
-    history = nn.fit(model, nn.MSELoss(reduction="mean"), optimizer, sampler, engine=engine,
-                     epochs=1, steps_per_epoch=CALIBRATION_STEPS, batch_size=recipe.batch, seed=seed + 99,
-                     max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=False)
-    return float(history.step_time)
+    stamps: list[float] = []
+    start = time.perf_counter()
+    nn.fit(model, nn.MSELoss(reduction="mean"), optimizer, sampler, engine=engine, epochs=1,
+           steps_per_epoch=CALIBRATION_STEPS, batch_size=recipe.batch, seed=seed + 99,
+           max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=False,
+           callback=lambda info: stamps.append(time.perf_counter()))
+    times = np.diff([start, *stamps])[2:]
+    return float(np.median(times))
 
 
 def plan_steps(recipe: Recipe, budget_s: float, step_s: float) -> int:
@@ -234,7 +240,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
                              f"({total // EPOCH_STEPS} epochs of {EPOCH_STEPS})")
     else:
         say(options, f"denoiser: {recipe.description or recipe}; calibrating the {engine} engine")
-        step_s = calibrate(recipe, options.seed, engine, sampler, options.quiet)
+        step_s = calibrate(recipe, options.seed, engine, sampler)
         total = recipe.steps or plan_steps(recipe, budget - (time.perf_counter() - started), step_s)
     calibration_s = time.perf_counter() - started
     epochs = -(-total // EPOCH_STEPS) if total >= EPOCH_STEPS else 1

@@ -182,20 +182,23 @@ def test_denoise_bad_input(runs, tmp_path, capsys):
 # --- run folders, resuming, bad input ----------------------------------------------------------
 
 def test_a_folder_holding_a_run_is_never_overwritten(runs, tmp_path, capsys, monkeypatch):
+    import shutil
     monkeypatch.chdir(tmp_path)
-    status, err = cli(capsys, "train", "neuron", "--quick", "--quiet")
-    assert status == 0 and "runs/neuron" in err
+    shutil.copytree(runs["neuron"], "runs/neuron")  # a finished run in the default folder
     first = Path("runs/neuron/metrics.json")
-    before = first.stat().st_mtime_ns, first.read_bytes()
+    before = first.read_bytes()
     status, err = cli(capsys, "train", "neuron", "--quick", "--quiet", "--seed", "1")
-    assert status == 0 and "already holds a run" in err
-    assert (first.stat().st_mtime_ns, first.read_bytes()) == before
+    assert status == 0 and "runs/neuron already holds a run" in err
+    assert first.read_bytes() == before
     beside = [p for p in Path("runs").iterdir() if re.fullmatch(r"neuron-\d{8}-\d{6}(-\d+)?", p.name)]
     assert len(beside) == 1 and (beside[0] / "model.npz").is_file()
     assert str(beside[0]) in err
-    status, err = cli(capsys, "train", "neuron", "--quick", "--quiet", "--force", "--seed", "2")
+    assert json.loads((beside[0] / "run.json").read_text())["seed"] == 1
+    status, err = cli(capsys, "train", "neuron", "--quick", "--quiet", "--force", "--seed", "2",
+                      "--out", str(beside[0]))
     assert status == 0 and "already holds" not in err
-    assert first.read_bytes() != before[1]
+    assert json.loads((beside[0] / "run.json").read_text())["seed"] == 2
+    assert len(list(Path("runs").iterdir())) == 2
 
 
 def test_interrupted_training_is_resumable(tmp_path, capsys, monkeypatch):
