@@ -31,6 +31,7 @@ from autodiff_lab.studies.common import (
     check_engine,
     positive_int,
     say,
+    scheduled_epochs,
     training_record,
 )
 
@@ -114,7 +115,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
     results, histories, models = {}, {}, {}
     for kind in ("linear", "mlp"):
         recipe = RECIPES[kind]
-        epochs = options.epochs or (QUICK_EPOCHS if options.quick else recipe["epochs"])
+        epochs = scheduled_epochs(folder, options, QUICK_EPOCHS if options.quick else recipe["epochs"])
         model, optimizer = build(kind, options.seed)
         steps = -(-len(x_train) // recipe["batch"])
         scheduler = nn.CosineLR(optimizer, total_steps=epochs * steps, min_lr=recipe["lr"] * 0.01)

@@ -33,8 +33,10 @@ from autodiff_lab.errors import CheckpointError, InputError
 
 #: every gradient engine a study may be asked to train with
 ALL_ENGINES = ("tape", "symbolic", "numeric")
-#: the settings a resumed run keeps from its run.json (``epochs`` may be raised to train on)
+#: the settings a resumed run keeps from its run.json ...
 SAVED_SETTINGS = ("quick", "engine", "epochs", "seed", "minutes", "config")
+#: ... except these, which may be given again: more epochs to train on, a new time budget
+RESUME_OVERRIDES = ("epochs", "minutes")
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.npz"
@@ -221,7 +223,8 @@ class RunFolder:
 def prepare_run_folder(name: str, options: StudyOptions) -> RunFolder:
     """The run folder of this run, by the policy in the module docstring. With
     ``options.resume`` the settings saved in that folder's run.json are copied into
-    ``options`` (an explicitly different setting is an error, except more ``epochs``)."""
+    ``options`` (an explicitly different setting is an error, except ``epochs`` and
+    ``minutes``: train on for more epochs, or with a new time budget)."""
     if options.resume is not None:
         folder = Path(options.resume)
         settings = read_settings(folder)
@@ -236,8 +239,8 @@ def prepare_run_folder(name: str, options: StudyOptions) -> RunFolder:
                     raise InputError(f"--quick differs from the run in {str(folder)!r} (a full run); "
                                      "a resumed run keeps its settings")
                 options.quick = bool(saved)
-            elif given is None or given == saved or key == "epochs":
-                if key != "epochs" or given is None:
+            elif given is None or given == saved or key in RESUME_OVERRIDES:
+                if key not in RESUME_OVERRIDES or given is None:
                     setattr(options, key, saved)
             else:
                 raise InputError(f"--{key} {given} differs from the run in {str(folder)!r} ({key} "
@@ -251,6 +254,19 @@ def prepare_run_folder(name: str, options: StudyOptions) -> RunFolder:
         return RunFolder(new, note=f"{folder} already holds a run (use --force to overwrite it); "
                                    f"writing this one to {new}")
     return RunFolder(folder)
+
+
+def scheduled_epochs(folder: RunFolder, options: StudyOptions, default: int) -> int:
+    """The epochs of a study whose learning-rate schedule is planned for them: ``--epochs``
+    or ``default``; a resumed run must keep the epochs it was started with."""
+    epochs = positive_int("--epochs", options.epochs) if options.epochs is not None else default
+    if folder.resumed:
+        started = read_settings(folder.path).get("epochs") or default
+        if epochs != started:
+            raise InputError(f"--epochs {epochs}: the run in {str(folder.path)!r} was started for "
+                             f"{started} epochs and its learning-rate schedule is planned for them; "
+                             "resume without --epochs")
+    return epochs
 
 
 def read_settings(folder: Path) -> dict[str, Any]:
@@ -368,4 +384,5 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 __all__ = ["ALL_ENGINES", "STUDY_MAX_NUMERIC", "RunFolder", "StudyOptions", "StudyResult", "check_engine",
            "finite_numbers", "holds_run", "jsonable", "options_from", "per_image_psnr", "positive_int",
-           "prepare_run_folder", "psnr_db", "read_settings", "say", "timed", "training_record"]
+           "prepare_run_folder", "psnr_db", "read_settings", "say", "scheduled_epochs", "timed",
+           "training_record"]

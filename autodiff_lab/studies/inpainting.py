@@ -33,9 +33,9 @@ from autodiff_lab.studies.common import (
     StudyResult,
     check_engine,
     per_image_psnr,
-    positive_int,
     psnr_db,
     say,
+    scheduled_epochs,
     training_record,
 )
 
@@ -122,8 +122,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
     from autodiff_lab import figures, nn
 
     engine = check_engine(NAME, options.engine, ENGINES, DEFAULT_ENGINE)
-    epochs = positive_int("--epochs", options.epochs) if options.epochs is not None else (
-        QUICK_EPOCHS if options.quick else EPOCHS)
+    epochs = scheduled_epochs(folder, options, QUICK_EPOCHS if options.quick else EPOCHS)
     x_train, x_test, masked_test, mask_test = load(options.quick, options.seed)
     model, optimizer = build(options.seed)
     steps_per_epoch = -(-len(x_train) // BATCH)
