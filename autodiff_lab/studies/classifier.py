@@ -30,6 +30,7 @@ from autodiff_lab.studies.common import (
     StudyResult,
     check_engine,
     positive_int,
+    refuse_infeasible_engine,
     say,
     scheduled_epochs,
     training_record,
@@ -111,6 +112,9 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
     if options.epochs is not None:
         positive_int("--epochs", options.epochs)
     x_train, y_train, x_test, y_test = load(options.quick)
+    for kind in ("linear", "mlp"):
+        refuse_infeasible_engine(engine, build(kind, options.seed)[0], nn.CrossEntropyLoss(),
+                                 (x_train, y_train), RECIPES[kind]["batch"])
     folder.write_settings(NAME, options, {"recipes": RECIPES})
     results, histories, models = {}, {}, {}
     for kind in ("linear", "mlp"):

@@ -97,6 +97,19 @@ def check_engine(name: str, engine: str | None, supported: tuple[str, ...], defa
     return engine
 
 
+def refuse_infeasible_engine(engine: str, model: Any, loss: Any, data: Any, batch_size: int,
+                             steps_per_epoch: int | None = None) -> None:
+    """Let ``nn.fit`` refuse the numeric engine for ``model`` (with the forward evaluations
+    one step would need) before the study prints or writes anything: a fit of 0 epochs,
+    which compiles the step and changes nothing. Other engines pass at once."""
+    if engine != "numeric":
+        return
+    from autodiff_lab import nn
+    nn.fit(model, loss, nn.SGD(model.parameters(), lr=1.0), data, engine=engine, epochs=0,
+           batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+           max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=False)
+
+
 def positive_int(what: str, value: Any) -> int:
     """``value`` as an int ≥ 1, or our error naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -384,5 +397,5 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 __all__ = ["ALL_ENGINES", "STUDY_MAX_NUMERIC", "RunFolder", "StudyOptions", "StudyResult", "check_engine",
            "finite_numbers", "holds_run", "jsonable", "options_from", "per_image_psnr", "positive_int",
-           "prepare_run_folder", "psnr_db", "read_settings", "say", "scheduled_epochs", "timed",
-           "training_record"]
+           "prepare_run_folder", "psnr_db", "read_settings", "refuse_infeasible_engine", "say",
+           "scheduled_epochs", "timed", "training_record"]

@@ -45,6 +45,7 @@ from autodiff_lab.studies.common import (
     check_engine,
     psnr_db,
     read_settings,
+    refuse_infeasible_engine,
     say,
     training_record,
 )
@@ -239,6 +240,8 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
             raise InputError(f"a resumed denoiser run keeps its planned {total} steps "
                              f"({total // EPOCH_STEPS} epochs of {EPOCH_STEPS})")
     else:
+        refuse_infeasible_engine(engine, build(recipe, options.seed)[0], nn.MSELoss(reduction="mean"),
+                                 sampler, recipe.batch, steps_per_epoch=1)
         say(options, f"denoiser: {recipe.description or recipe}; calibrating the {engine} engine")
         step_s = calibrate(recipe, options.seed, engine, sampler)
         total = recipe.steps or plan_steps(recipe, budget - (time.perf_counter() - started), step_s)

@@ -34,6 +34,7 @@ from autodiff_lab.studies.common import (
     check_engine,
     per_image_psnr,
     psnr_db,
+    refuse_infeasible_engine,
     say,
     scheduled_epochs,
     training_record,
@@ -127,6 +128,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
     model, optimizer = build(options.seed)
     steps_per_epoch = -(-len(x_train) // BATCH)
     scheduler = nn.CosineLR(optimizer, total_steps=epochs * steps_per_epoch, min_lr=MIN_LR)
+    refuse_infeasible_engine(engine, model, nn.MSELoss(), (x_train, x_train), BATCH)
     folder.write_settings(NAME, options, {"hidden": HIDDEN, "block": BLOCK, "batch": BATCH, "lr": LR})
     say(options, f"training the inpainting MLP 784-{HIDDEN}-784 with the {engine} engine: {epochs} "
                  f"epoch(s) of {steps_per_epoch} steps, batch {BATCH}, Adam {LR:g} with cosine decay")
