@@ -400,7 +400,7 @@ class _Run:
                "history": h.to_dict()}
         text = json.dumps(doc, indent=1, default=repr)
         atomic_write(self.out / METRICS, lambda f: f.write(text.encode()))
-        if h.step_loss:
+        if h.step_loss and self.plot:
             h.plot(self.out / LOSS_FIGURE)
         if final:
             from autodiff_lab.nn.serialize import save
@@ -424,6 +424,8 @@ class _Run:
         """Train until ``epochs`` are done (``"completed"``) or the time limit passes."""
         h = self.history
         deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
+        # the run's generator moves within an epoch only through a sampler or a transform
+        draws_per_step = self.sampler is not None or self.transform is not None
         while self.epoch < self.epochs:
             if self.sampler is None and self.perm is None:
                 self.perm = self.rng.permutation(self.n_train) if self.shuffle else \
@@ -436,7 +438,8 @@ class _Run:
                     t0 = time.perf_counter()
                     loss = self.one_step(xb, yb)
                     self.step_times.append(time.perf_counter() - t0)
-                    self.boundary = generator_state(self.rng)
+                    if draws_per_step:
+                        self.boundary = generator_state(self.rng)
                 self.show_step(loss)
                 if self.callback is not None:
                     self.callback(StepInfo(h.steps, self.epoch + 1, self.batch, loss, h))
@@ -450,7 +453,8 @@ class _Run:
     def one_step(self, xb: Any, yb: Any) -> float:
         h = self.history
         try:
-            out = self.step(xb, yb)
+            with np.errstate(all="ignore"):  # a NaN/Inf is reported below, with its step and layer
+                out = self.step(xb, yb)
         except NonFiniteError as exc:  # the tape's anomaly mode, or NaN in the batch
             raise _DivergedError(str(exc).split(". Check the inputs")[0], None) from None
         loss = out.loss
@@ -605,6 +609,8 @@ class _Run:
                 with self.guard.critical(raise_pending=False):
                     if not self.guard.dirty:
                         path = self.save_checkpoint()
+                    elif self.out is not None and (self.out / CHECKPOINT).is_file():
+                        path = self.out / CHECKPOINT  # stopped mid-update: the last good one
                     self.write_outputs(final=False)
                 where = f"; resume with resume={str(path)!r}" if path is not None else ""
                 raise TrainingInterrupted(f"training interrupted at step {h.steps} (epoch "
@@ -711,7 +717,8 @@ def fit(model: Module, loss: Callable[[Any, Any], Any], optimizer: Optimizer, tr
         out: str | Path | None = None, checkpoint_every: int = 1, resume: str | Path | bool | None = None,
         health_every: int = 0, max_numeric_evaluations: int = 100_000, time_limit: float | None = None,
         progress: bool = True, shuffle: bool = True, drop_last: bool = False,
-        val_batch_size: int = 256, callback: Callable[[StepInfo], Any] | None = None) -> History:
+        val_batch_size: int = 256, callback: Callable[[StepInfo], Any] | None = None,
+        plot: bool = True) -> History:
     """Train ``model`` on ``loss`` with ``optimizer``; returns the :class:`History`.
 
     ``train_data``: ``(X, Y)`` arrays (rows = samples; a new random order every epoch) or a
@@ -735,7 +742,8 @@ def fit(model: Module, loss: Callable[[Any, Any], Any], optimizer: Optimizer, tr
     evaluations), logged in ``history.health``. ``max_numeric_evaluations``: the numeric
     engine is refused before the first step above this many evaluations per step.
     ``time_limit``: seconds; stop after the step that passes it (checkpointed).
-    ``progress``: a tqdm bar. ``callback(StepInfo)`` runs after every step.
+    ``progress``: a tqdm bar. ``callback(StepInfo)`` runs after every step. ``shuffle``,
+    ``drop_last``: the epoch order of arrays. ``plot=False`` skips the loss figure.
 
     Raises :class:`~autodiff_lab.errors.TrainingDiverged` on NaN/Inf,
     :class:`~autodiff_lab.errors.TrainingInterrupted` on Ctrl-C (the run is resumable),
@@ -843,7 +851,8 @@ def fit(model: Module, loss: Callable[[Any, Any], Any], optimizer: Optimizer, tr
                schedule_per=schedule_per, transform=transform, metrics=metrics,
                out=out_path, checkpoint_every=checkpoint_every, health_every=health_every,
                time_limit=time_limit, progress=bool(progress), shuffle=bool(shuffle),
-               val_batch_size=val_batch_size, callback=callback, config=config, entropy=entropy,
+               val_batch_size=val_batch_size, callback=callback, plot=bool(plot), config=config,
+               entropy=entropy,
                architecture=architecture, param_order=param_order,
                checks_gradients=isinstance(optimizer, Optimizer),
                dropouts=[(p, m) for p, m in model.named_modules() if isinstance(m, Dropout)])
