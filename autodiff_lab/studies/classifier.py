@@ -131,7 +131,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
                          transform=RandomShifts(recipe["shift"]) if recipe["shift"] else None,
                          metrics={"test_accuracy": lambda m: accuracy(m, x_test, y_test)},
                          out=folder.training(kind), resume=folder.checkpoint(kind),
-                         max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet)
+                         max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet, plot=False)
         predicted = np.argmax(nn.predict(model, x_test), axis=1)
         cm = confusion_matrix(y_test, predicted, 10)
         acc = float(np.trace(cm) / cm.sum())

@@ -9,7 +9,7 @@ folder (:class:`RunFolder`):
 * ``run.json``         -- the settings, written first, read back by ``--resume``;
 * figures, each as PNG and SVG;
 * ``training/`` (or ``training/<part>/`` for studies that train several models) -- what
-  ``nn.fit`` writes: ``checkpoint.npz``, its own ``metrics.json`` and loss curve.
+  ``nn.fit`` writes: ``checkpoint.npz``, its own ``metrics.json`` and ``model.npz``.
 
 An output folder that already holds a run is never overwritten: the new run goes into a
 timestamped folder beside it (``DIR-YYYYmmdd-HHMMSS``) unless ``force`` is set.

@@ -263,7 +263,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
                      scheduler=scheduler, schedule_per="step", seed=options.seed,
                      metrics={"val_psnr_db": lambda m: _val_psnr(m, val)},
                      out=folder.training(), resume=folder.checkpoint(), time_limit=time_limit,
-                     max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet)
+                     max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet, plot=False)
     training = training_record(history)
     training["calibration_s"] = calibration_s if not folder.resumed else 0.0
     training["total_training_s"] = training["wall_time_s"] + training["calibration_s"]

@@ -142,7 +142,7 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
                      schedule_per="step", transform=BlockMasks(BLOCK), seed=options.seed,
                      metrics={"pasted_psnr_db": pasted_psnr}, out=folder.training(),
                      resume=folder.checkpoint(), max_numeric_evaluations=STUDY_MAX_NUMERIC,
-                     progress=not options.quiet)
+                     progress=not options.quiet, plot=False)
 
     result, pred, pasted = scores(model, x_test, masked_test, mask_test)
     folder.save_model(model)

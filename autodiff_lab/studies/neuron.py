@@ -84,7 +84,7 @@ def _train(engine: str, X: np.ndarray, Y: np.ndarray, epochs: int, seed: int, fo
     history = nn.fit(model, nn.MSELoss(), optimizer, (X, Y), engine=engine, epochs=epochs,
                      batch_size=BATCH, seed=seed, out=folder.training(engine),
                      resume=folder.checkpoint(engine), checkpoint_every=10,
-                     max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet)
+                     max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet, plot=False)
     return model, history
 
 
