@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from autodiff_lab.errors import InputError, TrainingInterrupted
 from autodiff_lab.studies import STUDIES
-from autodiff_lab.studies.common import ALL_ENGINES, StudyOptions, options_from
+from autodiff_lab.studies.common import ALL_ENGINES, StudyOptions, holds_run, options_from
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -124,8 +124,14 @@ def run(args: argparse.Namespace) -> int:
         again = f"; resume with: autodiff-lab train {args.name} --resume {folder}" if folder else ""
         print(f"autodiff-lab train: {message.split('; resume with')[0]}{again}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("autodiff-lab train: interrupted before training started", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # outside a training loop: before it, or while scoring
+        folder = getattr(exc, "run_folder", None)
+        if folder is not None and holds_run(folder):
+            print(f"autodiff-lab train: interrupted; resume with: autodiff-lab train {args.name} "
+                  f"--resume {folder}", file=sys.stderr)
+        else:
+            print("autodiff-lab train: interrupted before training started; nothing was written",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.folder_note:
         print(f"note: {result.folder_note}", file=sys.stderr)
