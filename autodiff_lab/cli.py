@@ -133,6 +133,11 @@ COMMANDS: list[Command] = [
                         "autodiff_lab.render.cli"),
     Command("summary", "print a graph's nodes, inputs, outputs and ops",
             _add_summary_arguments, _run_summary),
+    Command.from_module("train", "run a case study (neuron, inpainting, denoiser, classifier): "
+                        "train, score, write model.npz, metrics.json and figures",
+                        "autodiff_lab.studies.cli"),
+    Command.from_module("denoise", "denoise your own grey or colour PNG with a trained denoiser",
+                        "autodiff_lab.studies.denoise_cli"),
 ]
 
 
@@ -148,13 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(sub)
-        sub.set_defaults(run=command.run)
+        sub.set_defaults(run=command.run, subparser=sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``autodiff-lab`` with ``argv`` (default: the process arguments); the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, in its own words
+        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status = args.run(args)
     except AutodiffError as exc:

@@ -1,0 +1,175 @@
+"""Training speed of the two larger case studies: ours (tape engine) against PyTorch CPU.
+
+    python benchmarks/bench_train.py            # 3 MLP epochs, 20 DnCNN steps
+    python benchmarks/bench_train.py --quick    # a smoke run (a few steps of each)
+    python benchmarks/bench_train.py --json out.json
+    python benchmarks/bench_train.py --threads 1   # on a busy machine (see below)
+
+Both sides train the same model from the same initial weights on the same data with the
+same batch size and optimiser, in float32:
+
+(a) the inpainting MLP 784-256-784 (ReLU, biases), loss ½‖y − ŷ‖² per digit averaged over
+    the batch, Adam 1e-3, batch 64, the 6,000 training digits with a fresh random 12×12
+    block hidden per image and epoch: the time per epoch (the masks are drawn before the
+    epoch's clock starts, as in the PyTorch loop);
+(b) DnCNN-lite, 5 layers of 32 channels with batch norm, residual (predicts the noise),
+    loss ½·mean((net(noisy) − noise)²), Adam 1e-3, batch 16 of 40×40 patches with σ = 25/255
+    noise: the median time per training step (forward, backward, optimiser) after a warm-up.
+
+The PyTorch side is ``benchmarks/peers_torch_train.py`` (an optional peer: without PyTorch
+the table says "peer not installed"). Our side is the loop the studies use, written out:
+``nn.compile_step`` (tape engine, no per-op NaN checks, as ``nn.fit`` runs it) and
+``nn.Adam``. The ratio is ours / PyTorch (> 1: we are slower). Timings depend on the
+machine's load; run it on a quiet machine for numbers to quote. On a machine whose cores
+are busy with other work, multi-threaded BLAS and PyTorch spin-wait for each other's
+threads and slow down many-fold: ``--threads 1`` then gives the fairer comparison.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _threads_from_argv(argv: list[str], default: int = 2) -> int:
+    """``--threads N`` read before numpy is imported (BLAS reads its variables at import)."""
+    for i, a in enumerate(argv):
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+        if a == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+    return default
+
+
+THREADS = _threads_from_argv(__import__("sys").argv[1:]) if __name__ == "__main__" else 2
+if __name__ == "__main__":
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_var, str(THREADS))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers_torch_train as peer  # noqa: E402
+
+from autodiff_lab import data as D  # noqa: E402
+from autodiff_lab import nn  # noqa: E402
+
+
+def ours_mlp_inpainting(epochs: int = 3, batch: int = 64, lr: float = 1e-3, hidden: int = 256,
+                        block: int = 12, seed: int = 0, max_steps_per_epoch: int | None = None
+                        ) -> dict[str, Any]:
+    """The inpainting MLP trained with our stack exactly as the PyTorch peer trains it."""
+    x_train, _ = D.load_digits("train")
+    x_train = x_train.reshape(len(x_train), -1).astype(np.float32)
+    d = x_train.shape[1]
+    model = nn.InpaintingMLP(d, hidden, dtype=np.float32, rng=seed)
+    init = peer.mlp_initial_weights(d, hidden, seed)
+    model.load_state_dict({"fc1.weight": init["W1"], "fc1.bias": init["b1"], "fc2.weight": init["W2"],
+                           "fc2.bias": init["b2"]})
+    step = nn.compile_step(model, nn.MSELoss(), engine="tape", anomaly=False)
+    step(x_train[:batch], x_train[:batch])  # trace, compile and warm up outside the clock
+    nn.Adam(model.parameters(), lr=lr).step()
+    model.load_state_dict({"fc1.weight": init["W1"], "fc1.bias": init["b1"], "fc2.weight": init["W2"],
+                           "fc2.bias": init["b2"]})
+    opt = nn.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    epoch_times, losses, steps = [], [], 0
+    for _ in range(epochs):
+        masked, _ = D.random_block_mask(x_train, block, rng)
+        steps = 0
+        start = time.perf_counter()
+        for idx in D.batches(len(x_train), batch, rng):
+            if max_steps_per_epoch is not None and steps >= max_steps_per_epoch:
+                break
+            out = step(masked[idx], x_train[idx])
+            opt.step()
+            losses.append(out.loss)
+            steps += 1
+        epoch_times.append(time.perf_counter() - start)
+    return {"epochs": epochs, "steps_per_epoch": steps, "time_per_epoch_s": float(np.median(epoch_times)),
+            "time_per_step_ms": 1e3 * float(np.median(epoch_times)) / max(1, steps),
+            "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def ours_dncnn_steps(steps: int = 20, batch: int = 16, size: int = 40, channels: int = 32, depth: int = 5,
+                     sigma: float = 25 / 255, lr: float = 1e-3, seed: int = 0, warmup: int = 3
+                     ) -> dict[str, Any]:
+    """DnCNN-lite trained with our stack on the PyTorch peer's patches and noise."""
+    train = {k: v for k, v in D.load_gray_images().items() if k not in D.DENOISE_TEST_IMAGES}
+    total = warmup + steps
+    patches = D.random_patches(train, size, count=total * batch, rng=seed)
+    noise = np.random.default_rng(seed + 1).normal(0.0, sigma, patches.shape).astype(np.float32)
+    noisy = patches + noise
+    model = nn.DnCNN(depth, channels, 1, dtype=np.float32, rng=seed)
+    weights = peer.dncnn_initial_weights(channels, depth, seed)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for i, conv in enumerate(convs):
+        conv.weight.data[...] = weights[f"w{i}"]
+        if conv.bias is not None:
+            conv.bias.data[...] = 0.0  # the peer's first bias is 0 and its last conv has none
+    step = nn.compile_step(model, nn.MSELoss(reduction="mean"), engine="tape", anomaly=False)
+    opt = nn.Adam(model.parameters(), lr=lr)
+    times, losses = [], []
+    for s in range(total):
+        x, y = noisy[s * batch:(s + 1) * batch], noise[s * batch:(s + 1) * batch]
+        start = time.perf_counter()
+        out = step(x, y)
+        opt.step()
+        if s >= warmup:
+            times.append(time.perf_counter() - start)
+        losses.append(out.loss)
+    return {"steps": steps, "warmup": warmup, "batch": batch, "size": size,
+            "time_per_step_ms": 1e3 * float(np.median(times)), "loss_first": losses[0],
+            "loss_last": losses[-1]}
+
+
+def _row(name: str, unit: str, ours: float, theirs: float | None) -> str:
+    if theirs is None:
+        return f"| {name} | {ours:.3g} {unit} | peer not installed | – |"
+    return f"| {name} | {ours:.3g} {unit} | {theirs:.3g} {unit} | {ours / theirs:.2f}× |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 20 MLP steps, 5 DnCNN steps")
+    ap.add_argument("--epochs", type=int, default=3, help="MLP epochs (the median is reported)")
+    ap.add_argument("--dncnn-steps", type=int, default=20, help="timed DnCNN steps")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="threads for BLAS, Numba and PyTorch (default 2; 1 on a busy machine)")
+    ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+    mlp_kw = {"epochs": 1, "max_steps_per_epoch": 20} if args.quick else {"epochs": args.epochs}
+    dn_kw = {"steps": 5, "warmup": 1} if args.quick else {"steps": args.dncnn_steps}
+    results: dict[str, Any] = {"threads": args.threads, "load_average": list(os.getloadavg()),
+                               "ours": {}, "torch": {}}
+    results["ours"]["mlp"] = ours_mlp_inpainting(**mlp_kw)
+    results["ours"]["dncnn"] = ours_dncnn_steps(**dn_kw)
+    if peer.available():
+        results["torch"]["mlp"] = peer.torch_mlp_inpainting(**mlp_kw, threads=args.threads)
+        results["torch"]["dncnn"] = peer.torch_dncnn_steps(**dn_kw, threads=args.threads)
+        results["torch_version"] = results["torch"]["mlp"]["framework"]
+    t = results["torch"]
+    steps = results["ours"]["mlp"]["steps_per_epoch"]
+    print(f"training speed, float32, {args.threads} thread(s); load average "
+          f"{', '.join(f'{v:.1f}' for v in results['load_average'])} (ratio = ours / PyTorch)")
+    print("| case | ours (tape) | PyTorch CPU | ratio |")
+    print("|---|---|---|---|")
+    print(_row(f"inpainting MLP 784-256-784, epoch of {steps} steps (batch 64)", "s",
+               results["ours"]["mlp"]["time_per_epoch_s"], t.get("mlp", {}).get("time_per_epoch_s")))
+    print(_row("DnCNN-lite 5×32, step (batch 16 × 40²)", "ms",
+               results["ours"]["dncnn"]["time_per_step_ms"], t.get("dncnn", {}).get("time_per_step_ms")))
+    if not t:
+        print(peer.NOT_INSTALLED)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
