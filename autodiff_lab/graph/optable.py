@@ -893,6 +893,10 @@ def _matmul_vjp_a(g, ans, a, b):
 
 def _matmul_vjp_b(g, ans, a, b):
     g2, a2, b2 = _as_matrices(g, a, b)
+    if b.ndim == 2 and a2.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
+        # b is a transposed view (a Linear layer's x @ Wᵀ): give the gradient b's layout,
+        # (gᵀa)ᵀ, so that the transpose rule hands W a contiguous gradient and no copy is made
+        return (g2.T @ a2).T
     return unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
 
 
