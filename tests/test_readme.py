@@ -19,6 +19,6 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", README, re.S)
     assert commands[:2] == ["pip install . && autodiff-lab compare",
-                            'pip install ".[dev]" && python -m pytest -q']
+                            'pip install ".[dev,docs]" && python -m pytest -q']
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'pip install --quiet ".[dev]" && python -m pytest -q' in ci
+    assert 'pip install --quiet ".[dev,docs]" && python -m pytest -q' in ci
