@@ -82,7 +82,8 @@ class SymbolicEngine(Engine):
             from autodiff_lab.engines.symbolic_matrix import check_matrix_size
             check_matrix_size(graph, output, self.max_nodes)
         else:
-            from autodiff_lab.engines.symbolic_expanded import check_expansion_depth
+            from autodiff_lab.engines.symbolic_expanded import check_expansion_depth, check_sympy_forms
+            check_sympy_forms(graph, output)
             check_expansion_depth(graph, output)
         key = (graph.fingerprint(), output, tuple(names), self.mode, self.precision,
                self.check_finite, self.max_tree_size, self.max_nodes)

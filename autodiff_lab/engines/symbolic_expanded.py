@@ -25,7 +25,7 @@ import numpy as np
 import sympy as sp
 
 from autodiff_lab.engines.base import GradientResult, Program, resolve_seed
-from autodiff_lab.errors import NonFiniteError, SymbolicSizeError
+from autodiff_lab.errors import NonFiniteError, NotDifferentiableError, SymbolicSizeError
 from autodiff_lab.graph.evaluate import check_values, working_dtype
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
@@ -190,6 +190,23 @@ def depth_limit() -> int:
     while frame is not None:
         frame, used = frame.f_back, used + 1
     return max((sys.getrecursionlimit() - used - FRAMES_RESERVED) // FRAMES_PER_LEVEL, 0)
+
+
+def check_sympy_forms(graph: Graph, output: str) -> None:
+    """Refuse (:class:`NotDifferentiableError`) a graph with an op that has no SymPy form
+    (a custom op defined without ``sympy=``) among the nodes ``output`` depends on."""
+    relevant = {graph.outputs[output]}
+    for v in reversed(graph.order):
+        if v in relevant:
+            relevant.update(graph.operands(v))
+    for v in graph.order:
+        d = graph.node(v)
+        if v in relevant and d["role"] == "op" and OPS[d["op"]].sympy is None:
+            raise NotDifferentiableError(
+                f"expanded symbolic differentiation needs the SymPy form of every op; "
+                f"{graph.describe(v)}: op {d['op']!r} has none (the 'sympy' field of its "
+                "op-table entry). Use the matrix mode (adl.engine('symbolic', mode='matrix'), "
+                "which needs its 'matrix' rule), the tape engine, or give the op a sympy form")
 
 
 def check_expansion_depth(graph: Graph, output: str) -> int:
@@ -375,6 +392,7 @@ class ExpandedProgram(Program):
         if labels:
             raise SymbolicSizeError(f"expanded mode needs numeric values for integer inputs "
                                     f"{labels} at compile time; use mode='matrix'")
+        check_sympy_forms(graph, output)
         self.depth = check_expansion_depth(graph, output)
         self.estimate = estimate_expansion(graph, wrt, output, max_tree_size)
         if max_tree_size is not None and self.estimate.gradient_ops > max_tree_size:

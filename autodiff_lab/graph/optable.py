@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from autodiff_lab.errors import LabelError, UnknownOpError
+from autodiff_lab.errors import LabelError, OpDefinitionError, UnknownOpError
 from autodiff_lab.kernels import dispatch as K  # Numba/BLAS for real floats, else conv_reference
 
 Shape = tuple[int, ...]
@@ -138,9 +138,82 @@ class Op:
 OPS: dict[str, Op] = {}
 
 
+#: names a graph uses for its leaves: no op may take them
+RESERVED_NAMES = frozenset({"input", "parameter", "constant"})
+_VJP_USES = frozenset({"inputs", "ans"})
+
+
+def validate_op(op: Op) -> None:
+    """Check every field of an entry (built-in or defined with ``adl.define_op``).
+
+    Raises :class:`OpDefinitionError` naming the op and the field: a wrong kind of value,
+    rules whose number does not match the op's arguments, a derivative rule (``matrix``,
+    ``scalar``) for an input the op is not differentiable in.
+    """
+    def bad(field_name: str, why: str) -> OpDefinitionError:
+        return OpDefinitionError(f"op {op.name!r}: field {field_name!r} {why}")
+
+    if not isinstance(op.name, str) or not op.name.isidentifier():
+        raise OpDefinitionError(f"an op's name must be a Python identifier, got {op.name!r}")
+    if op.name in RESERVED_NAMES:
+        raise OpDefinitionError(f"{op.name!r} is the op of a graph's leaves; choose another name")
+    for name in ("shape", "forward"):
+        if not callable(getattr(op, name)):
+            raise bad(name, f"must be a function, got {type(getattr(op, name)).__name__}")
+    lo, hi = op.n_args
+    if not (isinstance(lo, int) and lo >= 1 and (hi is None or (isinstance(hi, int) and hi >= lo))):
+        raise bad("n_args", f"must be (least, most or None) argument counts, got {op.n_args!r}")
+    if isinstance(op.vjp, (str, bytes)) or not isinstance(op.vjp, Sequence) or not op.vjp:
+        raise bad("vjp", "must be a list with one reverse-mode rule (or None) per input")
+    if any(rule is not None and not callable(rule) for rule in op.vjp):
+        raise bad("vjp", "must hold functions vjp[i](g, ans, *xs, **attrs) or None")
+    if all(rule is None for rule in op.vjp):
+        raise bad("vjp", "has no rule: an op must be differentiable in at least one input")
+    expected = hi if hi is not None else 1
+    if len(op.vjp) != expected:
+        raise bad("vjp", f"has {len(op.vjp)} rule(s) for an op of {hi} argument(s)"
+                  if hi is not None else "of a variadic op must be one rule, repeated per input")
+    if op.matrix is not None:
+        if isinstance(op.matrix, (str, bytes)) or not isinstance(op.matrix, Sequence) \
+                or len(op.matrix) != len(op.vjp):
+            raise bad("matrix", f"must be a list of {len(op.vjp)} rule(s) (or None), one per "
+                      "entry of 'vjp'")
+        for i, (rule, vjp) in enumerate(zip(op.matrix, op.vjp)):
+            if rule is not None and not callable(rule):
+                raise bad("matrix", f"rule {i} must be a function matrix[i](M, g, ans, *xs, "
+                          "**attrs) or None")
+            if rule is not None and vjp is None:
+                raise bad("matrix", f"has a rule for input {i}, which 'vjp' marks as not "
+                          "differentiable")
+    for name in ("sympy", "kink", "batched", "decompose", "check_ints"):
+        value = getattr(op, name)
+        if value is not None and not callable(value):
+            raise bad(name, f"must be a function or None, got {type(value).__name__}")
+    if not isinstance(op.label, str) or not op.label:
+        raise bad("label", "must be a non-empty string (how a drawing labels the node)")
+    if not isinstance(op.doc, str):
+        raise bad("doc", "must be a string")
+    for name in ("complex_safe", "float_result"):
+        if not isinstance(getattr(op, name), bool):
+            raise bad(name, f"must be True or False, got {getattr(op, name)!r}")
+    if not isinstance(op.attrs, dict) or not all(isinstance(k, str) and k.isidentifier()
+                                                 for k in op.attrs):
+        raise bad("attrs", "must be a dict {attribute name: default value}")
+    if not (isinstance(op.vjp_uses, frozenset) and op.vjp_uses <= _VJP_USES):
+        raise bad("vjp_uses", f"must be a set of 'inputs' and 'ans', got {op.vjp_uses!r}")
+    if not (isinstance(op.int_args, frozenset) and all(
+            isinstance(i, int) and 0 <= i < (hi if hi is not None else len(op.vjp))
+            for i in op.int_args)):
+        raise bad("int_args", f"must be a set of argument positions, got {op.int_args!r}")
+    if op.scalar is not None and (not isinstance(op.scalar, ScalarForm)
+                                  or len(op.scalar.vjp) != len(op.vjp)):
+        raise bad("scalar", "must be a ScalarForm with one rule per entry of 'vjp'")
+
+
 def _register(op: Op) -> Op:
     if op.name in OPS:
-        raise ValueError(f"op {op.name!r} is defined twice")
+        raise OpDefinitionError(f"op {op.name!r} is defined twice")
+    validate_op(op)
     OPS[op.name] = op
     return op
 
@@ -151,7 +224,9 @@ def get_op(name: str) -> Op:
         return OPS[name]
     except KeyError:
         raise UnknownOpError(
-            f"unknown op {name!r}; the op table has: {', '.join(sorted(OPS))}"
+            f"unknown op {name!r} (an op of your own must be defined with adl.define_op "
+            f"before a graph using it is traced or loaded); the op table has: "
+            f"{', '.join(sorted(OPS))}"
         ) from None
 
 
