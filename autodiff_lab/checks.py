@@ -57,6 +57,18 @@ class GradcheckResult:
                 f"max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g}")
         return text + (f"\n{self.message}" if self.message else "")
 
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.ok else "#cf222e"
+        head = "gradcheck passed" if self.ok else "gradcheck FAILED"
+        what = "derivatives" if self.mode == "full" else "random directions"
+        body = (f"<b style='color:{colour}'>{'✔' if self.ok else '✘'} {head}</b>: {self.mode} "
+                f"check of {self.checked} {what}, max abs error {self.max_abs_error:.3g}, "
+                f"max rel error {self.max_rel_error:.3g}")
+        if self.message:
+            message = self.message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            body += f"<br><code>{message}</code>"
+        return f"<div>{body}</div>"
+
 
 def _as_float64(graph: Graph, values: Mapping[str, Any]
                 ) -> tuple[Graph, dict[str, np.ndarray]]:

@@ -38,7 +38,9 @@ def gradient(graph: Graph, values: Mapping[str, Any], engine: str = "tape",
     if not isinstance(graph, Graph):
         raise TraceError(_not_a_graph(graph))
     program = globals()["engine"](engine, **options).compile(graph, wrt=wrt, output=output)
-    return program(values, seed=seed)
+    result = program(values, seed=seed)
+    result.graph, result.inputs = graph, dict(values)
+    return result
 
 
 def _not_a_graph(obj: Any) -> str:

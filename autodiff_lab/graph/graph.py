@@ -565,12 +565,14 @@ class Graph:
 
     # --- drawing --------------------------------------------------------------------------------
     def _repr_svg_(self) -> str | None:
-        from autodiff_lab.errors import GraphTooLargeError
+        """The drawing without numbers, for Jupyter (``adl.render(g, values, grads=True)``
+        shows the values and gradients)."""
+        from autodiff_lab.errors import RenderError
         from autodiff_lab.render import to_svg
         try:
             return to_svg(self)
-        except GraphTooLargeError:
-            return None  # Jupyter shows the text summary instead
+        except RenderError:  # too big to draw, or no Graphviz: Jupyter shows the summary
+            return None
 
 
 def _kind(x: Any) -> str:
