@@ -1,8 +1,8 @@
 """Derivatives as formulas people read: ``adl.formula`` and ``adl.explain``.
 
 ``formula(g, wrt=...)`` differentiates the graph at matrix level (the symbolic engine's
-matrix mode, the op table's ``matrix`` rules) and prints the result with the names of the
-lectures: for the 2-layer MLP ``∂L/∂W2 = (ŷ − y) gᵀ`` and
+matrix mode, the op table's ``matrix`` rules) and prints the result with the names
+textbooks use: for the 2-layer MLP ``∂L/∂W2 = (ŷ − y) gᵀ`` and
 ``∂L/∂W1 = ((W2ᵀ(ŷ − y)) ⊙ 1[W1 x > 0]) xᵀ``, where the activations (g), the prediction (ŷ)
 and a lone sigmoid (σ) are shown by name and defined underneath, and everything linear is
 written out.
@@ -146,7 +146,7 @@ def formula(graph: Graph, wrt: Iterable[str] | str | None = None, output: str | 
     """The derivative of ``output`` with respect to ``wrt`` as a readable formula.
 
     Derived at matrix level (the symbolic engine's matrix mode, the op table's ``matrix``
-    rules) and printed with the names the lectures use: the inputs by name, the loss L, its
+    rules) and printed with the names textbooks use: the inputs by name, the loss L, its
     prediction ŷ, a lone sigmoid σ, activations by letters (f, g, h …), each named value
     defined underneath. Graphs too large or deep to print are refused up front
     (:class:`~autodiff_lab.errors.SymbolicSizeError`).

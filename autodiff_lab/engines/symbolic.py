@@ -10,7 +10,7 @@
 * ``mode="matrix"`` (default) -- differentiate on the shared DAG with matrix-level
   expressions and the op table's ``matrix`` rules; nothing is expanded, the generated
   numpy code (``program.source``) is fast enough to train with, and the formulas print as
-  the lectures write them (``adl.formula``).
+  textbooks write them (``adl.formula``).
 
 Compiled programs are cached by graph fingerprint, output, ``wrt`` and options;
 ``program.compile_seconds`` and ``result.info["compile_seconds"]`` report the compile
