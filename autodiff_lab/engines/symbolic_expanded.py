@@ -26,6 +26,7 @@ import sympy as sp
 
 from autodiff_lab.engines.base import GradientResult, Program, resolve_seed
 from autodiff_lab.errors import NonFiniteError, NotDifferentiableError, SymbolicSizeError
+from autodiff_lab.graph.custom import elementwise_cost
 from autodiff_lab.graph.evaluate import check_values, working_dtype
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
@@ -97,6 +98,10 @@ def _sizes_of_op(op: str, xs: list[np.ndarray], attrs: Mapping[str, Any],
     if op in ("softmax", "log_softmax"):
         axis = attrs.get("axis", -1)
         return xs[0] + np.sum(xs[0], axis=axis, keepdims=True) + 2 * xs[0].shape[axis] + 4
+    custom = elementwise_cost(op)
+    if custom is not None:                # an element-wise op defined with adl.define_op
+        occurrences, ops = custom
+        return sum(k * x for k, x in zip(occurrences, xs)) + ops
     # losses and anything else: every output element depends on every input element
     total = sum(float(np.sum(x)) for x in xs) + 3 * max(x.size for x in xs)
     return np.full(shape, total)

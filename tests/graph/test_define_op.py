@@ -174,3 +174,11 @@ def test_graphs_with_a_custom_op_serialise_and_need_it_to_load(tmp_path):
     custom.remove_op("softplus_t")
     with pytest.raises(UnknownOpError, match="unknown op 'softplus_t'.*adl.define_op"):
         adl.load(path)
+
+
+def test_the_expanded_size_guard_measures_an_elementwise_custom_op():
+    softplus = _softplus()
+    g = adl.trace(lambda x: adl.sum(softplus(x)), x=(100,))
+    estimate = adl.engine("symbolic", mode="expanded").compile(g).estimate
+    # log(1 + exp(x)) holds x once and adds 4 operations: 5 per element, plus the sum
+    assert estimate.output_tree_size == 501
