@@ -26,7 +26,6 @@ import sympy as sp
 
 from autodiff_lab.engines.base import GradientResult, Program, resolve_seed
 from autodiff_lab.errors import NonFiniteError, NotDifferentiableError, SymbolicSizeError
-from autodiff_lab.graph.custom import elementwise_cost
 from autodiff_lab.graph.evaluate import check_values, working_dtype
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
@@ -98,13 +97,29 @@ def _sizes_of_op(op: str, xs: list[np.ndarray], attrs: Mapping[str, Any],
     if op in ("softmax", "log_softmax"):
         axis = attrs.get("axis", -1)
         return xs[0] + np.sum(xs[0], axis=axis, keepdims=True) + 2 * xs[0].shape[axis] + 4
-    custom = elementwise_cost(op)
-    if custom is not None:                # an element-wise op defined with adl.define_op
-        occurrences, ops = custom
+    if entry.elementwise and entry.sympy is not None:   # an element-wise op not listed above
+        occurrences, ops = _elementwise_cost(entry, attrs)
         return sum(k * x for k, x in zip(occurrences, xs)) + ops
     # losses and anything else: every output element depends on every input element
     total = sum(float(np.sum(x)) for x in xs) + 3 * max(x.size for x in xs)
     return np.full(shape, total)
+
+
+_MEASURED: dict[tuple, tuple[tuple[int, ...], int]] = {}
+
+
+def _elementwise_cost(entry: Any, attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+    """How often each argument occurs in an element-wise op's SymPy form, and how many
+    operations the form adds: measured once on symbols (per op and attributes)."""
+    key = (entry.name, repr(sorted(attrs.items())))
+    if key not in _MEASURED:
+        n = entry.n_args[0]
+        symbols = [sp.Symbol(f"a{i}", real=True) for i in range(n)]
+        expr = sp.sympify(np.asarray(entry.sympy(*(np.asarray(s, dtype=object) for s in symbols),
+                                                 **attrs), dtype=object).item())
+        _MEASURED[key] = (tuple(max(int(expr.count(s)), 1) for s in symbols),
+                          int(sp.count_ops(expr)))
+    return _MEASURED[key]
 
 
 def tree_sizes(graph: Graph, stop_above: float | None = None,

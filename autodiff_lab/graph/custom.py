@@ -27,8 +27,6 @@ from autodiff_lab.graph.optable import OPS, Op, ShapeRuleError, broadcast_shapes
 
 #: the names of the ops defined with :func:`define_op` in this process
 CUSTOM_OPS: set[str] = set()
-#: element-wise custom ops with a SymPy form -> that form's tree cost (see ``elementwise_cost``)
-_ELEMENTWISE: dict[str, tuple[tuple[int, ...], int] | None] = {}
 
 Rule = Callable[..., Any]
 
@@ -153,14 +151,13 @@ def define_op(name: str, *, forward: Rule, vjp: Sequence[Rule | None], shape: Ru
         vjp_uses=frozenset(vjp_uses),
         doc=doc or f"{name} (defined with adl.define_op)",
         matrix=None if matrix is None else tuple(matrix),
+        elementwise=elementwise,
     )
     optable.validate_op(op)
     replacing = name in OPS
     OPS[name] = op
     CUSTOM_OPS.add(name)
-    _ELEMENTWISE.pop(name, None)
-    if elementwise and sympy is not None:
-        _ELEMENTWISE[name] = None  # measured on first use
+
     if replacing:
         _forget_compiled()
     return _function(op)
@@ -173,28 +170,8 @@ def remove_op(name: str) -> None:
         raise OpDefinitionError(f"remove_op: {name!r} is not a custom op "
                                 f"(custom ops: {', '.join(sorted(CUSTOM_OPS)) or 'none'})")
     CUSTOM_OPS.discard(name)
-    _ELEMENTWISE.pop(name, None)
     OPS.pop(name, None)
     _forget_compiled()
-
-
-def elementwise_cost(name: str) -> tuple[tuple[int, ...], int] | None:
-    """For an element-wise custom op with a SymPy form: how often each argument occurs in
-    the form and how many operations it adds, measured once on symbols (what the expanded
-    symbolic mode's size guard needs); ``None`` for any other op."""
-    if name not in _ELEMENTWISE:
-        return None
-    cost = _ELEMENTWISE[name]
-    if cost is None:
-        import sympy as sp
-
-        op = OPS[name]
-        symbols = [sp.Symbol(f"a{i}", real=True) for i in range(op.n_args[0])]
-        expr = sp.sympify(op.sympy(*(np.asarray(s, dtype=object) for s in symbols),
-                                   **op.attrs).item())
-        cost = (tuple(max(int(expr.count(s)), 1) for s in symbols), int(sp.count_ops(expr)) + 1)
-        _ELEMENTWISE[name] = cost
-    return cost
 
 
 def _forget_compiled() -> None:
@@ -203,6 +180,9 @@ def _forget_compiled() -> None:
     symbolic = sys.modules.get("autodiff_lab.engines.symbolic")
     if symbolic is not None:
         symbolic.clear_cache()
+    expanded = sys.modules.get("autodiff_lab.engines.symbolic_expanded")
+    if expanded is not None:
+        expanded._MEASURED.clear()  # the size guard's measurements of SymPy forms
 
 
 def _broadcast_rule(*shapes: tuple[int, ...], **_: Any) -> tuple[int, ...]:
@@ -292,4 +272,4 @@ def _function(op: Op) -> Callable[..., Any]:
     return op_function
 
 
-__all__ = ["CUSTOM_OPS", "define_op", "elementwise_cost", "remove_op"]
+__all__ = ["CUSTOM_OPS", "define_op", "remove_op"]

@@ -35,6 +35,8 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   at trace time and the engines' input checks check integer inputs;
 * ``label``    -- how the node is labelled in a drawing;
 * ``decompose`` -- optional: the op written with more primitive ops (drawing at primitive level).
+* ``elementwise`` -- each output element depends only on the same element of each
+                  (broadcast) input; set by the element-wise helpers below;
 * ``matrix``   -- one matrix-level derivative rule per input, ``matrix[i](M, g, ans, *xs, **attrs)``,
                   written in the matrix-expression language ``M``
                   (``autodiff_lab/engines/matrix_expr.py``: ``@``, ``M.T``, ``*`` as Hadamard
@@ -108,6 +110,10 @@ class Op:
     matrix: Sequence[Callable[..., Any] | None] | None = None
     scalar: ScalarForm | None = None
     check_ints: Callable[..., None] | None = None
+    #: element-wise with numpy broadcasting (each output element a function of the same
+    #: element of each input): the expanded symbolic mode's size guard measures the SymPy
+    #: form of such an op instead of assuming every output depends on every input
+    elementwise: bool = False
 
     def vjp_for(self, i: int) -> Callable[..., np.ndarray] | None:
         """The reverse-mode rule for input ``i`` (variadic ops repeat their last rule)."""
@@ -193,7 +199,7 @@ def validate_op(op: Op) -> None:
         raise bad("label", "must be a non-empty string (how a drawing labels the node)")
     if not isinstance(op.doc, str):
         raise bad("doc", "must be a string")
-    for name in ("complex_safe", "float_result"):
+    for name in ("complex_safe", "float_result", "elementwise"):
         if not isinstance(getattr(op, name), bool):
             raise bad(name, f"must be True or False, got {getattr(op, name)!r}")
     if not isinstance(op.attrs, dict) or not all(isinstance(k, str) and k.isidentifier()
@@ -376,7 +382,7 @@ def _binary(name: str, forward: Callable, vjp_a: Callable, vjp_b: Callable, sym:
         vjp=(lambda g, ans, a, b: unbroadcast(vjp_a(g, ans, a, b), a.shape),
              lambda g, ans, a, b: unbroadcast(vjp_b(g, ans, a, b), b.shape)),
         sympy=_ew(sym, 2), label=label, complex_safe=complex_safe, kink=kink,
-        batched=_poly_broadcast(forward), vjp_uses=uses, doc=doc,
+        batched=_poly_broadcast(forward), vjp_uses=uses, doc=doc, elementwise=True,
         matrix=None if matrix is None else (
             lambda M, g, ans, a, b: M.sum_to(matrix[0](M, g, ans, a, b), a.shape),
             lambda M, g, ans, a, b: M.sum_to(matrix[1](M, g, ans, a, b), b.shape)),
@@ -450,6 +456,7 @@ def _unary(name: str, forward: Callable, vjp: Callable, sym: Callable, label: st
         sympy=_ew(sym) if not attrs else (lambda x, **a: _ew(lambda v: sym(v, **a))(x)),
         attrs=attrs or {}, complex_safe=complex_safe, kink=kink, batched=_poly(forward),
         vjp_uses=uses, decompose=decompose, doc=doc, matrix=None if matrix is None else (matrix,),
+        elementwise=True,
     ))
 
 

@@ -180,5 +180,17 @@ def test_the_expanded_size_guard_measures_an_elementwise_custom_op():
     softplus = _softplus()
     g = adl.trace(lambda x: adl.sum(softplus(x)), x=(100,))
     estimate = adl.engine("symbolic", mode="expanded").compile(g).estimate
-    # log(1 + exp(x)) holds x once and adds 4 operations: 5 per element, plus the sum
-    assert estimate.output_tree_size == 501
+    # log(1 + exp(x)) holds x once and adds 3 operations: 4 per element, plus the sum
+    assert estimate.output_tree_size == 401
+
+
+def test_the_guard_measures_every_elementwise_op_it_has_no_cost_for(monkeypatch):
+    """A new built-in element-wise op (made by the table's element-wise helpers) is measured
+    too, instead of being treated as if every output depended on every input."""
+    import dataclasses
+    monkeypatch.setitem(OPS, "tanh", dataclasses.replace(OPS["tanh"], sympy=OPS["tanh"].sympy))
+    from autodiff_lab.engines import symbolic_expanded as E
+    monkeypatch.delitem(E._UNARY_COST, "tanh")
+    g = adl.trace(lambda x: adl.sum(adl.tanh(x)), x=(300,))
+    assert OPS["tanh"].elementwise
+    assert adl.engine("symbolic", mode="expanded").compile(g).estimate.output_tree_size == 601   # as with its listed cost: 1 + 1 per element
