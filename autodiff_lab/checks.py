@@ -112,7 +112,8 @@ def gradcheck(graph: Graph, values: Mapping[str, Any], wrt: Iterable[str] | str 
         values: ``{input name: value}`` for every input.
         wrt: the inputs to check (default: every float input).
         output: the output to differentiate when there are several.
-        atol, rtol: absolute and relative tolerance.
+        atol: absolute tolerance.
+        rtol: relative tolerance.
         mode: ``"full"`` (every derivative), ``"projection"`` (``n_directions`` random
             checks of vᵀJu, two forward passes each) or ``"auto"`` (full up to
             :data:`FULL_CHECK_LIMIT` derivatives, projections beyond).
@@ -128,7 +129,7 @@ def gradcheck(graph: Graph, values: Mapping[str, Any], wrt: Iterable[str] | str 
         and the largest errors, and on failure the input, index, expected and got values.
         Jupyter shows the verdict.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda w, x: adl.sigmoid(w[0] * x[0] + w[1] * x[1] + w[2]),
         ...               w=adl.param((3,)), x=(2,))
         >>> result = adl.gradcheck(g, {"w": np.array([2.0, -3.0, -3.0]), "x": np.array([-1.0, -2.0])})
@@ -221,7 +222,7 @@ def jacobian(graph: Graph, values: Mapping[str, Any], wrt: Iterable[str] | str |
             every float input).
         output: the output when there are several.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda W, v: W @ v, W=(2, 3), v=(3,))
         >>> W = np.arange(6.0).reshape(2, 3)
         >>> print(adl.jacobian(g, {"W": W, "v": np.ones(3)}, wrt="v"))   # dy/dv = W

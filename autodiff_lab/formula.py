@@ -162,7 +162,7 @@ def formula(graph: Graph, wrt: Iterable[str] | str | None = None, output: str | 
         A :class:`Formula`: ``str()`` is Unicode text, ``.latex`` LaTeX, ``.exprs[name]``
         the SymPy expressions; Jupyter renders it as mathematics.
 
-    Example:
+    Examples:
         >>> from autodiff_lab import examples
         >>> print(adl.formula(examples.mlp(bias=False).graph, wrt=["W1", "W2"]))
         ∂L/∂W1 = (W2ᵀ·(ŷ − y) ⊙ 1[W1·x > 0])·xᵀ
@@ -299,7 +299,7 @@ def explain(graph: Graph, values: Mapping[str, Any], wrt: str, output: str | Non
     Returns:
         An :class:`Explanation`; ``str()`` prints it, ``.paths`` holds the factors.
 
-    Example:
+    Examples:
         >>> from autodiff_lab.examples import scalar_chain
         >>> chain = scalar_chain()      # f = w1·x, g = max(0, f), ŷ = w2·g, L = ½(ŷ − y)²
         >>> print(str(adl.explain(chain.graph, chain.values, wrt="w1")).splitlines()[0])

@@ -149,7 +149,7 @@ def grad(fn: Callable[..., Any], wrt: Wrt = 0, engine: str = "tape", **options: 
         engine: ``"tape"`` (default), ``"symbolic"`` or ``"numeric"``.
         **options: the engine's options (see :func:`adl.gradient`), e.g. ``method="central"``.
 
-    Example:
+    Examples:
         >>> def loss(w, x, y):
         ...     return adl.mse_loss(x @ w, y)
         >>> dloss = adl.grad(loss)                       # with respect to w
@@ -169,7 +169,7 @@ def value_and_grad(fn: Callable[..., Any], wrt: Wrt = 0, engine: str = "tape", *
         engine: ``"tape"`` (default), ``"symbolic"`` or ``"numeric"``.
         **options: the engine's options.
 
-    Example:
+    Examples:
         >>> f = adl.value_and_grad(lambda w, x: adl.sum(adl.tanh(x * w)), wrt=("w", "x"))
         >>> value, (gw, gx) = f(np.zeros(2), np.ones(2))
         >>> print(value, gw, gx)

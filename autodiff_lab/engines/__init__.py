@@ -39,7 +39,7 @@ def engine(name: str, **options: Any) -> Engine:
     ``mode``, ``max_tree_size``, ``precision``, ``max_nodes``, ``check_finite``, ``cache``
     (what each means: :func:`gradient`).
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda w, x: adl.sum((x @ w) ** 2), w=(3,), x=(4, 3))
         >>> step = adl.engine("numeric", method="central").compile(g, wrt=["w"])
         >>> r = step({"w": np.ones(3), "x": np.eye(4, 3)})      # compile once, call many times
@@ -99,7 +99,7 @@ def gradient(graph: Graph, values: Mapping[str, Any], engine: str = "tape",
       ``max_nodes=50_000``: the matrix mode's size guard; ``check_finite=True``;
       ``cache=True``: reuse programs compiled for the same graph.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda w, x: adl.sigmoid(w[0] * x[0] + w[1] * x[1] + w[2]),
         ...               w=adl.param((3,)), x=(2,))
         >>> vals = {"w": np.array([2.0, -3.0, -3.0]), "x": np.array([-1.0, -2.0])}

@@ -30,7 +30,7 @@ class GradientResult:
     and gradients and, when it knows its graph (results of :func:`adl.gradient
     <autodiff_lab.engines.gradient>`) and the graph is small, the annotated drawing.
 
-    Example:
+    Examples:
         >>> import numpy as np, autodiff_lab as adl
         >>> g = adl.trace(lambda x: adl.sum(x * x), x=(2,))
         >>> r = adl.gradient(g, {"x": np.array([1.0, 2.0])})

@@ -87,7 +87,7 @@ def define_op(name: str, *, forward: Rule, vjp: Sequence[Rule | None], shape: Ru
     Graphs using the op serialise as usual (the JSON names it); loading such a graph where
     the op is not defined raises :class:`~autodiff_lab.errors.UnknownOpError` naming it.
 
-    Example:
+    Examples:
         >>> import numpy as np, sympy as sp
         >>> import autodiff_lab as adl
         >>> softplus = adl.define_op(

@@ -95,9 +95,10 @@ def add(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     """a + b element-wise, with numpy broadcasting (``a + b`` on tensors is the same op).
 
     Args:
-        a, b: traced tensors, arrays or numbers.
+        a: a traced tensor, an array or a number.
+        b: likewise, broadcasting against ``a``.
 
-    Example:
+    Examples:
         >>> print(adl.add(np.array([1.0, 2.0]), 1.0))
         [2. 3.]
     """
@@ -108,9 +109,10 @@ def sub(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     """a − b element-wise, with numpy broadcasting (``a - b`` on tensors).
 
     Args:
-        a, b: traced tensors, arrays or numbers.
+        a: a traced tensor, an array or a number.
+        b: likewise, broadcasting against ``a``.
 
-    Example:
+    Examples:
         >>> print(adl.sub(np.array([1.0, 2.0]), np.array([0.5, 0.5])))
         [0.5 1.5]
     """
@@ -123,9 +125,10 @@ def mul(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     For h = f ⊙ g the Jacobian dh/df is diag(g); the VJP is ``g_upstream * b``.
 
     Args:
-        a, b: traced tensors, arrays or numbers.
+        a: a traced tensor, an array or a number.
+        b: likewise, broadcasting against ``a``.
 
-    Example:
+    Examples:
         >>> print(adl.mul(np.array([1.0, 2.0]), np.array([3.0, 4.0])))
         [3. 8.]
     """
@@ -136,9 +139,10 @@ def div(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     """a / b element-wise, with numpy broadcasting (``a / b``).
 
     Args:
-        a, b: traced tensors, arrays or numbers.
+        a: a traced tensor, an array or a number.
+        b: likewise, broadcasting against ``a``.
 
-    Example:
+    Examples:
         >>> print(adl.div(np.array([1.0, 3.0]), 2.0))
         [0.5 1.5]
     """
@@ -151,7 +155,7 @@ def neg(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number.
 
-    Example:
+    Examples:
         >>> print(adl.neg(np.array([1.0, -2.0])))
         [-1.  2.]
     """
@@ -166,7 +170,7 @@ def power(x: ArrayLike, exponent: float) -> ArrayLike:
         x: a traced tensor, an array or a number.
         exponent: a constant (a Python number, not a tensor).
 
-    Example:
+    Examples:
         >>> print(adl.power(np.array([2.0, 3.0]), 2))
         [4. 9.]
     """
@@ -179,7 +183,7 @@ def reciprocal(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number.
 
-    Example:
+    Examples:
         >>> print(adl.reciprocal(np.array([2.0, 4.0])))
         [0.5  0.25]
     """
@@ -192,7 +196,7 @@ def exp(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number.
 
-    Example:
+    Examples:
         >>> print(adl.exp(np.array([0.0, 1.0])))
         [1.         2.71828183]
     """
@@ -205,7 +209,7 @@ def log(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number (positive).
 
-    Example:
+    Examples:
         >>> print(adl.log(np.array([1.0, np.e])))
         [0. 1.]
     """
@@ -218,7 +222,7 @@ def sqrt(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number (non-negative).
 
-    Example:
+    Examples:
         >>> print(adl.sqrt(np.array([4.0, 9.0])))
         [2. 3.]
     """
@@ -231,7 +235,7 @@ def sin(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number (radians).
 
-    Example:
+    Examples:
         >>> print(adl.sin(np.array([0.0])))
         [0.]
     """
@@ -244,7 +248,7 @@ def cos(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number (radians).
 
-    Example:
+    Examples:
         >>> print(adl.cos(np.array([0.0])))
         [1.]
     """
@@ -257,7 +261,7 @@ def tanh(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda x: adl.sum(adl.tanh(x)), x=(2,))
         >>> print(adl.gradient(g, {"x": np.zeros(2)}).grads["x"])
         [1. 1.]
@@ -274,7 +278,7 @@ def sigmoid(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number.
 
-    Example:
+    Examples:
         >>> print(adl.sigmoid(np.array([0.0])))
         [0.5]
         >>> g = adl.trace(lambda z: adl.sigmoid(z), z=0.0)
@@ -291,7 +295,7 @@ def relu(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor, an array or a number.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda x: adl.sum(adl.relu(x)), x=(3,))
         >>> print(adl.gradient(g, {"x": np.array([-1.0, 0.0, 2.0])}).grads["x"])
         [0. 0. 1.]
@@ -306,7 +310,7 @@ def leaky_relu(x: ArrayLike, alpha: float = 0.01) -> ArrayLike:
         x: a traced tensor, an array or a number.
         alpha: the slope for x ≤ 0.
 
-    Example:
+    Examples:
         >>> print(adl.leaky_relu(np.array([-2.0, 3.0]), alpha=0.1))
         [-0.2  3. ]
     """
@@ -320,7 +324,7 @@ def abs(x: ArrayLike) -> ArrayLike:  # noqa: A001 - the name users expect
     Args:
         x: a traced tensor, an array or a number.
 
-    Example:
+    Examples:
         >>> print(adl.abs(np.array([-2.0, 3.0])))
         [2. 3.]
     """
@@ -332,9 +336,10 @@ def maximum(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     gradient.
 
     Args:
-        a, b: traced tensors, arrays or numbers (``adl.maximum(x, 0)`` is a ReLU).
+        a: a traced tensor, an array or a number (``adl.maximum(x, 0)`` is a ReLU).
+        b: likewise, broadcasting against ``a``.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda a, b: adl.sum(adl.maximum(a, b)), a=(2,), b=(2,))
         >>> r = adl.gradient(g, {"a": np.array([1.0, 2.0]), "b": np.array([0.0, 2.0])})
         >>> print(r.grads["a"], r.grads["b"])
@@ -348,9 +353,10 @@ def minimum(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     gradient.
 
     Args:
-        a, b: traced tensors, arrays or numbers.
+        a: a traced tensor, an array or a number.
+        b: likewise, broadcasting against ``a``.
 
-    Example:
+    Examples:
         >>> print(adl.minimum(np.array([1.0, 5.0]), 2.0))
         [1. 2.]
     """
@@ -368,7 +374,7 @@ def sum(x: ArrayLike, axis: int | Sequence[int] | None = None,  # noqa: A001
         axis: an axis, a tuple of axes, or ``None`` for all.
         keepdims: keep the summed axes with size 1.
 
-    Example:
+    Examples:
         >>> print(adl.sum(np.ones((2, 3)), axis=0))
         [2. 2. 2.]
     """
@@ -384,7 +390,7 @@ def mean(x: ArrayLike, axis: int | Sequence[int] | None = None,
         axis: an axis, a tuple of axes, or ``None`` for all.
         keepdims: keep the reduced axes with size 1.
 
-    Example:
+    Examples:
         >>> print(adl.mean(np.array([[1.0, 2.0], [3.0, 4.0]]), axis=1))
         [1.5 3.5]
     """
@@ -401,7 +407,7 @@ def max(x: ArrayLike, axis: int | Sequence[int] | None = None,  # noqa: A001
         axis: an axis, a tuple of axes, or ``None`` for all.
         keepdims: keep the reduced axes with size 1.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda x: adl.max(x), x=(3,))
         >>> print(adl.gradient(g, {"x": np.array([1.0, 3.0, 3.0])}).grads["x"])
         [0.  0.5 0.5]
@@ -418,7 +424,7 @@ def reshape(x: ArrayLike, shape: int | Sequence[int]) -> ArrayLike:
         x: a traced tensor or an array.
         shape: the new shape (an int or a sequence of ints).
 
-    Example:
+    Examples:
         >>> adl.reshape(np.arange(6.0), (2, -1)).shape
         (2, 3)
     """
@@ -439,7 +445,7 @@ def transpose(x: ArrayLike, axes: Sequence[int] | None = None) -> ArrayLike:
         x: a traced tensor or an array.
         axes: the new order of the axes, or ``None`` to reverse them.
 
-    Example:
+    Examples:
         >>> adl.transpose(np.zeros((2, 3, 4)), (2, 0, 1)).shape
         (4, 2, 3)
     """
@@ -455,7 +461,7 @@ def broadcast_to(x: ArrayLike, shape: Sequence[int]) -> ArrayLike:
         x: a traced tensor or an array.
         shape: the target shape (numpy broadcasting rules).
 
-    Example:
+    Examples:
         >>> adl.broadcast_to(np.ones(3), (2, 3)).shape
         (2, 3)
     """
@@ -469,7 +475,7 @@ def concatenate(xs: Sequence[ArrayLike], axis: int = 0) -> ArrayLike:
         xs: a non-empty sequence of traced tensors or arrays (same shape but along ``axis``).
         axis: the axis to join along.
 
-    Example:
+    Examples:
         >>> print(adl.concatenate([np.zeros(2), np.ones(1)]))
         [0. 0. 1.]
     """
@@ -485,7 +491,7 @@ def flatten(x: ArrayLike) -> ArrayLike:
     Args:
         x: a traced tensor or an array.
 
-    Example:
+    Examples:
         >>> adl.flatten(np.zeros((2, 3))).shape
         (6,)
     """
@@ -501,9 +507,10 @@ def matmul(a: ArrayLike, b: ArrayLike) -> ArrayLike:
     ∂L/∂a = G bᵀ and ∂L/∂b = aᵀ G for the upstream gradient G.
 
     Args:
-        a, b: traced tensors or arrays whose inner dimensions agree.
+        a: a traced tensor or an array.
+        b: a traced tensor or an array whose first (or only) axis matches ``a``'s last.
 
-    Example:
+    Examples:
         >>> print(adl.matmul(np.array([[1.0, 2.0]]), np.array([3.0, 4.0])))
         [11.]
     """
@@ -546,7 +553,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: IntPa
     Returns:
         (N, F, H_out, W_out) with H_out = (H + 2·pad − dilation·(kh − 1) − 1) // stride + 1.
 
-    Example:
+    Examples:
         >>> y = adl.conv2d(np.ones((1, 1, 5, 5)), np.ones((2, 1, 3, 3)), padding="same")
         >>> y.shape, float(y[0, 0, 2, 2])
         ((1, 2, 5, 5), 9.0)
@@ -568,14 +575,17 @@ def conv_transpose2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, str
         x: input (N, C, H, W).
         w: filters (C, F/groups, kh, kw).
         b: optional bias (F,).
-        stride, padding, output_padding, dilation: ints or pairs, as in PyTorch.
+        stride: int or pair.
+        padding: int or pair, removed from each side of the output.
+        output_padding: int or pair, added to one side (to reach a wanted size).
+        dilation: int or pair.
         groups: independent channel groups.
 
     Returns:
         (N, F, H_out, W_out) with H_out = (H − 1)·stride − 2·pad + dilation·(kh − 1)
         + output_padding + 1.
 
-    Example:
+    Examples:
         >>> adl.conv_transpose2d(np.ones((1, 2, 4, 4)), np.ones((2, 3, 2, 2)), stride=2).shape
         (1, 3, 8, 8)
     """
@@ -597,7 +607,7 @@ def max_pool2d(x: ArrayLike, kernel: IntPair = 2, stride: IntPair | None = None,
         stride: int or pair; defaults to the kernel size.
         padding: int or pair (padded with −∞).
 
-    Example:
+    Examples:
         >>> print(adl.max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4))[0, 0])
         [[ 5.  7.]
          [13. 15.]]
@@ -617,7 +627,7 @@ def avg_pool2d(x: ArrayLike, kernel: IntPair = 2, stride: IntPair | None = None,
         stride: int or pair; defaults to the kernel size.
         padding: int or pair.
 
-    Example:
+    Examples:
         >>> print(adl.avg_pool2d(np.arange(16.0).reshape(1, 1, 4, 4))[0, 0])
         [[ 2.5  4.5]
          [10.5 12.5]]
@@ -634,7 +644,7 @@ def upsample(x: ArrayLike, scale: IntPair = 2) -> ArrayLike:
         x: input (N, C, H, W).
         scale: int or pair of integer factors.
 
-    Example:
+    Examples:
         >>> adl.upsample(np.ones((1, 1, 2, 3)), scale=2).shape
         (1, 1, 4, 6)
     """
@@ -653,12 +663,14 @@ def batch_norm(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike,
 
     Args:
         x: input (N, C) or (N, C, H, W).
-        gamma, beta: scale and shift (C,).
-        running_mean, running_var: (C,), needed with ``training=False``.
+        gamma: scale γ (C,).
+        beta: shift β (C,).
+        running_mean: (C,), needed with ``training=False``.
+        running_var: (C,), needed with ``training=False``.
         training: batch statistics (True) or running statistics (False).
         eps: added to the variance.
 
-    Example:
+    Examples:
         >>> y = adl.batch_norm(np.array([[1.0], [3.0]]), np.ones(1), np.zeros(1))
         >>> print(np.round(y.ravel(), 4))
         [-1.  1.]
@@ -683,7 +695,7 @@ def dropout(x: ArrayLike, mask: ArrayLike, p: float = 0.5) -> ArrayLike:
         mask: 0/1 integers (or booleans), broadcasting to ``x``.
         p: the drop probability the mask was drawn with.
 
-    Example:
+    Examples:
         >>> print(adl.dropout(np.ones(4), np.array([1, 0, 1, 1]), p=0.25))
         [1.33333333 0.         1.33333333 1.33333333]
     """
@@ -705,7 +717,7 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> ArrayLike:
         x: a traced tensor or an array.
         axis: the axis the probabilities are over.
 
-    Example:
+    Examples:
         >>> print(np.round(np.exp(adl.log_softmax(np.array([0.0, np.log(3.0)]))), 4))
         [0.25 0.75]
     """
@@ -719,7 +731,7 @@ def softmax(x: ArrayLike, axis: int = -1) -> ArrayLike:
         x: a traced tensor or an array.
         axis: the axis the probabilities are over.
 
-    Example:
+    Examples:
         >>> print(adl.softmax(np.array([0.0, np.log(3.0)])))
         [0.25 0.75]
     """
@@ -739,7 +751,7 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike,
         labels: (…) integers in 0 … K − 1.
         reduction: ``"mean"`` or ``"sum"``.
 
-    Example:
+    Examples:
         >>> loss = adl.softmax_cross_entropy(np.zeros((2, 4)), np.array([0, 3]))
         >>> print(round(float(loss), 4))        # log 4
         1.3863
@@ -756,7 +768,7 @@ def mse_loss(pred: ArrayLike, target: ArrayLike, reduction: str = "sum") -> Arra
         target: the target y, of the same shape.
         reduction: ``"sum"`` (default) or ``"mean"``.
 
-    Example:
+    Examples:
         >>> print(adl.mse_loss(np.array([1.0, 2.0]), np.array([0.0, 0.0])))
         2.5
     """
@@ -772,7 +784,7 @@ def l1_loss(pred: ArrayLike, target: ArrayLike, reduction: str = "sum") -> Array
         target: the target y, of the same shape.
         reduction: ``"sum"`` (default) or ``"mean"``.
 
-    Example:
+    Examples:
         >>> print(adl.l1_loss(np.array([1.0, -2.0]), np.zeros(2)))
         3.0
     """

@@ -78,7 +78,7 @@ def param(shape: Any = (), dtype: Any = None) -> Spec:
         shape: a shape tuple, or an example array (its shape and dtype).
         dtype: the float dtype (default float64, or the example's).
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda w, x: adl.sum(w * x), w=adl.param((3,)), x=(3,))
         >>> list(g.parameters)
         ['w']
@@ -94,7 +94,7 @@ def spec(shape: Any = (), dtype: Any = None) -> Spec:
         dtype: e.g. ``"float32"`` to trace a graph that computes in single precision, or an
             integer dtype for class labels.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda x: adl.sum(x * x), x=adl.spec((2,), "float32"))
         >>> adl.gradient(g, {"x": np.ones(2)}).grads["x"].dtype
         dtype('float32')
@@ -126,7 +126,7 @@ def trace(fn: Callable[..., Any], /, **inputs: Any) -> Graph:
             ``float(t)``, a numpy function without an op), naming your line.
         ShapeError: operands whose shapes do not fit an op, naming the node and shapes.
 
-    Example:
+    Examples:
         >>> g = adl.trace(lambda w, x: adl.sigmoid(w[0] * x[0] + w[1] * x[1] + w[2]),
         ...               w=adl.param((3,)), x=(2,))
         >>> len(g), list(g.inputs), list(g.outputs)
@@ -750,7 +750,7 @@ def load(path: str | Path) -> Graph:
             field); :class:`~autodiff_lab.errors.UnknownOpError` when it uses an op this
             process does not have (a custom op must be defined with ``adl.define_op`` first).
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> g = adl.trace(lambda x: adl.sum(adl.exp(x)), x=(2,))
         >>> path = os.path.join(tempfile.mkdtemp(), "g.json")

@@ -121,7 +121,7 @@ def render(graph: Graph, values: Any = None, grads: Any = None, path: str | Path
     * ``max_nodes``: a bigger graph raises :class:`GraphTooLargeError` at once, before any
       value is computed or Graphviz started (default :data:`MAX_NODES`; ``None``: no limit).
 
-    Example:
+    Examples:
         >>> import numpy as np, autodiff_lab as adl
         >>> g = adl.trace(lambda w, x: adl.sigmoid(w[0] * x[0] + w[1] * x[1] + w[2]),
         ...               w=adl.param((3,)), x=(2,))
