@@ -49,6 +49,26 @@ def clean_op_table():
         custom.remove_op(name)
 
 
+def _readme(ns, folder):
+    assert (folder / "neuron.svg").read_text().lstrip().startswith("<")
+    assert abs(ns["r"].grads["w"][0] + 0.19661193324148185) < 1e-9
+
+
+def _nn(ns, folder):
+    assert ns["out"].batch_size == 36
+    assert ns["gw"].shape == (4,) and ns["gx"].shape == (16, 4)
+    assert 0.0 <= ns["accuracy"] <= 1.0
+
+
+def _training(ns, folder):
+    assert ns["history"].stopped == "completed" and ns["history"].epoch == [1, 2]
+    assert (folder / "runs" / "inpainting" / "checkpoint.npz").exists()
+
+
+#: what a page's code must have done, beyond running (keyed by path from the repository root)
+CHECKS = {"README.md": _readme, "docs/nn.md": _nn, "docs/training.md": _training}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_page_code_runs(page, tmp_path, monkeypatch, clean_op_table):
     blocks = [(line, code) for line, code, runs in python_blocks(page.read_text()) if runs]
@@ -60,3 +80,6 @@ def test_page_code_runs(page, tmp_path, monkeypatch, clean_op_table):
         warnings.simplefilter("ignore")        # pages show warnings on purpose (kinks, casts)
         for line, code in blocks:
             exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
+    check = CHECKS.get(str(page.relative_to(ROOT)))
+    if check is not None:
+        check(namespace, tmp_path)
