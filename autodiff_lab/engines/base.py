@@ -70,14 +70,16 @@ class GradientResult:
 
         def row(name: str, a: Any) -> str:
             a = np.asarray(a)
-            return (f"<tr><td><code>{_escape(name)}</code></td><td>{format_shape(a.shape)}</td>"
-                    f"<td>{a.dtype}</td><td>{_escape(format_value(a, 6))}</td></tr>")
+            cells = (f"<code>{_escape(name)}</code>", format_shape(a.shape), str(a.dtype),
+                     _escape(format_value(a, 6)))
+            return "<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in cells) + "</tr>"
 
         rows = [row(f"value ({self.output})", self.value)]
         rows += [row(f"∂{self.output}/∂{name}", g) for name, g in self.grads.items()]
         extra = f", {self.evaluations} forward evaluations" if self.evaluations != 1 else ""
         return (f"<table><caption>GradientResult, engine <b>{_escape(self.engine)}</b>{extra}"
-                "</caption><tr><th></th><th>shape</th><th>dtype</th><th>numbers</th></tr>"
+                "</caption><tr><th></th><th style='text-align:left'>shape</th>"
+                "<th style='text-align:left'>dtype</th><th style='text-align:left'>numbers</th></tr>"
                 + "".join(rows) + "</table>")
 
     def drawing_svg(self) -> str | None:

@@ -24,7 +24,7 @@ def test_a_result_of_adl_gradient_shows_its_graph_and_a_table(engine):
 def test_a_result_without_its_graph_or_of_a_big_graph_shows_the_table_only():
     g, vals = _neuron()
     html = adl.engine("tape").compile(g)(vals)._repr_html_()
-    assert html.startswith("<table>") and "∂out/∂w" in html and "(3,)" in html
+    assert html.startswith("<table>") and "∂out/∂w" in html and ">(3,)<" in html
     big = adl.trace(lambda x: adl.sum(adl.tanh(adl.concatenate([x[i:i + 1] * x[i:i + 1] for i in range(40)]))),
                     x=(40,))
     html = adl.gradient(big, {"x": np.ones(40)})._repr_html_()
