@@ -61,8 +61,16 @@ def _nn(ns, folder):
 
 
 def _training(ns, folder):
-    assert ns["history"].stopped == "completed" and ns["history"].epoch == [1, 2]
-    assert (folder / "runs" / "inpainting" / "checkpoint.npz").exists()
+    h = ns["history"]                  # the resumed run of the second example
+    assert h.stopped == "completed" and h.epoch == [1, 2] and h.steps == 20
+    import json
+    run = folder / "runs" / "inpainting"            # the first example's run
+    assert (run / "checkpoint.npz").is_file() and (run / "loss.svg").is_file()
+    first = json.loads((run / "metrics.json").read_text())
+    assert first["stopped"] == "completed" and first["steps"] == 20
+    assert len(first["history"]["val_loss"]) == 2
+    health = first["history"]["health"]             # the gradient checks along the way
+    assert [s for s, _ in health] == [5, 10, 15, 20] and max(e for _, e in health) < 1e-4
 
 
 #: what a page's code must have done, beyond running (keyed by path from the repository root)
