@@ -10,12 +10,13 @@ from autodiff_lab.errors import (
     InputError,
     NonFiniteError,
     NotDifferentiableError,
+    OpDefinitionError,
     ShapeError,
     SymbolicSizeError,
     TraceError,
     UnknownOpError,
 )
-from autodiff_lab.graph import OPS, Graph, Spec, Tensor, load, param, spec, trace
+from autodiff_lab.graph import OPS, Graph, Spec, Tensor, define_op, load, param, spec, trace
 from autodiff_lab.graph.functions import (
     abs,
     add,
@@ -63,9 +64,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OPS", "AutodiffError", "Graph", "GraphError", "InputError", "NonFiniteError",
-    "NotDifferentiableError", "ShapeError", "Spec", "SymbolicSizeError", "Tensor", "TraceError",
+    "NotDifferentiableError", "OpDefinitionError", "ShapeError", "Spec", "SymbolicSizeError",
+    "Tensor", "TraceError",
     "UnknownOpError", "abs", "add", "avg_pool2d", "batch_norm", "broadcast_to", "concatenate",
-    "conv2d", "conv_transpose2d", "cos", "div", "dropout", "exp", "flatten", "l1_loss", "leaky_relu", "load",
+    "conv2d", "conv_transpose2d", "cos", "define_op", "div", "dropout", "exp", "flatten", "l1_loss",
+    "leaky_relu", "load",
     "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean", "minimum", "mse_loss",
     "mul", "neg", "param", "power", "reciprocal", "relu", "reshape", "sigmoid", "sin", "softmax",
     "softmax_cross_entropy", "spec", "sqrt", "sub", "sum", "tanh", "trace", "transpose",

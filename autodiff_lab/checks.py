@@ -57,6 +57,18 @@ class GradcheckResult:
                 f"max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g}")
         return text + (f"\n{self.message}" if self.message else "")
 
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.ok else "#cf222e"
+        head = "gradcheck passed" if self.ok else "gradcheck FAILED"
+        what = "derivatives" if self.mode == "full" else "random directions"
+        body = (f"<b style='color:{colour}'>{'✔' if self.ok else '✘'} {head}</b>: {self.mode} "
+                f"check of {self.checked} {what}, max abs error {self.max_abs_error:.3g}, "
+                f"max rel error {self.max_rel_error:.3g}")
+        if self.message:
+            message = self.message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            body += f"<br><code>{message}</code>"
+        return f"<div>{body}</div>"
+
 
 def _as_float64(graph: Graph, values: Mapping[str, Any]
                 ) -> tuple[Graph, dict[str, np.ndarray]]:
@@ -91,10 +103,38 @@ def gradcheck(graph: Graph, values: Mapping[str, Any], wrt: Iterable[str] | str 
               raise_exception: bool = True) -> GradcheckResult:
     """Check the tape engine's gradient against central finite differences (float64).
 
-    ``mode``: "full" (every derivative), "projection" (``n_directions`` random vᵀJu checks)
-    or "auto" (full up to :data:`FULL_CHECK_LIMIT` derivatives). A non-scalar output is
-    checked through a random seed vector v (or the ``seed`` given): the gradient of vᵀy.
-    Raises :class:`GradcheckError` on a mismatch unless ``raise_exception=False``.
+    An entry passes when ``|tape − numeric| ≤ atol + rtol·|numeric|`` (PyTorch's
+    tolerances). A float32 graph or float32 values are checked on float64 copies, with a
+    warning: finite differences in single precision cannot reach these tolerances.
+
+    Args:
+        graph: the traced graph.
+        values: ``{input name: value}`` for every input.
+        wrt: the inputs to check (default: every float input).
+        output: the output to differentiate when there are several.
+        atol: absolute tolerance.
+        rtol: relative tolerance.
+        mode: ``"full"`` (every derivative), ``"projection"`` (``n_directions`` random
+            checks of vᵀJu, two forward passes each) or ``"auto"`` (full up to
+            :data:`FULL_CHECK_LIMIT` derivatives, projections beyond).
+        n_directions: random directions of the projection check.
+        seed: for a non-scalar output y, the vector v of the checked gradient of vᵀy
+            (default: random).
+        rng: seed of the random directions and vectors.
+        raise_exception: raise :class:`GradcheckError` on a mismatch (default); ``False``
+            returns the failed result instead.
+
+    Returns:
+        A :class:`GradcheckResult`: true when it passed; ``str()`` says what was compared
+        and the largest errors, and on failure the input, index, expected and got values.
+        Jupyter shows the verdict.
+
+    Examples:
+        >>> g = adl.trace(lambda w, x: adl.sigmoid(w[0] * x[0] + w[1] * x[1] + w[2]),
+        ...               w=adl.param((3,)), x=(2,))
+        >>> result = adl.gradcheck(g, {"w": np.array([2.0, -3.0, -3.0]), "x": np.array([-1.0, -2.0])})
+        >>> print(str(result)[:45])
+        gradcheck passed: full check of 5 derivatives
     """
     output = resolve_output(graph, output)
     wrt = resolve_wrt(graph, wrt)
@@ -169,10 +209,26 @@ def _compare_projections(wrt: list[str], arrays: dict[str, np.ndarray],
 
 def jacobian(graph: Graph, values: Mapping[str, Any], wrt: Iterable[str] | str | None = None,
              output: str | None = None) -> dict[str, np.ndarray] | np.ndarray:
-    """The Jacobian of ``output`` by reverse mode, "output × input": for each input x in
-    ``wrt`` an array of shape ``y.shape + x.shape`` (M × N for vectors). One forward pass,
-    then one backward pass per output entry. With ``wrt`` a single name the array itself is
-    returned, else a dict keyed by input name."""
+    """The Jacobian of ``output`` by reverse mode, in the "output × input" layout.
+
+    For y ∈ R^M and x ∈ R^N, dy/dx is M × N (in general an array of shape
+    ``y.shape + x.shape``): for y = W g, dy/dg = W; for h = f ⊙ g, dh/df = diag(g). One
+    forward pass, then one backward pass per output entry.
+
+    Args:
+        graph: the traced graph.
+        values: ``{input name: value}`` for every input.
+        wrt: one input name (the array is returned) or several (a dict by name; default:
+            every float input).
+        output: the output when there are several.
+
+    Examples:
+        >>> g = adl.trace(lambda W, v: W @ v, W=(2, 3), v=(3,))
+        >>> W = np.arange(6.0).reshape(2, 3)
+        >>> print(adl.jacobian(g, {"W": W, "v": np.ones(3)}, wrt="v"))   # dy/dv = W
+        [[0. 1. 2.]
+         [3. 4. 5.]]
+    """
     single = isinstance(wrt, str)
     output = resolve_output(graph, output)
     names = resolve_wrt(graph, wrt)

@@ -32,6 +32,11 @@ class UnknownOpError(GraphError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class OpDefinitionError(AutodiffError, ValueError):
+    """An op-table entry is malformed (a field of the wrong kind, rules that do not match the
+    number of arguments), or a custom op would replace a built-in one (``adl.define_op``)."""
+
+
 class TraceError(AutodiffError, TypeError):
     """Something in the traced function cannot be recorded (e.g. ``if tensor > 0:``)."""
 

@@ -60,7 +60,7 @@ def sigmoid_neuron_vector() -> Example:
 
 
 def scalar_chain(w1: float = 0.5, w2: float = -1.5, x: float = 2.0, y: float = 1.0) -> Example:
-    """The scalar two-layer chain of the lectures."""
+    """The scalar two-layer chain of the textbooks."""
     def chain(w1, w2, x, y):
         f = w1 * x
         g = F.relu(f)

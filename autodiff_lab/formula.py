@@ -1,8 +1,8 @@
 """Derivatives as formulas people read: ``adl.formula`` and ``adl.explain``.
 
 ``formula(g, wrt=...)`` differentiates the graph at matrix level (the symbolic engine's
-matrix mode, the op table's ``matrix`` rules) and prints the result with the names of the
-lectures: for the 2-layer MLP ``∂L/∂W2 = (ŷ − y) gᵀ`` and
+matrix mode, the op table's ``matrix`` rules) and prints the result with the names
+textbooks use: for the 2-layer MLP ``∂L/∂W2 = (ŷ − y) gᵀ`` and
 ``∂L/∂W1 = ((W2ᵀ(ŷ − y)) ⊙ 1[W1 x > 0]) xᵀ``, where the activations (g), the prediction (ŷ)
 and a lone sigmoid (σ) are shown by name and defined underneath, and everything linear is
 written out.
@@ -145,8 +145,30 @@ def formula(graph: Graph, wrt: Iterable[str] | str | None = None, output: str | 
             *, expand: bool = False) -> Formula:
     """The derivative of ``output`` with respect to ``wrt`` as a readable formula.
 
-    ``expand=True`` writes every intermediate value out in terms of the inputs instead of
-    naming the activations and the prediction.
+    Derived at matrix level (the symbolic engine's matrix mode, the op table's ``matrix``
+    rules) and printed with the names textbooks use: the inputs by name, the loss L, its
+    prediction ŷ, a lone sigmoid σ, activations by letters (f, g, h …), each named value
+    defined underneath. Graphs too large or deep to print are refused up front
+    (:class:`~autodiff_lab.errors.SymbolicSizeError`).
+
+    Args:
+        graph: the traced graph.
+        wrt: an input name or several (default: every float input).
+        output: the output when there are several.
+        expand: write every intermediate value out in terms of the inputs instead of
+            naming the activations and the prediction.
+
+    Returns:
+        A :class:`Formula`: ``str()`` is Unicode text, ``.latex`` LaTeX, ``.exprs[name]``
+        the SymPy expressions; Jupyter renders it as mathematics.
+
+    Examples:
+        >>> from autodiff_lab import examples
+        >>> print(adl.formula(examples.mlp(bias=False).graph, wrt=["W1", "W2"]))
+        ∂L/∂W1 = (W2ᵀ·(ŷ − y) ⊙ 1[W1·x > 0])·xᵀ
+        ∂L/∂W2 = (ŷ − y)·gᵀ
+        ŷ = W2·g
+        g = relu(W1·x)
     """
     output = resolve_output(graph, output)
     names_wrt = resolve_wrt(graph, wrt)
@@ -261,7 +283,28 @@ def _paren(text: str) -> str:
 
 def explain(graph: Graph, values: Mapping[str, Any], wrt: str, output: str | None = None,
             max_paths: int = 16) -> Explanation:
-    """The chain rule for ∂output/∂wrt on a scalar graph, factor by factor with values."""
+    """The chain rule for ∂output/∂wrt on a scalar graph, factor by factor with values.
+
+    Every path from the input to the output is a product of local derivatives, each shown
+    as a formula and as its number at ``values``; the paths are summed where a value fans
+    out.
+
+    Args:
+        graph: a graph whose values are all scalars.
+        values: ``{input name: number}``.
+        wrt: the input to differentiate with respect to.
+        output: the output when there are several.
+        max_paths: refuse graphs with more paths than this (they multiply with fan-out).
+
+    Returns:
+        An :class:`Explanation`; ``str()`` prints it, ``.paths`` holds the factors.
+
+    Examples:
+        >>> from autodiff_lab.examples import scalar_chain
+        >>> chain = scalar_chain()      # f = w1·x, g = max(0, f), ŷ = w2·g, L = ½(ŷ − y)²
+        >>> print(str(adl.explain(chain.graph, chain.values, wrt="w1")).splitlines()[0])
+        ∂L/∂w1 = ∂f/∂w1 · ∂g/∂f · ∂ŷ/∂g · ∂L/∂ŷ
+    """
     output = resolve_output(graph, output)
     (name,) = resolve_wrt(graph, [wrt])
     src, dst = graph.inputs[name], graph.outputs[output]

@@ -138,18 +138,43 @@ def grad(fn: Callable[..., Any], wrt: Wrt = 0, engine: str = "tape", **options: 
     """The gradient of ``fn`` (a traceable function of arrays returning a scalar) as a
     function of the same arguments.
 
-    ``wrt``: the argument(s) to differentiate, by position or name; one gives an array of
-    that argument's shape, a tuple or list gives a tuple of arrays. ``engine`` and
-    ``options`` choose how (``"tape"``, ``"symbolic"``, ``"numeric"``, e.g.
-    ``method="central"``). Traced on the first call and again for each new argument
-    shapes/dtypes (cached).
+    Traced on the first call and again for each new combination of argument shapes and
+    dtypes; each trace is compiled once and cached.
+
+    Args:
+        fn: a function of named array arguments written with the ``adl`` functions and
+            operators, returning a scalar.
+        wrt: the argument(s) to differentiate, by position or name; one gives an array of
+            that argument's shape, a tuple or list gives a tuple of arrays.
+        engine: ``"tape"`` (default), ``"symbolic"`` or ``"numeric"``.
+        **options: the engine's options (see :func:`adl.gradient`), e.g. ``method="central"``.
+
+    Examples:
+        >>> def loss(w, x, y):
+        ...     return adl.mse_loss(x @ w, y)
+        >>> dloss = adl.grad(loss)                       # with respect to w
+        >>> print(dloss(np.zeros(2), np.eye(2), np.array([1.0, 2.0])))
+        [-1. -2.]
     """
     return _Differentiated(fn, wrt, engine, options, with_value=False)
 
 
 def value_and_grad(fn: Callable[..., Any], wrt: Wrt = 0, engine: str = "tape", **options: Any
                    ) -> Callable[..., Any]:
-    """Like :func:`grad`, but the function returns ``(value, gradient(s))``."""
+    """Like :func:`grad`, but the function returns ``(value, gradient(s))``.
+
+    Args:
+        fn: a traceable function of named array arguments returning a scalar.
+        wrt: the argument(s) to differentiate, by position or name.
+        engine: ``"tape"`` (default), ``"symbolic"`` or ``"numeric"``.
+        **options: the engine's options.
+
+    Examples:
+        >>> f = adl.value_and_grad(lambda w, x: adl.sum(adl.tanh(x * w)), wrt=("w", "x"))
+        >>> value, (gw, gx) = f(np.zeros(2), np.ones(2))
+        >>> print(value, gw, gx)
+        0.0 [1. 1.] [0. 0.]
+    """
     return _Differentiated(fn, wrt, engine, options, with_value=True)
 
 

@@ -1,4 +1,4 @@
-"""The sigmoid neuron of the lectures: trace it, evaluate it, differentiate it, draw it.
+"""The textbook sigmoid neuron: trace it, evaluate it, differentiate it, draw it.
 
     python examples/sigmoid_neuron.py                  # pictures into out/sigmoid_neuron/
     python examples/sigmoid_neuron.py --out docs/img   # regenerate the README pictures

@@ -5,7 +5,7 @@
 
 Two functions: the Squire–Trapp test function f(x) = eˣ / √(sin³x + cos³x) at x = 1.5,
 whose derivative is known exactly (4.053427893898620658), and the sigmoid neuron of the
-lectures, measured against the tape engine. For each method (forward, backward, central,
+textbooks, measured against the tape engine. For each method (forward, backward, central,
 five-point, Richardson, complex step) and each h from 1e-1 to 1e-16 the script prints the
 relative error next to the method's own error estimate, then the errors at the default
 steps, and draws both sweeps side by side.

@@ -1,6 +1,6 @@
-"""Printing matrix-level expressions as the formulas of the lectures (SymPy objects).
+"""Printing matrix-level expressions as the formulas of the textbooks (SymPy objects).
 
-:func:`node_names` gives graph nodes the names the lectures use (inputs by their names, the
+:func:`node_names` gives graph nodes the names textbooks use (inputs by their names, the
 loss ``L``, its prediction ``ŷ``, a lone sigmoid ``σ``, other values f, g, h ... in
 topological order). :class:`Display` turns an :class:`~autodiff_lab.engines.matrix_expr.MExpr`
 into SymPy: scalars become ordinary SymPy algebra (built unevaluated, printed with
@@ -70,7 +70,7 @@ def node_names(graph: Graph) -> dict[int, str]:
 
 
 # --------------------------------------------------------------------------------------
-# display classes (SymPy matrix expressions that print as the lectures write them)
+# display classes (SymPy matrix expressions that print as textbooks write them)
 # --------------------------------------------------------------------------------------
 
 def _display_shape(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -926,7 +926,8 @@ class NumericProgram(Program):
                 raise NotDifferentiableError(
                     f"the complex step needs every op between the inputs and the output to be "
                     f"complex-safe (real-analytic); {self.graph.describe(v)} is not (op "
-                    f"{d['op']!r}: evaluated on complex numbers it would not give Im f(x+ih)/h)."
+                    f"{d['op']!r}: its op-table entry has complex_safe=False, so evaluated on complex "
+                    "numbers it need not give Im f(x+ih)/h)."
                     " Use method='central', 'five_point' or 'richardson' instead")
 
     def _check_direction(self, direction: Mapping[str, Any], arrays: dict[str, np.ndarray],

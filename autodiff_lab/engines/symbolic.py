@@ -10,7 +10,7 @@
 * ``mode="matrix"`` (default) -- differentiate on the shared DAG with matrix-level
   expressions and the op table's ``matrix`` rules; nothing is expanded, the generated
   numpy code (``program.source``) is fast enough to train with, and the formulas print as
-  the lectures write them (``adl.formula``).
+  textbooks write them (``adl.formula``).
 
 Compiled programs are cached by graph fingerprint, output, ``wrt`` and options;
 ``program.compile_seconds`` and ``result.info["compile_seconds"]`` report the compile
@@ -82,7 +82,8 @@ class SymbolicEngine(Engine):
             from autodiff_lab.engines.symbolic_matrix import check_matrix_size
             check_matrix_size(graph, output, self.max_nodes)
         else:
-            from autodiff_lab.engines.symbolic_expanded import check_expansion_depth
+            from autodiff_lab.engines.symbolic_expanded import check_expansion_depth, check_sympy_forms
+            check_sympy_forms(graph, output)
             check_expansion_depth(graph, output)
         key = (graph.fingerprint(), output, tuple(names), self.mode, self.precision,
                self.check_finite, self.max_tree_size, self.max_nodes)

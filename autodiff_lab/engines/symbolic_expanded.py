@@ -7,8 +7,8 @@ used twice is written out twice, so an MLP's loss grows like D³ and its gradien
 with the width D. :func:`estimate_expansion` measures that growth on our DAG in linear time
 (tree size of a node = 1 + the tree sizes of its arguments, shared arguments counted each
 time they are used) and the program refuses with :class:`SymbolicSizeError` before SymPy
-starts. ``cse`` then finds the sharing again (the DESIGN measured 2.8M operations shrinking
-to ~10k at D = 16), and ``lambdify`` turns the result into numpy code; with ``precision``
+starts. ``cse`` then finds the sharing again (7.9M operations shrink to ~10k at D = 16,
+docs/symbolic.md), and ``lambdify`` turns the result into numpy code; with ``precision``
 the same expressions are evaluated with mpmath (the high-precision reference).
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import sympy as sp
 
 from autodiff_lab.engines.base import GradientResult, Program, resolve_seed
-from autodiff_lab.errors import NonFiniteError, SymbolicSizeError
+from autodiff_lab.errors import NonFiniteError, NotDifferentiableError, SymbolicSizeError
 from autodiff_lab.graph.evaluate import check_values, working_dtype
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
@@ -35,7 +35,7 @@ from autodiff_lab.graph.optable import OPS
 # wanted scalar) was 1.3, 1.16, 1.08 at D = 2, 4, 8; expand + diff + cse + lambdify took
 # about 1.4e-5 to 2e-5 s per gradient operation. SymPy shares equal subtrees in memory, so
 # memory grows slower than the count: peak RSS rose by ~25 MB for 7.9M operations at D = 16
-# (the DESIGN's run reported 1.5 GB end to end); 10 bytes per operation is a safe estimate.
+# (a plain SymPy script without that sharing needed 1.5 GB); 10 bytes per operation is safe.
 GRADIENT_OPS_PER_TREE_NODE = 1.1
 SECONDS_PER_GRADIENT_OP = 2e-5
 BYTES_PER_GRADIENT_OP = 10.0
@@ -97,9 +97,29 @@ def _sizes_of_op(op: str, xs: list[np.ndarray], attrs: Mapping[str, Any],
     if op in ("softmax", "log_softmax"):
         axis = attrs.get("axis", -1)
         return xs[0] + np.sum(xs[0], axis=axis, keepdims=True) + 2 * xs[0].shape[axis] + 4
+    if entry.elementwise and entry.sympy is not None:   # an element-wise op not listed above
+        occurrences, ops = _elementwise_cost(entry, attrs)
+        return sum(k * x for k, x in zip(occurrences, xs)) + ops
     # losses and anything else: every output element depends on every input element
     total = sum(float(np.sum(x)) for x in xs) + 3 * max(x.size for x in xs)
     return np.full(shape, total)
+
+
+_MEASURED: dict[tuple, tuple[tuple[int, ...], int]] = {}
+
+
+def _elementwise_cost(entry: Any, attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+    """How often each argument occurs in an element-wise op's SymPy form, and how many
+    operations the form adds: measured once on symbols (per op and attributes)."""
+    key = (entry.name, repr(sorted(attrs.items())))
+    if key not in _MEASURED:
+        n = entry.n_args[0]
+        symbols = [sp.Symbol(f"a{i}", real=True) for i in range(n)]
+        expr = sp.sympify(np.asarray(entry.sympy(*(np.asarray(s, dtype=object) for s in symbols),
+                                                 **attrs), dtype=object).item())
+        _MEASURED[key] = (tuple(max(int(expr.count(s)), 1) for s in symbols),
+                          int(sp.count_ops(expr)))
+    return _MEASURED[key]
 
 
 def tree_sizes(graph: Graph, stop_above: float | None = None,
@@ -190,6 +210,23 @@ def depth_limit() -> int:
     while frame is not None:
         frame, used = frame.f_back, used + 1
     return max((sys.getrecursionlimit() - used - FRAMES_RESERVED) // FRAMES_PER_LEVEL, 0)
+
+
+def check_sympy_forms(graph: Graph, output: str) -> None:
+    """Refuse (:class:`NotDifferentiableError`) a graph with an op that has no SymPy form
+    (a custom op defined without ``sympy=``) among the nodes ``output`` depends on."""
+    relevant = {graph.outputs[output]}
+    for v in reversed(graph.order):
+        if v in relevant:
+            relevant.update(graph.operands(v))
+    for v in graph.order:
+        d = graph.node(v)
+        if v in relevant and d["role"] == "op" and OPS[d["op"]].sympy is None:
+            raise NotDifferentiableError(
+                f"expanded symbolic differentiation needs the SymPy form of every op; "
+                f"{graph.describe(v)}: op {d['op']!r} has none (the 'sympy' field of its "
+                "op-table entry). Use the matrix mode (adl.engine('symbolic', mode='matrix'), "
+                "which needs its 'matrix' rule), the tape engine, or give the op a sympy form")
 
 
 def check_expansion_depth(graph: Graph, output: str) -> int:
@@ -305,7 +342,7 @@ def estimate_expansion(graph: Graph, wrt: list[str], output: str,
 
 
 def sigmoid_mlp_example(d: int) -> tuple[Graph, dict[str, np.ndarray]]:
-    """The DESIGN's swell example: L = ½‖σ(W2 σ(W1 x)) − y‖², D inputs = hidden = outputs."""
+    """The classic swell example: L = ½‖σ(W2 σ(W1 x)) − y‖², D inputs = hidden = outputs."""
     from autodiff_lab.graph import functions as F
     from autodiff_lab.graph.graph import param, trace
 
@@ -375,6 +412,7 @@ class ExpandedProgram(Program):
         if labels:
             raise SymbolicSizeError(f"expanded mode needs numeric values for integer inputs "
                                     f"{labels} at compile time; use mode='matrix'")
+        check_sympy_forms(graph, output)
         self.depth = check_expansion_depth(graph, output)
         self.estimate = estimate_expansion(graph, wrt, output, max_tree_size)
         if max_tree_size is not None and self.estimate.gradient_ops > max_tree_size:

@@ -132,9 +132,12 @@ def derive(graph: Graph, wrt: list[str], output: str, seed_leaf: bool = False) -
                 continue
             rule = op.matrix_for(i)
             if rule is None:
+                what = ("is not differentiable in" if not op.differentiable_in(i) else
+                        "has no matrix rule (the 'matrix' field of its op-table entry) for")
                 raise NotDifferentiableError(
-                    f"{graph.describe(v)} has no matrix-level derivative for argument {i} "
-                    f"(shapes {[x.shape for x in xs]}); use the tape engine")
+                    f"{graph.describe(v)}: op {op.name!r} {what} argument {i} (shapes "
+                    f"{[x.shape for x in xs]}), so the matrix mode cannot differentiate it; "
+                    "use the tape engine, or give the op a matrix rule")
             try:
                 contribution = rule(M, adjoints[v], values[v], *xs, **d["attrs"])
             except NotImplementedError as exc:

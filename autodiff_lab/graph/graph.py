@@ -72,12 +72,33 @@ class Spec:
 
 
 def param(shape: Any = (), dtype: Any = None) -> Spec:
-    """Mark a traced input as a parameter (drawn and counted as a weight): ``w=adl.param((3,))``."""
+    """Mark a traced input as a parameter (drawn and counted as a weight).
+
+    Args:
+        shape: a shape tuple, or an example array (its shape and dtype).
+        dtype: the float dtype (default float64, or the example's).
+
+    Examples:
+        >>> g = adl.trace(lambda w, x: adl.sum(w * x), w=adl.param((3,)), x=(3,))
+        >>> list(g.parameters)
+        ['w']
+    """
     return Spec(shape, dtype, role="parameter")
 
 
 def spec(shape: Any = (), dtype: Any = None) -> Spec:
-    """An input of the given shape and dtype (tuples, arrays and floats also work directly)."""
+    """An input of the given shape and dtype (tuples, arrays and floats also work directly).
+
+    Args:
+        shape: a shape tuple, or an example array (its shape and dtype).
+        dtype: e.g. ``"float32"`` to trace a graph that computes in single precision, or an
+            integer dtype for class labels.
+
+    Examples:
+        >>> g = adl.trace(lambda x: adl.sum(x * x), x=adl.spec((2,), "float32"))
+        >>> adl.gradient(g, {"x": np.ones(2)}).grads["x"].dtype
+        dtype('float32')
+    """
     return Spec(shape, dtype, role="input")
 
 
@@ -90,6 +111,29 @@ def trace(fn: Callable[..., Any], /, **inputs: Any) -> Graph:
     it may return one tensor (output ``"out"``), a tuple (``"out0"``, ``"out1"``...) or a
     dict of named tensors. Layers of :mod:`autodiff_lab.nn` may add auxiliary outputs
     (batch statistics of batch normalisation, see :attr:`Graph.auxiliary`).
+
+    Args:
+        fn: the function to trace, written with the ``adl`` functions, tensor operators
+            and the numpy functions that have an op.
+        **inputs: one keyword per argument of ``fn``: a shape tuple, an example array, a
+            float, or ``adl.spec(...)`` / ``adl.param(...)``.
+
+    Returns:
+        The validated :class:`Graph` (``g.nx`` is the ``networkx.DiGraph``).
+
+    Raises:
+        TraceError: something in ``fn`` cannot be recorded (a comparison, ``if tensor:``,
+            ``float(t)``, a numpy function without an op), naming your line.
+        ShapeError: operands whose shapes do not fit an op, naming the node and shapes.
+
+    Examples:
+        >>> g = adl.trace(lambda w, x: adl.sigmoid(w[0] * x[0] + w[1] * x[1] + w[2]),
+        ...               w=adl.param((3,)), x=(2,))
+        >>> len(g), list(g.inputs), list(g.outputs)
+        (12, ['w', 'x'], ['out'])
+        >>> out = g.evaluate({"w": np.array([2.0, -3.0, -3.0]), "x": np.array([-1.0, -2.0])})
+        >>> print(np.round(out["out"], 4))
+        0.7311
     """
     if not callable(fn):
         raise TraceError(f"trace needs a function, got {type(fn).__name__}")
@@ -565,12 +609,14 @@ class Graph:
 
     # --- drawing --------------------------------------------------------------------------------
     def _repr_svg_(self) -> str | None:
-        from autodiff_lab.errors import GraphTooLargeError
+        """The drawing without numbers, for Jupyter (``adl.render(g, values, grads=True)``
+        shows the values and gradients)."""
+        from autodiff_lab.errors import RenderError
         from autodiff_lab.render import to_svg
         try:
             return to_svg(self)
-        except GraphTooLargeError:
-            return None  # Jupyter shows the text summary instead
+        except RenderError:  # too big to draw, or no Graphviz: Jupyter shows the summary
+            return None
 
 
 def _kind(x: Any) -> str:
@@ -694,5 +740,22 @@ def _add_arg_edge(g: nx.DiGraph, src: int, dst: int, pos: int) -> None:
 
 
 def load(path: str | Path) -> Graph:
-    """Read a graph saved with :meth:`Graph.save`."""
+    """Read a graph saved with :meth:`Graph.save` (JSON), validating it.
+
+    Args:
+        path: the file to read.
+
+    Raises:
+        GraphError: not a graph file, or a malformed one (the message names the node and the
+            field); :class:`~autodiff_lab.errors.UnknownOpError` when it uses an op this
+            process does not have (a custom op must be defined with ``adl.define_op`` first).
+
+    Examples:
+        >>> import os, tempfile
+        >>> g = adl.trace(lambda x: adl.sum(adl.exp(x)), x=(2,))
+        >>> path = os.path.join(tempfile.mkdtemp(), "g.json")
+        >>> g.save(path)
+        >>> adl.load(path) == g
+        True
+    """
     return Graph.load(path)

@@ -56,6 +56,8 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   at trace time and the engines' input checks check integer inputs;
 * ``label``    -- how the node is labelled in a drawing;
 * ``decompose`` -- optional: the op written with more primitive ops (drawing at primitive level).
+* ``elementwise`` -- each output element depends only on the same element of each
+                  (broadcast) input; set by the element-wise helpers below;
 * ``matrix``   -- one matrix-level derivative rule per input, ``matrix[i](M, g, ans, *xs, **attrs)``,
                   written in the matrix-expression language ``M``
                   (``autodiff_lab/engines/matrix_expr.py``: ``@``, ``M.T``, ``*`` as Hadamard
@@ -81,7 +83,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from autodiff_lab.errors import LabelError, UnknownOpError
+from autodiff_lab.errors import LabelError, OpDefinitionError, UnknownOpError
 from autodiff_lab.kernels import dispatch as K  # Numba/BLAS for real floats, else conv_reference
 
 Shape = tuple[int, ...]
@@ -131,6 +133,10 @@ class Op:
     matrix: Sequence[Callable[..., Any] | None] | None = None
     scalar: ScalarForm | None = None
     check_ints: Callable[..., None] | None = None
+    #: element-wise with numpy broadcasting (each output element a function of the same
+    #: element of each input): the expanded symbolic mode's size guard measures the SymPy
+    #: form of such an op instead of assuming every output depends on every input
+    elementwise: bool = False
 
     def vjp_for(self, i: int) -> Callable[..., np.ndarray] | None:
         """The reverse-mode rule for input ``i`` (variadic ops repeat their last rule)."""
@@ -161,9 +167,82 @@ class Op:
 OPS: dict[str, Op] = {}
 
 
+#: names a graph uses for its leaves: no op may take them
+RESERVED_NAMES = frozenset({"input", "parameter", "constant"})
+_VJP_USES = frozenset({"inputs", "ans"})
+
+
+def validate_op(op: Op) -> None:
+    """Check every field of an entry (built-in or defined with ``adl.define_op``).
+
+    Raises :class:`OpDefinitionError` naming the op and the field: a wrong kind of value,
+    rules whose number does not match the op's arguments, a derivative rule (``matrix``,
+    ``scalar``) for an input the op is not differentiable in.
+    """
+    def bad(field_name: str, why: str) -> OpDefinitionError:
+        return OpDefinitionError(f"op {op.name!r}: field {field_name!r} {why}")
+
+    if not isinstance(op.name, str) or not op.name.isidentifier():
+        raise OpDefinitionError(f"an op's name must be a Python identifier, got {op.name!r}")
+    if op.name in RESERVED_NAMES:
+        raise OpDefinitionError(f"{op.name!r} is the op of a graph's leaves; choose another name")
+    for name in ("shape", "forward"):
+        if not callable(getattr(op, name)):
+            raise bad(name, f"must be a function, got {type(getattr(op, name)).__name__}")
+    lo, hi = op.n_args
+    if not (isinstance(lo, int) and lo >= 1 and (hi is None or (isinstance(hi, int) and hi >= lo))):
+        raise bad("n_args", f"must be (least, most or None) argument counts, got {op.n_args!r}")
+    if isinstance(op.vjp, (str, bytes)) or not isinstance(op.vjp, Sequence) or not op.vjp:
+        raise bad("vjp", "must be a list with one reverse-mode rule (or None) per input")
+    if any(rule is not None and not callable(rule) for rule in op.vjp):
+        raise bad("vjp", "must hold functions vjp[i](g, ans, *xs, **attrs) or None")
+    if all(rule is None for rule in op.vjp):
+        raise bad("vjp", "has no rule: an op must be differentiable in at least one input")
+    expected = hi if hi is not None else 1
+    if len(op.vjp) != expected:
+        raise bad("vjp", f"has {len(op.vjp)} rule(s) for an op of {hi} argument(s)"
+                  if hi is not None else "of a variadic op must be one rule, repeated per input")
+    if op.matrix is not None:
+        if isinstance(op.matrix, (str, bytes)) or not isinstance(op.matrix, Sequence) \
+                or len(op.matrix) != len(op.vjp):
+            raise bad("matrix", f"must be a list of {len(op.vjp)} rule(s) (or None), one per "
+                      "entry of 'vjp'")
+        for i, (rule, vjp) in enumerate(zip(op.matrix, op.vjp)):
+            if rule is not None and not callable(rule):
+                raise bad("matrix", f"rule {i} must be a function matrix[i](M, g, ans, *xs, "
+                          "**attrs) or None")
+            if rule is not None and vjp is None:
+                raise bad("matrix", f"has a rule for input {i}, which 'vjp' marks as not "
+                          "differentiable")
+    for name in ("sympy", "kink", "batched", "decompose", "check_ints"):
+        value = getattr(op, name)
+        if value is not None and not callable(value):
+            raise bad(name, f"must be a function or None, got {type(value).__name__}")
+    if not isinstance(op.label, str) or not op.label:
+        raise bad("label", "must be a non-empty string (how a drawing labels the node)")
+    if not isinstance(op.doc, str):
+        raise bad("doc", "must be a string")
+    for name in ("complex_safe", "float_result", "elementwise"):
+        if not isinstance(getattr(op, name), bool):
+            raise bad(name, f"must be True or False, got {getattr(op, name)!r}")
+    if not isinstance(op.attrs, dict) or not all(isinstance(k, str) and k.isidentifier()
+                                                 for k in op.attrs):
+        raise bad("attrs", "must be a dict {attribute name: default value}")
+    if not (isinstance(op.vjp_uses, frozenset) and op.vjp_uses <= _VJP_USES):
+        raise bad("vjp_uses", f"must be a set of 'inputs' and 'ans', got {op.vjp_uses!r}")
+    if not (isinstance(op.int_args, frozenset) and all(
+            isinstance(i, int) and 0 <= i < (hi if hi is not None else len(op.vjp))
+            for i in op.int_args)):
+        raise bad("int_args", f"must be a set of argument positions, got {op.int_args!r}")
+    if op.scalar is not None and (not isinstance(op.scalar, ScalarForm)
+                                  or len(op.scalar.vjp) != len(op.vjp)):
+        raise bad("scalar", "must be a ScalarForm with one rule per entry of 'vjp'")
+
+
 def _register(op: Op) -> Op:
     if op.name in OPS:
-        raise ValueError(f"op {op.name!r} is defined twice")
+        raise OpDefinitionError(f"op {op.name!r} is defined twice")
+    validate_op(op)
     OPS[op.name] = op
     return op
 
@@ -174,7 +253,9 @@ def get_op(name: str) -> Op:
         return OPS[name]
     except KeyError:
         raise UnknownOpError(
-            f"unknown op {name!r}; the op table has: {', '.join(sorted(OPS))}"
+            f"unknown op {name!r} (an op of your own must be defined with adl.define_op "
+            f"before a graph using it is traced or loaded); the op table has: "
+            f"{', '.join(sorted(OPS))}"
         ) from None
 
 
@@ -327,7 +408,7 @@ def _binary(name: str, forward: Callable, vjp_a: Callable, vjp_b: Callable, sym:
         sympy=_ew(sym, 2), label=label, complex_safe=complex_safe, kink=kink,
         kink_coord=None if kink is None else _difference_coord,
         kink_convention=kink_convention,
-        batched=_poly_broadcast(forward), vjp_uses=uses, doc=doc,
+        batched=_poly_broadcast(forward), vjp_uses=uses, doc=doc, elementwise=True,
         matrix=None if matrix is None else (
             lambda M, g, ans, a, b: M.sum_to(matrix[0](M, g, ans, a, b), a.shape),
             lambda M, g, ans, a, b: M.sum_to(matrix[1](M, g, ans, a, b), b.shape)),
@@ -437,6 +518,7 @@ def _unary(name: str, forward: Callable, vjp: Callable, sym: Callable, label: st
         kink_coord=kink_coord if kink_coord is not None or kink is None else _identity_coord,
         kink_convention=kink_convention,
         vjp_uses=uses, decompose=decompose, doc=doc, matrix=None if matrix is None else (matrix,),
+        elementwise=True,
     ))
 
 

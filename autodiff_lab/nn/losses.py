@@ -1,4 +1,4 @@
-"""Losses, with the conventions of the lectures (and how they differ from PyTorch's).
+"""Losses, with the conventions of the textbooks (and how they differ from PyTorch's).
 
 ``MSELoss`` and ``L1Loss`` sum over each sample's elements and average over the batch
 (``reduction="batch_mean"``, the default): for a batch of N samples,
@@ -8,7 +8,7 @@
 
 PyTorch's ``nn.MSELoss()`` is instead the *mean over all elements* of (ŷ − y)², without
 the ½, and ``nn.L1Loss()`` the mean over all elements of |ŷ − y|. Other reductions:
-``"sum"`` (over the whole batch: the BRIEF's L = ½‖y − ŷ‖²) and ``"mean"`` (over all
+``"sum"`` (over the whole batch: L = ½‖y − ŷ‖², as textbooks write it) and ``"mean"`` (over all
 elements: ``MSELoss(reduction="mean")`` is ½ × PyTorch's ``MSELoss()``,
 ``L1Loss(reduction="mean")`` equals PyTorch's ``L1Loss()``).
 

@@ -32,7 +32,7 @@ Rng = int | np.random.Generator | None
 class SigmoidNeuron(Module):
     """f = σ(x·wᵀ + b): one sigmoid unit, ``weight`` (1, in_features), ``bias`` (1,).
 
-    The textbook neuron of the lectures (f = σ(w0 + w1·x1 + w2·x2) with w0 the bias);
+    The textbook neuron (f = σ(w0 + w1·x1 + w2·x2) with w0 the bias);
     rows in, one column out: (N, in_features) -> (N, 1).
     """
 

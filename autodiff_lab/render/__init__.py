@@ -73,12 +73,36 @@ def to_dot(graph: Graph, values: Any = None, grads: Any = None, *, primitive: bo
     return build_dot(notes, options)
 
 
+class Drawing(str):
+    """The DOT text of a drawing: a ``str`` (print it, save it, compare it) that Jupyter
+    shows as the picture (``_repr_svg_``). ``svg()`` runs Graphviz for the SVG text."""
+
+    @property
+    def source(self) -> str:
+        """The DOT text as a plain ``str``."""
+        return str.__str__(self)
+
+    def svg(self) -> str:
+        """The picture as SVG text (runs Graphviz; :class:`RenderError` if it cannot)."""
+        picture, _ = run_dot(self.source, "svg")
+        return picture.decode("utf-8")
+
+    def _repr_svg_(self) -> str | None:
+        try:
+            return self.svg()
+        except RenderError:
+            return None  # Jupyter falls back to the text
+
+
 def render(graph: Graph, values: Any = None, grads: Any = None, path: str | Path | None = None,
            format: str | None = None, *, primitive: bool = False, output: str | None = None,
            numbers: str = "edges", digits: int = 4, legend: bool = True,
            title: str | None = None, rankdir: str = "LR", max_nodes: int | None = MAX_NODES
-           ) -> str:
+           ) -> Drawing:
     """Draw ``graph`` with its forward values and gradients; return the DOT source.
+
+    The DOT source comes back as a :class:`Drawing`, a ``str`` that a notebook shows as the
+    picture itself.
 
     * ``values``: the input values by name (every other node is evaluated), every node's
       value by id, or a :class:`GradientResult` compiled with ``keep_all=True``;
@@ -96,6 +120,15 @@ def render(graph: Graph, values: Any = None, grads: Any = None, path: str | Path
       not drawn.
     * ``max_nodes``: a bigger graph raises :class:`GraphTooLargeError` at once, before any
       value is computed or Graphviz started (default :data:`MAX_NODES`; ``None``: no limit).
+
+    Examples:
+        >>> import numpy as np, autodiff_lab as adl
+        >>> g = adl.trace(lambda w, x: adl.sigmoid(w[0] * x[0] + w[1] * x[1] + w[2]),
+        ...               w=adl.param((3,)), x=(2,))
+        >>> vals = {"w": np.array([2.0, -3.0, -3.0]), "x": np.array([-1.0, -2.0])}
+        >>> dot = adl.render(g, values=vals, grads=True)    # in Jupyter: the picture
+        >>> dot.startswith("// autodiff_lab graph")
+        True
     """
     source = to_dot(graph, values, grads, primitive=primitive, output=output, numbers=numbers,
                     digits=digits, legend=legend, title=title, rankdir=rankdir,
@@ -103,9 +136,9 @@ def render(graph: Graph, values: Any = None, grads: Any = None, path: str | Path
     if path is None:
         if format is not None:
             raise InputError("format= needs a path= to write to (the DOT text is returned)")
-        return source
+        return Drawing(source)
     write(source, path, format)
-    return source
+    return Drawing(source)
 
 
 def output_format(path: str | Path, format: str | None = None) -> str:
@@ -151,7 +184,7 @@ def to_svg(graph: Graph, values: Any = None, grads: Any = None, **options: Any) 
 
 
 __all__ = [
-    "MAX_NODES", "DotProgram", "DrawOptions", "GraphTooLargeError", "GraphvizNotFoundError",
+    "MAX_NODES", "DotProgram", "DrawOptions", "Drawing", "GraphTooLargeError", "GraphvizNotFoundError",
     "RenderError", "check_size",
     "configure_graphviz_package", "find_dot", "format_number", "format_summary", "output_format",
     "render", "run_dot", "to_dot", "to_graphviz", "to_svg", "write",

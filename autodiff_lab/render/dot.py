@@ -2,7 +2,7 @@
 
 Inputs on the left, the output on the right; one node per value, labelled with its op
 (scalar constants folded into it: ``+1``, ``×2``, ``1/x``) and, for tensors, its shape.
-The numbers sit on the edges as in the lecture slides: the forward value of the source in
+The numbers sit on the edges as in the textbook drawings: the forward value of the source in
 green above the line, the gradient flowing back along that edge in red below it. Where a
 value fans out, each edge carries its own share of the gradient (from the consumer's VJP
 rule) and the node shows the total (``Σ``). With ``numbers="nodes"`` the value and gradient

@@ -1,7 +1,7 @@
 """How numbers are written in a drawing: scalars to a few significant digits, tensors as a
 short summary. Kept apart from the DOT code so the formatting rules can be tested on their own.
 
-Minus signs are the typographic "−" (U+2212), as in the lecture slides, and the text is the
+Minus signs are the typographic "−" (U+2212), as in the textbook drawings, and the text is the
 same on every platform (no locale, no repr), so the DOT text stays byte-identical.
 """
 

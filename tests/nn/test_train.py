@@ -450,22 +450,3 @@ def test_seed_controls_dropout_and_data_order(reference):
     _, same = train(epochs=3)
     _, other = train(epochs=3, seed=7)
     assert same.step_loss == reference[1].step_loss and other.step_loss != same.step_loss
-
-
-def test_docs_training_example_runs(tmp_path, monkeypatch):
-    import re
-    from pathlib import Path
-
-    import autodiff_lab.data as data_module
-
-    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
-    full = data_module.load_digits
-    monkeypatch.setattr(data_module, "load_digits", lambda split: tuple(a[:320] for a in full(split)))
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code.replace("health_every=50", "health_every=5"), "docs/training.md", "exec"), namespace)
-    h = namespace["history"]
-    assert h.stopped == "completed" and h.steps == 10 and len(h.val_loss) == 2
-    assert [s for s, _ in h.health] == [5, 10] and max(e for _, e in h.health) < 1e-4
-    assert (tmp_path / "runs" / "inpainting" / "loss.svg").is_file()
