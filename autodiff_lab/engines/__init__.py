@@ -91,7 +91,9 @@ def gradient(graph: Graph, values: Mapping[str, Any], engine: str = "tape",
       array per element, or a dict per input; ``estimate_error=True``: also return
       ``result.error_estimate``; ``batch_size=None``: perturbed copies per forward call;
       ``max_evaluations=100_000``: refuse bigger gradients up front; ``progress=None``: a
-      tqdm bar from 5,000 evaluations on.
+      tqdm bar from 5,000 evaluations on; ``kinks=True``: detect stencils that straddle a
+      kink (relu, abs, max ...) and recompute those components one-sided, so the error
+      estimate still bounds the error (``False``: the plain formulas).
     * ``"symbolic"`` -- SymPy. ``mode="matrix"`` (default: differentiate the graph at matrix
       level and generate numpy code, ``program.source``) or ``"expanded"`` (element by
       element: ``diff``, ``cse``, ``lambdify``); ``max_tree_size=2e6``: the expanded mode's
