@@ -165,13 +165,14 @@ def _mini_classifier() -> tuple[Any, dict[str, Any]]:
 def _inpainting_family() -> tuple[str, str, Callable[[int], Example], list[int], list[int]]:
     from autodiff_lab.examples import inpainting
     return ("inpainting MLP 784-h-784 on 64 digits", "hidden units",
-            lambda h: inpainting(hidden=h), [8, 16, 32, 64, 128, 256], [8, 32, 128])
+            lambda h: inpainting(hidden=h), [1, 2, 4, 8, 16, 32, 64, 128, 256], [1, 4, 16, 64])
 
 
 def _denoiser_family() -> tuple[str, str, Callable[[int], Example], list[int], list[int]]:
     from autodiff_lab.examples import denoiser
-    return ("DnCNN-style denoiser, 16 channels, 4 patches 40×40", "convolutions",
-            lambda d: denoiser(depth=d), [3, 4, 6, 8, 12], [3, 5, 8])
+    return ("DnCNN-style denoiser, 8 channels, 2 patches 20×20", "convolutions",
+            lambda d: denoiser(depth=d, channels=8, batch=2, size=20), [2, 3, 4, 6, 8, 12],
+            [2, 4, 8])
 
 
 def _builtin(name: str) -> Callable[[bool], Example]:

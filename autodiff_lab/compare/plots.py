@@ -241,7 +241,9 @@ def step_sweep_plot(result: Any, stem: str | Path, title: str | None = None) -> 
     with styled():
         fig = new_figure()
         ax = fig.add_subplot(1, 1, 1)
-        plot_step_sweep(result, ax=ax, title=title)
+        colours = {m: engine_style("numeric-" + m.replace("_", "-"))[0] for m in result.methods}
+        colours["backward"] = "#ff9896"
+        plot_step_sweep(result, ax=ax, title=title, colors=colours)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
                   title="★ default step")
         return save(fig, stem)

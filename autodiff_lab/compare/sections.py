@@ -95,7 +95,10 @@ def speed_table(result: SpeedResult, files: Sequence[str] = ()) -> TableRef:
     for r in result.rows:
         label = r.label
         if r.status != "ok":
-            notes.append(f"{r.label}: {r.note}")
+            from autodiff_lab.compare.plots import refusal_text
+            notes.append(refusal_text(r.label, r.refused_value, r.refused_limit,
+                                      r.refused_unit, r.note)
+                         + (" (per call: projected)" if r.projected else ""))
             label += f" — refused [{len(notes)}]"
         spread = "—" if r.call_min_s is None else \
             f"{fmt_ms(r.call_min_s)} – {fmt_ms(r.call_max_s)} ({r.repeats}×)"

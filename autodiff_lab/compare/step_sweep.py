@@ -188,7 +188,7 @@ def _reference(exact: Any, graph: Graph, names: list[str] | None) -> dict[str, n
 
 
 def plot_step_sweep(result: SweepResult, path: str | Path | None = None, ax: Any = None,
-                    title: str | None = None) -> Any:
+                    title: str | None = None, colors: Mapping[str, str] | None = None) -> Any:
     """The V-shaped log-log plot of relative error against h, one line per method, with a
     star at each method's default step. Errors below machine precision (a complex step can
     be exact) are drawn at eps/2 so the line stays on a log axis. Returns the figure."""
@@ -202,9 +202,9 @@ def plot_step_sweep(result: SweepResult, path: str | Path | None = None, ax: Any
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
     floor = result.eps / 2
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, m in enumerate(result.methods):
-        color = colors[i % len(colors)]
+        color = (colors or {}).get(m) or cycle[i % len(cycle)]
         err = np.maximum(result.errors[m], floor)
         ax.loglog(result.steps, err, "o-", ms=5, lw=2, color=color, label=m)
         d = result.default[m]
