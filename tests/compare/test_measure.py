@@ -113,7 +113,7 @@ def test_budget_refuses_finite_differences_with_the_projected_time():
 
 def test_scaling_grows_with_parameters_and_fits_slopes():
     result = scaling(lambda h: mlp(d_in=6, hidden=h, batch=2), [1, 4],
-                     engines="tape,expanded,central", family="mlp", size_name="hidden",
+                     engines="tape,central", family="mlp", size_name="hidden",
                      timing_s=0.01, memory=False)
     fd = sorted((r for r in result.rows if r.engine == "numeric-central"), key=lambda r: r.size)
     assert [r.status for r in fd] == ["ok", "ok"]
