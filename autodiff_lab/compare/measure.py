@@ -140,13 +140,15 @@ def _points(config: EngineConfig) -> int:
 
 
 def _sample(program: Any, values: Mapping[str, Any], reference: Reference | None, n: int,
-            scale: float) -> tuple[float | None, float | None, int, float]:
+            scale: float, params: int, min_seconds: float = 0.4
+            ) -> tuple[float | None, float | None, int, float]:
     """Finite differences on random coordinates: (relative error, relative estimate,
-    coordinates, projected seconds per coordinate). Two timed samples (n/4 and n
-    coordinates, after an untimed warm-up) separate the fixed cost of a call from the cost
-    per coordinate; the errors come from the larger sample (none without a reference)."""
-    small = max(1, n // 4)
+    coordinates, projected seconds per coordinate).
 
+    After an untimed warm-up (first calls compile the batched kernels), samples of ``n``,
+    4n, 16n ... coordinates are timed until one takes ``min_seconds``; the last two give the
+    cost per coordinate apart from the fixed cost of a call. The errors come from the
+    largest sample (none without a reference)."""
     def timed(k: int, rng: int) -> tuple[Any, float]:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -154,13 +156,25 @@ def _sample(program: Any, values: Mapping[str, Any], reference: Reference | None
             check = program.check_subset(values, n=k, rng=rng)
         return check, time.perf_counter() - t0
 
-    timed(1, 2)  # warm-up: first calls compile the batched kernels
-    first, t_small = timed(small, 1)
-    check, t_large = timed(n, 0)
-    n_small, n_large = len(first.entries), len(check.entries)
-    per = (t_large - t_small) / (n_large - n_small) if n_large > n_small else 0.0
-    if per <= 0:  # noise swamped the difference: charge the whole call to the coordinates
-        per = t_large / max(n_large, 1)
+    limit = getattr(program.engine, "max_evaluations", None) or 10 ** 12
+    points = len(program.stencil.points(True, False)) or 1
+    cap = max(1, min(params, (limit - 1) // points))  # a sample the engine's limit allows
+    timed(1, 2)
+    k = min(max(1, n // 4), cap)
+    history: list[tuple[int, float]] = []
+    check = None
+    while True:
+        check, seconds = timed(k, len(history))
+        history.append((len(check.entries), seconds))
+        if seconds >= min_seconds or k >= cap or len(history) >= 6:
+            break
+        k = min(4 * k, cap)
+    n_large, t_large = history[-1]
+    per = t_large / max(n_large, 1)
+    if len(history) >= 2:
+        n_small, t_small = history[-2]
+        if n_large > n_small and t_large > t_small:
+            per = (t_large - t_small) / (n_large - n_small)
     if reference is None:
         return None, None, n_large, per
     err = est = 0.0
@@ -221,22 +235,25 @@ def run_engine(graph: Graph, values: Mapping[str, Any], wrt: Sequence[str], conf
         over_limit = limit is not None and needed > limit
         sampled = projected = None
         if over_limit or params > 4 * sample:
-            sampled = _try_sample(program, values, reference, sample, scale)
+            sampled = _try_sample(program, values, reference, sample, scale, params)
             if sampled is not None:
                 projected = forward_s + sampled[3] * params
         what = f"accuracy measured on {sampled[2]} random coordinates" if sampled else ""
+        if over_limit or (projected is not None and projected > budget_s):
+            batch_memory = _memory(program, values, config, graph, params) if memory else None
         if over_limit:
-            return refused(f"needs {needed:,} forward evaluations ({_points(config)} per "
+            return _with_memory(batch_memory, *refused(f"needs {needed:,} forward evaluations ({_points(config)} per "
                            f"parameter + 1), more than the engine's limit of {limit:,}"
                            + (f" (about {_seconds(projected)})" if projected else "")
                            + (f"; {what}" if what else ""),
                            float(needed), float(limit), "evaluations", sampled, compile_s,
-                           projected)
+                           projected))
         if projected is not None and projected > budget_s:
-            return refused(f"would take about {_seconds(projected)} ({needed:,} forward "
-                           f"evaluations, projected from {sampled[2]} timed coordinates), over "
-                           f"the budget of {_seconds(budget_s)} per gradient; {what}",
-                           projected, budget_s, "s", sampled, compile_s, projected)
+            return _with_memory(batch_memory, *refused(
+                f"would take about {_seconds(projected)} ({needed:,} forward evaluations, "
+                f"projected from {sampled[2]} timed coordinates), over the budget of "
+                f"{_seconds(budget_s)} per gradient; {what}",
+                projected, budget_s, "s", sampled, compile_s, projected))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -262,10 +279,16 @@ def run_engine(graph: Graph, values: Mapping[str, Any], wrt: Sequence[str], conf
     return acc, spd
 
 
+def _with_memory(memory_bytes: int | None, acc: AccuracyRow, spd: SpeedRow
+                 ) -> tuple[AccuracyRow, SpeedRow]:
+    spd.memory_bytes = memory_bytes
+    return acc, spd
+
+
 def _try_sample(program: Any, values: Mapping[str, Any], reference: Reference | None, n: int,
-                scale: float) -> tuple[float | None, float | None, int, float] | None:
+                scale: float, params: int) -> tuple[float | None, float | None, int, float] | None:
     try:
-        return _sample(program, values, reference, n, scale)
+        return _sample(program, values, reference, n, scale, params)
     except AutodiffError:
         return None
 

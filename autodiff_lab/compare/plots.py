@@ -140,16 +140,17 @@ def error_vs_time(accuracy: Any, speed: Any, stem: str | Path, title: str | None
                 y = a.rel_error
             else:  # inside the band (3 decades), each engine at its own height
                 k = unresolved.index(a.engine)
-                y = band_low * 10 ** (0.4 + 2.2 * k / max(len(unresolved) - 1, 1))
+                y = band_low * 10 ** (0.6 + 1.8 * k / max(len(unresolved) - 1, 1))
             hollow = a.status != "ok" or (s is not None and s.projected)
-            label = a.label + (" (projected time, sampled error)" if hollow else "")
+            label = a.label
             ax.loglog([t], [y], linestyle="none", marker=marker, markersize=13, color=colour,
                       markerfacecolor="white" if hollow else colour, markeredgewidth=2.2,
                       label=label, zorder=3)
             plotted.append((t, y))
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
         ax.axhspan(band_low, floor, color="#dddddd", alpha=0.7, zorder=1)
-        ax.text(0.01, 0.02, f"below the reference's resolution ({floor:.0e}) or exact",
-                transform=ax.transAxes, fontsize=14, color="#444444", va="bottom")
         ax.axhline(EPS, color="grey", lw=1.2, ls="--", zorder=2)
         ys = [y for _, y in plotted] + [1e-2]
         ax.set_ylim(band_low, max(1.0, max(ys) * 10))
@@ -162,7 +163,16 @@ def error_vs_time(accuracy: Any, speed: Any, stem: str | Path, title: str | None
         ax.set_xlabel("time per gradient (ms)")
         ax.set_ylabel(f"relative error vs reference ({accuracy.reference_kind})")
         ax.set_title(title or accuracy.case)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Patch(color="#dddddd", label=f"below the reference's resolution "
+                                                    f"({floor:.0e}) or exact"))
+        if any(getattr(h, "get_markerfacecolor", lambda: "")() == "white" for h in handles):
+            handles.append(Line2D([], [], ls="none", marker="o", markersize=13, color="black",
+                                  markerfacecolor="white", markeredgewidth=2.2,
+                                  label="hollow: refused in full (time projected, error on a "
+                                        "sample)"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  fontsize=14)
         if refused:
             fig.text(0.01, 0.005, "refused: " + "; ".join(refused), fontsize=14,
                      color="#a00000", va="bottom", wrap=True)
@@ -191,26 +201,31 @@ def scaling_plot(result: Any, stem: str | Path, title: str | None = None) -> tup
                 proj = [(r.parameters, getattr(r, field) * scale) for r in rows
                         if r.status == "projected" and getattr(r, field)]
                 label = result.label(engine)
-                if engine in fitted:
-                    label += f" (slope {fitted[engine]:.2f})"
                 if ok:
                     ax.loglog(*zip(*ok), marker=marker, color=colour, label=label)
+                    if engine in fitted:
+                        ax.annotate(f"slope {fitted[engine]:.2f}", ok[-1],
+                                    xytext=(8, 12 if i % 2 == 0 else -12),
+                                    textcoords="offset points", color=colour, fontsize=14,
+                                    va="center")
                 if proj and field != "memory_bytes":
                     joined = ok[-1:] + proj
                     ax.loglog(*zip(*joined), ls=":", color=colour)
                     ax.loglog(*zip(*proj), ls="none", marker=marker, color=colour,
                               markerfacecolor="white", markeredgewidth=2,
-                              label=None if ok else label + " (projected)")
+                              label=label + " (projected, not run)")
             if field == "call_s":
                 fwd = sorted({(r.parameters, r.forward_s * 1e3) for r in result.rows
                               if r.forward_s})
                 if fwd:
-                    lab = "one forward pass"
+                    ax.loglog(*zip(*fwd), color="black", ls="--", lw=2, label="one forward pass")
                     if "forward" in slopes:
-                        lab += f" (slope {slopes['forward']:.2f})"
-                    ax.loglog(*zip(*fwd), color="black", ls="--", lw=2, label=lab)
+                        ax.annotate(f"slope {slopes['forward']:.2f}", fwd[-1], xytext=(6, -4),
+                                    textcoords="offset points", fontsize=14, va="top")
             ax.set_xlabel("parameters")
             ax.set_ylabel(ylabel)
+            _plain_log_ticks(ax, dense_y=field == "memory_bytes")
+            ax.margins(x=0.25)
         refused = [r for r in result.rows if r.status == "refused"]
         notes = []
         for engine in dict.fromkeys(r.engine for r in refused):
@@ -233,6 +248,20 @@ def scaling_plot(result: Any, stem: str | Path, title: str | None = None) -> tup
             fig.text(0.5, 0.0, "; ".join(notes), ha="center", va="bottom", fontsize=14,
                      color="#a00000")
         return save(fig, stem)
+
+
+def _plain_log_ticks(ax: Any, dense_y: bool = False) -> None:
+    """Decade ticks only on the x axis; numbers without exponents where they are short;
+    ``dense_y``: 1-2-5 ticks on y (for data within a decade or two)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    if dense_y:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if 1e-3 <= v < 1e5 else f"1e{int(round(math.log10(v)))}"))
 
 
 def step_sweep_plot(result: Any, stem: str | Path, title: str | None = None) -> tuple[Path, Path]:

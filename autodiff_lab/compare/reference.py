@@ -119,7 +119,7 @@ def extended_reference(graph: Graph, values: Mapping[str, Any], wrt: Sequence[st
     grads, value = _run_longdouble(graph, values, wrt, MatrixProgram, check_values, constant_value)
     largest = max(int(np.prod(graph.node(v)["shape"], dtype=np.int64)) for v in graph.order)
     # sums of n terms: rounding grows like √n·eps in practice (n·eps at worst)
-    uncertainty = max(LONGDOUBLE_EPS * math.sqrt(largest) * 4, LONGDOUBLE_EPS)
+    uncertainty = max(LONGDOUBLE_EPS * math.sqrt(largest), LONGDOUBLE_EPS)
     ref = Reference(
         "extended", grads,
         "the symbolic matrix-mode program (generated numpy code) evaluated in long double "

@@ -30,7 +30,7 @@ SPEED_LEGEND = [
                     "projected from a timed sample of coordinates (not run in full)"),
     ("× forward", "per call ÷ one forward pass (the cost in forward passes)"),
     ("f-evals", "forward evaluations one gradient needs"),
-    ("memory MB", "peak bytes allocated during one gradient (tracemalloc, numpy reference "
+    ("memory", "peak bytes allocated during one gradient (tracemalloc, numpy reference "
                   "kernels; finite differences: one batch of perturbed copies)"),
 ]
 
@@ -43,6 +43,15 @@ def fmt_error(v: float | None, unresolved_below: float = 0.0) -> str:
     if v <= unresolved_below:
         return f"< {unresolved_below:.0e}"
     return f"{v:.1e}"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
 
 
 def fmt_ms(s: float | None, projected: bool = False) -> str:
@@ -90,7 +99,7 @@ def accuracy_table(result: AccuracyResult, files: Sequence[str] = ()) -> TableRe
 def speed_table(result: SpeedResult, files: Sequence[str] = ()) -> TableRef:
     """The speed table of the page (and the terminal)."""
     columns = ["engine", "compile ms", "first call ms", "per call ms", "min – max ms",
-               "× forward", "f-evals", "memory MB"]
+               "× forward", "f-evals", "memory"]
     rows, notes, classes = [], [], []
     for r in result.rows:
         label = r.label
@@ -106,7 +115,7 @@ def speed_table(result: SpeedResult, files: Sequence[str] = ()) -> TableRef:
                      fmt_ms(r.call_s, r.projected), spread,
                      "—" if r.per_forward is None else f"{r.per_forward:.3g}",
                      "—" if r.evaluations is None else f"{r.evaluations:,}",
-                     "—" if r.memory_bytes is None else f"{r.memory_bytes / 1e6:.3g}"])
+                     fmt_bytes(r.memory_bytes)])
         classes.append(r.status)
     title = (f"Time and memory per gradient (one forward pass: {fmt_ms(result.forward_s)} ms, "
              f"{result.forward_how})")
@@ -124,7 +133,7 @@ def graph_section(ctx: CaseContext) -> Section:
     from autodiff_lab.render import MAX_NODES, render
 
     ex = ctx.example
-    sec = Section("graph", "The graph", [f"{ex.description}."])
+    sec = Section("graph", "The graph")
     sec.paragraphs.append(f"{len(ex.graph):,} nodes; parameters: "
                           + ", ".join(f"{n} {tuple(ex.graph.node(ex.graph.inputs[n])['shape'])}"
                                       for n in ctx.wrt)
@@ -143,7 +152,8 @@ def graph_section(ctx: CaseContext) -> Section:
                     grads = _drawing_grads(ex, ctx.wrt)
                     for suffix in ("svg", "png"):
                         render(ex.graph, values, grads, path=ctx.path(f"{stem}.{suffix}"),
-                               primitive=primitive, title=None)
+                               primitive=primitive, title=None,
+                               rankdir="TB" if _has_tensors(ex) else "LR")
                 drawn.append((primitive, stem))
             except AutodiffError as exc:
                 sec.paragraphs.append(f"(Not drawn: {exc})")
@@ -151,9 +161,10 @@ def graph_section(ctx: CaseContext) -> Section:
             png, svg = ctx.path(f"{stem}.png"), ctx.path(f"{stem}.svg")
             title = "at primitive level (σ written out)" if primitive else \
                 ("one node per layer" if len(ex.graph) > 40 or _has_tensors(ex) else "as traced")
-            sec.figures.append(ctx.figure(f"The graph {title}", (png, svg),
-                                          "forward values in green above each edge, gradients "
-                                          "of the output in red below (tensors: mean [min, max])"))
+            sec.figures.append(ctx.figure(
+                f"The graph {title}", (png, svg),
+                "forward values in green beside each edge, gradients of the output in red"
+                + (" (tensors: mean [min, max])" if _has_tensors(ex) else "")))
     else:
         paths = plots.ops_summary_plot(ex.graph, ctx.path("graph_summary"), ex.name)
         sec.paragraphs.append(f"The graph has {len(ex.graph):,} nodes, more than the "

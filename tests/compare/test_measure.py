@@ -94,7 +94,7 @@ def test_refusals_are_rows_with_their_numbers():
     exp, fd = acc.row("symbolic-expanded"), acc.row("numeric-central")
     assert exp.status == "refused" and exp.refused_unit == "operations"
     assert exp.refused_value > exp.refused_limit == 2e6 and "max_tree_size" in exp.note
-    assert fd.status == "sampled" and fd.checked == 8 and fd.refused_unit == "evaluations"
+    assert fd.status == "sampled" and 8 <= fd.checked <= 24 and fd.refused_unit == "evaluations"
     assert fd.refused_value == 1 + 4 * acc.parameters and fd.refused_limit == 100
     assert fd.rel_error is not None and fd.rel_error < 1e-6
     assert spd.row("numeric-central").projected and spd.row("numeric-central").call_s > 0
