@@ -123,7 +123,8 @@ class SpeedResult(ResultTable):
     rows: list[SpeedRow]
     parameters: int = 0
     forward_s: float = 0.0
-    forward_how: str = "the tape's compiled forward pass, median of repeats (timed before and after the engines, the faster)"
+    forward_how: str = ("the tape's compiled forward pass, median of repeats (timed before and "
+                        "after the engines, the faster)")
     load_average: list[float] = field(default_factory=list)
 
     def row(self, engine: str) -> SpeedRow:
@@ -242,12 +243,12 @@ def run_engine(graph: Graph, values: Mapping[str, Any], wrt: Sequence[str], conf
         if over_limit or (projected is not None and projected > budget_s):
             batch_memory = _memory(program, values, config, graph, params) if memory else None
         if over_limit:
-            return _with_memory(batch_memory, *refused(f"needs {needed:,} forward evaluations ({_points(config)} per "
-                           f"parameter + 1), more than the engine's limit of {limit:,}"
-                           + (f" (about {_seconds(projected)})" if projected else "")
-                           + (f"; {what}" if what else ""),
-                           float(needed), float(limit), "evaluations", sampled, compile_s,
-                           projected))
+            return _with_memory(batch_memory, *refused(
+                f"needs {needed:,} forward evaluations ({_points(config)} per parameter + 1), "
+                f"more than the engine's limit of {limit:,}"
+                + (f" (about {_seconds(projected)})" if projected else "")
+                + (f"; {what}" if what else ""),
+                float(needed), float(limit), "evaluations", sampled, compile_s, projected))
         if projected is not None and projected > budget_s:
             return _with_memory(batch_memory, *refused(
                 f"would take about {_seconds(projected)} ({needed:,} forward evaluations, "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from autodiff_lab.compare.harness import EngineConfig, parameter_count, parse_engines

@@ -134,10 +134,11 @@ def graph_section(ctx: CaseContext) -> Section:
 
     ex = ctx.example
     sec = Section("graph", "The graph")
+    shapes = {n: tuple(ex.graph.node(ex.graph.inputs[n])["shape"]) for n in ctx.wrt}
+    scalars = sum(int(np.prod(s)) for s in shapes.values())
     sec.paragraphs.append(f"{len(ex.graph):,} nodes; parameters: "
-                          + ", ".join(f"{n} {tuple(ex.graph.node(ex.graph.inputs[n])['shape'])}"
-                                      for n in ctx.wrt)
-                          + f" ({sum(int(np.prod(ex.graph.node(ex.graph.inputs[n])['shape'])) for n in ctx.wrt):,} scalars).")
+                          + ", ".join(f"{n} {s}" for n, s in shapes.items())
+                          + f" ({scalars:,} scalars).")
     values = ex.values
     if len(ex.graph) <= MAX_NODES and values is not None:
         drawn = []

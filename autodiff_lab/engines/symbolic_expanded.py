@@ -7,7 +7,7 @@ used twice is written out twice, so an MLP's loss grows like D³ and its gradien
 with the width D. :func:`estimate_expansion` measures that growth on our DAG in linear time
 (tree size of a node = 1 + the tree sizes of its arguments, shared arguments counted each
 time they are used) and the program refuses with :class:`SymbolicSizeError` before SymPy
-starts. ``cse`` then finds the sharing again (the DESIGN measured 2.8M operations shrinking
+starts. ``cse`` then finds the sharing again (measured with SymPy: 2.8M operations shrinking
 to ~10k at D = 16), and ``lambdify`` turns the result into numpy code; with ``precision``
 the same expressions are evaluated with mpmath (the high-precision reference).
 """
@@ -34,7 +34,7 @@ from autodiff_lab.graph.optable import OPS
 # wanted scalar) was 1.3, 1.16, 1.08 at D = 2, 4, 8; expand + diff + cse + lambdify took
 # about 1.4e-5 to 2e-5 s per gradient operation. SymPy shares equal subtrees in memory, so
 # memory grows slower than the count: peak RSS rose by ~25 MB for 7.9M operations at D = 16
-# (the DESIGN's run reported 1.5 GB end to end); 10 bytes per operation is a safe estimate.
+# (an end-to-end run at D = 16 reached 1.5 GB); 10 bytes per operation is a safe estimate.
 GRADIENT_OPS_PER_TREE_NODE = 1.1
 SECONDS_PER_GRADIENT_OP = 2e-5
 BYTES_PER_GRADIENT_OP = 10.0
@@ -222,7 +222,7 @@ def estimate_expansion(graph: Graph, wrt: list[str], output: str,
 
 
 def sigmoid_mlp_example(d: int) -> tuple[Graph, dict[str, np.ndarray]]:
-    """The DESIGN's swell example: L = ½‖σ(W2 σ(W1 x)) − y‖², D inputs = hidden = outputs."""
+    """The classic swell example: L = ½‖σ(W2 σ(W1 x)) − y‖², D inputs = hidden = outputs."""
     from autodiff_lab.graph import functions as F
     from autodiff_lab.graph.graph import param, trace
 

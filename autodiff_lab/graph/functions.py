@@ -347,7 +347,7 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike,
 
 
 def mse_loss(pred: ArrayLike, target: ArrayLike, reduction: str = "sum") -> ArrayLike:
-    """½ Σ (pred − target)² (``reduction="mean"``: ½ mean); the BRIEF's L = ½‖y − ŷ‖²."""
+    """½ Σ (pred − target)² (``reduction="mean"``: ½ mean): the inpainting loss L = ½‖y − ŷ‖²."""
     return apply("mse", pred, target, reduction=reduction)
 
 
