@@ -107,11 +107,17 @@ def _short_number(v: float | None, unit: str) -> str:
 
 
 def refusal_text(label: str, value: float | None, limit: float | None, unit: str,
-                 note: str) -> str:
-    """'symbolic expanded: 4.3e+11 operations > limit 2e+06' or the note's first clause."""
+                 note: str, short: bool = False) -> str:
+    """'symbolic expanded: 4.3e+11 operations > limit 2e+06' or the note's first clause;
+    ``short``: two lines for a legend ('symbolic expanded refused:\n4.3e+11 operations > 2e+06')."""
     if value is not None and limit is not None:
+        if short:
+            return f"{label} refused:\n{_short_number(value, unit)} > {_short_number(limit, unit)}"
         return f"{label}: {_short_number(value, unit)} > limit {_short_number(limit, unit)}"
     first = note.split(";")[0].split(". ")[0]
+    if short:
+        import textwrap
+        return f"{label} refused:\n" + "\n".join(textwrap.wrap(first, 34)[:3])
     return f"{label}: {first[:90]}"
 
 
@@ -133,7 +139,7 @@ def error_vs_time(accuracy: Any, speed: Any, stem: str | Path, title: str | None
             t = _ms(s.call_s) if s is not None else None
             if a.rel_error is None or t is None:
                 refused.append(refusal_text(a.label, a.refused_value, a.refused_limit,
-                                            a.refused_unit, a.note))
+                                            a.refused_unit, a.note, short=True))
                 continue
             resolved = a.engine not in unresolved
             if resolved:
@@ -142,42 +148,60 @@ def error_vs_time(accuracy: Any, speed: Any, stem: str | Path, title: str | None
                 k = unresolved.index(a.engine)
                 y = band_low * 10 ** (0.6 + 1.8 * k / max(len(unresolved) - 1, 1))
             hollow = a.status != "ok" or (s is not None and s.projected)
-            label = a.label
-            ax.loglog([t], [y], linestyle="none", marker=marker, markersize=13, color=colour,
-                      markerfacecolor="white" if hollow else colour, markeredgewidth=2.2,
-                      label=label, zorder=3)
-            plotted.append((t, y))
+            plotted.append((t, y, dict(marker=marker, color=colour, label=a.label,
+                                       markerfacecolor="white" if hollow else colour)))
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
+        from matplotlib.transforms import offset_copy
 
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.axhspan(band_low, floor, color="#dddddd", alpha=0.7, zorder=1)
         ax.axhline(EPS, color="grey", lw=1.2, ls="--", zorder=2)
-        ys = [y for _, y in plotted] + [1e-2]
-        ax.set_ylim(band_low, max(1.0, max(ys) * 10))
-        xs = [x for x, _ in plotted]
+        ys = [p[1] for p in plotted] + [1e-2]
+        ylo, yhi = band_low, max(1.0, max(ys) * 10)
+        ax.set_ylim(ylo, yhi)
+        first = math.ceil(math.log10(floor))  # no ticks inside the band: nothing is resolved there
+        ax.set_yticks([10.0 ** k for k in range(first, int(math.log10(yhi)) + 1, 3)])
+        ax.yaxis.set_minor_locator(__import__("matplotlib.ticker").ticker.NullLocator())
+        xs = [p[0] for p in plotted]
+        xlo, xhi = (1e-3, 1.0)
         if xs:
             lo, hi = min(xs), max(xs)
-            ax.set_xlim(lo / 3, hi * 3 if hi / lo > 30 else lo * 100)
+            xlo, xhi = lo / 3, (hi * 3 if hi / lo > 30 else lo * 100)
+            ax.set_xlim(xlo, xhi)
+        # markers that would cover one another are drawn a little higher (a drawing offset
+        # of 16 points: the numbers are in the tables)
+        placed: list[tuple[float, float]] = []
+        for t, y, style in plotted:
+            fx = math.log(t / xlo) / math.log(xhi / xlo)
+            fy = math.log(y / ylo) / math.log(yhi / ylo)
+            lift = 0
+            while any(abs(fx - px) < 0.035 and abs(fy + lift * 0.03 - py) < 0.035
+                      for px, py in placed):
+                lift += 1
+            placed.append((fx, fy + lift * 0.03))
+            ax.plot([t], [y], linestyle="none", markersize=13, markeredgewidth=2.2, zorder=3,
+                    transform=offset_copy(ax.transData, fig=fig, y=16 * lift, units="points"),
+                    **style)
         ax.text(ax.get_xlim()[1], EPS * 1.5, "float64 machine epsilon ", ha="right",
                 va="bottom", fontsize=14, color="grey")
         ax.set_xlabel("time per gradient (ms)")
         ax.set_ylabel(f"relative error vs reference ({accuracy.reference_kind})")
         ax.set_title(title or accuracy.case)
         handles, labels = ax.get_legend_handles_labels()
-        handles.append(Patch(color="#dddddd", label=f"below the reference's resolution "
-                                                    f"({floor:.0e}) or exact"))
+        handles.append(Patch(color="#dddddd", label=f"unresolved (< {floor:.0e}) or exact"))
         if any(getattr(h, "get_markerfacecolor", lambda: "")() == "white" for h in handles):
             handles.append(Line2D([], [], ls="none", marker="o", markersize=13, color="black",
                                   markerfacecolor="white", markeredgewidth=2.2,
-                                  label="hollow: refused in full (time projected, error on a "
-                                        "sample)"))
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  fontsize=14)
-        if refused:
-            fig.text(0.01, 0.005, "refused: " + "; ".join(refused), fontsize=14,
-                     color="#a00000", va="bottom", wrap=True)
-            fig.get_layout_engine().set(rect=(0, 0.02 + 0.045 * math.ceil(len(refused) / 2),
-                                              1, 0.98))
+                                  label="hollow: time projected,\nerror on a sample"))
+        for text in refused:
+            handles.append(Line2D([], [], ls="none", marker="x", markersize=13, color="#a00000",
+                                  markeredgewidth=2.5, label=text))
+        legend = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                           frameon=False, fontsize=14)
+        for text in legend.get_texts()[len(handles) - len(refused):]:
+            text.set_color("#a00000")
         return save(fig, stem)
 
 
@@ -208,12 +232,18 @@ def scaling_plot(result: Any, stem: str | Path, title: str | None = None) -> tup
                                     xytext=(8, 12 if i % 2 == 0 else -12),
                                     textcoords="offset points", color=colour, fontsize=14,
                                     va="center")
-                if proj and field != "memory_bytes":
-                    joined = ok[-1:] + proj
+                if proj:
+                    joined = ok[-1:] + proj if field != "memory_bytes" else proj
                     ax.loglog(*zip(*joined), ls=":", color=colour)
                     ax.loglog(*zip(*proj), ls="none", marker=marker, color=colour,
                               markerfacecolor="white", markeredgewidth=2,
                               label=label + " (projected, not run)")
+                    if field != "memory_bytes" and not ok and len({p for p, _ in proj}) >= 2:
+                        slope = np.polyfit(np.log([p for p, _ in proj]),
+                                           np.log([v for _, v in proj]), 1)[0]
+                        ax.annotate(f"slope {slope:.2f}\n(projected)", proj[-1],
+                                    xytext=(8, 0), textcoords="offset points", color=colour,
+                                    fontsize=14, va="center")
             if field == "call_s":
                 fwd = sorted({(r.parameters, r.forward_s * 1e3) for r in result.rows
                               if r.forward_s})

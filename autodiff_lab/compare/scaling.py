@@ -8,6 +8,10 @@ engine stay a small multiple of the forward; the expanded symbolic engine is ref
 size guard (the rows keep the operations it would need). Finite differences projected over
 the time budget are not run: their rows keep the projected time (``status="projected"``).
 :meth:`ScalingResult.slopes` fits log(time) against log(parameters) per engine.
+
+Times here are the fastest of the repeated calls (and of the forward passes): on a shared
+machine the fastest call is the one least disturbed by other processes, so the trend with
+size shows through the noise.
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ def scaling(build: Callable[[int], Example], sizes: Iterable[int], *,
         ex = build(size)
         names = list(wrt(ex)) if wrt else default_wrt(ex.graph)
         params = parameter_count(ex.graph, names)
-        fwd = forward_time(ex.graph, ex.values, timing_s)
+        fwd = forward_time(ex.graph, ex.values, timing_s, fastest=True)
         for config in configs:
             if progress:
                 progress(f"{family} {size_name} {size}: {config.title}")
@@ -140,8 +144,10 @@ def scaling(build: Callable[[int], Example], sizes: Iterable[int], *,
             status = spd.status
             if status == "refused" and spd.projected:
                 status = "projected"
-            rows.append(ScalingPoint(size, spd.engine, spd.label, status, params, spd.call_s,
-                                     fwd, spd.per_forward, spd.memory_bytes, spd.evaluations,
+            call = spd.call_min_s if spd.call_min_s is not None else spd.call_s
+            rows.append(ScalingPoint(size, spd.engine, spd.label, status, params, call,
+                                     fwd, call / fwd if call and fwd else None,
+                                     spd.memory_bytes, spd.evaluations,
                                      spd.note, spd.refused_value, spd.refused_limit,
                                      spd.refused_unit))
     return ScalingResult(family, rows, size_name, description)
