@@ -156,10 +156,17 @@ COMMANDS: list[Command] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, naming what is wrong and where the choices are listed."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per entry of :data:`COMMANDS`."""
     from autodiff_lab import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autodiff-lab",
         description="Compare finite differences, symbolic differentiation and reverse-mode "
                     "autodiff on one shared expression graph, and draw that graph.")

@@ -56,7 +56,15 @@ def test_bad_budget_is_a_usage_error(value, capsys):
         cli.main(["compare", "neuron", "--budget", value])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "--budget" in err and ("positive number of seconds" in err or "number of seconds" in err)
+    assert len(err.strip().splitlines()) == 1 and "--budget" in err and "number of seconds" in err
+
+
+@pytest.mark.parametrize("argv", [["--reference", "exact"], ["--threads", "0"], ["--bogus"]])
+def test_other_usage_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--help" in err
 
 
 def test_out_must_be_a_writable_folder(tmp_path, capsys):
