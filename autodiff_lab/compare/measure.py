@@ -296,8 +296,10 @@ def _try_sample(program: Any, values: Mapping[str, Any], reference: Reference | 
 
 def _memory(program: Any, values: Mapping[str, Any], config: EngineConfig, graph: Graph,
             params: int) -> int | None:
-    """Peak bytes of one gradient; for finite differences one batch of perturbed copies (the
-    copies are evaluated batch after batch, so one batch is a full run's peak)."""
+    """Peak bytes of one gradient. Finite differences evaluate their perturbed copies batch
+    after batch, so a full run peaks at one batch: measured on batches of 4 and 16
+    coordinates (with the reference kernels, which are slow on big batches) and extrapolated
+    linearly to a full batch."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -305,9 +307,14 @@ def _memory(program: Any, values: Mapping[str, Any], config: EngineConfig, graph
                 return peak_memory(lambda: program(values))
             from autodiff_lab.engines.numeric import BATCH_ELEMENTS
             per_batch = max(1, BATCH_ELEMENTS // max(program.largest_node, 1) // _points(config))
-            if per_batch >= params:
-                return peak_memory(lambda: program(values))
-            return peak_memory(lambda: program.check_subset(values, n=per_batch))
+            full = min(per_batch, params)
+            small, large = min(4, full), min(16, full)
+            m_large = peak_memory(lambda: program.check_subset(values, n=large))
+            if large >= full or small == large:
+                return m_large
+            m_small = peak_memory(lambda: program.check_subset(values, n=small))
+            per = max(m_large - m_small, 0) / (large - small)
+            return int(m_large + per * (full - large))
     except AutodiffError:
         return None
 

@@ -210,3 +210,28 @@ def test_page_in_headless_chromium(neuron_report, tmp_path):
     from PIL import Image
     with Image.open(shot) as im:
         assert im.size[0] >= 1000 and im.size[1] > 2000
+
+
+def test_graphs_too_big_to_draw_get_a_summary_drawing(tmp_path, monkeypatch):
+    import autodiff_lab as adl
+    import autodiff_lab.render
+    from autodiff_lab.compare.cases import CaseContext, graph_file_case
+    from autodiff_lab.compare.harness import parse_engines
+    from autodiff_lab.compare.sections import graph_section
+
+    def long_sum(x):
+        total = x[0]
+        for i in range(1, 30):
+            total = total + adl.sin(x[i]) * x[i]
+        return total
+
+    g = adl.trace(long_sum, x=(30,))
+    monkeypatch.setattr(autodiff_lab.render, "MAX_NODES", 50)  # stands for 2,000: faster
+    assert len(g) > 50
+    spec = graph_file_case("long", g, {"x": np.linspace(0, 1, 30)}, "a long sum")
+    ctx = CaseContext(spec, spec.build(True), ["x"], tmp_path / "long", tmp_path, True,
+                      parse_engines("tape"), 1.0, echo=lambda text: None)
+    sec = graph_section(ctx)
+    assert "more than the 50 drawn node by node" in " ".join(sec.paragraphs)
+    assert [f.png for f in sec.figures] == ["long/graph_summary.png"]
+    assert (tmp_path / "long" / "graph_summary.svg").is_file()
