@@ -181,12 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``autodiff-lab`` with ``argv`` (default: the process arguments); the exit status."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         status = args.run(args)
     except AutodiffError as exc:
         print(f"autodiff-lab {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the usual status, no traceback
+        print("\nautodiff-lab: interrupted", file=sys.stderr)
+        return 130
     return 0 if status is None else int(status)
 
 

@@ -215,6 +215,9 @@ def run_report(cases: Sequence[str | CaseSpec] | None = None, out_dir: str | Pat
     results: dict[str, dict[str, Any]] = {}
     interrupted = False
     page = out / "report.html"
+    from autodiff_lab.compare.sections import ACCURACY_LEGEND, SPEED_LEGEND
+    say("Columns of the tables below:\n" + "\n".join(
+        f"  {name:<14} {meaning}" for name, meaning in ACCURACY_LEGEND[1:] + SPEED_LEGEND))
     try:
         for spec in specs:
             bar.set_description_str(f"{spec.name}: building")

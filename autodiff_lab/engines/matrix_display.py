@@ -248,7 +248,7 @@ class Display:
     def __init__(self, graph: Graph, names: Mapping[int, str], forward: Mapping[tuple, int],
                  shown: set[int]) -> None:
         self.graph, self.names, self.forward, self.shown = graph, names, forward, shown
-        self._memo: dict[tuple, sp.Basic] = {}
+        self._memo: dict[int, sp.Basic] = {}
 
     def symbol(self, v: int) -> sp.Basic:
         """The SymPy symbol of graph node ``v`` (a MatrixSymbol for tensors)."""

@@ -42,6 +42,8 @@ except ImportError:  # pragma: no cover
     from autodiff_lab.kernels import conv_reference as K
 
 Shape = tuple[int, ...]
+#: structural keys of every expression node built so far, numbered (see ``MExpr.key``)
+_KEYS: dict[tuple, int] = {}
 
 
 def _freeze(v: Any) -> Any:
@@ -76,14 +78,20 @@ class MExpr:
         self.attrs = dict(attrs or {})
         self.shape = tuple(int(d) for d in shape)
         self.hint = hint
-        self._key: tuple | None = None
+        self._key: int | None = None
 
     # --- identity --------------------------------------------------------------------------
     @property
-    def key(self) -> tuple:
-        """Structural key: equal keys compute equal values (used to merge subexpressions)."""
+    def key(self) -> int:
+        """Structural key: equal keys compute equal values (used to merge subexpressions).
+
+        An interned number for (op, the arguments' keys, attributes): a nested tuple would
+        do the same, but Python re-hashes nested tuples all the way down on every lookup,
+        which grows exponentially with depth on a DAG whose nodes share arguments (a deep
+        network's adjoints)."""
         if self._key is None:
-            self._key = (self.op, tuple(a.key for a in self.args), _freeze(self.attrs))
+            structure = (self.op, tuple(a.key for a in self.args), _freeze(self.attrs))
+            self._key = _KEYS.setdefault(structure, len(_KEYS))
         return self._key
 
     @property
@@ -615,7 +623,7 @@ class SourceBuilder:
         self.namespace: dict[str, Any] = {"np": np, "sigmoid": _sigmoid}
         self.namespace.update({f"rt_{k}": v for k, v in _RUNTIME.items()})
         self.lines: list[str] = []
-        self.var_of: dict[tuple, str] = {}
+        self.var_of: dict[int, str] = {}
         self.used: set[str] = set(self.namespace) | set(keyword.kwlist) | {"seed"}
         self.params: list[str] = []
         for p in params:
@@ -644,17 +652,18 @@ class SourceBuilder:
     def emit(self, expr: MExpr, hint: str | None = None) -> str:
         """The variable (or literal) holding ``expr``, emitting the lines it needs."""
         order: list[MExpr] = []
-        seen: set[tuple] = set()
+        expanded: set[int] = set()
         stack: list[tuple[MExpr, bool]] = [(expr, False)]
         while stack:  # iterative post-order: deep graphs do not hit the recursion limit
             node, done = stack.pop()
             if node.key in self.var_of or node.op == "const" and node.shape == ():
                 continue
             if done:
-                if node.key not in seen:
-                    seen.add(node.key)
-                    order.append(node)
+                order.append(node)
                 continue
+            if node.key in expanded:  # shared: visited once, not once per path (exponential)
+                continue
+            expanded.add(node.key)
             stack.append((node, True))
             stack.extend((a, False) for a in reversed(node.args))
         for node in order:
@@ -739,7 +748,7 @@ class SourceBuilder:
 
 def count_nodes(exprs: Iterable[MExpr]) -> int:
     """Distinct operation nodes (leaves and scalar constants not counted) reachable."""
-    seen: set[tuple] = set()
+    seen: set[int] = set()
     stack = list(exprs)
     while stack:
         e = stack.pop()

@@ -65,14 +65,14 @@ class Derivation:
     adjoints: dict[int, MExpr]        # ∂(output)/∂(node) for nodes between wrt and output
     grads: dict[str, MExpr]           # ∂(output)/∂(input) by input name
     seed: MExpr
-    forward_of: dict[tuple, int]      # value key -> graph node (for printing by name)
+    forward_of: dict[int, int]        # value key -> graph node (for printing by name)
 
 
 def derive(graph: Graph, wrt: list[str], output: str, seed_leaf: bool = False) -> Derivation:
     """Build the forward expressions and, in reverse order, the adjoints (see module doc)."""
     names = node_names(graph)
     values: dict[int, MExpr] = {}
-    forward_of: dict[tuple, int] = {}
+    forward_of: dict[int, int] = {}
     for v in graph.order:
         d = graph.node(v)
         if d["role"] in ("input", "parameter"):
