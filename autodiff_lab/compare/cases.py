@@ -82,6 +82,8 @@ class CaseContext:
     engines: list[EngineConfig]
     budget_s: float
     reference_kind: str = "auto"
+    #: BLAS threads while measuring (None: as the machine's numpy has it)
+    threads: int | None = 1
     progress: Callable[[str], None] = lambda message: None
     echo: Callable[[str], None] = print
     results: dict[str, Any] = field(default_factory=dict)

@@ -142,7 +142,8 @@ def _overview(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         central_text = "—"
         if central is not None:
             from autodiff_lab.compare.measure import _seconds
-            central_text = f"{fmt_ms(central.call_s)} ms" if central.status == "ok" else \
+            central_text = (f"{fmt_ms(central.call_s)} ms" if central.call_s < 1 else
+                            _seconds(central.call_s)) if central.status == "ok" else \
                 "refused" + (f" (would take ~{_seconds(central.call_s)})" if central.call_s else "")
         rows.append([name, f"{acc.parameters:,}", acc.reference_kind, err("tape"),
                      err("symbolic-matrix"), best_text,
@@ -226,7 +227,7 @@ def run_report(cases: Sequence[str | CaseSpec] | None = None, out_dir: str | Pat
             reports.append(report)
             say(f"\n== {spec.name}: {example.description}")
             ctx = CaseContext(spec, example, default_wrt(example.graph), out / spec.name, out,
-                              quick, configs, budget, reference,
+                              quick, configs, budget, reference, threads,
                               progress=lambda m: bar.set_description_str(m[:70]), echo=say)
             results[spec.name] = ctx.results
             for key in spec.sections:

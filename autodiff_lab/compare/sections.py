@@ -220,9 +220,11 @@ def speed_section(ctx: CaseContext) -> Section:
     files = [ctx.rel(spd.save_csv(ctx.path("speed.csv"))),
              ctx.rel(spd.save_json(ctx.path("speed.json")))]
     sec = Section("speed", "Speed and memory")
-    sec.paragraphs.append(f"Measured with one BLAS thread; load average of the machine at the "
-                          f"end: {', '.join(map(str, spd.load_average))} (on a shared machine "
-                          "the spread of repeated calls shows the noise).")
+    threads = "numpy's default number of BLAS threads" if ctx.threads is None else \
+        f"{ctx.threads} BLAS thread{'s' if ctx.threads != 1 else ''}"
+    sec.paragraphs.append(f"Measured with {threads}; load average of the machine at the end: "
+                          f"{', '.join(map(str, spd.load_average))} (on a shared machine the "
+                          "spread of repeated calls shows the noise).")
     sec.tables.append(speed_table(spd, files))
     ctx.echo(sec.tables[-1].text)
     return sec
@@ -254,7 +256,7 @@ def scaling_section(ctx: CaseContext) -> Section | None:
         keys = [c.key for c in ctx.engines if c.key in FAMILIES["numeric"]][:1]
     result = scaling(build, quick if ctx.quick else full, engines=keys, family=family,
                      size_name=size_name, description=family,
-                     budget_s=min(ctx.budget_s, 3.0 if ctx.quick else 10.0),
+                     budget_s=2 * ctx.budget_s,
                      timing_s=0.05 if ctx.quick else 0.2, progress=ctx.progress)
     ctx.results["scaling"] = result
     files = [ctx.rel(result.save_csv(ctx.path("scaling.csv"))),
