@@ -60,33 +60,53 @@ class LoadedGraph:
     description: str | None
 
 
+def example_help() -> str:
+    """The example names and their aliases, as the help texts list them."""
+    from autodiff_lab.examples import BUILTIN, aliases_help
+    return f"{', '.join(BUILTIN)} (aliases: {aliases_help()})"
+
+
 def add_graph_argument(parser: argparse.ArgumentParser) -> None:
     """The positional EXAMPLE argument and ``--values``, as every graph subcommand takes them."""
-    from autodiff_lab.examples import BUILTIN
     parser.add_argument("example", metavar="EXAMPLE",
-                        help=f"a built-in example ({', '.join(BUILTIN)}) or the path of a graph "
+                        help=f"a built-in example: {example_help()}; or the path of a graph "
                              "saved as JSON (Graph.save)")
+    add_values_argument(parser)
+
+
+def add_values_argument(parser: argparse.ArgumentParser) -> None:
+    """``--values FILE.npz``: input values by name for a saved graph."""
     parser.add_argument("--values", metavar="FILE.npz",
                         help="input values by name (numpy .npz); a saved graph has none otherwise")
 
 
-def load_graph_argument(args: argparse.Namespace) -> LoadedGraph:
-    """The graph and values named by :func:`add_graph_argument`'s arguments."""
-    from autodiff_lab.examples import BUILTIN, get_example
+def load_graph(name: str, values: str | None = None) -> LoadedGraph:
+    """A built-in example (by name or alias) or a graph file, with values from ``values``
+    (an .npz path) when given."""
+    from autodiff_lab.examples import BUILTIN, canonical_name, get_example
     from autodiff_lab.graph.graph import Graph
 
-    if args.example in BUILTIN:
-        example = get_example(args.example)
-        loaded = LoadedGraph(args.example, example.graph, example.values, example.description)
-    else:
-        path = Path(args.example)
-        if not path.is_file():
-            raise InputError(f"{args.example!r} is neither a built-in example "
-                             f"({', '.join(BUILTIN)}) nor a graph file")
+    path = Path(name)
+    if path.is_file():
         loaded = LoadedGraph(path.stem, Graph.load(path), None, None)
-    if args.values:
-        loaded.values = _read_values(Path(args.values))
+    else:
+        try:
+            key = canonical_name(name)
+        except InputError:
+            hint = " (no such file)" if path.suffix else ""
+            raise InputError(f"{name!r} is neither a built-in example ({example_help()}) nor a "
+                             f"graph file{hint}") from None
+        example = get_example(key)
+        assert key in BUILTIN
+        loaded = LoadedGraph(key, example.graph, example.values, example.description)
+    if values:
+        loaded.values = _read_values(Path(values))
     return loaded
+
+
+def load_graph_argument(args: argparse.Namespace) -> LoadedGraph:
+    """The graph and values named by :func:`add_graph_argument`'s arguments."""
+    return load_graph(args.example, args.values)
 
 
 def _read_values(path: Path) -> dict[str, np.ndarray]:
@@ -141,10 +161,17 @@ COMMANDS: list[Command] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, naming what is wrong and where the choices are listed."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per entry of :data:`COMMANDS`."""
     from autodiff_lab import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autodiff-lab",
         description="Compare finite differences, symbolic differentiation and reverse-mode "
                     "autodiff on one shared expression graph, and draw that graph.")
@@ -159,15 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``autodiff-lab`` with ``argv`` (default: the process arguments); the exit status."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # reported by the subcommand's parser, in its own words
-        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the subcommand's parser, in its own words
+            getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
         status = args.run(args)
     except AutodiffError as exc:
         print(f"autodiff-lab {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the usual status, no traceback
+        print("\nautodiff-lab: interrupted", file=sys.stderr)
+        return 130
     return 0 if status is None else int(status)
 
 

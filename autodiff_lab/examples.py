@@ -1,14 +1,23 @@
-"""The built-in example graphs users try first, each with a function that makes its values.
+"""The built-in examples: the graphs users try first, each with values to evaluate it at.
 
-* ``sigmoid_neuron``   -- f = σ(w0·x0 + w1·x1 + w2) with scalar inputs: the textbook drawing
-  (``primitive=True`` writes σ as neg, exp, +1, 1/x);
-* ``sigmoid_neuron_vector`` -- the same with w (3,) and x (2,), as in the API examples;
-* ``scalar_chain``     -- f = w1·x, g = max(0, f), ŷ = w2·g, L = ½(ŷ − y)²;
-* ``mlp``              -- the inpainting MLP L = ½‖W2·relu(W1·x + b1) + b2 − y‖² on a batch;
-* ``dncnn``            -- a DnCNN-style residual denoiser: conv+relu, (conv+BN+relu)×k, conv,
-  loss ½‖(noisy − net(noisy)) − clean‖² (mean over the batch).
+One vocabulary of names serves every subcommand (``render``, ``summary``, ``compare``,
+``train``) and :func:`get_example`:
 
-Every builder returns an :class:`Example`: the graph, its values and a one-line description.
+* ``neuron``     -- f = σ(w0·x0 + w1·x1 + w2) on scalars at the textbook point;
+* ``chain``      -- the scalar two-layer chain f = w1·x, g = max(0, f), ŷ = w2·g, L = ½(ŷ − y)²;
+* ``inpainting`` -- the inpainting MLP 784-64-784, L = ½‖W2·relu(W1·x + b1) + b2 − y‖², on 64
+  real handwritten digits with a 12×12 block hidden in each;
+* ``denoiser``   -- a DnCNN-style residual denoiser, 4 convolutions 3×3 of 16 channels (batch
+  normalisation in the middle layers), on 4 patches 40×40 of a natural image, σ = 25 noise;
+* ``classifier`` -- a linear softmax classifier 784 → 10 with cross-entropy on 64 digits.
+
+Older spellings are accepted everywhere as aliases (:data:`ALIASES`: ``sigmoid`` and
+``sigmoid_neuron`` for ``neuron``, ``mlp`` for ``inpainting``, ``dncnn`` for ``denoiser`` ...),
+so a name means one graph of one size in every command.
+
+The builder functions below (``sigmoid_neuron``, ``scalar_chain``, ``mlp``, ``dncnn``,
+``inpainting``, ``denoiser``, ``classifier`` ...) make the same graphs at any size. Every
+builder returns an :class:`Example`: the graph, its values and a one-line description.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ def sigmoid_neuron(primitive: bool = False) -> Example:
         g = g.expand("sigmoid")
     values = {"w0": NEURON_W[0], "x0": NEURON_X[0], "w1": NEURON_W[1], "x1": NEURON_X[1],
               "w2": NEURON_W[2]}
-    return Example("sigmoid_neuron", g, {k: np.asarray(v) for k, v in values.items()},
+    return Example("neuron", g, {k: np.asarray(v) for k, v in values.items()},
                    "f = σ(w0·x0 + w1·x1 + w2) at w = [2, −3, −3], x = [−1, −2]")
 
 
@@ -69,7 +78,7 @@ def scalar_chain(w1: float = 0.5, w2: float = -1.5, x: float = 2.0, y: float = 1
 
     g = trace(chain, w1=param(()), w2=param(()), x=(), y=())
     values = {k: np.asarray(float(v)) for k, v in dict(w1=w1, w2=w2, x=x, y=y).items()}
-    return Example("scalar_chain", g, values,
+    return Example("chain", g, values,
                    "f = w1·x, g = max(0, f), ŷ = w2·g, L = ½(ŷ − y)²")
 
 
@@ -157,21 +166,118 @@ def dncnn(batch: int = 16, size: int = 40, channels: int = 32, depth: int = 5,
                    f"{dtype}")
 
 
+def inpainting(hidden: int = 64, batch: int = 64, block: int = 12, side: int = 28,
+               seed: int = 0) -> Example:
+    """The inpainting MLP on ``batch`` real handwritten digits (``side``×``side``; 28 is the
+    original size, 14 averages 2×2 pixels) with a ``block``×``block`` square hidden in each:
+    input the masked image, target the complete one, columns are images."""
+    from autodiff_lab.data import load_digits
+    from autodiff_lab.data.transforms import random_block_mask
+
+    rng = np.random.default_rng(seed)
+    images, _ = load_digits("train")
+    pick = images[rng.choice(len(images), batch, replace=False)]
+    if side != 28:
+        if 28 % side:
+            raise ValueError(f"side must divide 28, got {side}")
+        f = 28 // side
+        pick = pick.reshape(batch, side, f, side, f).mean(axis=(2, 4))
+    masked, _ = random_block_mask(pick, block=min(block, side), rng=rng)
+    d = side * side
+    ex = mlp(d_in=d, hidden=hidden, batch=batch, seed=seed)
+    ex.values.update(x=masked.reshape(batch, d).T.copy(), y=pick.reshape(batch, d).T.copy())
+    ex.name = "inpainting"
+    ex.description = (f"inpainting MLP {d}-{hidden}-{d} on {batch} MNIST digits "
+                      f"({side}×{side}, a {min(block, side)}×{min(block, side)} block hidden)")
+    return ex
+
+
+def denoiser(depth: int = 4, channels: int = 16, batch: int = 4, size: int = 40,
+             seed: int = 0) -> Example:
+    """The DnCNN-style denoiser on ``batch`` patches ``size``×``size`` of a natural grey image
+    (brick) with additive Gaussian noise σ = 25/255: predicts the noise, residual learning."""
+    from autodiff_lab.data import add_gaussian_noise, extract_patches, load_gray_images
+
+    rng = np.random.default_rng(seed)
+    image = load_gray_images(("brick",))["brick"]
+    clean = extract_patches(image, size, batch, rng)[:, None]
+    ex = dncnn(batch=batch, size=size, channels=channels, depth=depth, seed=seed)
+    ex.values.update(clean=clean, noisy=add_gaussian_noise(clean, 25 / 255, rng))
+    ex.name = "denoiser"
+    ex.description = (f"DnCNN-style denoiser: {depth} convolutions 3×3 of {channels} channels "
+                      f"(batch norm in the middle) on {batch} patches {size}×{size} of a natural "
+                      "image, σ = 25")
+    return ex
+
+
+def classifier_function() -> Callable[..., Any]:
+    """The linear softmax classifier's loss as a traceable function of (W, b, x, labels):
+    mean cross-entropy of softmax(x·Wᵀ + b); rows of x are images."""
+    def loss(W, b, x, labels):  # noqa: N803
+        return F.softmax_cross_entropy(x @ F.transpose(W) + b, labels)
+    return loss
+
+
+def classifier(batch: int = 64, classes: int = 10, seed: int = 0) -> Example:
+    """A linear softmax classifier 784 → ``classes`` on ``batch`` real digits, small random
+    weights (the gradient at the start of training)."""
+    from autodiff_lab.data import load_digits
+
+    rng = np.random.default_rng(seed)
+    images, labels = load_digits("train")
+    keep = np.flatnonzero(labels < classes)
+    pick = rng.choice(keep, batch, replace=False)
+    d = images.shape[1] * images.shape[2]
+    g = trace(classifier_function(), W=param((classes, d)), b=param((classes,)),
+              x=spec((batch, d)), labels=spec((batch,), "int64"))
+    values = {"W": rng.standard_normal((classes, d)) * 0.01, "b": np.zeros(classes),
+              "x": images[pick].reshape(batch, d), "labels": labels[pick].astype(np.int64)}
+    return Example("classifier", g, values,
+                   f"linear softmax classifier {d} → {classes}, cross-entropy on {batch} MNIST "
+                   "digits")
+
+
+#: the built-in examples by name: the vocabulary of every subcommand
 BUILTIN: dict[str, Callable[[], Example]] = {
-    "sigmoid": sigmoid_neuron,
-    "sigmoid_primitive": lambda: sigmoid_neuron(primitive=True),
-    "sigmoid_vector": sigmoid_neuron_vector,
+    "neuron": sigmoid_neuron,
     "chain": scalar_chain,
-    "mlp_small": lambda: mlp(d_in=16, hidden=8, batch=4),
-    "mlp": mlp,
-    "dncnn_small": lambda: dncnn(batch=2, size=8, channels=4, depth=3),
-    "dncnn": dncnn,
+    "inpainting": inpainting,
+    "denoiser": denoiser,
+    "classifier": classifier,
+}
+
+#: older spellings, accepted everywhere and meaning the same example
+ALIASES: dict[str, str] = {
+    "sigmoid": "neuron", "sigmoid_neuron": "neuron", "sigmoid_primitive": "neuron",
+    "sigmoid_vector": "neuron",
+    "scalar_chain": "chain",
+    "mlp": "inpainting", "inpainting_mlp": "inpainting", "mlp_small": "inpainting",
+    "dncnn": "denoiser", "dncnn_denoiser": "denoiser", "dncnn_small": "denoiser",
+    "softmax": "classifier", "linear_classifier": "classifier",
 }
 
 
-def get_example(name: str) -> Example:
-    """A built-in example by name (see ``BUILTIN``)."""
+def aliases_help() -> str:
+    """'sigmoid, sigmoid_neuron = neuron; ...': the aliases as a help text lists them."""
+    by_name: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        by_name.setdefault(name, []).append(alias)
+    return "; ".join(f"{', '.join(a)} = {n}" for n, a in by_name.items())
+
+
+def canonical_name(name: str) -> str:
+    """The example's name in the vocabulary (an alias resolved); an InputError listing the
+    choices for anything else."""
     from autodiff_lab.errors import InputError
-    if name not in BUILTIN:
-        raise InputError(f"no built-in example {name!r}; choose one of {', '.join(BUILTIN)}")
-    return BUILTIN[name]()
+    key = name.strip().lower().replace("-", "_")
+    if key in BUILTIN:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    raise InputError(f"no built-in example {name!r}; choose one of {', '.join(BUILTIN)} "
+                     f"(aliases: {aliases_help()})")
+
+
+def get_example(name: str) -> Example:
+    """A built-in example by name or alias (see :data:`BUILTIN`, :data:`ALIASES`)."""
+    return BUILTIN[canonical_name(name)]()

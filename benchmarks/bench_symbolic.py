@@ -8,7 +8,7 @@
    D = 16 takes minutes (SymPy's diff alone is ~45 s); use --sizes 2 4 8 for a quick run.
 3. The guard refusing D = 32 (timed).
 
-    python benchmarks/bench_symbolic.py [--sizes 2 4 8 16] [--json benchmarks/results/bench_symbolic.json]
+    python benchmarks/bench_symbolic.py [--sizes 2 4 8 16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ def matrix_vs_tape(example: examples.Example, wrt: list[str], repeats: int) -> d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[2, 4, 8, 16])
-    parser.add_argument("--json", default="benchmarks/results/bench_symbolic.json")
+    parser.add_argument("--json", default=None,
+                        help="output JSON path (default: a new "
+                             "benchmarks/results/bench_symbolic-<time>.json)")
     args = parser.parse_args(argv)
 
     # matrix mode first: its timings should not inherit the memory SymPy leaves behind
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": {"python": platform.python_version(), "sympy": sp.__version__,
                        "numpy": np.__version__, "platform": platform.platform()},
            "swell": rows, "guard": refusal, "matrix": matrix_rows}
-    path = Path(args.json)
+    path = Path(args.json) if args.json else Path(__file__).resolve().parent / "results" / \
+        f"bench_symbolic-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"\nwrote {path}")

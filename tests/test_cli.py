@@ -73,7 +73,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 def test_summary(capsys):
     assert cli.main(["summary", "sigmoid"]) == 0
     out = capsys.readouterr().out
-    assert "ops: add×2, mul×2, sigmoid×1" in out and "sigmoid: f = σ" in out
+    assert "ops: add×2, mul×2, sigmoid×1" in out and "neuron: f = σ" in out
     assert cli.main(["summary", "sigmoid", "--primitive"]) == 0
     assert "reciprocal×1" in capsys.readouterr().out
 

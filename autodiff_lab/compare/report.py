@@ -1,203 +1,283 @@
-"""The comparison report: every engine on the built-in examples, accuracy and cost side by side.
+"""The comparison report: every engine on every case, written as one HTML page with its files.
 
-``autodiff-lab compare`` runs it. The examples span the case studies at sizes that run in
-seconds: the sigmoid neuron and the scalar chain (where a 50-digit mpmath evaluation of the
-symbolic gradient is the truth), an inpainting MLP on real handwritten digits and a
-DnCNN-style denoiser on patches of natural images (where the float64 tape is the reference
-and every other engine is measured against it). It prints a table per example and writes
-``report.md``, ``report.json`` and an error-versus-time figure to the output folder.
+``autodiff-lab compare`` runs :func:`run_report`. For each case (:mod:`.cases`) it builds the
+sections (:mod:`.sections`: the graph, accuracy against a trusted reference, speed and
+memory, error against time, scaling, the step sweep), prints the tables, and writes into the
+output folder::
+
+    report.html             the page (figures beside it, in one folder per case)
+    report.json, report.md  every table (JSON), the text tables
+    <case>/                 figures as PNG and SVG, tables as CSV and JSON
+
+An existing folder is never overwritten: the run goes to a new timestamped folder beside it
+(unless ``force``). The page is re-written after every section, so an interrupted run
+(Ctrl-C) leaves the finished sections readable.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from autodiff_lab.compare.harness import DEFAULT_CONFIGS, EngineConfig, Row, compare_engines
-from autodiff_lab.data import add_gaussian_noise, extract_patches, load_digits, load_gray_images, mask_pixels
-from autodiff_lab.engines import gradient
-from autodiff_lab.examples import Example, dncnn, mlp, scalar_chain, sigmoid_neuron
+from autodiff_lab.compare import sections as _sections  # noqa: F401  (fills SECTIONS)
+from autodiff_lab.compare.cases import CASES, SECTIONS, CaseContext, CaseSpec, Section
+from autodiff_lab.compare.harness import EngineConfig, parse_engines, set_blas_threads
+from autodiff_lab.compare.measure import default_wrt
+from autodiff_lab.errors import AutodiffError, InputError
+
+DEFAULT_OUT = "autodiff_lab_report"
+#: finite differences projected to take longer than this per gradient are refused
+BUDGET_FULL_S = 30.0
+BUDGET_QUICK_S = 3.0
 
 
 @dataclass
-class ReportCase:
-    """An example plus where its reference gradient comes from."""
+class CaseReport:
+    """What the page shows of one case."""
 
-    example: Example
-    reference: str  # "mpmath-50" or "tape-float64"
-
-
-def inpainting_mlp_case(hidden: int = 16, batch: int = 16, seed: int = 0) -> Example:
-    """The inpainting MLP on real digits, down-sampled to 14×14, half the pixels masked."""
-    rng = np.random.default_rng(seed)
-    images, _ = load_digits("train")
-    pick = images[rng.choice(len(images), batch, replace=False)]
-    small = pick.reshape(batch, 14, 2, 14, 2).mean(axis=(2, 4))  # 2×2 average pooling
-    masked, _ = mask_pixels(small, 0.5, rng)
-    d = 14 * 14
-    ex = mlp(d_in=d, hidden=hidden, batch=batch, seed=seed)
-    ex.values.update(x=masked.reshape(batch, d).T.copy(), y=small.reshape(batch, d).T.copy())
-    ex.name = "inpainting_mlp"
-    ex.description = f"inpainting MLP {d}-{hidden}-{d} on {batch} MNIST digits (14×14, 50% masked)"
-    return ex
+    name: str
+    description: str
+    sections: list[Section] = field(default_factory=list)
+    error: str = ""
 
 
-def denoiser_case(batch: int = 2, size: int = 16, channels: int = 4, depth: int = 3,
-                  seed: int = 0) -> Example:
-    """A small DnCNN-style denoiser on patches of a natural image with σ = 25 noise."""
-    rng = np.random.default_rng(seed)
-    image = load_gray_images(("brick",))["brick"]
-    clean = extract_patches(image, size, batch, rng)[:, None]
-    ex = dncnn(batch=batch, size=size, channels=channels, depth=depth, seed=seed)
-    ex.values.update(clean=clean, noisy=add_gaussian_noise(clean, 25 / 255, rng))
-    ex.name = "dncnn_denoiser"
-    ex.description = (f"DnCNN-style denoiser, {depth} conv 3×3 ({channels} channels, BN) on {batch} "
-                      f"{size}×{size} patches of a natural image, σ = 25")
-    return ex
+@dataclass
+class ReportResult:
+    """Where the report went and what it holds."""
+
+    out_dir: Path
+    page: Path
+    cases: list[CaseReport]
+    seconds: float
+    interrupted: bool = False
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def default_cases() -> list[ReportCase]:
-    """The examples ``autodiff-lab compare`` runs."""
-    return [
-        ReportCase(sigmoid_neuron(), "mpmath-50"),
-        ReportCase(scalar_chain(), "mpmath-50"),
-        ReportCase(inpainting_mlp_case(), "tape-float64"),
-        ReportCase(denoiser_case(), "tape-float64"),
-    ]
+def choose_output_dir(out: str | Path, force: bool = False) -> Path:
+    """``out`` if it is free (or ``force``), else a new timestamped folder beside it. An
+    existing file, or a folder that cannot be written, is an InputError."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {str(path)!r} is an existing file; give a folder (it is "
+                         "created if missing)")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        candidate = path.with_name(f"{path.name}-{stamp}")
+        k = 2
+        while candidate.exists():
+            candidate = path.with_name(f"{path.name}-{stamp}-{k}")
+            k += 1
+        path = candidate
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write the report to {str(path)!r}: {exc.strerror or exc}") \
+            from None
+    return path
 
 
-def reference_gradients(case: ReportCase, wrt: list[str] | None = None) -> dict[str, np.ndarray]:
-    """The gradients every engine is measured against (see :class:`ReportCase`)."""
-    ex = case.example
-    if case.reference == "mpmath-50":
-        from autodiff_lab.engines.symbolic import reference_gradient
-        grads = reference_gradient(ex.graph, ex.values, wrt=wrt, digits=50).grads
-        return {k: np.asarray(v, dtype=np.float64) for k, v in grads.items()}
-    return gradient(ex.graph, ex.values, engine="tape", wrt=wrt).grads
+def _environment() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{time.strftime('%Y-%m-%d %H:%M')} · Python {platform.python_version()}, numpy "
+            f"{np.__version__}, {platform.machine()}, {os.cpu_count()} cores, load average "
+            f"{load}")
 
 
-def _fmt(v: float | None, spec_: str) -> str:
-    width = int(spec_.split(".")[0].rstrip("def") or 0)
-    return f"{'—':>{width}}" if v is None else format(v, spec_)
+INTRO = ("The same gradient computed three ways on each case: finite differences (forward, "
+         "central, five-point, Richardson, complex step), symbolic differentiation with SymPy "
+         "(expanded: diff, cse, lambdify; matrix-level: on the shared graph), and reverse-mode "
+         "automatic differentiation on a tape. Each case's accuracy is measured against a "
+         "reference that none of the engines under test produced (it is named above each "
+         "table), its cost against one forward pass. Engines that refuse a case are rows "
+         "with their reason and the number behind it.")
+
+OVERVIEW_LEGEND = [
+    ("reference", "what the errors are measured against (see each case)"),
+    ("tape / matrix error", "relative error ‖g − g_ref‖∞ / ‖g_ref‖∞ of reverse mode and of the "
+                            "matrix-level symbolic engine"),
+    ("best finite difference", "the most accurate finite-difference method and its error "
+                               "(* on a sample of coordinates)"),
+    ("tape × forward", "time of one reverse-mode gradient ÷ one forward pass (below 1 on the "
+                       "scalar cases: the tape runs them as generated straight-line code, "
+                       "faster than the general forward pass that is the unit)"),
+    ("central differences", "time per gradient, or why it was refused"),
+]
 
 
-def format_table(rows: Sequence[Row]) -> str:
-    """A fixed-width text table of one example's rows; refusals become numbered notes below."""
-    head = f"{'engine':<24} {'rel. error':>10} {'own est.':>9} {'compile s':>9} " \
-           f"{'1st call ms':>11} {'warm ms':>9} {'f-evals':>8}"
-    lines, notes = [head, "-" * len(head)], []
-    for r in rows:
-        if not r.ok:
-            notes.append(r.note)
-            lines.append(f"{r.engine:<24} {'refused [' + str(len(notes)) + ']':>10}")
+def _overview(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    from autodiff_lab.compare.sections import fmt_error, fmt_ms
+    rows = []
+    for name, res in results.items():
+        acc, spd = res.get("accuracy"), res.get("speed")
+        if acc is None or spd is None:
             continue
-        lines.append(f"{r.engine:<24} {_fmt(r.rel_error, '10.1e')} {_fmt(r.est_error, '9.1e')} "
-                     f"{_fmt(r.compile_s, '9.3f')} {_fmt(r.first_call_ms, '11.3f')} "
-                     f"{_fmt(r.warm_call_ms, '9.3f')} {_fmt(r.evaluations, '8d')}")
-    for i, note in enumerate(notes, 1):
-        lines.append(textwrap.fill(note, 100, initial_indent=f"[{i}] ", subsequent_indent="    "))
-    return "\n".join(lines)
+        a = {r.engine: r for r in acc.rows}
+        s = {r.engine: r for r in spd.rows}
+        u = acc.reference_uncertainty
+
+        def err(key: str) -> str:
+            r = a.get(key)
+            if r is None:
+                return "—"
+            return fmt_error(r.rel_error, u) if r.rel_error is not None else "refused"
+        fd = [r for r in acc.rows if r.engine.startswith("numeric-") and r.rel_error is not None]
+        best = min(fd, key=lambda r: r.rel_error, default=None)
+        best_text = "—" if best is None else \
+            f"{best.label.replace('numeric ', '')}: {fmt_error(best.rel_error, u)}" \
+            + ("*" if best.status == "sampled" else "")
+        tape = s.get("tape")
+        central = s.get("numeric-central")
+        central_text = "—"
+        if central is not None:
+            from autodiff_lab.compare.measure import _seconds
+            central_text = (f"{fmt_ms(central.call_s)} ms" if central.call_s < 1 else
+                            _seconds(central.call_s)) if central.status == "ok" else \
+                "refused" + (f" (would take ~{_seconds(central.call_s)})" if central.call_s else "")
+        rows.append([name, f"{acc.parameters:,}", acc.reference_kind, err("tape"),
+                     err("symbolic-matrix"), best_text,
+                     "—" if tape is None or tape.per_forward is None else f"{tape.per_forward:.2g}",
+                     central_text])
+    if not rows:
+        return None
+    return {"columns": ["case", "parameters", "reference", "tape error", "matrix error",
+                        "best finite difference", "tape × forward", "central differences"],
+            "rows": rows, "legend": OVERVIEW_LEGEND}
 
 
-#: below this, a relative error is drawn on the floor line "exact"
-_FLOOR = 1e-17
+def write_page(out: Path, cases: Sequence[CaseReport], results: dict[str, dict[str, Any]],
+               status: str = "") -> Path:
+    """Render report.html, report.json and report.md from what is finished."""
+    from importlib.resources import files
+
+    import jinja2
+
+    template = jinja2.Template(
+        (files("autodiff_lab.compare") / "templates" / "report.html.j2").read_text("utf-8"),
+        autoescape=True)
+    html = template.render(title="autodiff_lab: three ways to a gradient, compared",
+                           environment=_environment(), intro=INTRO, status=status,
+                           overview=_overview(results), cases=cases)
+    page = out / "report.html"
+    page.write_text(html, encoding="utf-8")
+    data = {name: {k: v.to_dict() for k, v in res.items() if hasattr(v, "to_dict")}
+            for name, res in results.items()}
+    (out / "report.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    md = ["# autodiff_lab comparison report", "", _environment(), ""]
+    for case in cases:
+        md += [f"## {case.name}", "", case.description, ""]
+        for sec in case.sections:
+            for t in sec.tables:
+                md += [f"### {t.title}", "", "```", t.text, "```", ""]
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return page
 
 
-def plot_error_vs_time(results: dict[str, list[Row]], path: Path) -> None:
-    """One panel per example: relative error against warm time; one colour per engine,
-    the same in every panel, and one legend."""
-    import matplotlib
+def run_report(cases: Sequence[str | CaseSpec] | None = None, out_dir: str | Path = DEFAULT_OUT,
+               *, engines: str | Sequence[str | EngineConfig] | None = None, quick: bool = False,
+               budget_s: float | None = None, force: bool = False, reference: str = "auto",
+               threads: int | None = 1, echo: Callable[[str], None] | None = None,
+               progress_bar: bool = True) -> ReportResult:
+    """Run every section of every case and write the report (see the module docstring).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``cases``: names of :data:`~autodiff_lab.compare.cases.CASES` or :class:`CaseSpec` objects
+    (default all). ``quick``: smaller scaling families, shorter sweeps and timings, a budget
+    of 3 s per finite-difference gradient. ``threads``: BLAS threads while measuring (None:
+    leave as is). A KeyboardInterrupt stops the run after writing what is finished
+    (``result.interrupted``).
+    """
+    from tqdm.auto import tqdm
 
-    engines = list(dict.fromkeys(r.engine for rows in results.values() for r in rows))
-    colours = plt.get_cmap("tab10")
-    markers = {"tape": "s", "symbolic": "D", "numeric": "o"}
-    from matplotlib.ticker import NullFormatter
+    started = time.perf_counter()
+    specs = [CASES[c] if isinstance(c, str) else c for c in (cases or list(CASES))]
+    configs = parse_engines(engines)
+    budget = budget_s if budget_s is not None else (BUDGET_QUICK_S if quick else BUDGET_FULL_S)
+    if not budget > 0 or not np.isfinite(budget):
+        raise InputError(f"the budget must be a positive number of seconds, got {budget}")
+    out = choose_output_dir(out_dir, force)
+    if threads is not None:
+        set_blas_threads(threads)
+    total = sum(len(s.sections) for s in specs)
+    bar = tqdm(total=total, desc="compare", unit="section", disable=not progress_bar,
+               file=sys.stderr, dynamic_ncols=True)
+    say = echo or (lambda text: tqdm.write(text))
+    reports: list[CaseReport] = []
+    results: dict[str, dict[str, Any]] = {}
+    interrupted = False
+    page = out / "report.html"
+    from autodiff_lab.compare.sections import ACCURACY_LEGEND, SPEED_LEGEND
+    say("Columns of the tables below:\n" + "\n".join(
+        f"  {name:<14} {meaning}" for name, meaning in ACCURACY_LEGEND[1:] + SPEED_LEGEND))
+    try:
+        for spec in specs:
+            bar.set_description_str(f"{spec.name}: building")
+            example = spec.build(quick)
+            report = CaseReport(spec.name, example.description)
+            reports.append(report)
+            say(f"\n== {spec.name}: {example.description}")
+            ctx = CaseContext(spec, example, default_wrt(example.graph), out / spec.name, out,
+                              quick, configs, budget, reference, threads,
+                              progress=lambda m: bar.set_description_str(m[:70]), echo=say)
+            results[spec.name] = ctx.results
+            for key in spec.sections:
+                try:
+                    made = SECTIONS[key](ctx)
+                except AutodiffError as exc:
+                    report.error += f"{key}: {' '.join(str(exc).split())} "
+                    made = None
+                for sec in made if isinstance(made, list) else [made] if made else []:
+                    report.sections.append(sec)
+                page = write_page(out, reports, results)
+                bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+        page = write_page(out, reports, results, status="Interrupted: the sections below are "
+                                                        "the ones that finished.")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    if not interrupted:
+        page = write_page(out, reports, results)
+    return ReportResult(out, page, reports, seconds, interrupted, results)
 
-    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results) + 2.2, 3.8), squeeze=False,
-                             sharey=True)
-    for ax, (name, rows) in zip(axes[0], results.items()):
-        for r in rows:
-            if r.ok and r.rel_error is not None and r.warm_call_ms:
-                family = r.engine.split()[0]
-                ax.loglog(r.warm_call_ms, max(r.rel_error, _FLOOR), markers.get(family, "o"),
-                          color=colours(engines.index(r.engine) % 10), markersize=7,
-                          label=r.engine, alpha=0.85)
-        ax.axhline(_FLOOR, color="grey", lw=0.6, ls=":")
-        ax.text(0.98, 0.07, "floor: 0 (exact)", transform=ax.transAxes, fontsize=7, color="grey",
-                ha="right")
-        ax.axhline(np.finfo(np.float64).eps, color="grey", lw=0.6, ls="--")
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("time per gradient (ms)")
-        ax.set_ylim(_FLOOR / 3, 1.0)
-        lo, hi = ax.get_xlim()
-        ax.set_xlim(min(lo, hi / 20), hi)  # at least a decade and a bit, so ticks are labelled
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].set_ylabel("relative error vs reference")
-    handles = {}
-    for ax in axes[0]:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
-    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (3.6 * len(results) + 2.2), 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def graph_case(path: str | Path, values: str | Path | None = None) -> CaseSpec:
+    """A case for a graph saved as JSON (values from an .npz file, or random ones)."""
+    from autodiff_lab.cli import load_graph
+    from autodiff_lab.compare.cases import graph_file_case
+
+    loaded = load_graph(str(path), str(values) if values else None)
+    vals = loaded.values
+    note = ""
+    if vals is None:
+        vals, note = random_values(loaded.graph), " (random values: none were given)"
+    description = loaded.description or f"the graph in {Path(path).name}{note}"
+    return graph_file_case(loaded.name, loaded.graph, vals, description)
 
 
-def run_report(out_dir: str | Path = "autodiff_lab_report", cases: Sequence[ReportCase] | None = None,
-               configs: Sequence[EngineConfig] = DEFAULT_CONFIGS, budget_s: float = 0.3,
-               echo: Callable[[str], None] = print, plot: bool = True) -> dict[str, list[Row]]:
-    """Run every configuration on every case, print the tables and write the report files."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cases = list(default_cases() if cases is None else cases)
-    results: dict[str, list[Row]] = {}
-    md = ["# autodiff_lab comparison report", "",
-          f"Python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}.", "",
-          "Relative error is ‖g − g_ref‖∞ / ‖g_ref‖∞ over the parameters; *own est.* is the "
-          "engine's own error estimate on the same scale (finite differences only); times are per "
-          "gradient (warm = median of repeated calls; the first call includes JIT compilation); "
-          "f-evals counts forward evaluations.", "",
-          "What to look for: reverse mode and the matrix-level symbolic engine agree with the "
-          "reference to round-off at the cost of about one forward pass; finite differences "
-          "cost one or more forward passes *per parameter* and lose digits to truncation and "
-          "round-off, except the complex step; the expanded symbolic engine is refused, with the "
-          "size it would reach, once the tensors are more than toys. On ReLU networks the "
-          "higher-order finite-difference formulas use larger steps, which can straddle the "
-          "kinks of ReLU: the numeric engine sees every stencil that does and recomputes those "
-          "components one-sided, so the estimate still bounds the error.", ""]
-    start = time.perf_counter()
-    for i, case in enumerate(cases, 1):
-        ex = case.example
-        echo(f"[{i}/{len(cases)}] {ex.name}: {ex.description} (reference: {case.reference})")
-        wrt = list(ex.graph.parameters) or None  # the weights, as in training
-        reference = reference_gradients(case, wrt)
-        rows = compare_engines(ex.name, ex.graph, ex.values, configs, reference, wrt=wrt,
-                               budget_s=budget_s,
-                               progress=lambda msg: print(f"    … {msg}", file=sys.stderr, flush=True))
-        results[ex.name] = rows
-        table = format_table(rows)
-        echo(table + "\n")
-        md += [f"## {ex.name}", "", f"{ex.description}; reference: {case.reference}.", "",
-               "```", table, "```", ""]
-    md.append(f"Total time {time.perf_counter() - start:.1f} s.")
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    (out / "report.json").write_text(json.dumps(
-        {name: [r.as_dict() for r in rows] for name, rows in results.items()}, indent=1))
-    if plot:
-        plot_error_vs_time(results, out / "error_vs_time.png")
-    echo(f"wrote {out / 'report.md'}, {out / 'report.json'}"
-         + (f", {out / 'error_vs_time.png'}" if plot else ""))
-    return results
+def random_values(graph: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard normal floats and zero integers (label 0 exists for every class count)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, v in graph.inputs.items():
+        d = graph.node(v)
+        dtype = np.dtype(d["dtype"])
+        shape = tuple(d["shape"])
+        out[name] = np.zeros(shape, dtype) if dtype.kind in "iu" else \
+            rng.standard_normal(shape).astype(dtype)
+    return out
+
+
+__all__ = ["CaseReport", "ReportResult", "choose_output_dir", "graph_case", "run_report",
+           "write_page"]

@@ -68,6 +68,60 @@ class SweepResult:
                          f"{d['error']:>12.1e}{d['estimate']:>12.1e}")
         return "\n".join(lines)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (method, step): the table's cells, NaN for unusable steps."""
+        return [{"method": m, "step": float(h), "error": float(self.errors[m][i]),
+                 "estimate": float(self.estimates[m][i])}
+                for m in self.methods for i, h in enumerate(self.steps)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON types (arrays as lists, NaN as the string "nan")."""
+        from autodiff_lab.compare.results import _jsonable
+        return _jsonable({"name": self.name, "steps": list(map(float, self.steps)),
+                          "methods": list(self.methods),
+                          "errors": {m: list(map(float, v)) for m, v in self.errors.items()},
+                          "estimates": {m: list(map(float, v)) for m, v in self.estimates.items()},
+                          "default": self.default, "reference": self.reference, "eps": self.eps,
+                          "notes": self.notes})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SweepResult:
+        """The inverse of :meth:`to_dict`."""
+        def arr(v: Any) -> np.ndarray:
+            return np.array([float(x) for x in v])
+        return cls(data["name"], arr(data["steps"]), tuple(data["methods"]),
+                   {m: arr(v) for m, v in data["errors"].items()},
+                   {m: arr(v) for m, v in data["estimates"].items()},
+                   {m: {k: float(x) for k, x in d.items()} for m, d in data["default"].items()},
+                   data["reference"], float(data["eps"]), list(data.get("notes", [])))
+
+    def save_json(self, path: str | Path) -> Path:
+        import json
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        return path
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> SweepResult:
+        import json
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def save_csv(self, path: str | Path) -> Path:
+        """method, step, error, estimate: one line per method and step."""
+        import csv
+        path = Path(path)
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["method", "step", "error", "estimate"])
+            for r in self.rows():
+                w.writerow([r["method"], repr(r["step"]), repr(r["error"]), repr(r["estimate"])])
+        return path
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SweepResult):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
     def plot(self, path: str | Path | None = None, ax: Any = None) -> Any:
         """Draw the error-vs-h plot (see :func:`plot_step_sweep`)."""
         return plot_step_sweep(self, path=path, ax=ax)
@@ -134,7 +188,7 @@ def _reference(exact: Any, graph: Graph, names: list[str] | None) -> dict[str, n
 
 
 def plot_step_sweep(result: SweepResult, path: str | Path | None = None, ax: Any = None,
-                    title: str | None = None) -> Any:
+                    title: str | None = None, colors: Mapping[str, str] | None = None) -> Any:
     """The V-shaped log-log plot of relative error against h, one line per method, with a
     star at each method's default step. Errors below machine precision (a complex step can
     be exact) are drawn at eps/2 so the line stays on a log axis. Returns the figure."""
@@ -148,22 +202,22 @@ def plot_step_sweep(result: SweepResult, path: str | Path | None = None, ax: Any
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
     floor = result.eps / 2
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, m in enumerate(result.methods):
-        color = colors[i % len(colors)]
+        color = (colors or {}).get(m) or cycle[i % len(cycle)]
         err = np.maximum(result.errors[m], floor)
-        ax.loglog(result.steps, err, "o-", ms=3, lw=1.4, color=color, label=m)
+        ax.loglog(result.steps, err, "o-", ms=5, lw=2, color=color, label=m)
         d = result.default[m]
-        ax.loglog([d["step"]], [max(d["error"], floor)], "*", ms=11, color=color,
+        ax.loglog([d["step"]], [max(d["error"], floor)], "*", ms=18, color=color,
                   markeredgecolor="black", markeredgewidth=0.5)
     ax.axhline(result.eps, color="grey", lw=0.8, ls=":")
     ax.text(result.steps.max(), result.eps * 1.6, "machine epsilon", ha="right", va="bottom",
-            fontsize=8, color="grey")
+            color="grey")
     ax.set_xlabel("step h")
     ax.set_ylabel("relative error")
-    ax.set_title(title or f"{result.name} (reference: {result.reference})", fontsize=10)
+    ax.set_title(title or f"{result.name} (reference: {result.reference})")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, title="★ default step", title_fontsize=8)
+    ax.legend(title="★ default step")
     fig = fig or ax.figure
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

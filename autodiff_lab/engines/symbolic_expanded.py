@@ -390,7 +390,11 @@ def expand_graph(graph: Graph, output: str) -> tuple[dict[str, np.ndarray], np.n
                 continue
             symbols[d["name"]] = env[v] = _symbols(d["name"], d["shape"])
         elif d["role"] == "constant":
-            env[v] = _sympy_constant(d["value"])
+            value = np.asarray(d["value"])
+            # integer constants (class labels baked into the graph) stay numbers: ops such as
+            # softmax_cross_entropy index with them
+            env[v] = value if np.issubdtype(value.dtype, np.integer) and value.ndim else \
+                _sympy_constant(value)
         else:
             op = OPS[d["op"]]
             args = [env[u] for u in graph.operands(v)]

@@ -1,9 +1,12 @@
 """``autodiff-lab render``: draw an example or a saved graph from the shell.
 
-    autodiff-lab render sigmoid -o neuron.svg              # fused σ node
-    autodiff-lab render sigmoid --primitive -o neuron.png  # mul, add, −x, exp, +1, 1/x
+    autodiff-lab render neuron -o neuron.svg               # fused σ node
+    autodiff-lab render neuron --primitive -o neuron.png   # mul, add, −x, exp, +1, 1/x
     autodiff-lab render graph.json --values x.npz -o g.svg
-    autodiff-lab render mlp_small                          # DOT text on standard output
+    autodiff-lab render inpainting                         # DOT text on standard output
+
+The examples are the same in every subcommand (neuron, chain, inpainting, denoiser,
+classifier; older names such as sigmoid and mlp are aliases).
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def test_format_tensor_summaries():
 
 
 def test_tensor_graph_shows_shapes_summaries_and_fan_out_totals():
-    ex = adl.examples.get_example("mlp_small")
+    ex = adl.examples.mlp(d_in=16, hidden=8, batch=4)
     dot = to_dot(ex.graph, ex.values, grads=True)
     w1 = node_lines(dot)[ex.graph.inputs["W1"]]
     assert "(8, 16)" in w1 and "<b>W1</b>" in w1
