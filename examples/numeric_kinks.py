@@ -19,11 +19,22 @@ import warnings
 import numpy as np
 
 import autodiff_lab as adl
-from autodiff_lab.compare.report import denoiser_case, inpainting_mlp_case
 from autodiff_lab.engines.numeric import KinkWarning
 from autodiff_lab.engines.numeric_steps import METHODS
 from autodiff_lab.graph import functions as F
 from autodiff_lab.graph.graph import param, trace
+
+
+def _inpainting_small():
+    """The report's inpainting case in miniature (14×14 digits, 16 hidden units)."""
+    from autodiff_lab.examples import inpainting
+    return inpainting(hidden=16, batch=16, block=6, side=14)
+
+
+def _denoiser_small():
+    """The report's denoiser case in miniature (3 convs of 4 channels on 16×16 patches)."""
+    from autodiff_lab.examples import denoiser
+    return denoiser(depth=3, channels=4, batch=2, size=16)
 
 
 def relu_case():
@@ -71,8 +82,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
-    cases = [relu_case(), maxpool_case(), report_case(inpainting_mlp_case()),
-             report_case(denoiser_case())]
+    cases = [relu_case(), maxpool_case(), report_case(_inpainting_small()),
+             report_case(_denoiser_small())]
     lines = ["| case | method | without detection: error | estimate | with detection: error "
              "| estimate | flagged / components | evaluations (extra) |",
              "|---|---|---|---|---|---|---|---|"]
