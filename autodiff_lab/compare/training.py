@@ -141,7 +141,8 @@ def training(model_factory: Callable[[int], Any], loss: Callable[[Any, Any], Any
              metric: Callable[[Any], float] | None = None, metric_name: str = "",
              transform: Callable[[np.random.Generator, Any, Any], tuple[Any, Any]] | None = None,
              max_numeric_evaluations: int = MAX_NUMERIC_EVALUATIONS, name: str = "model",
-             progress: Callable[[str], None] | None = None) -> TrainingResult:
+             progress: Callable[[str], None] | None = None,
+             models: dict[str, Any] | None = None) -> TrainingResult:
     """Train the same model with each engine; see the module docstring.
 
     ``model_factory(seed)`` builds the model (the same weights for the same seed);
@@ -149,7 +150,8 @@ def training(model_factory: Callable[[int], Any], loss: Callable[[Any, Any], Any
     ``train_data``: ``(X, Y)`` arrays, rows = samples. ``val_data``: the final validation
     loss; ``metric(model) -> float`` (named ``metric_name``): a final score, e.g. accuracy.
     ``transform(rng, Xb, Yb)`` damages or augments each batch (the same draws for every
-    engine). Returns a :class:`TrainingResult` with one row per engine.
+    engine). ``models``: a dict to receive each engine's trained model. Returns a
+    :class:`TrainingResult` with one row per engine.
     """
     from autodiff_lab import nn
 
@@ -229,6 +231,8 @@ def training(model_factory: Callable[[int], Any], loss: Callable[[Any, Any], Any
         if metric is not None:
             row.metric = float(metric(model))
             model.train()
+        if models is not None:
+            models[engine] = model
         rows.append(row)
 
     ok = [r for r in rows if r.status == "ok"]
