@@ -204,7 +204,7 @@ def training_section(ctx: CaseContext) -> Section | None:
         masked, truth = kwargs["val_data"]
         engine = "tape" if "tape" in models else next(iter(models))
         paths = _panel(models[engine], masked, truth, ctx.path("inpainting_panel"))
-        sec.figures.append(ctx.figure(f"Test digits after this training ({engine})", paths,
+        sec.figures.append(ctx.figure(f"Test digits after these {result.steps} steps ({engine})", paths,
                                       "top: the input with a hidden 12×12 block; middle: the "
                                       "network's output; bottom: the complete digit"))
     return sec
