@@ -47,23 +47,26 @@ def training_plot(result: TrainingResult, stem: str | Path, title: str | None = 
             key, ls, marker = TRAINING_STYLE.get(r.engine, (r.engine, "-", "X"))
             colour, _ = plots.engine_style(key, i)
             steps = np.arange(1, len(r.losses) + 1)
-            every = max(1, len(steps) // 12)
+            # markers every few steps, each engine shifted, so coinciding curves all show
+            every = max(len(ok), len(steps) // 12)
             ax.plot(steps, r.losses, color=colour, linestyle=ls, marker=marker,
-                    markevery=(i * max(1, every // max(1, len(ok))), every),
+                    markevery=(i * every // len(ok), every),
                     fillstyle="none" if i else "full", label=LABELS.get(r.engine, r.engine))
         refused = [r for r in result.rows if r.status != "ok"]
         for r in refused:
             ax.plot([], [], " ", label=plots.refusal_text(
                 LABELS.get(r.engine, r.engine), r.refused_value, r.refused_limit,
-                "", r.note, short=True))
-        if ok and min(min(r.losses) for r in ok) > 0:
+                "evaluations", r.note, short=True))
+        low = min((min(r.losses) for r in ok), default=0.0)
+        if low > 0 and max(max(r.losses) for r in ok) > 10 * low:
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss of the batch")
         diff = result.max_loss_difference
         ax.set_title(title or f"{result.case}: training loss per step")
         if diff is not None:
-            ax.text(0.99, 0.97, f"max |Δloss| between engines: {diff:.1e}",
+            ax.text(0.99, 0.97, "the engines' losses are identical at every step" if diff == 0
+                    else f"max |Δloss| between engines: {diff:.1e}",
                     transform=ax.transAxes, ha="right", va="top", fontsize=15)
         ax.legend(loc="lower left")
         return plots.save(fig, stem)
