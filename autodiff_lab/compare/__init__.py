@@ -6,6 +6,8 @@
     compare.speed(graph, values)                          # compile / per call / ÷ forward / memory
     compare.scaling(build, sizes)                         # cost as the parameters grow
     compare.step_sweep(graph, values)                     # the V of finite differences
+    compare.training(make_model, loss, (X, Y))            # the same training, engine by engine
+    compare.accuracy(*compare.model_case(model, loss, x, y))  # an nn model's gradient
     compare.run_report(["neuron"], "report", quick=True)  # the HTML report of the command line
 
 Every result is a dataclass with ``save_json``/``load_json`` and ``save_csv``/``load_csv``.
@@ -30,11 +32,19 @@ from autodiff_lab.compare.measure import (
 from autodiff_lab.compare.reference import Reference, compute_reference
 from autodiff_lab.compare.scaling import ScalingPoint, ScalingResult, scaling
 from autodiff_lab.compare.step_sweep import SweepResult, plot_step_sweep, step_sweep
+from autodiff_lab.compare.training import (
+    ModelCase,
+    TrainingResult,
+    TrainingRow,
+    model_case,
+    training,
+)
 
-__all__ = ["AccuracyResult", "AccuracyRow", "EngineConfig", "Reference", "ScalingPoint",
-           "ScalingResult", "SpeedResult", "SpeedRow", "SweepResult", "accuracy",
-           "compute_reference", "measure", "parse_engines", "plot_step_sweep", "run_report",
-           "scaling", "speed", "step_sweep"]
+__all__ = ["AccuracyResult", "AccuracyRow", "EngineConfig", "ModelCase", "Reference",
+           "ScalingPoint", "ScalingResult", "SpeedResult", "SpeedRow", "SweepResult",
+           "TrainingResult", "TrainingRow", "accuracy", "compute_reference", "measure",
+           "model_case", "parse_engines", "plot_step_sweep", "run_report", "scaling", "speed",
+           "step_sweep", "training"]
 
 
 def __getattr__(name: str) -> Any:

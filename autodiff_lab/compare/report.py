@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from autodiff_lab.compare import sections as _sections  # noqa: F401  (fills SECTIONS)
+from autodiff_lab.compare import training_section as _training  # noqa: F401  (adds training)
 from autodiff_lab.compare.cases import CASES, SECTIONS, CaseContext, CaseSpec, Section
 from autodiff_lab.compare.harness import EngineConfig, parse_engines, set_blas_threads
 from autodiff_lab.compare.measure import default_wrt
