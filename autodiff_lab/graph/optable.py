@@ -35,6 +35,20 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   at trace time and the engines' input checks check integer inputs;
 * ``label``    -- how the node is labelled in a drawing;
 * ``decompose`` -- optional: the op written with more primitive ops (drawing at primitive level).
+* ``fused_vjp`` -- optional, for speed only: all the wanted input gradients from one call,
+                  ``fused_vjp(wanted, saved, g, ans, *xs, **attrs) -> tuple`` (one entry per
+                  input given, ``None`` where ``wanted[i]`` is false). Worth having where the
+                  per-input rules repeat work (batch norm's x, γ and β rules share the same
+                  sums; a convolution's input and weight gradients can share one patch
+                  matrix of ``g``). The tape calls it once per step instead of the ``vjp``
+                  rules; every other engine, and the drawing, keep using ``vjp``, which stays
+                  the definition: ``tests/graph/test_optable.py`` checks that the two agree
+                  for every entry that has both;
+* ``forward_saving`` -- optional, with ``fused_vjp``: ``forward_saving(*xs, **attrs) ->
+                  (result, saved)``, the forward that also returns what the fused rule can
+                  reuse instead of computing again (batch norm's batch statistics). The tape
+                  keeps ``saved`` with the step and passes it as ``fused_vjp``'s ``saved``;
+                  without it (``saved=None``) the fused rule computes everything itself.
 * ``matrix``   -- one matrix-level derivative rule per input, ``matrix[i](M, g, ans, *xs, **attrs)``,
                   written in the matrix-expression language ``M``
                   (``autodiff_lab/engines/matrix_expr.py``: ``@``, ``M.T``, ``*`` as Hadamard
@@ -108,6 +122,8 @@ class Op:
     matrix: Sequence[Callable[..., Any] | None] | None = None
     scalar: ScalarForm | None = None
     check_ints: Callable[..., None] | None = None
+    fused_vjp: Callable[..., tuple[np.ndarray | None, ...]] | None = None
+    forward_saving: Callable[..., tuple[np.ndarray, Any]] | None = None
 
     def vjp_for(self, i: int) -> Callable[..., np.ndarray] | None:
         """The reverse-mode rule for input ``i`` (variadic ops repeat their last rule)."""
@@ -117,6 +133,13 @@ class Op:
         if rule is None:
             return None
         return lambda g, ans, *xs, **attrs: rule(g, ans, *xs, index=i, **attrs)
+
+    def per_input_vjps(self, wanted: Sequence[bool], g: Any, ans: Any, *xs: Any,
+                       **attrs: Any) -> tuple[np.ndarray | None, ...]:
+        """The ``vjp`` rules of the wanted inputs, one call each (what a ``fused_vjp``
+        returns, computed the plain way; fused rules fall back on it)."""
+        return tuple(self.vjp_for(i)(g, ans, *xs, **attrs) if want else None
+                     for i, want in enumerate(wanted))
 
     def differentiable_in(self, i: int) -> bool:
         """Whether the op has a derivative with respect to input ``i``."""
@@ -1297,6 +1320,27 @@ def _bn_vjp_gamma(g, ans, x, gamma, beta, mean=None, var=None, training=True, ep
     return (g * xhat).sum(axis=axes)
 
 
+def _bn_forward_saving(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    fast = K.batch_norm_forward_saving(x, gamma, beta, mean, var, training, eps)
+    if fast is not None:
+        return fast
+    return _batch_norm(x, gamma, beta, mean, var, training, eps), None
+
+
+def _bn_fused_vjp(wanted, saved, g, ans, x, gamma, beta, mean=None, var=None, training=True,
+                  eps=1e-5):
+    """x, γ and β from one pass over g and x (the three rules share Σg and Σg·x̂), with the
+    forward's batch statistics; the running statistics' rules (evaluation) as they are."""
+    first = tuple(wanted[:3])
+    fast = K.batch_norm_backward_all(g, x, gamma, beta, mean, var, training, eps, first, saved)
+    if fast is None:
+        return OPS["batch_norm"].per_input_vjps(wanted, g, ans, x, gamma, beta, mean, var,
+                                                training=training, eps=eps)
+    rest = [(_bn_vjp_mean, _bn_vjp_var)[i - 3](g, ans, x, gamma, beta, mean, var, training, eps)
+            if want else None for i, want in enumerate(wanted[3:], start=3)]
+    return tuple(fast) + tuple(rest)
+
+
 def _bn_vjp_beta(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
     return g.sum(axis=_bn_axes(x.ndim))
 
@@ -1368,6 +1412,7 @@ _register(Op(
     vjp=(_bn_vjp_x, _bn_vjp_gamma, _bn_vjp_beta, _bn_vjp_mean, _bn_vjp_var),
     sympy=_sp_batch_norm, label="batch_norm", attrs={"training": True, "eps": 1e-5},
     batched=_bn_batched, vjp_uses=frozenset({"inputs"}),
+    fused_vjp=_bn_fused_vjp, forward_saving=_bn_forward_saving,
     matrix=(_bn_matrix_x, _bn_matrix_gamma, _bn_matrix_beta, _bn_matrix_mean, _bn_matrix_var),
     doc="(x − μ)/√(σ² + ε)·γ + β per channel; training: batch statistics (biased variance), "
         "evaluation: the running statistics given as inputs",

@@ -207,6 +207,16 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean:
     return None
 
 
+def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: Any,
+                              var: Any, training: bool, eps: float) -> tuple[np.ndarray, Any] | None:
+    """Batch norm forward and its batch statistics (for :func:`batch_norm_backward_all`) for
+    real arrays, else ``None``."""
+    if _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_forward_saving(x, gamma, beta, mean, var,
+                                                                  training, eps)
+    return None
+
+
 def batch_norm_backward(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                         mean: Any, var: Any, training: bool, eps: float, wanted: str
                         ) -> np.ndarray | None:
@@ -214,6 +224,18 @@ def batch_norm_backward(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: n
     if g.shape == x.shape and real_float(g) and _bn_ok(x, gamma, beta, mean, var):
         return _fast("batch_norm_fast").batch_norm_backward(g, x, gamma, mean, var, training,
                                                             eps, wanted)
+    return None
+
+
+def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                            mean: Any, var: Any, training: bool, eps: float,
+                            wanted: tuple[bool, bool, bool], stats: Any = None
+                            ) -> tuple[np.ndarray | None, ...] | None:
+    """The gradients with respect to x, gamma and beta (``None`` where not ``wanted``) in one
+    pass, reusing the forward's ``stats`` if given, for real arrays; else ``None``."""
+    if g.shape == x.shape and real_float(g) and _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_backward_all(
+            g, x, gamma, mean, var, training, eps, tuple(bool(w) for w in wanted), stats)
     return None
 
 

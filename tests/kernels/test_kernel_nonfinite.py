@@ -243,6 +243,35 @@ def _(dtype, rng):
                                                       training=t))
 
 
+@case("batch_norm_forward_saving")
+def _(dtype, rng):
+    for training, ops in _bn_variants(dtype, rng):
+        del ops["g"]
+        yield ops, (lambda o, t=training: dispatch.batch_norm_forward_saving(
+            *_bn_args(o, t) + ((None, None) if t else ()), t, 1e-5)[0]), \
+            (lambda o, t=training: _ref_rule("batch_norm", None, *_bn_args(o, t), training=t))
+
+
+def _bn_saved(o, t):
+    """The statistics the saving forward keeps for the fused rule (None in evaluation)."""
+    return dispatch.batch_norm_forward_saving(*_bn_args(o, t) + ((None, None) if t else ()),
+                                              t, 1e-5)[1]
+
+
+@case("batch_norm_backward_all")
+def _(dtype, rng):
+    # every gradient the fused rule returns, with the forward's statistics and without
+    for training, ops in _bn_variants(dtype, rng):
+        for i in range(3):
+            for with_stats in (False, True):
+                yield ops, (lambda o, t=training, i=i, s=with_stats:
+                            dispatch.batch_norm_backward_all(
+                                o["g"], *_bn_args(o, t) + ((None, None) if t else ()), t, 1e-5,
+                                (True, True, True), _bn_saved(o, t) if s else None)[i]), \
+                    (lambda o, t=training, i=i: _ref_rule("batch_norm", i, o["g"],
+                                                          *_bn_args(o, t), training=t))
+
+
 def _ce_operands(dtype, rng):
     for shape in ((5, 4), (2, 3, 6)):
         logits = rng.standard_normal(shape).astype(dtype)
