@@ -1007,6 +1007,16 @@ def _conv2d_batched(lead, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=
     return _add_channel_bias(lead, out, b)
 
 
+def _conv2d_fused_vjp(wanted, saved, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0),
+                      dilation=(1, 1), groups=1):
+    """Input and weight gradients from one call (one patch matrix of g, where the kernels
+    can), and the bias gradient."""
+    dx, dw = K.conv2d_backward(g, x, w, stride, padding, dilation, groups, tuple(wanted[:2]))
+    if b is None:
+        return dx, dw
+    return dx, dw, (g.sum(axis=(0, 2, 3)) if wanted[2] else None)
+
+
 _register(Op(
     name="conv2d", n_args=(2, 3), shape=_conv2d_shape, forward=_conv2d,
     vjp=(lambda g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
@@ -1016,7 +1026,7 @@ _register(Op(
          lambda g, ans, x, w, b=None, **attrs: g.sum(axis=(0, 2, 3))),
     sympy=lambda x, w, b=None, **a: np.asarray(_conv2d(x, w, b, **a), dtype=object),
     label="conv2d", attrs=_conv_attrs(), batched=_conv2d_batched,
-    vjp_uses=frozenset({"inputs"}),
+    vjp_uses=frozenset({"inputs"}), fused_vjp=_conv2d_fused_vjp,
     matrix=(lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
             M.conv2d_input_grad(g, w, x.shape, stride, padding, dilation, groups),
             lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:

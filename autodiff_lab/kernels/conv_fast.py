@@ -339,6 +339,74 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
     return out.reshape(w_shape)
 
 
+def _shares_patches(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair,
+                    padding: Pair, dilation: Pair) -> bool:
+    """Whether both gradients can come from one patch matrix of ``g`` (see
+    :func:`conv2d_backward`): stride 1, padding within the kernel's reach, finite weights
+    (the padding zeros of ``g`` are multiplied by them) and, with dilation, a finite ``g``
+    (a dilated window can fall wholly in the padding; its ``g`` then meets no pixel, and
+    only the check can see a NaN or Inf there)."""
+    kh, kw = w.shape[2:]
+    if stride != (1, 1) or dilation[0] * (kh - 1) < padding[0] or \
+            dilation[1] * (kw - 1) < padding[1]:
+        return False
+    if not _all_finite(w):
+        return False
+    return dilation == (1, 1) or _all_finite(g)
+
+
+def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair,
+                    dilation: Pair, groups: int, want_x: bool, want_w: bool
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The gradients of :func:`conv2d_forward` with respect to the input and the weights
+    (``None`` where not wanted), from one patch matrix of ``g`` where possible.
+
+    With stride 1 the input gradient is the convolution of ``g`` (padded by
+    ``d·(k−1) − p``) with the flipped weights: a product with the patch matrix of ``g``,
+    ``cols_g[(f, i', j'), (n, h, w)] = g_pad[n, f, h + i'·d − p', w + j'·d − p']``. The
+    weight gradient ``Σ_n,oh,ow g[n, f, oh, ow]·x_pad[n, c, oh + i·d − p, ow + j·d − p]`` is
+    the same sum written over the pixels of ``x``: ``Σ_n,h,w x[n, c, h, w]·cols_g[(f, k−1−i,
+    k−1−j), (n, h, w)]``, so ``cols_g @ xᵀ`` per image gives it, flipped, without a patch
+    matrix of ``x`` or a transposed copy of ``g``.
+
+    NaN and Inf: the two sums have the same products except those with a padding zero (of
+    ``x`` in the definition, of ``g`` here). They agree when ``x`` and ``g`` are finite, and
+    otherwise this weight gradient is not finite either (every pixel of ``x`` meets some
+    entry of ``cols_g``; every ``g`` meets a pixel, see :func:`_shares_patches`): the weight
+    gradient is then computed again the reference's way.
+    """
+    if not (want_x and want_w and _shares_patches(g, x, w, stride, padding, dilation)):
+        return (conv2d_backward_input(g, w, x.shape, stride, padding, dilation, groups)
+                if want_x else None,
+                conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
+                if want_w else None)
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    fg = f // groups
+    k = kh * kw
+    hw = h * wd
+    pad_flip = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
+    wf = flipped_weight(w, groups).reshape(c, fg * k)
+    x3 = x.reshape(n, c, hw)
+    dx = memory.empty((n, c, hw), x.dtype)
+    acc = np.zeros((f * k, cg), dtype=x.dtype)  # rows (f, i', j'): the flipped kernel
+    for n0, n1 in _image_chunks(n, f * k * hw * x.itemsize):
+        cols = im2col_rows(g[n0:n1], (kh, kw), (1, 1), pad_flip, dilation)
+        per_image = cols.reshape(f * k, n1 - n0, hw).transpose(1, 0, 2)
+        for gi in range(groups):
+            rows = slice(gi * fg * k, (gi + 1) * fg * k)
+            chans = slice(gi * cg, (gi + 1) * cg)
+            # input gradient: flipped weights (C, F·k) @ cols_g (F·k, H·W), per image
+            np.matmul(wf[chans], per_image[:, rows], out=dx[n0:n1, chans])
+            # weight gradient: cols_g (F·k, H·W) @ x (C, H·W)ᵀ, per image, summed
+            for i in range(n1 - n0):
+                acc[rows] += per_image[i, rows] @ x3[n0 + i, chans].T
+    dw = np.ascontiguousarray(acc.reshape(f, kh, kw, cg)[:, ::-1, ::-1].transpose(0, 3, 1, 2))
+    if not _all_finite(dw):  # a NaN or Inf came in: the reference's NaN and Inf pattern
+        dw = conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
+    return dx.reshape(x.shape), dw
+
+
 # --------------------------------------------------------------------------------------
 # pooling
 # --------------------------------------------------------------------------------------

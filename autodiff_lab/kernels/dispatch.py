@@ -139,6 +139,24 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
     return ref.conv2d_backward_weight(g, x, w_shape, stride, padding, dilation, groups)
 
 
+def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair,
+                    dilation: Pair, groups: int, wanted: tuple[bool, bool]
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The gradients with respect to the input and the weights (``None`` where not
+    ``wanted``) in one call: real floats share one patch matrix of ``g`` where they can
+    (:func:`conv_fast.conv2d_backward`), anything else takes the reference's two adjoints."""
+    want_x, want_w = (bool(v) for v in wanted)
+    _check_conv_gradient(g.shape, x.shape, w.shape[0], w.shape[2:], stride, padding, dilation)
+    if real_float(g, x, w):
+        return _fast("conv_fast").conv2d_backward(_c(g), _c(x), _c(w), tuple(stride),
+                                                  tuple(padding), tuple(dilation), groups,
+                                                  want_x, want_w)
+    return (ref.conv2d_backward_input(g, w, x.shape, stride, padding, dilation, groups)
+            if want_x else None,
+            ref.conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
+            if want_w else None)
+
+
 # --- pooling ----------------------------------------------------------------------------
 
 def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:

@@ -293,8 +293,21 @@ def _bn_case(shape, training):
     return make, {"training": training, "eps": 1e-5}
 
 
+def _conv_case(x_shape, w_shape, bias, **attrs):
+    def make(dtype):
+        args = [r(*x_shape), r(*w_shape)] + ([r(w_shape[0])] if bias else [])
+        return [a.astype(dtype) for a in args]
+    return make, attrs
+
+
 # op name -> cases (operands for a dtype, attributes)
 FUSED_CASES = {
+    "conv2d": [_conv_case((2, 3, 7, 6), (4, 3, 3, 3), True, padding=(1, 1)),
+               _conv_case((2, 4, 5, 7), (2, 4, 3, 2), False, padding=(1, 0)),  # thin
+               _conv_case((1, 4, 9, 8), (6, 2, 3, 3), True, padding=(2, 1), dilation=(2, 1),
+                          groups=2),
+               _conv_case((2, 3, 7, 7), (5, 3, 3, 3), False, stride=(2, 1), padding=(1, 1)),
+               _conv_case((1, 2, 4, 4), (3, 2, 3, 3), False, padding=(3, 3))],
     "batch_norm": [_bn_case((4, 3, 5, 2), True), _bn_case((6, 3), True),
                    _bn_case((3, 2, 3, 3), False), _bn_case((5, 4), False)],
 }

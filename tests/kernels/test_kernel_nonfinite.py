@@ -124,6 +124,31 @@ def _(dtype, rng):
                 o["g"], o["x"], s, *_conv_args(v)))
 
 
+def _conv_both_variants():
+    # the fused rule's shared patch matrix (stride 1, with and without dilation), its
+    # fallbacks (stride 2; padding beyond the kernel's reach), and one gradient at a time
+    return _conv_variants() + [dict(f=6, stride=(1, 1), padding=(2, 1), groups=1, dilation=(2, 1)),
+                               dict(f=3, stride=(1, 1), padding=(3, 3), groups=1)]
+
+
+@case("conv2d_backward")
+def _(dtype, rng):
+    for v in _conv_both_variants():
+        dil = v.get("dilation", (1, 1))
+        x = rng.standard_normal((3, 4, 7, 6)).astype(dtype)
+        w = rng.standard_normal((v["f"], 4 // v["groups"], 3, 3)).astype(dtype)
+        g = conv_reference.conv2d_forward(x, w, v["stride"], v["padding"], dil, v["groups"])
+        ops = {"x": x, "w": w, "g": rng.standard_normal(g.shape).astype(dtype)}
+        args = (v["stride"], v["padding"], dil, v["groups"])
+        for which, wanted in ((0, (True, True)), (1, (True, True)), (0, (True, False)),
+                              (1, (False, True))):
+            yield ops, (lambda o, a=args, i=which, m=wanted: dispatch.conv2d_backward(
+                o["g"], o["x"], o["w"], *a, m)[i]), \
+                (lambda o, a=args, i=which: (conv_reference.conv2d_backward_input(
+                    o["g"], o["w"], o["x"].shape, *a), conv_reference.conv2d_backward_weight(
+                    o["g"], o["x"], o["w"].shape, *a))[i])
+
+
 POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 2), (1, 1)), ((3, 2), (2, 1), (1, 0))]
 
 
