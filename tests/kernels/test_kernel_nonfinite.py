@@ -400,15 +400,19 @@ def test_fast_kernel_puts_nan_and_inf_where_the_reference_does(kernel, dtype):
     assert checked
 
 
-def test_conv_chunks_and_nonfinite_values(monkeypatch):
-    # one image per chunk: the chunked products see the NaN/Inf in the same places
-    monkeypatch.setattr(conv_fast, "CHUNK_BYTES", 1)
+@pytest.mark.parametrize("kernel", ["conv2d_forward", "conv2d_backward", "conv2d_backward_weight",
+                                    "conv2d_backward_input"])
+def test_conv_blocks_and_nonfinite_values(monkeypatch, kernel):
+    # one output row per block: the blocked products see the NaN/Inf in the same places
+    monkeypatch.setattr(conv_fast, "BLOCK_BYTES", 1)
     rng = np.random.default_rng(5)
     for dtype in DTYPES:
-        for ops, fast_call, reference_call in CASES["conv2d_forward"](dtype, rng):
-            bad = {**ops, "x": _inject(ops["x"], SPECIALS["mixed"], rng)}
-            with np.errstate(all="ignore"):
-                assert_same_nonfinite(fast_call(bad), reference_call(bad), "chunked conv2d")
+        for ops, fast_call, reference_call in CASES[kernel](dtype, rng):
+            for name in ops:
+                bad = {**ops, name: _inject(ops[name], SPECIALS["mixed"], rng)}
+                with np.errstate(all="ignore"):
+                    assert_same_nonfinite(fast_call(bad), reference_call(bad),
+                                          f"blocked {kernel}, NaN/Inf in {name}")
 
 
 # --------------------------------------------------------------------------------------
