@@ -46,9 +46,11 @@ def _channel_stats(x, mean, var):  # pragma: no cover - numba
 
 
 @cached_njit(parallel=True, fastmath=_SUMS)
-def _forward(x, gamma, beta, eps, training, mean, var, out):  # pragma: no cover - numba
+def _forward(x, gamma, beta, eps, training, mean, var, par, out):  # pragma: no cover - numba
     """Normalise each channel; with ``training`` take (and write) its batch statistics into
-    ``mean``/``var`` first, else read them from there."""
+    ``mean``/``var`` first, else read them from there. ``par`` (C, 3), of x's dtype, holds
+    each channel's μ, scale and shift rounded to that dtype, so a float32 array is
+    normalised in float32 arithmetic (twice the lanes; the statistics stay float64)."""
     n, c, s = x.shape
     m = n * s
     for ch in prange(c):
@@ -65,45 +67,50 @@ def _forward(x, gamma, beta, eps, training, mean, var, out):  # pragma: no cover
                     acc2 += d * d
             mean[ch] = mu
             var[ch] = acc2 / m
-        mu = mean[ch]
-        scale = gamma[ch] / np.sqrt(var[ch] + eps)
-        shift = beta[ch]
+        par[ch, 0] = mean[ch]
+        par[ch, 1] = gamma[ch] / np.sqrt(var[ch] + eps)
+        par[ch, 2] = beta[ch]
+        mu_t, scale, shift = par[ch, 0], par[ch, 1], par[ch, 2]
         # (x − μ)·scale + β, not x·scale + (β − μ·scale): with an infinite scale the
         # latter is Inf − Inf = NaN where the numpy rule gives ±Inf
         for i in range(n):
             for k in range(s):
-                out[i, ch, k] = (x[i, ch, k] - mu) * scale + shift
+                out[i, ch, k] = (x[i, ch, k] - mu_t) * scale + shift
 
 
 @cached_njit(parallel=True, fastmath=_SUMS)
-def _backward(g, x, mean, var, gamma, eps, training, want_x, sum_g, sum_gx, out
+def _backward(g, x, mean, var, gamma, eps, training, want_x, par, sum_g, sum_gx, out
               ):  # pragma: no cover - numba
-    """Per channel: Σg and Σg·x̂ into ``sum_g``/``sum_gx``; with ``want_x`` the gradient of x
-    into ``out``: γ·inv/m · (m·g − Σg − x̂·Σ(g·x̂)) in training, γ·inv·g in evaluation."""
+    """Per channel: Σg and Σg·x̂ into ``sum_g``/``sum_gx`` (float64 sums); with ``want_x``
+    the gradient of x into ``out``: γ·inv·(g − Σg/m − (x − μ)·inv·Σ(g·x̂)/m) in training,
+    γ·inv·g in evaluation, in x's dtype (``par`` (C, 4) as in :func:`_forward`)."""
     n, c, s = x.shape
     m = n * s
     for ch in prange(c):
-        mu = mean[ch]
         inv = 1.0 / np.sqrt(var[ch] + eps)
+        par[ch, 0] = mean[ch]
+        mu_t = par[ch, 0]
         a = 0.0
         b = 0.0
         for i in range(n):
             for k in range(s):
                 gv = g[i, ch, k]
                 a += gv
-                b += gv * (x[i, ch, k] - mu) * inv
+                b += gv * (x[i, ch, k] - mu_t)
+        b = b * inv
         sum_g[ch] = a
         sum_gx[ch] = b
         if not want_x:
             continue
-        scale = gamma[ch] * inv
+        par[ch, 1] = gamma[ch] * inv
+        scale = par[ch, 1]
         if training:
-            a = a / m
-            b = b / m
+            par[ch, 2] = a / m
+            par[ch, 3] = inv * b / m
+            a_t, b_t = par[ch, 2], par[ch, 3]
             for i in range(n):
                 for k in range(s):
-                    xh = (x[i, ch, k] - mu) * inv
-                    out[i, ch, k] = scale * (g[i, ch, k] - a - xh * b)
+                    out[i, ch, k] = scale * (g[i, ch, k] - a_t - (x[i, ch, k] - mu_t) * b_t)
         else:
             for i in range(n):
                 for k in range(s):
@@ -130,7 +137,7 @@ def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
         mu, v = mean.astype(np.float64), var.astype(np.float64)
     out = memory.empty(x3.shape, x3.dtype)
     _forward(x3, gamma.astype(np.float64), beta.astype(np.float64), float(eps), bool(training),
-             mu, v, out)
+             mu, v, np.empty((c, 3), x3.dtype), out)
     return out.reshape(x.shape), ((mu, v) if training else None)
 
 
@@ -161,7 +168,7 @@ def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
     out = memory.empty(x3.shape, x3.dtype) if want_x else np.empty((0, c, 0), x3.dtype)
     sum_g, sum_gx = np.empty(c), np.empty(c)
     _backward(g3, x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x,
-              sum_g, sum_gx, out)
+              np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
     return (out.reshape(x.shape) if want_x else None,
             sum_gx.astype(x.dtype) if wanted[1] else None,
             sum_g.astype(x.dtype) if wanted[2] else None)
