@@ -17,7 +17,9 @@ Two things make it fast without leaving the op table:
   op a ``fused_vjp`` (convolution, batch norm), backward calls it once for all the wanted
   inputs instead of one rule per input, and a ``forward_saving`` forward hands it what it
   would otherwise compute again (batch norm's statistics, kept with the step until its
-  backward has run);
+  backward has run). With ``anomaly`` and ``keep_all`` off, the op table's fusions run
+  as one step (ReLU after batch norm: one pass forward and one backward, and the
+  normalised values are never stored);
 * a graph made only of scalars whose ops have a ``scalar`` form in the op table (the
   sigmoid neuron, the scalar chain) is compiled once into straight-line Python on floats:
   no arrays, no per-op dispatch -- a few microseconds per gradient.
@@ -50,7 +52,7 @@ from autodiff_lab.graph.evaluate import (
     working_dtype,
 )
 from autodiff_lab.graph.graph import Graph
-from autodiff_lab.graph.optable import OPS, Op
+from autodiff_lab.graph.optable import FUSIONS, OPS, Fusion, Op
 
 #: arrays at least this big are checked for NaN/Inf through their sum (one fast pass; a
 #: finite sum proves every element finite) before the exact element-wise check
@@ -66,6 +68,37 @@ class Step:
     args: tuple[int, ...]
     attrs: dict[str, Any]
     needs_grad: tuple[bool, ...]  # per argument: does a wanted input depend on it?
+
+
+def _fuse(steps: list[Step], outputs: set[int]) -> list[Step]:
+    """The tape with each pair of the op table's :data:`FUSIONS` -- ``second`` reading only
+    the result of ``first``, which nothing else reads and no output is -- as one step."""
+    readers: dict[int, int] = {}
+    for s in steps:
+        for u in s.args:
+            readers[u] = readers.get(u, 0) + 1
+    by_node = {s.node: s for s in steps}
+    merged: dict[int, Step] = {}
+    for s in steps:
+        first = by_node.get(s.args[0]) if len(s.args) == 1 and not s.attrs else None
+        if first is None or first.node in outputs or readers[first.node] != 1:
+            continue
+        fusion = FUSIONS.get((first.op.name, s.op.name))
+        if fusion is not None:
+            merged[s.node] = Step(s.node, _fused_op(fusion), first.args, first.attrs,
+                                  first.needs_grad)
+    gone = {by_node[s.args[0]].node for s in steps if s.node in merged}
+    return [merged.get(s.node, s) for s in steps if s.node not in gone]
+
+
+_FUSED_OPS: dict[tuple[str, str], Op] = {}
+
+
+def _fused_op(fusion: Fusion) -> Op:
+    key = (fusion.first, fusion.second)
+    if key not in _FUSED_OPS:
+        _FUSED_OPS[key] = fusion.as_op()
+    return _FUSED_OPS[key]
 
 
 def _nonfinite(a: np.ndarray) -> bool:
@@ -119,6 +152,8 @@ class TapeProgram(Program):
                  tuple(u in depends for u in graph.operands(v)))
             for v in graph.order if graph.node(v)["role"] == "op" and v in reaches
         ]
+        if not (keep_all or anomaly):  # both need every op's own value
+            self.steps = _fuse(self.steps, {out_node, *graph.outputs.values()})
         self.backward_steps = [s for s in reversed(self.steps) if any(s.needs_grad)]
         self._plan(wanted)
         self._leaves = [(v, graph.node(v)) for v in graph.order

@@ -56,6 +56,14 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   expressions; the symbolic engine's matrix mode differentiates with them and
                   prints the formulas they make. Written from the maths, not from ``vjp``.
 
+Fusions (:data:`FUSIONS`, for speed only, read by the tape alone): a pair of ops the tape
+may run as one step -- a one-input op ``second`` applied to the result of ``first`` when
+nothing else reads that result (ReLU after batch norm: the normalised values are never
+stored and re-read). A :class:`Fusion` gives the pair's ``forward_saving`` and
+``fused_vjp`` (the gradients of ``first``'s inputs from the gradient of ``second``'s
+result), as in an op entry; the two entries stay the definition, and
+``tests/graph/test_optable.py`` checks each fusion against their composition.
+
 Conventions (PyTorch's, followed by every engine): relu'(0) = 0, abs'(0) = 0,
 leaky_relu'(0) = alpha; maximum/minimum split the gradient evenly on ties, and so does the
 max reduction; max pooling sends a window's gradient to its first maximum.
@@ -176,6 +184,52 @@ def get_op(name: str) -> Op:
         raise UnknownOpError(
             f"unknown op {name!r}; the op table has: {', '.join(sorted(OPS))}"
         ) from None
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """``second(first(*xs))`` as one op, for the tape (see the module docstring):
+    ``forward_saving(*xs, **first_attrs) -> (result, saved)`` and
+    ``fused_vjp(wanted, saved, g, ans, *xs, **first_attrs)`` -> the gradients of ``first``'s
+    inputs, ``g`` and ``ans`` being the gradient and the value of ``second``'s result.
+    ``vjp_uses`` as for an op (``"inputs"``: ``first``'s inputs)."""
+
+    first: str
+    second: str
+    forward_saving: Callable[..., tuple[np.ndarray, Any]]
+    fused_vjp: Callable[..., tuple[np.ndarray | None, ...]]
+    vjp_uses: frozenset[str] = frozenset({"inputs", "ans"})
+
+    def as_op(self) -> Op:
+        """The pair as an :class:`Op` the tape can put on its tape (not in :data:`OPS`)."""
+        first, second = OPS[self.first], OPS[self.second]
+        n = first.n_args[1] or first.n_args[0]
+
+        def rule(i: int) -> Callable[..., np.ndarray]:
+            def vjp_i(g, ans, *xs, **attrs):
+                wanted = tuple(k == i for k in range(len(xs)))
+                return self.fused_vjp(wanted, None, g, ans, *xs, **attrs)[i]
+            return vjp_i
+
+        return Op(name=f"{self.first}+{self.second}", shape=first.shape,
+                  forward=lambda *xs, **attrs: self.forward_saving(*xs, **attrs)[0],
+                  vjp=tuple(rule(i) for i in range(n)), sympy=None,
+                  label=f"{first.label}+{second.label}", n_args=first.n_args,
+                  attrs=dict(first.attrs), vjp_uses=self.vjp_uses, fused_vjp=self.fused_vjp,
+                  forward_saving=self.forward_saving,
+                  doc=f"{self.second} of {self.first}, as one step")
+
+
+#: fusions the tape may apply, by (first op, second op)
+FUSIONS: dict[tuple[str, str], Fusion] = {}
+
+
+def _register_fusion(fusion: Fusion) -> Fusion:
+    key = (fusion.first, fusion.second)
+    if key in FUSIONS or fusion.first not in OPS or fusion.second not in OPS:
+        raise ValueError(f"fusion {key} is defined twice or names an unknown op")
+    FUSIONS[key] = fusion
+    return fusion
 
 
 # --------------------------------------------------------------------------------------
@@ -1427,6 +1481,34 @@ _register(Op(
     doc="(x − μ)/√(σ² + ε)·γ + β per channel; training: batch statistics (biased variance), "
         "evaluation: the running statistics given as inputs",
 ))
+
+
+def _bn_relu_forward_saving(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    fast = K.batch_norm_relu_forward_saving(x, gamma, beta, mean, var, training, eps)
+    if fast is not None:
+        return fast
+    return _relu(_batch_norm(x, gamma, beta, mean, var, training, eps)), None
+
+
+def _bn_relu_fused_vjp(wanted, saved, g, ans, x, gamma, beta, mean=None, var=None,
+                       training=True, eps=1e-5):
+    """relu's rule (read from its result: r > 0 exactly where the normalised value is) and
+    batch norm's x, γ and β rules in one pass; the running statistics' rules as they are."""
+    fast = K.batch_norm_relu_backward_all(g, ans, x, gamma, beta, mean, var, training, eps,
+                                          tuple(wanted[:3]), saved)
+    if fast is None:  # the two entries' own rules, one after the other
+        y = _batch_norm(x, gamma, beta, mean, var, training, eps)
+        return OPS["batch_norm"].per_input_vjps(wanted, _relu_vjp(g, ans, y), y, x, gamma,
+                                                beta, mean, var, training=training, eps=eps)
+    if not any(wanted[3:]):
+        return tuple(fast) + (None,) * len(wanted[3:])
+    dy = _relu_vjp(g, ans, _batch_norm(x, gamma, beta, mean, var, training, eps))
+    rest = [(_bn_vjp_mean, _bn_vjp_var)[i - 3](dy, ans, x, gamma, beta, mean, var, training, eps)
+            if want else None for i, want in enumerate(wanted[3:], start=3)]
+    return tuple(fast) + tuple(rest)
+
+
+_register_fusion(Fusion("batch_norm", "relu", _bn_relu_forward_saving, _bn_relu_fused_vjp))
 
 
 # --------------------------------------------------------------------------------------

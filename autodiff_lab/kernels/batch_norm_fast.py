@@ -46,11 +46,12 @@ def _channel_stats(x, mean, var):  # pragma: no cover - numba
 
 
 @cached_njit(parallel=True, fastmath=_SUMS)
-def _forward(x, gamma, beta, eps, training, mean, var, par, out):  # pragma: no cover - numba
-    """Normalise each channel; with ``training`` take (and write) its batch statistics into
-    ``mean``/``var`` first, else read them from there. ``par`` (C, 3), of x's dtype, holds
-    each channel's μ, scale and shift rounded to that dtype, so a float32 array is
-    normalised in float32 arithmetic (twice the lanes; the statistics stay float64)."""
+def _forward(x, gamma, beta, eps, training, relu, mean, var, par, out):  # pragma: no cover
+    """Normalise each channel (then apply ReLU if ``relu``); with ``training`` take (and
+    write) its batch statistics into ``mean``/``var`` first, else read them from there.
+    ``par`` (C, 3), of x's dtype, holds each channel's μ, scale and shift rounded to that
+    dtype, so a float32 array is normalised in float32 arithmetic (twice the lanes; the
+    statistics stay float64)."""
     n, c, s = x.shape
     m = n * s
     for ch in prange(c):
@@ -73,9 +74,23 @@ def _forward(x, gamma, beta, eps, training, mean, var, par, out):  # pragma: no 
         mu_t, scale, shift = par[ch, 0], par[ch, 1], par[ch, 2]
         # (x − μ)·scale + β, not x·scale + (β − μ·scale): with an infinite scale the
         # latter is Inf − Inf = NaN where the numpy rule gives ±Inf
-        for i in range(n):
-            for k in range(s):
-                out[i, ch, k] = (x[i, ch, k] - mu_t) * scale + shift
+        if relu:
+            for i in range(n):
+                for k in range(s):
+                    v = (x[i, ch, k] - mu_t) * scale + shift
+                    out[i, ch, k] = 0 if v <= 0 else v  # a NaN stays NaN, as in relu
+        else:
+            for i in range(n):
+                for k in range(s):
+                    out[i, ch, k] = (x[i, ch, k] - mu_t) * scale + shift
+
+
+@cached_njit
+def _through_relu(gv, rv):  # pragma: no cover - numba
+    """relu's rule from its result r = relu(y): g where r > 0 (y > 0), g·0 where r = 0
+    (y ≤ 0), NaN where r is NaN (y is NaN) -- what relu's rule gives from y."""
+    d = gv if rv > 0 else gv * 0
+    return d if rv == rv else rv
 
 
 @cached_njit(parallel=True, fastmath=_SUMS)
@@ -117,6 +132,47 @@ def _backward(g, x, mean, var, gamma, eps, training, want_x, par, sum_g, sum_gx,
                     out[i, ch, k] = scale * g[i, ch, k]
 
 
+@cached_njit(parallel=True, fastmath=_SUMS)
+def _backward_relu(g, x, mean, var, gamma, eps, training, want_x, r, par, sum_g, sum_gx,
+                   out):  # pragma: no cover - numba
+    """:func:`_backward` of relu(batch_norm(x)): ``g`` is the gradient of ``r``, the ReLU's
+    result. The first pass takes relu's rule and, when the gradient of x is wanted, keeps
+    it in ``out``, which the second pass then turns into that gradient in place."""
+    n, c, s = x.shape
+    m = n * s
+    for ch in prange(c):
+        inv = 1.0 / np.sqrt(var[ch] + eps)
+        par[ch, 0] = mean[ch]
+        mu_t = par[ch, 0]
+        a = 0.0
+        b = 0.0
+        for i in range(n):
+            for k in range(s):
+                gv = _through_relu(g[i, ch, k], r[i, ch, k])
+                if want_x:
+                    out[i, ch, k] = gv
+                a += gv
+                b += gv * (x[i, ch, k] - mu_t)
+        b = b * inv
+        sum_g[ch] = a
+        sum_gx[ch] = b
+        if not want_x:
+            continue
+        par[ch, 1] = gamma[ch] * inv
+        scale = par[ch, 1]
+        if training:
+            par[ch, 2] = a / m
+            par[ch, 3] = inv * b / m
+            a_t, b_t = par[ch, 2], par[ch, 3]
+            for i in range(n):
+                for k in range(s):
+                    out[i, ch, k] = scale * (out[i, ch, k] - a_t - (x[i, ch, k] - mu_t) * b_t)
+        else:
+            for i in range(n):
+                for k in range(s):
+                    out[i, ch, k] = scale * out[i, ch, k]
+
+
 def _as3(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
 
@@ -126,9 +182,11 @@ Stats = tuple[np.ndarray, np.ndarray]
 
 def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                               mean: np.ndarray | None, var: np.ndarray | None, training: bool,
-                              eps: float) -> tuple[np.ndarray, Stats | None]:
-    """(x − μ)/√(σ² + ε)·γ + β per channel (batch statistics when ``training``), and the
-    batch statistics (float64 mean and biased variance; ``None`` in evaluation mode)."""
+                              eps: float, relu: bool = False
+                              ) -> tuple[np.ndarray, Stats | None]:
+    """(x − μ)/√(σ² + ε)·γ + β per channel (batch statistics when ``training``; then
+    ReLU if ``relu``), and the batch statistics (float64 mean and biased variance; ``None``
+    in evaluation mode)."""
     x3 = _as3(x)
     c = x3.shape[1]
     if training:
@@ -137,7 +195,7 @@ def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
         mu, v = mean.astype(np.float64), var.astype(np.float64)
     out = memory.empty(x3.shape, x3.dtype)
     _forward(x3, gamma.astype(np.float64), beta.astype(np.float64), float(eps), bool(training),
-             mu, v, np.empty((c, 3), x3.dtype), out)
+             bool(relu), mu, v, np.empty((c, 3), x3.dtype), out)
     return out.reshape(x.shape), ((mu, v) if training else None)
 
 
@@ -151,10 +209,11 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
                             mean: np.ndarray | None, var: np.ndarray | None, training: bool,
                             eps: float, wanted: tuple[bool, bool, bool],
-                            stats: Stats | None = None
+                            stats: Stats | None = None, relu_ans: np.ndarray | None = None
                             ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """The gradients with respect to x, γ and β (``None`` where ``wanted`` says no) from one
-    pass. ``stats``: the forward's batch statistics (training only), else computed here."""
+    pass. ``stats``: the forward's batch statistics (training only), else computed here.
+    ``relu_ans``: the result of relu(batch_norm(x)), whose gradient ``g`` then is."""
     x3, g3 = _as3(x), _as3(g)
     c = x3.shape[1]
     if not training:
@@ -167,8 +226,12 @@ def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
     want_x = bool(wanted[0])
     out = memory.empty(x3.shape, x3.dtype) if want_x else np.empty((0, c, 0), x3.dtype)
     sum_g, sum_gx = np.empty(c), np.empty(c)
-    _backward(g3, x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x,
-              np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
+    args = (x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x)
+    if relu_ans is None:
+        _backward(g3, *args, np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
+    else:
+        _backward_relu(g3, *args, _as3(relu_ans), np.empty((c, 4), x3.dtype), sum_g, sum_gx,
+                       out)
     return (out.reshape(x.shape) if want_x else None,
             sum_gx.astype(x.dtype) if wanted[1] else None,
             sum_g.astype(x.dtype) if wanted[2] else None)

@@ -257,6 +257,31 @@ def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, bet
     return None
 
 
+def batch_norm_relu_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                                   mean: Any, var: Any, training: bool, eps: float
+                                   ) -> tuple[np.ndarray, Any] | None:
+    """relu(batch_norm(x)) in one pass, and the batch statistics, for real arrays; else
+    ``None``."""
+    if _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_forward_saving(x, gamma, beta, mean, var,
+                                                                  training, eps, relu=True)
+    return None
+
+
+def batch_norm_relu_backward_all(g: np.ndarray, ans: np.ndarray, x: np.ndarray,
+                                 gamma: np.ndarray, beta: np.ndarray, mean: Any, var: Any,
+                                 training: bool, eps: float, wanted: tuple[bool, bool, bool],
+                                 stats: Any = None) -> tuple[np.ndarray | None, ...] | None:
+    """The gradients of relu(batch_norm(x)) (result ``ans``, upstream gradient ``g``) with
+    respect to x, gamma and beta in one pass, for real arrays; else ``None``."""
+    if (g.shape == x.shape == ans.shape and real_float(g, ans)
+            and _bn_ok(x, gamma, beta, mean, var)):
+        return _fast("batch_norm_fast").batch_norm_backward_all(
+            g, x, gamma, mean, var, training, eps, tuple(bool(w) for w in wanted), stats,
+            relu_ans=ans)
+    return None
+
+
 def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray, reduction: str
                                   ) -> np.ndarray | None:
     """Softmax cross-entropy for real logits, else ``None``."""

@@ -357,3 +357,54 @@ def test_fused_vjp_agrees_with_the_per_input_rules(name, k, dtype, fast):
                     np.testing.assert_allclose(a, b, **tol, err_msg=f"{name} input {i}, {wanted}")
     finally:
         dispatch.enabled = before
+
+
+# op pair -> cases, as FUSED_CASES (operands of the first op)
+FUSION_CASES = {
+    ("batch_norm", "relu"): FUSED_CASES["batch_norm"],
+}
+
+
+def test_every_fusion_has_cases():
+    from autodiff_lab.graph.optable import FUSIONS
+    assert set(FUSIONS) == set(FUSION_CASES)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["kernels", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("pair,k", [(p, k) for p, cases in FUSION_CASES.items()
+                                    for k in range(len(cases))])
+def test_fusion_agrees_with_the_two_entries(pair, k, dtype, fast):
+    from autodiff_lab.graph.optable import FUSIONS
+    from autodiff_lab.kernels import dispatch
+    fusion = FUSIONS[pair]
+    first, second = OPS[pair[0]], OPS[pair[1]]
+    make, attrs = FUSION_CASES[pair][k]
+    args = make(dtype)
+    attrs = {**first.attrs, **attrs}
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    before = dispatch.enabled
+    dispatch.enabled = fast
+    try:
+        y = first.forward(*args, **attrs)
+        ans = second.forward(y)
+        got_ans, saved = fusion.forward_saving(*args, **attrs)
+        np.testing.assert_allclose(got_ans, ans, **tol)
+        g = r(*ans.shape).astype(dtype)
+        dy = second.vjp_for(0)(g, ans, y)
+        want = first.per_input_vjps((True,) * len(args), dy, y, *args, **attrs)
+        op = fusion.as_op()
+        for wanted in _wanted_subsets(len(args)):
+            for s in (saved, None):
+                got = op.fused_vjp(wanted, s, g, ans, *args, **attrs)
+                for i, (on, a, b) in enumerate(zip(wanted, got, want)):
+                    if not on:
+                        assert a is None
+                        continue
+                    assert a.dtype == dtype
+                    np.testing.assert_allclose(a, b, **tol, err_msg=f"{pair} input {i}")
+        # the one-rule-per-input view of the pair agrees too
+        for i in range(len(args)):
+            np.testing.assert_allclose(op.vjp_for(i)(g, ans, *args, **attrs), want[i], **tol)
+    finally:
+        dispatch.enabled = before

@@ -297,6 +297,36 @@ def _(dtype, rng):
                                                           *_bn_args(o, t), training=t))
 
 
+def _ref_bn_relu(o, t):
+    """relu(batch_norm(...)) and its x, γ, β gradients with the reference rules, one entry
+    after the other (what the fused kernels must reproduce)."""
+    y = _ref_rule("batch_norm", None, *_bn_args(o, t), training=t)
+    r = _ref_rule("relu", None, y)
+    dy = _ref_rule("relu", 0, o["g"], y) if "g" in o else None
+    return r, dy
+
+
+@case("batch_norm_relu_forward_saving")
+def _(dtype, rng):
+    for training, ops in _bn_variants(dtype, rng):
+        del ops["g"]
+        yield ops, (lambda o, t=training: dispatch.batch_norm_relu_forward_saving(
+            *_bn_args(o, t) + ((None, None) if t else ()), t, 1e-5)[0]), \
+            (lambda o, t=training: _ref_bn_relu(o, t)[0])
+
+
+@case("batch_norm_relu_backward_all")
+def _(dtype, rng):
+    # g is the gradient of the ReLU's result; its value (ans) comes from the fused forward
+    for training, ops in _bn_variants(dtype, rng):
+        for i in range(3):
+            yield ops, (lambda o, t=training, i=i: dispatch.batch_norm_relu_backward_all(
+                o["g"], _ref_bn_relu(o, t)[0], *_bn_args(o, t) + ((None, None) if t else ()),
+                t, 1e-5, (True, True, True), _bn_saved(o, t))[i]), \
+                (lambda o, t=training, i=i: _ref_rule("batch_norm", i, _ref_bn_relu(o, t)[1],
+                                                      *_bn_args(o, t), training=t))
+
+
 def _ce_operands(dtype, rng):
     for shape in ((5, 4), (2, 3, 6)):
         logits = rng.standard_normal(shape).astype(dtype)

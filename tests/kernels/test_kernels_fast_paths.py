@@ -203,3 +203,77 @@ def test_tape_keeps_saved_statistics_only_until_the_backward_step(monkeypatch):
     assert state.saved == {}
     for k in first:
         np.testing.assert_array_equal(first[k], second[k])
+
+
+# --------------------------------------------------------------------------------------
+# the tape's fusions: relu(batch_norm(x)) as one step
+# --------------------------------------------------------------------------------------
+
+def _step_ops(program):
+    return [s.op.name for s in program.steps]
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_tape_fuses_relu_after_batch_norm_and_gets_the_same_gradients(dtype_name):
+    ex = examples.dncnn(batch=3, size=9, channels=4, depth=4, dtype=dtype_name)
+    wrt = list(ex.graph.parameters)
+    fused = adl.engine("tape", anomaly=False).compile(ex.graph, wrt=wrt)
+    checked = adl.engine("tape", anomaly=True).compile(ex.graph, wrt=wrt)
+    drawn = adl.engine("tape", anomaly=False, keep_all=True).compile(ex.graph, wrt=wrt)
+    assert _step_ops(fused).count("batch_norm+relu") == 2
+    assert "batch_norm+relu" not in _step_ops(checked) + _step_ops(drawn)
+    assert fused.memory_bytes < checked.memory_bytes  # the normalised values are not kept
+    got, want = fused(ex.values), checked(ex.values)
+    tol = TOL[np.dtype(dtype_name).type]
+    np.testing.assert_allclose(got.value, want.value, **tol)
+    for k in wrt:
+        np.testing.assert_allclose(got.grads[k], want.grads[k], **tol, err_msg=k)
+
+
+def test_tape_does_not_fuse_a_batch_norm_whose_result_is_read_elsewhere():
+    def twice(x, gamma, beta):
+        y = adl.batch_norm(x, gamma, beta)
+        return adl.sum(adl.relu(y)) + adl.sum(y * y)
+
+    def as_output(x, gamma, beta):
+        return adl.relu(adl.batch_norm(x, gamma, beta))
+
+    shapes = dict(x=(4, 3, 2, 2), gamma=(3,), beta=(3,))
+    vals = {"x": RNG.standard_normal(shapes["x"]), "gamma": RNG.standard_normal(3),
+            "beta": RNG.standard_normal(3)}
+    g = adl.trace(twice, **shapes)
+    p = adl.engine("tape", anomaly=False).compile(g)
+    assert "batch_norm+relu" not in _step_ops(p)
+    r = p(vals)
+    ref = adl.engine("tape").compile(g)(vals)
+    for k in vals:
+        np.testing.assert_allclose(r.grads[k], ref.grads[k], rtol=1e-10, atol=1e-12)
+    # the relu's result is the output: still fused (only the batch norm's result must be
+    # private to the pair)
+    p2 = adl.engine("tape", anomaly=False).compile(adl.trace(as_output, **shapes))
+    assert _step_ops(p2) == ["batch_norm+relu"]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["kernels", "reference"])
+def test_fused_batch_norm_relu_keeps_relu_prime_zero_at_zero(fast):
+    # evaluation mode with x equal to the running mean and β = 0: the normalised value is
+    # exactly 0 there, where relu'(0) = 0 gives no gradient to x
+    from autodiff_lab.graph.optable import FUSIONS
+    fusion = FUSIONS[("batch_norm", "relu")]
+    x = RNG.standard_normal((5, 2))
+    mean = x[0].copy()
+    var = np.array([1.0, 2.0])
+    gamma, beta = np.array([1.5, -0.5]), np.zeros(2)
+    attrs = dict(training=False, eps=1e-5)
+    before = dispatch.enabled
+    dispatch.enabled = fast
+    try:
+        ans, saved = fusion.forward_saving(x, gamma, beta, mean, var, **attrs)
+        assert (ans[0] == 0).all()
+        g = np.ones_like(x)
+        dx = fusion.fused_vjp((True, False, False, False, False), saved, g, ans, x, gamma, beta,
+                              mean, var, **attrs)[0]
+    finally:
+        dispatch.enabled = before
+    assert (dx[0] == 0).all()
+    np.testing.assert_allclose(dx[1:], np.where(ans[1:] > 0, gamma / np.sqrt(var + 1e-5), 0))
