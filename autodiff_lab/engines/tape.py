@@ -13,7 +13,13 @@ Two things make it fast without leaving the op table:
 
 * heavy ops (convolution, pooling, batch norm, softmax cross-entropy, ReLU on big arrays)
   run Numba/BLAS kernels chosen by :mod:`autodiff_lab.kernels.dispatch` inside the op
-  table's own rules; matrix products are numpy's BLAS calls;
+  table's own rules; matrix products are numpy's BLAS calls. Where the op table gives an
+  op a ``fused_vjp`` (convolution, batch norm), backward calls it once for all the wanted
+  inputs instead of one rule per input, and a ``forward_saving`` forward hands it what it
+  would otherwise compute again (batch norm's statistics, kept with the step until its
+  backward has run). With ``anomaly`` and ``keep_all`` off, the op table's fusions run
+  as one step (ReLU after batch norm: one pass forward and one backward, and the
+  normalised values are never stored);
 * a graph made only of scalars whose ops have a ``scalar`` form in the op table (the
   sigmoid neuron, the scalar chain) is compiled once into straight-line Python on floats:
   no arrays, no per-op dispatch -- a few microseconds per gradient.
@@ -46,7 +52,7 @@ from autodiff_lab.graph.evaluate import (
     working_dtype,
 )
 from autodiff_lab.graph.graph import Graph
-from autodiff_lab.graph.optable import OPS, Op
+from autodiff_lab.graph.optable import FUSIONS, OPS, Fusion, Op
 
 #: arrays at least this big are checked for NaN/Inf through their sum (one fast pass; a
 #: finite sum proves every element finite) before the exact element-wise check
@@ -62,6 +68,37 @@ class Step:
     args: tuple[int, ...]
     attrs: dict[str, Any]
     needs_grad: tuple[bool, ...]  # per argument: does a wanted input depend on it?
+
+
+def _fuse(steps: list[Step], outputs: set[int]) -> list[Step]:
+    """The tape with each pair of the op table's :data:`FUSIONS` -- ``second`` reading only
+    the result of ``first``, which nothing else reads and no output is -- as one step."""
+    readers: dict[int, int] = {}
+    for s in steps:
+        for u in s.args:
+            readers[u] = readers.get(u, 0) + 1
+    by_node = {s.node: s for s in steps}
+    merged: dict[int, Step] = {}
+    for s in steps:
+        first = by_node.get(s.args[0]) if len(s.args) == 1 and not s.attrs else None
+        if first is None or first.node in outputs or readers[first.node] != 1:
+            continue
+        fusion = FUSIONS.get((first.op.name, s.op.name))
+        if fusion is not None:
+            merged[s.node] = Step(s.node, _fused_op(fusion), first.args, first.attrs,
+                                  first.needs_grad)
+    gone = {by_node[s.args[0]].node for s in steps if s.node in merged}
+    return [merged.get(s.node, s) for s in steps if s.node not in gone]
+
+
+_FUSED_OPS: dict[tuple[str, str], Op] = {}
+
+
+def _fused_op(fusion: Fusion) -> Op:
+    key = (fusion.first, fusion.second)
+    if key not in _FUSED_OPS:
+        _FUSED_OPS[key] = fusion.as_op()
+    return _FUSED_OPS[key]
 
 
 def _nonfinite(a: np.ndarray) -> bool:
@@ -115,8 +152,10 @@ class TapeProgram(Program):
                  tuple(u in depends for u in graph.operands(v)))
             for v in graph.order if graph.node(v)["role"] == "op" and v in reaches
         ]
-        self.backward_steps = [s for s in reversed(self.steps)
-                               if any(s.needs_grad) and s.node in to_output]
+        if not (keep_all or anomaly):  # both need every op's own value
+            self.steps = _fuse(self.steps, {out_node, *graph.outputs.values()})
+        self.backward_steps = [s for s in reversed(self.steps) if any(s.needs_grad)
+                               and s.node in to_output]
         self._plan(wanted)
         self._leaves = [(v, graph.node(v)) for v in graph.order
                         if graph.node(v)["role"] != "op" and v in reaches]
@@ -147,8 +186,12 @@ class TapeProgram(Program):
         # a rule that does not read its inputs' values may still read their shapes
         # (add un-broadcasts to a.shape): those get a zero-byte stand-in of that shape
         shape_read = {u for s in self.backward_steps for u in s.args}
-        self._forward = [(s.op.forward, s.args, s.node, s.attrs,
-                          tuple((u, u in shape_read) for u in free_after[k]))
+        # an op with a fused rule and a saving forward keeps what the forward saved for it
+        saving = {s.node for s in self.backward_steps
+                  if s.op.fused_vjp is not None and s.op.forward_saving is not None}
+        self._forward = [(s.op.forward_saving if s.node in saving else s.op.forward, s.args,
+                          s.node, s.attrs, tuple((u, u in shape_read) for u in free_after[k]),
+                          s.node in saving)
                          for k, s in enumerate(self.steps)]
         # backward: a kept value can go after the last backward step that reads it
         last_back: dict[int, int] = {}
@@ -161,10 +204,12 @@ class TapeProgram(Program):
         for u, k in last_back.items():
             if u in self.kept and u != self.out_node and not self.keep_all:
                 drop_after[k].append(u)
+        # ops with a fused rule compute all their wanted input gradients in one call
         self._backward = [
             (s.node, s.args, s.attrs,
              tuple((i, s.op.vjp_for(i), u) for i, u in enumerate(s.args) if s.needs_grad[i]),
-             tuple((u, u in shape_read) for u in drop_after[k]))
+             tuple((u, u in shape_read) for u in drop_after[k]),
+             None if s.op.fused_vjp is None else (s.op.fused_vjp, s.needs_grad))
             for k, s in enumerate(self.backward_steps)
         ]
         self._wanted = wanted
@@ -183,7 +228,7 @@ class TapeProgram(Program):
         for v in g.order:
             size.setdefault(v, _nbytes(g.node(v)["shape"], itemsize))
         live = peak = 0
-        for (_fn, _args, node, _attrs, frees) in self._forward:
+        for (_fn, _args, node, _attrs, frees, _saves) in self._forward:
             live += size[node]
             peak = max(peak, live)
             if not keep_all:
@@ -191,12 +236,16 @@ class TapeProgram(Program):
         grads: set[int] = {self.out_node}
         live += size[self.out_node]
         peak = max(peak, live)
-        for (node, _args, _attrs, rules, drops) in self._backward:
+        for (node, _args, _attrs, rules, drops, fused) in self._backward:
             if node not in grads:
                 continue
-            for _i, _rule, u in rules:
-                live += size[u]  # a new contribution (accumulated into a buffer after)
+            if fused is not None:  # every contribution exists before any is accumulated
+                live += sum(size[u] for _i, _rule, u in rules)
                 peak = max(peak, live)
+            for _i, _rule, u in rules:
+                if fused is None:
+                    live += size[u]  # a new contribution (accumulated into a buffer after)
+                    peak = max(peak, live)
                 if u in grads:
                     live -= size[u]
                 grads.add(u)
@@ -236,6 +285,7 @@ class TapeProgram(Program):
         arrays = check_values(g, values, check_finite=self.anomaly)
         dtype = working_dtype(g, arrays)
         vals: list[Any] = [None] * len(g)
+        saved: dict[int, Any] = {}
         for v, d in self._leaves:
             if d["role"] == "constant":
                 vals[v] = constant_value(g, v, dtype)
@@ -246,9 +296,11 @@ class TapeProgram(Program):
         node = -1
         try:
             with np.errstate(all="ignore") if anomaly else contextlib.nullcontext():
-                for fn, args, node, attrs, frees in self._forward:
+                for fn, args, node, attrs, frees, saves in self._forward:
                     xs = [vals[u] for u in args]
                     out = fn(*xs, **attrs)
+                    if saves:
+                        out, saved[node] = out
                     if type(out) is not np.ndarray:
                         out = np.asarray(out)
                     if anomaly and _nonfinite(out):
@@ -258,7 +310,7 @@ class TapeProgram(Program):
                         vals[u] = _stand_in(vals[u]) if stand_in else None
         except InputError as exc:  # a forward refused the values (labels): name the node
             raise with_node(exc, g.describe(node)) from None
-        return TapeState(vals, dtype, vals[self.out_node],
+        return TapeState(vals, dtype, vals[self.out_node], saved,
                          outputs={n: vals[v] for n, v in self._output_nodes.items()})
 
     def backward(self, state: TapeState, seed: Any = None, retain: bool = False
@@ -282,15 +334,22 @@ class TapeProgram(Program):
         grads[self.out_node] = resolve_seed(g, self.output, seed, dtype)
         free = not (self.keep_all or retain)
         wanted = self._wanted
-        for node, args, attrs, rules, drops in self._backward:
+        saved = state.saved
+        for node, args, attrs, rules, drops, fused in self._backward:
             g_out = grads[node]
             if g_out is None:
                 continue
             ans = vals[node]
             xs = [vals[u] for u in args]
-            for _i, rule, u in rules:
+            if fused is not None:
                 try:
-                    contribution = rule(g_out, ans, *xs, **attrs)
+                    together = fused[0](fused[1], saved.get(node), g_out, ans, *xs, **attrs)
+                except InputError as exc:
+                    raise with_node(exc, g.describe(node)) from None
+            for i, rule, u in rules:
+                try:
+                    contribution = together[i] if fused is not None else \
+                        rule(g_out, ans, *xs, **attrs)
                 except InputError as exc:  # a rule refused the values: name the node
                     raise with_node(exc, g.describe(node)) from None
                 current = grads[u]
@@ -303,6 +362,7 @@ class TapeProgram(Program):
                     grads[u] = total
                     owned[u] = type(total) is np.ndarray and total.ndim > 0
             if free:
+                saved.pop(node, None)
                 if node not in wanted:
                     grads[node] = None
                 for u, stand_in in drops:
@@ -330,11 +390,13 @@ class TapeProgram(Program):
 @dataclass
 class TapeState:
     """What a forward pass leaves for the backward pass: the kept values (by node id), the
-    run's dtype and the output value."""
+    run's dtype, the output value and what saving forwards kept for their fused rules (by
+    node id)."""
 
     vals: list[Any]
     dtype: np.dtype
     value: np.ndarray
+    saved: dict[int, Any] = field(default_factory=dict)
     used: bool = False
     #: the value of every named output (auxiliary outputs included)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)

@@ -58,12 +58,34 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
 * ``decompose`` -- optional: the op written with more primitive ops (drawing at primitive level).
 * ``elementwise`` -- each output element depends only on the same element of each
                   (broadcast) input; set by the element-wise helpers below;
+* ``fused_vjp`` -- optional, for speed only: all the wanted input gradients from one call,
+                  ``fused_vjp(wanted, saved, g, ans, *xs, **attrs) -> tuple`` (one entry per
+                  input given, ``None`` where ``wanted[i]`` is false). Worth having where the
+                  per-input rules repeat work (batch norm's x, γ and β rules share the same
+                  sums; a convolution's input and weight gradients can share one patch
+                  matrix of ``g``). The tape calls it once per step instead of the ``vjp``
+                  rules; every other engine, and the drawing, keep using ``vjp``, which stays
+                  the definition: ``tests/graph/test_optable.py`` checks that the two agree
+                  for every entry that has both;
+* ``forward_saving`` -- optional, with ``fused_vjp``: ``forward_saving(*xs, **attrs) ->
+                  (result, saved)``, the forward that also returns what the fused rule can
+                  reuse instead of computing again (batch norm's batch statistics). The tape
+                  keeps ``saved`` with the step and passes it as ``fused_vjp``'s ``saved``;
+                  without it (``saved=None``) the fused rule computes everything itself.
 * ``matrix``   -- one matrix-level derivative rule per input, ``matrix[i](M, g, ans, *xs, **attrs)``,
                   written in the matrix-expression language ``M``
                   (``autodiff_lab/engines/matrix_expr.py``: ``@``, ``M.T``, ``*`` as Hadamard
                   product, ``M.step``, ``M.sum_to``, convolution adjoints ...) on whole-tensor
                   expressions; the symbolic engine's matrix mode differentiates with them and
                   prints the formulas they make. Written from the maths, not from ``vjp``.
+
+Fusions (:data:`FUSIONS`, for speed only, read by the tape alone): a pair of ops the tape
+may run as one step -- a one-input op ``second`` applied to the result of ``first`` when
+nothing else reads that result (ReLU after batch norm: the normalised values are never
+stored and re-read). A :class:`Fusion` gives the pair's ``forward_saving`` and
+``fused_vjp`` (the gradients of ``first``'s inputs from the gradient of ``second``'s
+result), as in an op entry; the two entries stay the definition, and
+``tests/graph/test_optable.py`` checks each fusion against their composition.
 
 Conventions (PyTorch's, followed by every engine): relu'(0) = 0, abs'(0) = 0,
 leaky_relu'(0) = alpha; maximum/minimum split the gradient evenly on ties, and so does the
@@ -137,6 +159,8 @@ class Op:
     #: element of each input): the expanded symbolic mode's size guard measures the SymPy
     #: form of such an op instead of assuming every output depends on every input
     elementwise: bool = False
+    fused_vjp: Callable[..., tuple[np.ndarray | None, ...]] | None = None
+    forward_saving: Callable[..., tuple[np.ndarray, Any]] | None = None
 
     def vjp_for(self, i: int) -> Callable[..., np.ndarray] | None:
         """The reverse-mode rule for input ``i`` (variadic ops repeat their last rule)."""
@@ -146,6 +170,13 @@ class Op:
         if rule is None:
             return None
         return lambda g, ans, *xs, **attrs: rule(g, ans, *xs, index=i, **attrs)
+
+    def per_input_vjps(self, wanted: Sequence[bool], g: Any, ans: Any, *xs: Any,
+                       **attrs: Any) -> tuple[np.ndarray | None, ...]:
+        """The ``vjp`` rules of the wanted inputs, one call each (what a ``fused_vjp``
+        returns, computed the plain way; fused rules fall back on it)."""
+        return tuple(self.vjp_for(i)(g, ans, *xs, **attrs) if want else None
+                     for i, want in enumerate(wanted))
 
     def differentiable_in(self, i: int) -> bool:
         """Whether the op has a derivative with respect to input ``i``."""
@@ -257,6 +288,52 @@ def get_op(name: str) -> Op:
             f"before a graph using it is traced or loaded); the op table has: "
             f"{', '.join(sorted(OPS))}"
         ) from None
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """``second(first(*xs))`` as one op, for the tape (see the module docstring):
+    ``forward_saving(*xs, **first_attrs) -> (result, saved)`` and
+    ``fused_vjp(wanted, saved, g, ans, *xs, **first_attrs)`` -> the gradients of ``first``'s
+    inputs, ``g`` and ``ans`` being the gradient and the value of ``second``'s result.
+    ``vjp_uses`` as for an op (``"inputs"``: ``first``'s inputs)."""
+
+    first: str
+    second: str
+    forward_saving: Callable[..., tuple[np.ndarray, Any]]
+    fused_vjp: Callable[..., tuple[np.ndarray | None, ...]]
+    vjp_uses: frozenset[str] = frozenset({"inputs", "ans"})
+
+    def as_op(self) -> Op:
+        """The pair as an :class:`Op` the tape can put on its tape (not in :data:`OPS`)."""
+        first, second = OPS[self.first], OPS[self.second]
+        n = first.n_args[1] or first.n_args[0]
+
+        def rule(i: int) -> Callable[..., np.ndarray]:
+            def vjp_i(g, ans, *xs, **attrs):
+                wanted = tuple(k == i for k in range(len(xs)))
+                return self.fused_vjp(wanted, None, g, ans, *xs, **attrs)[i]
+            return vjp_i
+
+        return Op(name=f"{self.first}+{self.second}", shape=first.shape,
+                  forward=lambda *xs, **attrs: self.forward_saving(*xs, **attrs)[0],
+                  vjp=tuple(rule(i) for i in range(n)), sympy=None,
+                  label=f"{first.label}+{second.label}", n_args=first.n_args,
+                  attrs=dict(first.attrs), vjp_uses=self.vjp_uses, fused_vjp=self.fused_vjp,
+                  forward_saving=self.forward_saving,
+                  doc=f"{self.second} of {self.first}, as one step")
+
+
+#: fusions the tape may apply, by (first op, second op)
+FUSIONS: dict[tuple[str, str], Fusion] = {}
+
+
+def _register_fusion(fusion: Fusion) -> Fusion:
+    key = (fusion.first, fusion.second)
+    if key in FUSIONS or fusion.first not in OPS or fusion.second not in OPS:
+        raise ValueError(f"fusion {key} is defined twice or names an unknown op")
+    FUSIONS[key] = fusion
+    return fusion
 
 
 # --------------------------------------------------------------------------------------
@@ -1154,6 +1231,16 @@ def _conv2d_batched(lead, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=
     return _add_channel_bias(lead, out, b)
 
 
+def _conv2d_fused_vjp(wanted, saved, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0),
+                      dilation=(1, 1), groups=1):
+    """Input and weight gradients from one call (one patch matrix of g, where the kernels
+    can), and the bias gradient."""
+    dx, dw = K.conv2d_backward(g, x, w, stride, padding, dilation, groups, tuple(wanted[:2]))
+    if b is None:
+        return dx, dw
+    return dx, dw, (g.sum(axis=(0, 2, 3)) if wanted[2] else None)
+
+
 _register(Op(
     name="conv2d", n_args=(2, 3), shape=_conv2d_shape, forward=_conv2d,
     vjp=(lambda g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
@@ -1163,7 +1250,7 @@ _register(Op(
          lambda g, ans, x, w, b=None, **attrs: g.sum(axis=(0, 2, 3))),
     sympy=lambda x, w, b=None, **a: np.asarray(_conv2d(x, w, b, **a), dtype=object),
     label="conv2d", attrs=_conv_attrs(), batched=_conv2d_batched,
-    vjp_uses=frozenset({"inputs"}),
+    vjp_uses=frozenset({"inputs"}), fused_vjp=_conv2d_fused_vjp,
     matrix=(lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
             M.conv2d_input_grad(g, w, x.shape, stride, padding, dilation, groups),
             lambda M, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1:
@@ -1481,6 +1568,27 @@ def _bn_vjp_gamma(g, ans, x, gamma, beta, mean=None, var=None, training=True, ep
     return (g * xhat).sum(axis=axes)
 
 
+def _bn_forward_saving(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    fast = K.batch_norm_forward_saving(x, gamma, beta, mean, var, training, eps)
+    if fast is not None:
+        return fast
+    return _batch_norm(x, gamma, beta, mean, var, training, eps), None
+
+
+def _bn_fused_vjp(wanted, saved, g, ans, x, gamma, beta, mean=None, var=None, training=True,
+                  eps=1e-5):
+    """x, γ and β from one pass over g and x (the three rules share Σg and Σg·x̂), with the
+    forward's batch statistics; the running statistics' rules (evaluation) as they are."""
+    first = tuple(wanted[:3])
+    fast = K.batch_norm_backward_all(g, x, gamma, beta, mean, var, training, eps, first, saved)
+    if fast is None:
+        return OPS["batch_norm"].per_input_vjps(wanted, g, ans, x, gamma, beta, mean, var,
+                                                training=training, eps=eps)
+    rest = [(_bn_vjp_mean, _bn_vjp_var)[i - 3](g, ans, x, gamma, beta, mean, var, training, eps)
+            if want else None for i, want in enumerate(wanted[3:], start=3)]
+    return tuple(fast) + tuple(rest)
+
+
 def _bn_vjp_beta(g, ans, x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
     return g.sum(axis=_bn_axes(x.ndim))
 
@@ -1552,10 +1660,39 @@ _register(Op(
     vjp=(_bn_vjp_x, _bn_vjp_gamma, _bn_vjp_beta, _bn_vjp_mean, _bn_vjp_var),
     sympy=_sp_batch_norm, label="batch_norm", attrs={"training": True, "eps": 1e-5},
     batched=_bn_batched, vjp_uses=frozenset({"inputs"}),
+    fused_vjp=_bn_fused_vjp, forward_saving=_bn_forward_saving,
     matrix=(_bn_matrix_x, _bn_matrix_gamma, _bn_matrix_beta, _bn_matrix_mean, _bn_matrix_var),
     doc="(x − μ)/√(σ² + ε)·γ + β per channel; training: batch statistics (biased variance), "
         "evaluation: the running statistics given as inputs",
 ))
+
+
+def _bn_relu_forward_saving(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
+    fast = K.batch_norm_relu_forward_saving(x, gamma, beta, mean, var, training, eps)
+    if fast is not None:
+        return fast
+    return _relu(_batch_norm(x, gamma, beta, mean, var, training, eps)), None
+
+
+def _bn_relu_fused_vjp(wanted, saved, g, ans, x, gamma, beta, mean=None, var=None,
+                       training=True, eps=1e-5):
+    """relu's rule (read from its result: r > 0 exactly where the normalised value is) and
+    batch norm's x, γ and β rules in one pass; the running statistics' rules as they are."""
+    fast = K.batch_norm_relu_backward_all(g, ans, x, gamma, beta, mean, var, training, eps,
+                                          tuple(wanted[:3]), saved)
+    if fast is None:  # the two entries' own rules, one after the other
+        y = _batch_norm(x, gamma, beta, mean, var, training, eps)
+        return OPS["batch_norm"].per_input_vjps(wanted, _relu_vjp(g, ans, y), y, x, gamma,
+                                                beta, mean, var, training=training, eps=eps)
+    if not any(wanted[3:]):
+        return tuple(fast) + (None,) * len(wanted[3:])
+    dy = _relu_vjp(g, ans, _batch_norm(x, gamma, beta, mean, var, training, eps))
+    rest = [(_bn_vjp_mean, _bn_vjp_var)[i - 3](dy, ans, x, gamma, beta, mean, var, training, eps)
+            if want else None for i, want in enumerate(wanted[3:], start=3)]
+    return tuple(fast) + tuple(rest)
+
+
+_register_fusion(Fusion("batch_norm", "relu", _bn_relu_forward_saving, _bn_relu_fused_vjp))
 
 
 # --------------------------------------------------------------------------------------

@@ -1,9 +1,17 @@
-"""Batch normalisation (training and evaluation) for real float arrays, one pass per rule.
+"""Batch normalisation (training and evaluation) for real float arrays.
 
 Arrays are viewed as ``(N, C, S)`` (``S = H·W``, or 1 for ``(N, C)`` input); statistics
 are per channel over N and S. The kernels run in parallel over channels, accumulate in
 float64 (a float32 mean over 10⁵ values loses digits otherwise) and compute the variance
 with two passes (mean first), the numerically safe way.
+
+Each kernel does all of one channel's work in one go: the forward takes the mean, the
+variance and writes the normalised values; the backward takes Σg and Σg·x̂ (the gradients
+of β and γ) and writes the gradient of x. A channel of a DnCNN activation is ~100 kB, so
+the later passes over it read from cache and the array crosses memory once per rule. The
+forward returns its statistics, and the backward takes them back instead of computing them
+again. The sums may be reassociated (so LLVM vectorises them); never ``nnan``/``ninf``, so
+NaN and Inf go through as in the numpy rules.
 """
 
 from __future__ import annotations
@@ -14,12 +22,13 @@ from numba import prange
 from autodiff_lab.kernels import memory
 from autodiff_lab.kernels.numba_cache import cached_njit
 
+_SUMS = {"reassoc", "contract"}
 
-@cached_njit(parallel=True)
-def _channel_stats(x):  # pragma: no cover - numba
+
+@cached_njit(parallel=True, fastmath=_SUMS)
+def _channel_stats(x, mean, var):  # pragma: no cover - numba
+    """Per channel: the mean and the biased variance (two passes, the second from cache)."""
     n, c, s = x.shape
-    mean = np.empty(c)
-    var = np.empty(c)
     m = n * s
     for ch in prange(c):
         acc = 0.0
@@ -34,97 +43,204 @@ def _channel_stats(x):  # pragma: no cover - numba
                 acc2 += d * d
         mean[ch] = mu
         var[ch] = acc2 / m
-    return mean, var
 
 
-@cached_njit(parallel=True)
-def _normalise(x, mean, var, gamma, beta, eps, out):  # pragma: no cover - numba
+@cached_njit(parallel=True, fastmath=_SUMS)
+def _forward(x, gamma, beta, eps, training, relu, mean, var, par, out):  # pragma: no cover
+    """Normalise each channel (then apply ReLU if ``relu``); with ``training`` take (and
+    write) its batch statistics into ``mean``/``var`` first, else read them from there.
+    ``par`` (C, 3), of x's dtype, holds each channel's μ, scale and shift rounded to that
+    dtype, so a float32 array is normalised in float32 arithmetic (twice the lanes; the
+    statistics stay float64)."""
     n, c, s = x.shape
+    m = n * s
     for ch in prange(c):
-        scale = gamma[ch] / np.sqrt(var[ch] + eps)
+        if training:
+            acc = 0.0
+            for i in range(n):
+                for k in range(s):
+                    acc += x[i, ch, k]
+            mu = acc / m
+            acc2 = 0.0
+            for i in range(n):
+                for k in range(s):
+                    d = x[i, ch, k] - mu
+                    acc2 += d * d
+            mean[ch] = mu
+            var[ch] = acc2 / m
+        par[ch, 0] = mean[ch]
+        par[ch, 1] = gamma[ch] / np.sqrt(var[ch] + eps)
+        par[ch, 2] = beta[ch]
+        mu_t, scale, shift = par[ch, 0], par[ch, 1], par[ch, 2]
         # (x − μ)·scale + β, not x·scale + (β − μ·scale): with an infinite scale the
         # latter is Inf − Inf = NaN where the numpy rule gives ±Inf
-        mu = mean[ch]
-        shift = beta[ch]
-        for i in range(n):
-            for k in range(s):
-                out[i, ch, k] = (x[i, ch, k] - mu) * scale + shift
+        if relu:
+            for i in range(n):
+                for k in range(s):
+                    v = (x[i, ch, k] - mu_t) * scale + shift
+                    out[i, ch, k] = 0 if v <= 0 else v  # a NaN stays NaN, as in relu
+        else:
+            for i in range(n):
+                for k in range(s):
+                    out[i, ch, k] = (x[i, ch, k] - mu_t) * scale + shift
 
 
-@cached_njit(parallel=True)
-def _backward_sums(g, x, mean, var, eps):  # pragma: no cover - numba
-    """Per channel: Σ g and Σ g·x̂."""
+@cached_njit
+def _through_relu(gv, rv):  # pragma: no cover - numba
+    """relu's rule from its result r = relu(y): g where r > 0 (y > 0), g·0 where r = 0
+    (y ≤ 0), NaN where r is NaN (y is NaN) -- what relu's rule gives from y."""
+    d = gv if rv > 0 else gv * 0
+    return d if rv == rv else rv
+
+
+@cached_njit(parallel=True, fastmath=_SUMS)
+def _backward(g, x, mean, var, gamma, eps, training, want_x, par, sum_g, sum_gx, out
+              ):  # pragma: no cover - numba
+    """Per channel: Σg and Σg·x̂ into ``sum_g``/``sum_gx`` (float64 sums); with ``want_x``
+    the gradient of x into ``out``: γ·inv·(g − Σg/m − (x − μ)·inv·Σ(g·x̂)/m) in training,
+    γ·inv·g in evaluation, in x's dtype (``par`` (C, 4) as in :func:`_forward`)."""
     n, c, s = x.shape
-    sum_g = np.empty(c)
-    sum_gx = np.empty(c)
+    m = n * s
     for ch in prange(c):
         inv = 1.0 / np.sqrt(var[ch] + eps)
+        par[ch, 0] = mean[ch]
+        mu_t = par[ch, 0]
         a = 0.0
         b = 0.0
         for i in range(n):
             for k in range(s):
                 gv = g[i, ch, k]
                 a += gv
-                b += gv * (x[i, ch, k] - mean[ch]) * inv
+                b += gv * (x[i, ch, k] - mu_t)
+        b = b * inv
         sum_g[ch] = a
         sum_gx[ch] = b
-    return sum_g, sum_gx
-
-
-@cached_njit(parallel=True)
-def _backward_x(g, x, mean, var, gamma, eps, sum_g, sum_gx, training, out):  # pragma: no cover
-    n, c, s = x.shape
-    m = n * s
-    for ch in prange(c):
-        inv = 1.0 / np.sqrt(var[ch] + eps)
-        scale = gamma[ch] * inv
+        if not want_x:
+            continue
+        par[ch, 1] = gamma[ch] * inv
+        scale = par[ch, 1]
         if training:
-            # dx = γ·inv/m · (m·g − Σg − x̂·Σ(g·x̂))
-            a = sum_g[ch] / m
-            b = sum_gx[ch] / m
+            par[ch, 2] = a / m
+            par[ch, 3] = inv * b / m
+            a_t, b_t = par[ch, 2], par[ch, 3]
             for i in range(n):
                 for k in range(s):
-                    xh = (x[i, ch, k] - mean[ch]) * inv
-                    out[i, ch, k] = scale * (g[i, ch, k] - a - xh * b)
+                    out[i, ch, k] = scale * (g[i, ch, k] - a_t - (x[i, ch, k] - mu_t) * b_t)
         else:
             for i in range(n):
                 for k in range(s):
                     out[i, ch, k] = scale * g[i, ch, k]
 
 
+@cached_njit(parallel=True, fastmath=_SUMS)
+def _backward_relu(g, x, mean, var, gamma, eps, training, want_x, r, par, sum_g, sum_gx,
+                   out):  # pragma: no cover - numba
+    """:func:`_backward` of relu(batch_norm(x)): ``g`` is the gradient of ``r``, the ReLU's
+    result. The first pass takes relu's rule and, when the gradient of x is wanted, keeps
+    it in ``out``, which the second pass then turns into that gradient in place."""
+    n, c, s = x.shape
+    m = n * s
+    for ch in prange(c):
+        inv = 1.0 / np.sqrt(var[ch] + eps)
+        par[ch, 0] = mean[ch]
+        mu_t = par[ch, 0]
+        a = 0.0
+        b = 0.0
+        for i in range(n):
+            for k in range(s):
+                gv = _through_relu(g[i, ch, k], r[i, ch, k])
+                if want_x:
+                    out[i, ch, k] = gv
+                a += gv
+                b += gv * (x[i, ch, k] - mu_t)
+        b = b * inv
+        sum_g[ch] = a
+        sum_gx[ch] = b
+        if not want_x:
+            continue
+        par[ch, 1] = gamma[ch] * inv
+        scale = par[ch, 1]
+        if training:
+            par[ch, 2] = a / m
+            par[ch, 3] = inv * b / m
+            a_t, b_t = par[ch, 2], par[ch, 3]
+            for i in range(n):
+                for k in range(s):
+                    out[i, ch, k] = scale * (out[i, ch, k] - a_t - (x[i, ch, k] - mu_t) * b_t)
+        else:
+            for i in range(n):
+                for k in range(s):
+                    out[i, ch, k] = scale * out[i, ch, k]
+
+
 def _as3(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
 
 
-def _stats(x3: np.ndarray, mean: np.ndarray | None, var: np.ndarray | None, training: bool):
+Stats = tuple[np.ndarray, np.ndarray]
+
+
+def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                              mean: np.ndarray | None, var: np.ndarray | None, training: bool,
+                              eps: float, relu: bool = False
+                              ) -> tuple[np.ndarray, Stats | None]:
+    """(x − μ)/√(σ² + ε)·γ + β per channel (batch statistics when ``training``; then
+    ReLU if ``relu``), and the batch statistics (float64 mean and biased variance; ``None``
+    in evaluation mode)."""
+    x3 = _as3(x)
+    c = x3.shape[1]
     if training:
-        return _channel_stats(x3)
-    return mean.astype(np.float64), var.astype(np.float64)
+        mu, v = np.empty(c), np.empty(c)
+    else:
+        mu, v = mean.astype(np.float64), var.astype(np.float64)
+    out = memory.empty(x3.shape, x3.dtype)
+    _forward(x3, gamma.astype(np.float64), beta.astype(np.float64), float(eps), bool(training),
+             bool(relu), mu, v, np.empty((c, 3), x3.dtype), out)
+    return out.reshape(x.shape), ((mu, v) if training else None)
 
 
 def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                        mean: np.ndarray | None, var: np.ndarray | None, training: bool,
                        eps: float) -> np.ndarray:
     """(x − μ)/√(σ² + ε)·γ + β per channel (batch statistics when ``training``)."""
-    x3 = _as3(x)
-    mu, v = _stats(x3, mean, var, training)
-    out = memory.empty(x3.shape, x3.dtype)
-    _normalise(x3, mu, v, gamma.astype(np.float64), beta.astype(np.float64), float(eps), out)
-    return out.reshape(x.shape)
+    return batch_norm_forward_saving(x, gamma, beta, mean, var, training, eps)[0]
+
+
+def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
+                            mean: np.ndarray | None, var: np.ndarray | None, training: bool,
+                            eps: float, wanted: tuple[bool, bool, bool],
+                            stats: Stats | None = None, relu_ans: np.ndarray | None = None
+                            ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The gradients with respect to x, γ and β (``None`` where ``wanted`` says no) from one
+    pass. ``stats``: the forward's batch statistics (training only), else computed here.
+    ``relu_ans``: the result of relu(batch_norm(x)), whose gradient ``g`` then is."""
+    x3, g3 = _as3(x), _as3(g)
+    c = x3.shape[1]
+    if not training:
+        mu, v = mean.astype(np.float64), var.astype(np.float64)
+    elif stats is not None:
+        mu, v = stats
+    else:
+        mu, v = np.empty(c), np.empty(c)
+        _channel_stats(x3, mu, v)
+    want_x = bool(wanted[0])
+    out = memory.empty(x3.shape, x3.dtype) if want_x else np.empty((0, c, 0), x3.dtype)
+    sum_g, sum_gx = np.empty(c), np.empty(c)
+    args = (x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x)
+    if relu_ans is None:
+        _backward(g3, *args, np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
+    else:
+        _backward_relu(g3, *args, _as3(relu_ans), np.empty((c, 4), x3.dtype), sum_g, sum_gx,
+                       out)
+    return (out.reshape(x.shape) if want_x else None,
+            sum_gx.astype(x.dtype) if wanted[1] else None,
+            sum_g.astype(x.dtype) if wanted[2] else None)
 
 
 def batch_norm_backward(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray | None,
                         var: np.ndarray | None, training: bool, eps: float, wanted: str
                         ) -> np.ndarray:
     """The gradient with respect to ``wanted`` ("x", "gamma" or "beta")."""
-    x3, g3 = _as3(x), _as3(g)
-    mu, v = _stats(x3, mean, var, training)
-    sum_g, sum_gx = _backward_sums(g3, x3, mu, v, float(eps))
-    if wanted == "beta":
-        return sum_g.astype(x.dtype)
-    if wanted == "gamma":
-        return sum_gx.astype(x.dtype)
-    out = memory.empty(x3.shape, x3.dtype)
-    _backward_x(g3, x3, mu, v, gamma.astype(np.float64), float(eps), sum_g, sum_gx,
-                bool(training), out)
-    return out.reshape(x.shape)
+    which = ("x", "gamma", "beta").index(wanted)
+    mask = tuple(k == which for k in range(3))
+    return batch_norm_backward_all(g, x, gamma, mean, var, training, eps, mask)[which]

@@ -3,16 +3,18 @@
 Same maths and layout as :mod:`autodiff_lab.kernels.conv_reference` (PyTorch's: images
 ``(N, C, H, W)``, weights ``(F, C // groups, kh, kw)``), but built for speed:
 
-* the patch matrix ("im2col") is gathered by a parallel Numba kernel straight into the
-  layout one big matrix product wants: ``cols[(c, i, j), (n, oh, ow)]``, so a whole batch
-  is **one** BLAS call per group (``W (F, C·kh·kw) @ cols``) instead of a Python loop or
-  a tensordot with transposes. The product runs in OpenBLAS (sgemm/dgemm), which is what
-  gets float32 convolution near PyTorch's oneDNN;
-* the weight gradient is the same product the other way round, ``g (F, N·Ho·Wo) @ colsᵀ``;
-* the input gradient of a stride-1 convolution is itself a convolution of ``g`` with the
-  flipped, channel-swapped weights (a gather, which parallelises without write conflicts);
-  other strides multiply ``Wᵀ @ g`` and scatter the patches back ("col2im") in parallel
-  over (image, channel) planes, so no two threads add to the same pixel.
+* the patch matrix ("im2col") is gathered by a Numba kernel straight into the layout one
+  matrix product wants, ``cols[(c, i, j), (n, oh, ow)]``, one block of the output at a
+  time (a few images, or a few rows of one image: :data:`BLOCK_BYTES`), so the block is
+  still in the core's cache when its products read it. The products run in OpenBLAS
+  (sgemm/dgemm), which is what gets float32 convolution near PyTorch's oneDNN;
+* the weight gradient is the same product the other way round, ``cols @ gᵀ``, summed over
+  the blocks;
+* with stride 1, the input gradient is itself a convolution of ``g`` with the flipped,
+  channel-swapped weights, and one patch matrix of ``g`` gives both gradients
+  (:func:`conv2d_backward`); other strides multiply ``Wᵀ @ g`` and scatter the patches back
+  ("col2im") in parallel over (image, channel) planes, so no two threads add to the same
+  pixel.
 
 Only call these with C-contiguous real float arrays of one dtype (:mod:`.dispatch` checks).
 """
@@ -61,32 +63,50 @@ def scratch_bytes() -> int:
 # patch matrices
 # --------------------------------------------------------------------------------------
 
-@cached_njit(parallel=True)
-def _im2col_rows(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover - numba
-    """out[(c*kh + i)*kw + j, n, oh*wo + ow] = x_padded[n, c, oh*sh + i*dh, ow*sw + j*dw]."""
+@cached_njit
+def _im2col_plane(x, n, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover
+    """out[(c*kh + i)*kw + j, n, oh*wo + ow] = x_padded[n, c, oh*sh + i*dh, ow*sw + j*dw] for
+    one (image, channel) plane. ``ph`` may exceed the padding (or be negative) to start at a
+    later output row: a block of rows is the same call with ``ph − first_row·sh``."""
     # Plain 3-D indexing with the bounds test inside the loop: measured 4x faster than
     # taking row views and splitting the loop at the padding (LLVM vectorises this form).
-    n_img, n_ch, h, w = x.shape
+    h, w = x.shape[2], x.shape[3]
+    for i in range(kh):
+        for j in range(kw):
+            r = (c * kh + i) * kw + j
+            off_w = j * dw - pw
+            for oh in range(ho):
+                ih = oh * sh + i * dh - ph
+                base = oh * wo
+                if ih < 0 or ih >= h:
+                    for ow in range(wo):
+                        out[r, n, base + ow] = 0
+                else:
+                    for ow in range(wo):
+                        iw = ow * sw + off_w
+                        if iw >= 0 and iw < w:
+                            out[r, n, base + ow] = x[n, c, ih, iw]
+                        else:
+                            out[r, n, base + ow] = 0
+
+
+@cached_njit(parallel=True)
+def _im2col_rows(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover - numba
+    """The patch matrix of a whole batch, in parallel over (image, channel) planes."""
+    n_img, n_ch = x.shape[0], x.shape[1]
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
-        c = nc - n * n_ch
-        for i in range(kh):
-            for j in range(kw):
-                r = (c * kh + i) * kw + j
-                off_w = j * dw - pw
-                for oh in range(ho):
-                    ih = oh * sh + i * dh - ph
-                    base = oh * wo
-                    if ih < 0 or ih >= h:
-                        for ow in range(wo):
-                            out[r, n, base + ow] = 0
-                    else:
-                        for ow in range(wo):
-                            iw = ow * sw + off_w
-                            if iw >= 0 and iw < w:
-                                out[r, n, base + ow] = x[n, c, ih, iw]
-                            else:
-                                out[r, n, base + ow] = 0
+        _im2col_plane(x, n, nc - n * n_ch, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out)
+
+
+@cached_njit(nogil=True)
+def _im2col_block(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover - numba
+    """The patch matrix of one block (a few images, or a few rows of one): serial, as a
+    parallel launch costs more than such a block takes (measured 20-40 µs a call)."""
+    n_img, n_ch = x.shape[0], x.shape[1]
+    for n in range(n_img):
+        for c in range(n_ch):
+            _im2col_plane(x, n, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out)
 
 
 @cached_njit(parallel=True)
@@ -135,16 +155,43 @@ def col2im_rows(cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride
     return out
 
 
-#: patch-matrix bytes per chunk of images: small enough to stay in cache between im2col and
-#: the product, big enough for an efficient product. Measured on the float32 DnCNN-lite
-#: gradient: 49 ms with 2 MB chunks, 44 ms with 8 MB, 52 ms with 16 MB, 52 ms unchunked.
-CHUNK_BYTES = 8 << 20
+#: patch-matrix bytes per block: small enough for the block to stay in the core's cache
+#: between im2col and the products that read it, big enough for efficient products.
+#: Measured on a DnCNN-lite 32 -> 32 layer (float32, 16×40×40, one thread): forward 8.6 ms
+#: with 7 MB chunks of whole images, 6.4 ms with blocks of 20 or 10 rows (0.9 / 0.5 MB).
+BLOCK_BYTES = 1 << 20
 
 
-def _image_chunks(n: int, bytes_per_image: int) -> list[tuple[int, int]]:
-    """Ranges of images whose patch matrix fits :data:`CHUNK_BYTES` (at least one image)."""
-    step = max(1, CHUNK_BYTES // max(bytes_per_image, 1))
-    return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+Block = tuple[int, int, int, int]
+
+
+def _blocks(n: int, ho: int, bytes_per_row: int) -> list[Block]:
+    """Blocks ``(n0, n1, r0, r1)`` of the output -- images n0..n1, rows r0..r1 -- whose patch
+    matrix fits :data:`BLOCK_BYTES`: several whole images when one is small, else rows of
+    one image in blocks of about equal size (at least one row)."""
+    per_image = max(bytes_per_row, 1) * ho
+    if per_image <= BLOCK_BYTES:
+        step = max(1, BLOCK_BYTES // per_image)
+        return [(n0, min(n, n0 + step), 0, ho) for n0 in range(0, n, step)]
+    count = -(-per_image // BLOCK_BYTES)
+    rows = -(-ho // count)
+    return [(i, i + 1, r0, min(ho, r0 + rows)) for i in range(n) for r0 in range(0, ho, rows)]
+
+
+def _patch_blocks(x: np.ndarray, blocks: list[Block], kernel: Pair, stride: Pair,
+                  padding: Pair, dilation: Pair, wo: int):
+    """Each block with its patch matrix (C·kh·kw, images, rows·wo), built in one reused
+    scratch buffer: a block's matrix is valid until the next one is made."""
+    kh, kw = kernel
+    k = x.shape[1] * kh * kw
+    biggest = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in blocks)
+    buf = scratch("cols", (k * biggest * wo,), x.dtype)
+    for block in blocks:
+        n0, n1, r0, r1 = block
+        out = buf[:k * (n1 - n0) * (r1 - r0) * wo].reshape(k, n1 - n0, (r1 - r0) * wo)
+        _im2col_block(x[n0:n1], kh, kw, stride[0], stride[1], padding[0] - r0 * stride[0],
+                      padding[1], dilation[0], dilation[1], r1 - r0, wo, out)
+        yield block, out
 
 
 def _to_fnp(a: np.ndarray) -> np.ndarray:
@@ -153,15 +200,6 @@ def _to_fnp(a: np.ndarray) -> np.ndarray:
     out = scratch("fnp", (f, n, a[0, 0].size), a.dtype)
     np.copyto(out, a.reshape(n, f, -1).transpose(1, 0, 2))
     return out.reshape(f, -1)
-
-
-def _from_fnp(m: np.ndarray, n: int, ho: int, wo: int) -> np.ndarray:
-    """(F, N·Ho·Wo) -> a new (N, F, Ho, Wo) array (``m`` may be a scratch buffer: always copy,
-    even when F = 1 makes the transpose a no-op view)."""
-    f = m.shape[0]
-    out = memory.empty((n, f, ho, wo), m.dtype)
-    np.copyto(out.reshape(n, f, ho * wo), m.reshape(f, n, ho * wo).transpose(1, 0, 2))
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -257,23 +295,19 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, di
         _direct_conv(x, w, stride[0], stride[1], padding[0], padding[1], dilation[0],
                      dilation[1], out)
         return out
+    # block by block, so each patch matrix is still in cache for its products, which write
+    # straight into (N, F, Ho·Wo): one per image and group
     w2 = w.reshape(f, cg * kh * kw)
-    if groups == 1:
-        # a few images at a time, so the patch matrix stays in cache between im2col and the
-        # product; one product per image, written straight into (N, F, Ho·Wo)
-        result = memory.empty((n, f, ho * wo), x.dtype)
-        for n0, n1 in _image_chunks(n, c * kh * kw * ho * wo * x.itemsize):
-            cols = im2col_rows(x[n0:n1], (kh, kw), stride, padding, dilation)
-            np.matmul(w2, cols.reshape(-1, n1 - n0, ho * wo).transpose(1, 0, 2),
-                      out=result[n0:n1])
-        return result.reshape(n, f, ho, wo)
-    cols = im2col_rows(x, (kh, kw), stride, padding, dilation)
-    out = scratch("gemm", (f, cols.shape[1]), x.dtype)
     fg, kg = f // groups, cg * kh * kw
-    for gi in range(groups):
-        np.matmul(w2[gi * fg:(gi + 1) * fg], cols[gi * kg:(gi + 1) * kg],
-                  out=out[gi * fg:(gi + 1) * fg])
-    return _from_fnp(out, n, ho, wo)
+    result = memory.empty((n, f, ho * wo), x.dtype)
+    blocks = _blocks(n, ho, c * kh * kw * wo * x.itemsize)
+    for (n0, n1, r0, r1), cols in _patch_blocks(x, blocks, (kh, kw), stride, padding,
+                                                dilation, wo):
+        per_image = cols.transpose(1, 0, 2)
+        for gi in range(groups):
+            np.matmul(w2[gi * fg:(gi + 1) * fg], per_image[:, gi * kg:(gi + 1) * kg],
+                      out=result[n0:n1, gi * fg:(gi + 1) * fg, r0 * wo:r1 * wo])
+    return result.reshape(n, f, ho, wo)
 
 
 def flipped_weight(w: np.ndarray, groups: int) -> np.ndarray:
@@ -313,8 +347,6 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
                            padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
     """Gradient of :func:`conv2d_forward` with respect to the weights."""
     f, cg, kh, kw = w_shape
-    # computed as (cols @ g2ᵀ)ᵀ: OpenBLAS's threaded gemm was measured up to 50x slower on
-    # the other orientation of this skinny product (M = F small, K = N·Ho·Wo huge)
     # direct only in float64: measured on the last DnCNN layer, 2.6 ms direct against 11 ms
     # through im2col in float64, but 2.4 against 1.5 ms in float32 (sgemv is fast enough)
     if _thin(f, cg, groups) and g.dtype == np.float64 and _all_finite(g):
@@ -322,21 +354,94 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
         _direct_conv_weight_grad(g, x, kh, kw, stride[0], stride[1], padding[0], padding[1],
                                  dilation[0], dilation[1], out)
         return out
-    if groups == 1:
-        n, c = x.shape[:2]
-        p = g.shape[2] * g.shape[3]
-        acc = np.zeros((c * kh * kw, f), dtype=g.dtype)
-        for n0, n1 in _image_chunks(n, c * kh * kw * p * x.itemsize):
-            cols = im2col_rows(x[n0:n1], (kh, kw), stride, padding, dilation)
-            acc += cols @ _to_fnp(g[n0:n1]).T
-        return np.ascontiguousarray(acc.T).reshape(w_shape)
-    cols = im2col_rows(x, (kh, kw), stride, padding, dilation)
-    g2 = _to_fnp(g)
+    # Σ over blocks of cols (C·k, rows·Wo) @ g (F, rows·Wo)ᵀ per image and group, as
+    # (cols @ g2ᵀ)ᵀ: OpenBLAS's threaded gemm was measured up to 50x slower on the other
+    # orientation of this skinny product (M = F small, K = N·Ho·Wo huge)
+    n, c = x.shape[:2]
+    ho, wo = g.shape[2], g.shape[3]
     fg, kg = f // groups, cg * kh * kw
-    out = np.empty((f, kg), dtype=g.dtype)
-    for gi in range(groups):
-        out[gi * fg:(gi + 1) * fg] = (cols[gi * kg:(gi + 1) * kg] @ g2[gi * fg:(gi + 1) * fg].T).T
-    return out.reshape(w_shape)
+    g3 = g.reshape(n, f, ho * wo)
+    acc = np.zeros((groups, kg, fg), dtype=g.dtype)
+    blocks = _blocks(n, ho, c * kh * kw * wo * x.itemsize)
+    for (n0, n1, r0, r1), cols in _patch_blocks(x, blocks, (kh, kw), stride, padding,
+                                                dilation, wo):
+        for i in range(n1 - n0):
+            gi_rows = g3[n0 + i, :, r0 * wo:r1 * wo]
+            for gi in range(groups):
+                acc[gi] += cols[gi * kg:(gi + 1) * kg, i] @ gi_rows[gi * fg:(gi + 1) * fg].T
+    return np.ascontiguousarray(acc.transpose(0, 2, 1)).reshape(w_shape)
+
+
+def _shares_patches(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair,
+                    padding: Pair, dilation: Pair) -> bool:
+    """Whether both gradients can come from one patch matrix of ``g`` (see
+    :func:`conv2d_backward`): stride 1, padding within the kernel's reach, finite weights
+    (the padding zeros of ``g`` are multiplied by them) and, with dilation, a finite ``g``
+    (a dilated window can fall wholly in the padding; its ``g`` then meets no pixel, and
+    only the check can see a NaN or Inf there)."""
+    kh, kw = w.shape[2:]
+    if stride != (1, 1) or dilation[0] * (kh - 1) < padding[0] or \
+            dilation[1] * (kw - 1) < padding[1]:
+        return False
+    if not _all_finite(w):
+        return False
+    return dilation == (1, 1) or _all_finite(g)
+
+
+def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair,
+                    dilation: Pair, groups: int, want_x: bool, want_w: bool
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The gradients of :func:`conv2d_forward` with respect to the input and the weights
+    (``None`` where not wanted), from one patch matrix of ``g`` where possible.
+
+    With stride 1 the input gradient is the convolution of ``g`` (padded by
+    ``d·(k−1) − p``) with the flipped weights: a product with the patch matrix of ``g``,
+    ``cols_g[(f, i', j'), (n, h, w)] = g_pad[n, f, h + i'·d − p', w + j'·d − p']``. The
+    weight gradient ``Σ_n,oh,ow g[n, f, oh, ow]·x_pad[n, c, oh + i·d − p, ow + j·d − p]`` is
+    the same sum written over the pixels of ``x``: ``Σ_n,h,w x[n, c, h, w]·cols_g[(f, k−1−i,
+    k−1−j), (n, h, w)]``, so ``cols_g @ xᵀ`` per image gives it, flipped, without a patch
+    matrix of ``x`` or a transposed copy of ``g``.
+
+    NaN and Inf: the two sums have the same products except those with a padding zero (of
+    ``x`` in the definition, of ``g`` here). They agree when ``x`` and ``g`` are finite, and
+    otherwise this weight gradient is not finite either (every pixel of ``x`` meets some
+    entry of ``cols_g``; every ``g`` meets a pixel, see :func:`_shares_patches`): the weight
+    gradient is then computed again the reference's way.
+    """
+    if not (want_x and want_w and _shares_patches(g, x, w, stride, padding, dilation)):
+        return (conv2d_backward_input(g, w, x.shape, stride, padding, dilation, groups)
+                if want_x else None,
+                conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
+                if want_w else None)
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    fg = f // groups
+    k = kh * kw
+    hw = h * wd
+    pad_flip = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
+    wf = flipped_weight(w, groups).reshape(c, fg * k)
+    x3 = x.reshape(n, c, hw)
+    dx = memory.empty((n, c, hw), x.dtype)
+    acc = np.zeros((f * k, cg), dtype=x.dtype)  # rows (f, i', j'): the flipped kernel
+    # block by block (rows of x, whose pixels are the flipped convolution's outputs), so
+    # the patch matrix of g is still in cache for both of its products
+    blocks = _blocks(n, h, f * k * wd * x.itemsize)
+    for (n0, n1, r0, r1), cols in _patch_blocks(g, blocks, (kh, kw), (1, 1), pad_flip,
+                                                dilation, wd):
+        px = slice(r0 * wd, r1 * wd)
+        per_image = cols.transpose(1, 0, 2)
+        for gi in range(groups):
+            rows = slice(gi * fg * k, (gi + 1) * fg * k)
+            chans = slice(gi * cg, (gi + 1) * cg)
+            # input gradient: flipped weights (C, F·k) @ cols_g (F·k, pixels), per image
+            np.matmul(wf[chans], per_image[:, rows], out=dx[n0:n1, chans, px])
+            # weight gradient: cols_g (F·k, pixels) @ x (C, pixels)ᵀ, per image, summed
+            for i in range(n1 - n0):
+                acc[rows] += per_image[i, rows] @ x3[n0 + i, chans, px].T
+    dw = np.ascontiguousarray(acc.reshape(f, kh, kw, cg)[:, ::-1, ::-1].transpose(0, 3, 1, 2))
+    if not _all_finite(dw):  # a NaN or Inf came in: the reference's NaN and Inf pattern
+        dw = conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
+    return dx.reshape(x.shape), dw
 
 
 # --------------------------------------------------------------------------------------

@@ -168,6 +168,24 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
     return ref.conv2d_backward_weight(g, x, w_shape, stride, padding, dilation, groups)
 
 
+def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair,
+                    dilation: Pair, groups: int, wanted: tuple[bool, bool]
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The gradients with respect to the input and the weights (``None`` where not
+    ``wanted``) in one call: real floats share one patch matrix of ``g`` where they can
+    (:func:`conv_fast.conv2d_backward`), anything else takes the reference's two adjoints."""
+    want_x, want_w = (bool(v) for v in wanted)
+    _check_conv_gradient(g.shape, x.shape, w.shape[0], w.shape[2:], stride, padding, dilation)
+    if real_float(g, x, w):
+        return _fast("conv_fast").conv2d_backward(_c(g), _c(x), _c(w), tuple(stride),
+                                                  tuple(padding), tuple(dilation), groups,
+                                                  want_x, want_w)
+    return (ref.conv2d_backward_input(g, w, x.shape, stride, padding, dilation, groups)
+            if want_x else None,
+            ref.conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
+            if want_w else None)
+
+
 # --- pooling ----------------------------------------------------------------------------
 
 def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
@@ -236,6 +254,16 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean:
     return None
 
 
+def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: Any,
+                              var: Any, training: bool, eps: float) -> tuple[np.ndarray, Any] | None:
+    """Batch norm forward and its batch statistics (for :func:`batch_norm_backward_all`) for
+    real arrays, else ``None``."""
+    if _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_forward_saving(x, gamma, beta, mean, var,
+                                                                  training, eps)
+    return None
+
+
 def batch_norm_backward(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                         mean: Any, var: Any, training: bool, eps: float, wanted: str
                         ) -> np.ndarray | None:
@@ -243,6 +271,43 @@ def batch_norm_backward(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: n
     if g.shape == x.shape and real_float(g) and _bn_ok(x, gamma, beta, mean, var):
         return _fast("batch_norm_fast").batch_norm_backward(g, x, gamma, mean, var, training,
                                                             eps, wanted)
+    return None
+
+
+def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                            mean: Any, var: Any, training: bool, eps: float,
+                            wanted: tuple[bool, bool, bool], stats: Any = None
+                            ) -> tuple[np.ndarray | None, ...] | None:
+    """The gradients with respect to x, gamma and beta (``None`` where not ``wanted``) in one
+    pass, reusing the forward's ``stats`` if given, for real arrays; else ``None``."""
+    if g.shape == x.shape and real_float(g) and _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_backward_all(
+            g, x, gamma, mean, var, training, eps, tuple(bool(w) for w in wanted), stats)
+    return None
+
+
+def batch_norm_relu_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                                   mean: Any, var: Any, training: bool, eps: float
+                                   ) -> tuple[np.ndarray, Any] | None:
+    """relu(batch_norm(x)) in one pass, and the batch statistics, for real arrays; else
+    ``None``."""
+    if _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_forward_saving(x, gamma, beta, mean, var,
+                                                                  training, eps, relu=True)
+    return None
+
+
+def batch_norm_relu_backward_all(g: np.ndarray, ans: np.ndarray, x: np.ndarray,
+                                 gamma: np.ndarray, beta: np.ndarray, mean: Any, var: Any,
+                                 training: bool, eps: float, wanted: tuple[bool, bool, bool],
+                                 stats: Any = None) -> tuple[np.ndarray | None, ...] | None:
+    """The gradients of relu(batch_norm(x)) (result ``ans``, upstream gradient ``g``) with
+    respect to x, gamma and beta in one pass, for real arrays; else ``None``."""
+    if (g.shape == x.shape == ans.shape and real_float(g, ans)
+            and _bn_ok(x, gamma, beta, mean, var)):
+        return _fast("batch_norm_fast").batch_norm_backward_all(
+            g, x, gamma, mean, var, training, eps, tuple(bool(w) for w in wanted), stats,
+            relu_ans=ans)
     return None
 
 

@@ -277,3 +277,134 @@ def test_kinks_are_reported():
     assert not OPS["relu"].kink(np.array([0.5, 1.0]))
     assert OPS["max"].kink(np.array([[1.0, 1.0]]), axes=(-1,))
     assert OPS["maximum"].kink(np.array(1.0), np.array(1.0))
+
+
+# --------------------------------------------------------------------------------------
+# fused rules: the tape's one-call form of an op's VJPs must agree with the rules
+# --------------------------------------------------------------------------------------
+
+def _bn_case(shape, training):
+    def make(dtype):
+        c = shape[1]
+        args = [r(*shape) * 2 + 0.5, r(c), r(c)]
+        if not training:
+            args += [r(c), np.abs(r(c)) + 0.5]
+        return [a.astype(dtype) for a in args]
+    return make, {"training": training, "eps": 1e-5}
+
+
+def _conv_case(x_shape, w_shape, bias, **attrs):
+    def make(dtype):
+        args = [r(*x_shape), r(*w_shape)] + ([r(w_shape[0])] if bias else [])
+        return [a.astype(dtype) for a in args]
+    return make, attrs
+
+
+# op name -> cases (operands for a dtype, attributes)
+FUSED_CASES = {
+    "conv2d": [_conv_case((2, 3, 7, 6), (4, 3, 3, 3), True, padding=(1, 1)),
+               _conv_case((2, 4, 5, 7), (2, 4, 3, 2), False, padding=(1, 0)),  # thin
+               _conv_case((1, 4, 9, 8), (6, 2, 3, 3), True, padding=(2, 1), dilation=(2, 1),
+                          groups=2),
+               _conv_case((2, 3, 7, 7), (5, 3, 3, 3), False, stride=(2, 1), padding=(1, 1)),
+               _conv_case((1, 2, 4, 4), (3, 2, 3, 3), False, padding=(3, 3))],
+    "batch_norm": [_bn_case((4, 3, 5, 2), True), _bn_case((6, 3), True),
+                   _bn_case((3, 2, 3, 3), False), _bn_case((5, 4), False)],
+}
+
+
+def test_every_fused_rule_has_cases():
+    fused = {name for name, op in OPS.items() if op.fused_vjp is not None}
+    assert fused == set(FUSED_CASES)
+    assert all(op.fused_vjp is not None for op in OPS.values() if op.forward_saving is not None)
+
+
+def _wanted_subsets(n):
+    return [tuple(bool(m >> i & 1) for i in range(n)) for m in range(1, 1 << n)]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["kernels", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name,k", [(n, k) for n, cases in FUSED_CASES.items()
+                                    for k in range(len(cases))])
+def test_fused_vjp_agrees_with_the_per_input_rules(name, k, dtype, fast):
+    from autodiff_lab.kernels import dispatch
+    op = OPS[name]
+    make, attrs = FUSED_CASES[name][k]
+    args = make(dtype)
+    attrs = {**op.attrs, **attrs}
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    before = dispatch.enabled
+    dispatch.enabled = fast
+    try:
+        ans = op.forward(*args, **attrs)
+        saves = [None]
+        if op.forward_saving is not None:
+            again, saved = op.forward_saving(*args, **attrs)
+            np.testing.assert_array_equal(again, ans)
+            saves.append(saved)
+        g = r(*ans.shape).astype(dtype)
+        rules = [op.vjp_for(i)(g, ans, *args, **attrs) for i in range(len(args))]
+        for wanted in _wanted_subsets(len(args)):
+            for saved in saves:
+                got = op.fused_vjp(wanted, saved, g, ans, *args, **attrs)
+                assert len(got) == len(args)
+                for i, (want, a, b) in enumerate(zip(wanted, got, rules)):
+                    if not want:
+                        assert a is None, (wanted, i)
+                        continue
+                    assert a.shape == b.shape and a.dtype == dtype, (wanted, i)
+                    np.testing.assert_allclose(a, b, **tol, err_msg=f"{name} input {i}, {wanted}")
+    finally:
+        dispatch.enabled = before
+
+
+# op pair -> cases, as FUSED_CASES (operands of the first op)
+FUSION_CASES = {
+    ("batch_norm", "relu"): FUSED_CASES["batch_norm"],
+}
+
+
+def test_every_fusion_has_cases():
+    from autodiff_lab.graph.optable import FUSIONS
+    assert set(FUSIONS) == set(FUSION_CASES)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["kernels", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("pair,k", [(p, k) for p, cases in FUSION_CASES.items()
+                                    for k in range(len(cases))])
+def test_fusion_agrees_with_the_two_entries(pair, k, dtype, fast):
+    from autodiff_lab.graph.optable import FUSIONS
+    from autodiff_lab.kernels import dispatch
+    fusion = FUSIONS[pair]
+    first, second = OPS[pair[0]], OPS[pair[1]]
+    make, attrs = FUSION_CASES[pair][k]
+    args = make(dtype)
+    attrs = {**first.attrs, **attrs}
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    before = dispatch.enabled
+    dispatch.enabled = fast
+    try:
+        y = first.forward(*args, **attrs)
+        ans = second.forward(y)
+        got_ans, saved = fusion.forward_saving(*args, **attrs)
+        np.testing.assert_allclose(got_ans, ans, **tol)
+        g = r(*ans.shape).astype(dtype)
+        dy = second.vjp_for(0)(g, ans, y)
+        want = first.per_input_vjps((True,) * len(args), dy, y, *args, **attrs)
+        op = fusion.as_op()
+        for wanted in _wanted_subsets(len(args)):
+            for s in (saved, None):
+                got = op.fused_vjp(wanted, s, g, ans, *args, **attrs)
+                for i, (on, a, b) in enumerate(zip(wanted, got, want)):
+                    if not on:
+                        assert a is None
+                        continue
+                    assert a.dtype == dtype
+                    np.testing.assert_allclose(a, b, **tol, err_msg=f"{pair} input {i}")
+        # the one-rule-per-input view of the pair agrees too
+        for i in range(len(args)):
+            np.testing.assert_allclose(op.vjp_for(i)(g, ans, *args, **attrs), want[i], **tol)
+    finally:
+        dispatch.enabled = before

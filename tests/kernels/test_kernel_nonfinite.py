@@ -124,6 +124,31 @@ def _(dtype, rng):
                 o["g"], o["x"], s, *_conv_args(v)))
 
 
+def _conv_both_variants():
+    # the fused rule's shared patch matrix (stride 1, with and without dilation), its
+    # fallbacks (stride 2; padding beyond the kernel's reach), and one gradient at a time
+    return _conv_variants() + [dict(f=6, stride=(1, 1), padding=(2, 1), groups=1, dilation=(2, 1)),
+                               dict(f=3, stride=(1, 1), padding=(3, 3), groups=1)]
+
+
+@case("conv2d_backward")
+def _(dtype, rng):
+    for v in _conv_both_variants():
+        dil = v.get("dilation", (1, 1))
+        x = rng.standard_normal((3, 4, 7, 6)).astype(dtype)
+        w = rng.standard_normal((v["f"], 4 // v["groups"], 3, 3)).astype(dtype)
+        g = conv_reference.conv2d_forward(x, w, v["stride"], v["padding"], dil, v["groups"])
+        ops = {"x": x, "w": w, "g": rng.standard_normal(g.shape).astype(dtype)}
+        args = (v["stride"], v["padding"], dil, v["groups"])
+        for which, wanted in ((0, (True, True)), (1, (True, True)), (0, (True, False)),
+                              (1, (False, True))):
+            yield ops, (lambda o, a=args, i=which, m=wanted: dispatch.conv2d_backward(
+                o["g"], o["x"], o["w"], *a, m)[i]), \
+                (lambda o, a=args, i=which: (conv_reference.conv2d_backward_input(
+                    o["g"], o["w"], o["x"].shape, *a), conv_reference.conv2d_backward_weight(
+                    o["g"], o["x"], o["w"].shape, *a))[i])
+
+
 POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 2), (1, 1)), ((3, 2), (2, 1), (1, 0))]
 
 
@@ -243,6 +268,65 @@ def _(dtype, rng):
                                                       training=t))
 
 
+@case("batch_norm_forward_saving")
+def _(dtype, rng):
+    for training, ops in _bn_variants(dtype, rng):
+        del ops["g"]
+        yield ops, (lambda o, t=training: dispatch.batch_norm_forward_saving(
+            *_bn_args(o, t) + ((None, None) if t else ()), t, 1e-5)[0]), \
+            (lambda o, t=training: _ref_rule("batch_norm", None, *_bn_args(o, t), training=t))
+
+
+def _bn_saved(o, t):
+    """The statistics the saving forward keeps for the fused rule (None in evaluation)."""
+    return dispatch.batch_norm_forward_saving(*_bn_args(o, t) + ((None, None) if t else ()),
+                                              t, 1e-5)[1]
+
+
+@case("batch_norm_backward_all")
+def _(dtype, rng):
+    # every gradient the fused rule returns, with the forward's statistics and without
+    for training, ops in _bn_variants(dtype, rng):
+        for i in range(3):
+            for with_stats in (False, True):
+                yield ops, (lambda o, t=training, i=i, s=with_stats:
+                            dispatch.batch_norm_backward_all(
+                                o["g"], *_bn_args(o, t) + ((None, None) if t else ()), t, 1e-5,
+                                (True, True, True), _bn_saved(o, t) if s else None)[i]), \
+                    (lambda o, t=training, i=i: _ref_rule("batch_norm", i, o["g"],
+                                                          *_bn_args(o, t), training=t))
+
+
+def _ref_bn_relu(o, t):
+    """relu(batch_norm(...)) and its x, γ, β gradients with the reference rules, one entry
+    after the other (what the fused kernels must reproduce)."""
+    y = _ref_rule("batch_norm", None, *_bn_args(o, t), training=t)
+    r = _ref_rule("relu", None, y)
+    dy = _ref_rule("relu", 0, o["g"], y) if "g" in o else None
+    return r, dy
+
+
+@case("batch_norm_relu_forward_saving")
+def _(dtype, rng):
+    for training, ops in _bn_variants(dtype, rng):
+        del ops["g"]
+        yield ops, (lambda o, t=training: dispatch.batch_norm_relu_forward_saving(
+            *_bn_args(o, t) + ((None, None) if t else ()), t, 1e-5)[0]), \
+            (lambda o, t=training: _ref_bn_relu(o, t)[0])
+
+
+@case("batch_norm_relu_backward_all")
+def _(dtype, rng):
+    # g is the gradient of the ReLU's result; its value (ans) comes from the fused forward
+    for training, ops in _bn_variants(dtype, rng):
+        for i in range(3):
+            yield ops, (lambda o, t=training, i=i: dispatch.batch_norm_relu_backward_all(
+                o["g"], _ref_bn_relu(o, t)[0], *_bn_args(o, t) + ((None, None) if t else ()),
+                t, 1e-5, (True, True, True), _bn_saved(o, t))[i]), \
+                (lambda o, t=training, i=i: _ref_rule("batch_norm", i, _ref_bn_relu(o, t)[1],
+                                                      *_bn_args(o, t), training=t))
+
+
 def _ce_operands(dtype, rng):
     for shape in ((5, 4), (2, 3, 6)):
         logits = rng.standard_normal(shape).astype(dtype)
@@ -354,15 +438,19 @@ def test_fast_kernel_puts_nan_and_inf_where_the_reference_does(kernel, dtype):
     assert checked
 
 
-def test_conv_chunks_and_nonfinite_values(monkeypatch):
-    # one image per chunk: the chunked products see the NaN/Inf in the same places
-    monkeypatch.setattr(conv_fast, "CHUNK_BYTES", 1)
+@pytest.mark.parametrize("kernel", ["conv2d_forward", "conv2d_backward", "conv2d_backward_weight",
+                                    "conv2d_backward_input"])
+def test_conv_blocks_and_nonfinite_values(monkeypatch, kernel):
+    # one output row per block: the blocked products see the NaN/Inf in the same places
+    monkeypatch.setattr(conv_fast, "BLOCK_BYTES", 1)
     rng = np.random.default_rng(5)
     for dtype in DTYPES:
-        for ops, fast_call, reference_call in CASES["conv2d_forward"](dtype, rng):
-            bad = {**ops, "x": _inject(ops["x"], SPECIALS["mixed"], rng)}
-            with np.errstate(all="ignore"):
-                assert_same_nonfinite(fast_call(bad), reference_call(bad), "chunked conv2d")
+        for ops, fast_call, reference_call in CASES[kernel](dtype, rng):
+            for name in ops:
+                bad = {**ops, name: _inject(ops[name], SPECIALS["mixed"], rng)}
+                with np.errstate(all="ignore"):
+                    assert_same_nonfinite(fast_call(bad), reference_call(bad),
+                                          f"blocked {kernel}, NaN/Inf in {name}")
 
 
 # --------------------------------------------------------------------------------------

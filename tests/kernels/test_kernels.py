@@ -178,7 +178,7 @@ def test_image_chunks_give_the_same_result(monkeypatch, dtype):
     args = ((1, 1), (1, 1), (1, 1))
     whole = (F.conv2d_forward(x, w, *args), F.conv2d_backward_weight(g, x, w.shape, *args),
              F.conv2d_backward_input(g, w, x.shape, *args))
-    monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(F, "BLOCK_BYTES", 1)  # one row of one image per block
     chunked = (F.conv2d_forward(x, w, *args), F.conv2d_backward_weight(g, x, w.shape, *args),
                F.conv2d_backward_input(g, w, x.shape, *args))
     for a, b in zip(whole, chunked):
