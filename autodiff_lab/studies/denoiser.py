@@ -16,7 +16,8 @@ steps of a short run).
 
 The training is bounded by a time budget (``minutes``): a few calibration steps on a copy
 of the model measure the speed, the cosine schedule is planned for the number of steps that
-fit in the budget, and the run stops at the budget in any case. Reported: PSNR of the noisy
+fit in the budget and re-planned every 50 steps from the speed actually seen (a shared
+machine's speed changes), and the run stops at the budget in any case. Reported: PSNR of the noisy
 image, of the best Gaussian filter (σ chosen per image on a grid, with the clean image: an
 optimistic classical baseline) and of the network, on camera, coins and text with a fixed
 noise seed. Writes ``model.npz``, ``metrics.json``, ``panel.png`` (noisy / Gaussian /
@@ -148,6 +149,25 @@ def schedule(optimizer, recipe: Recipe, total: int):
     return nn.CosineLR(optimizer, total_steps=max(total, 1), min_lr=recipe.min_lr, warmup_steps=warmup)
 
 
+def replan_schedule(scheduler, time_limit: float, most_steps: int, every: int = 50):
+    """A ``fit`` callback for runs bounded by time: every ``every`` steps, estimate from the
+    steps so far how many still fit in ``time_limit`` seconds and end the cosine decay there
+    (at most ``most_steps``). The calibration is only a first guess: a shared machine's speed
+    changes, and a schedule planned for steps that never come leaves the learning rate high."""
+    start = time.perf_counter()
+
+    def callback(info) -> None:
+        if info.step % every:
+            return
+        elapsed = time.perf_counter() - start
+        remaining = max(time_limit - elapsed, 0.0) * 0.96  # validation and checkpoints
+        total = info.step + int(remaining * info.step / max(elapsed, 1e-9))
+        scheduler.total_steps = int(min(max(total, info.step + 1, scheduler.warmup_steps + 1),
+                                        most_steps))
+
+    return callback
+
+
 def _validation(seed: int, size: int = 64, count: int = 8):
     """Fixed noisy crops of the training images: the validation loss and PSNR each epoch."""
     from autodiff_lab.data import random_patches
@@ -258,16 +278,20 @@ def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
     val = _validation(options.seed)
     timed = not recipe.steps or (options.minutes is not None and not options.quick)
     time_limit = max(budget - calibration_s, 0.0) if timed else None
+    replan = (replan_schedule(scheduler, time_limit, epochs * steps_per_epoch)
+              if timed and not folder.resumed else None)
     history = nn.fit(model, nn.MSELoss(reduction="mean"), optimizer, sampler, val, engine=engine,
                      epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=recipe.batch,
                      scheduler=scheduler, schedule_per="step", seed=options.seed,
                      metrics={"val_psnr_db": lambda m: _val_psnr(m, val)},
                      out=folder.training(), resume=folder.checkpoint(), time_limit=time_limit,
-                     max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet, plot=False)
+                     max_numeric_evaluations=STUDY_MAX_NUMERIC, progress=not options.quiet, plot=False,
+                     callback=replan)
     training = training_record(history)
     training["calibration_s"] = calibration_s if not folder.resumed else 0.0
     training["total_training_s"] = training["wall_time_s"] + training["calibration_s"]
     training["planned_steps"] = total
+    training["schedule_steps"] = scheduler.total_steps  # after re-planning on the way
     training["calibrated_step_ms"] = 1e3 * step_s
 
     say(options, "scoring on " + ", ".join(test_images(recipe.crop)))
