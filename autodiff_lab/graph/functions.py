@@ -309,9 +309,14 @@ def avg_pool2d(x: ArrayLike, kernel: IntPair = 2, stride: IntPair | None = None,
                  padding=_pair(padding, "padding"))
 
 
-def upsample(x: ArrayLike, scale: IntPair = 2) -> ArrayLike:
-    """Nearest-neighbour up-sampling of the last two axes by integer factors."""
-    return apply("upsample", x, scale=_pair(scale, "scale"))
+def upsample(x: ArrayLike, scale: IntPair = 2, mode: str = "nearest") -> ArrayLike:
+    """Up-sampling of the last two axes by integer factors: ``mode="nearest"`` repeats each
+    pixel (op ``upsample``), ``mode="bilinear"`` interpolates as PyTorch's
+    ``interpolate(..., mode="bilinear", align_corners=False)`` (op ``upsample_bilinear``)."""
+    ops = {"nearest": "upsample", "bilinear": "upsample_bilinear"}
+    if mode not in ops:
+        raise TraceError(f"upsample mode must be 'nearest' or 'bilinear', got mode={mode!r}")
+    return apply(ops[mode], x, scale=_pair(scale, "scale"))
 
 
 def batch_norm(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike,

@@ -126,6 +126,8 @@ OP_GRAPHS = {
                        {"x": _r(1, 2, 3, 3), "w": _r(2, 3, 3, 3), "b": _r(3)}),
     "pooling_upsample": (lambda x: adl.sum(adl.max_pool2d(x, 2) * adl.avg_pool2d(x, 2))
                          + adl.sum(adl.upsample(x, 2) ** 2), {"x": _r(1, 2, 4, 4)}),
+    "upsample_bilinear": (lambda x: adl.sum(adl.upsample(x, (2, 3), mode="bilinear") ** 3),
+                          {"x": _r(1, 2, 3, 4)}),
     "batch_norm_eval": (lambda x, g, b, m, v: adl.sum(adl.batch_norm(x, g, b, m, v,
                                                                      training=False) ** 2),
                         {"x": _r(4, 3), "g": _r(3), "b": _r(3), "m": _r(3, seed=4),
