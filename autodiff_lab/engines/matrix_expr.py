@@ -57,6 +57,19 @@ def _freeze(v: Any) -> Any:
     return v
 
 
+class _Key(tuple):
+    """A structural key that computes its hash once. A key nests its arguments' keys, so a
+    plain tuple would re-hash the whole expression *tree* at every dictionary lookup:
+    exponential in the depth of a DAG whose values are shared (batch norm reads its input
+    three times, a U-Net chains dozens of such layers)."""
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("hash")
+        if h is None:
+            h = self.__dict__["hash"] = tuple.__hash__(self)
+        return h
+
+
 class MExpr:
     """One node of a matrix-level expression DAG (op, arguments, attributes, shape).
 
@@ -83,7 +96,22 @@ class MExpr:
     def key(self) -> tuple:
         """Structural key: equal keys compute equal values (used to merge subexpressions)."""
         if self._key is None:
-            self._key = (self.op, tuple(a.key for a in self.args), _freeze(self.attrs))
+            # arguments first, without recursion (deep graphs), each key hashed as it is
+            # made so that hashing a key never recurses either
+            stack: list[MExpr] = [self]
+            while stack:
+                node = stack[-1]
+                if node._key is not None:
+                    stack.pop()
+                    continue
+                pending = [a for a in node.args if a._key is None]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                node._key = _Key((node.op, tuple(a._key for a in node.args),
+                                  _freeze(node.attrs)))
+                hash(node._key)
+                stack.pop()
         return self._key
 
     @property
@@ -645,6 +673,7 @@ class SourceBuilder:
         """The variable (or literal) holding ``expr``, emitting the lines it needs."""
         order: list[MExpr] = []
         seen: set[tuple] = set()
+        expanded: set[tuple] = set()
         stack: list[tuple[MExpr, bool]] = [(expr, False)]
         while stack:  # iterative post-order: deep graphs do not hit the recursion limit
             node, done = stack.pop()
@@ -655,6 +684,9 @@ class SourceBuilder:
                     seen.add(node.key)
                     order.append(node)
                 continue
+            if node.key in expanded:  # a shared value: its arguments are already on the way
+                continue
+            expanded.add(node.key)
             stack.append((node, True))
             stack.extend((a, False) for a in reversed(node.args))
         for node in order:

@@ -370,3 +370,17 @@ def test_cancelling_contributions_at_a_tie_agree_norm_wise():
     values = {"a": np.array(1.0), "b": np.array(1.0), "c": np.array(2.0)}
     for mode in ("matrix", "expanded"):
         assert_agrees_with_tape(graph, values, mode=mode)
+
+
+def test_matrix_mode_compiles_deep_shared_dags_in_linear_time():
+    # every layer reads its input three times (as batch norm does): the expression *tree*
+    # has ~3^depth nodes, the DAG ~depth; keys and code generation must follow the DAG
+    def deep(x):
+        for _ in range(60):
+            x = adl.tanh(x * x + x - adl.sum(x) * 0.01)
+        return adl.sum(x)
+    graph = adl.trace(deep, x=(3,))
+    values = {"x": _r(3, low=-0.5, high=0.5)}
+    start = time.perf_counter()
+    assert_agrees_with_tape(graph, values, mode="matrix")
+    assert time.perf_counter() - start < 10
