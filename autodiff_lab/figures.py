@@ -21,8 +21,8 @@ import numpy as np
 
 from autodiff_lab.errors import InputError
 
-__all__ = ["loss_curves", "psnr_curves", "image_panel", "confusion_matrix_plot", "weight_templates", "decision_boundary",
-           "SLIDE_SIZES", "STYLE"]
+__all__ = ["loss_curves", "psnr_curves", "image_panel", "confusion_matrix_plot", "weight_templates",
+           "decision_boundary", "SLIDE_SIZES", "STYLE"]
 
 #: figure sizes in inches
 SLIDE_SIZES = {"16:9": (13.33, 7.5), "4:3": (10.0, 7.5)}
@@ -154,9 +154,11 @@ def loss_curves(histories: Mapping[str, Any], path: str | Path, xlabel: str = "s
         return _save(fig, path)
 
 
-def psnr_curves(histories: Mapping[str, Any], path: str | Path, references: Mapping[str, float] | None = None,
+def psnr_curves(histories: Mapping[str, Any], path: str | Path,
+                references: Mapping[str, float] | None = None,
                 marks: Mapping[str, tuple[float, float]] | None = None, xlabel: str = "step",
-                ylabel: str = "PSNR (dB)", title: str | None = None, aspect: str = "16:9") -> tuple[Path, Path]:
+                ylabel: str = "PSNR (dB)", title: str | None = None,
+                aspect: str = "16:9") -> tuple[Path, Path]:
     """Quality curves against the step (PSNR of a fit, e.g. the Deep Image Prior's output against
     the clean image and against its noisy target), with horizontal reference lines (the noisy
     input, a classical filter, a trained network) and marked points (the peak).

@@ -31,7 +31,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -449,7 +449,8 @@ def summary(metrics: dict[str, Any]) -> str:
              f"{metrics['steps']} steps in {metrics['train_seconds']:.1f} s "
              f"({metrics['steps_per_second']:.2f} steps/s)",
              f"  noisy input        {metrics['noisy_psnr']:6.2f} dB",
-             f"  best Gaussian      {metrics['gaussian_psnr']:6.2f} dB (σ = {metrics['gaussian_sigma']:g} px)"]
+             f"  best Gaussian      {metrics['gaussian_psnr']:6.2f} dB "
+             f"(σ = {metrics['gaussian_sigma']:g} px)"]
     if metrics.get("dncnn_psnr") is not None:
         lines.append(f"  trained DnCNN      {metrics['dncnn_psnr']:6.2f} dB")
     lines += [f"  DIP best           {metrics['best_psnr']:6.2f} dB at step {metrics['best_step']} "
