@@ -15,7 +15,8 @@ the encoder's features of the same size: the skip connections, which carry the f
 the down-sampling threw away. A 1×1 convolution ``head`` maps to ``out_channels``.
 
 Level ``l`` has ``width·growth**l`` channels (``growth=2``: the classic doubling; ``1``:
-the same width everywhere, as the Deep Image Prior's networks). The input's height and
+the same width everywhere, as the Deep Image Prior's networks), or ``width[l]`` when
+``width`` is a tuple (narrow at full resolution, where convolutions cost most, wider below). The input's height and
 width must be multiples of ``2**depth``.
 """
 
@@ -91,7 +92,8 @@ class UNet(Module):
     docstring for the layout).
 
     ``depth``: number of down-samplings (the input size must be a multiple of 2**depth);
-    ``width``: channels of the first level; ``growth``: channel factor per level;
+    ``width``: channels of the first level, or a tuple of ``depth + 1`` counts, one per
+    level (the bottleneck last); ``growth``: channel factor per level (for an int width);
     ``down``: ``"maxpool"`` or ``"conv"`` (stride 2); ``up``: ``"nearest"``,
     ``"bilinear"`` or ``"transpose"`` (learned 2×2 transpose convolution);
     ``activation``: ``"leaky_relu"`` (slope ``negative_slope``) or ``"relu"``;
@@ -99,7 +101,7 @@ class UNet(Module):
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, depth: int = 4,
-                 width: int = 32, *, growth: int = 2, down: str = "maxpool",
+                 width: int | tuple[int, ...] = 32, *, growth: int = 2, down: str = "maxpool",
                  up: str = "nearest", activation: str = "leaky_relu",
                  negative_slope: float = 0.2, batch_norm: bool = True,
                  output: str | None = None, dtype: Any = None, rng: Rng = None) -> None:
@@ -107,8 +109,15 @@ class UNet(Module):
         self.in_channels = positive(in_channels, "UNet in_channels")
         self.out_channels = positive(out_channels, "UNet out_channels")
         self.depth = positive(depth, "UNet depth")
-        self.width = positive(width, "UNet width")
         self.growth = positive(growth, "UNet growth")
+        if isinstance(width, (tuple, list)):
+            self.width: int | tuple[int, ...] = tuple(positive(v, "UNet width") for v in width)
+            if len(self.width) != self.depth + 1:
+                raise InputError(f"UNet width as a tuple needs depth + 1 = {self.depth + 1} "
+                                 f"channel counts (one per level, the bottleneck last), got "
+                                 f"{len(self.width)}: {self.width}")
+        else:
+            self.width = positive(width, "UNet width")
         self.down = _choice(down, DOWN_MODES, "UNet down")
         self.up = _choice(up, UP_MODES, "UNet up")
         self.activation = _choice(activation, ACTIVATIONS, "UNet activation")
@@ -141,6 +150,8 @@ class UNet(Module):
     @property
     def channels(self) -> list[int]:
         """Channels at each level, the bottleneck last (``depth + 1`` numbers)."""
+        if isinstance(self.width, tuple):
+            return list(self.width)
         return [self.width * self.growth ** lvl for lvl in range(self.depth + 1)]
 
     @property

@@ -58,7 +58,7 @@ class DIPConfig:
     every: int = 10                #: record the curve every ``every`` steps
     lr: float = 0.01
     depth: int = 4                 #: U-Net depth (the image side must be a multiple of 2**depth)
-    width: int = 16                #: channels of the first level
+    width: int | tuple[int, ...] = 16  #: channels of the first level, or one count per level
     growth: int = 1                #: channel factor per level (1: the same width everywhere)
     code_channels: int = 32        #: channels of the random code z (the paper: 32)
     code_scale: float = 0.1        #: z ~ U(0, code_scale), as the paper draws it
@@ -93,7 +93,13 @@ class DIPConfig:
         integer("steps", 1)
         integer("every", 1)
         integer("depth", 1)
-        integer("width", 1)
+        widths = self.width if isinstance(self.width, (tuple, list)) else (self.width,)
+        if not widths or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                             for v in widths):
+            raise InputError(f"width must be a positive integer or one per level, got {self.width!r}")
+        if isinstance(self.width, (tuple, list)) and len(self.width) != self.depth + 1:
+            raise InputError(f"width needs depth + 1 = {self.depth + 1} counts (one per level, the "
+                             f"bottleneck last), got {len(self.width)}: {tuple(self.width)}")
         integer("growth", 1)
         integer("code_channels", 1)
         integer("seed", 0)
@@ -411,7 +417,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also average the outputs exponentially with this factor (the paper: 0.99)")
     add("--sigma", type=float, help="noise standard deviation on the 0-255 scale (default 25)")
     add("--depth", type=int, help=f"U-Net depth (default {d.depth})")
-    add("--width", type=int, help=f"U-Net channels per level (default {d.width})")
+    add("--width", type=int, nargs="+", help=f"U-Net channels of the first level, or one count per "
+                                             f"level, bottleneck last (default {d.width})")
     add("--growth", type=int, help=f"channel factor per level (default {d.growth})")
     add("--code-channels", type=int, help=f"channels of the random input code (default {d.code_channels})")
     add("--input-noise", type=float, help="std of noise added to the code every step (paper: 1/30)")
@@ -436,6 +443,9 @@ def config_from_args(args: argparse.Namespace) -> DIPConfig:
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "sigma" in given:
         given["sigma"] = given["sigma"] / 255.0
+    if "width" in given:
+        w = tuple(given["width"])
+        given["width"] = w[0] if len(w) == 1 else w
     if "snapshots" in given:
         given["snapshots"] = tuple(given["snapshots"])
     if getattr(args, "quiet", False):
