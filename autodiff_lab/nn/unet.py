@@ -16,8 +16,8 @@ the down-sampling threw away. A 1×1 convolution ``head`` maps to ``out_channels
 
 Level ``l`` has ``width·growth**l`` channels (``growth=2``: the classic doubling; ``1``:
 the same width everywhere, as the Deep Image Prior's networks), or ``width[l]`` when
-``width`` is a tuple (narrow at full resolution, where convolutions cost most, wider below). The input's height and
-width must be multiples of ``2**depth``.
+``width`` is a tuple (narrow at full resolution, where convolutions cost most, wider
+below). The input's height and width must be multiples of ``2**depth``.
 """
 
 from __future__ import annotations
