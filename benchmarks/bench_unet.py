@@ -56,8 +56,9 @@ def _loss(pred: Any, target: Any) -> Any:
     return F.mse_loss(pred, target, reduction="sum")
 
 
-def torch_unet(model: nn.UNet) -> Any:
-    """The same U-Net in PyTorch, with our weights (its modules are named as ours)."""
+def torch_unet(model: nn.UNet, dtype: str = "float32") -> Any:
+    """The same U-Net in PyTorch, with our weights (its modules are named as ours), in
+    ``dtype`` (tests/nn/test_unet.py compares the two in float64)."""
     import torch
     from torch import nn as tnn
 
@@ -111,9 +112,9 @@ def torch_unet(model: nn.UNet) -> Any:
                 x = self.decoders[i](torch.cat([skips[i], self.ups[i](x)], dim=1))
             return self.final(self.head(x))
 
-    net = TorchUNet()
+    net = TorchUNet().to(getattr(torch, dtype))
     net.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
-    return net.float()
+    return net
 
 
 def measure(name: str, rounds: int) -> dict[str, Any]:
