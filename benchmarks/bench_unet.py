@@ -79,6 +79,17 @@ def torch_unet(model: nn.UNet, dtype: str = "float32") -> Any:
         def forward(self, x: Any) -> Any:
             return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
 
+    class Skip(tnn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            bn = model.batch_norm
+            self.conv = tnn.Conv2d(cin, cout, 1, bias=not bn)
+            self.bn = tnn.BatchNorm2d(cout) if bn else tnn.Identity()
+            self.act = act()
+
+        def forward(self, x: Any) -> Any:
+            return self.act(self.bn(self.conv(x)))
+
     class TorchUNet(tnn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -97,7 +108,11 @@ def torch_unet(model: nn.UNet, dtype: str = "float32") -> Any:
                 self.ups = tnn.ModuleList(tnn.Upsample(scale_factor=2, mode=model.up)
                                           for _ in range(d))
                 up = c[1:]
-            self.decoders = tnn.ModuleList(Block(c[i] + up[i], c[i]) for i in range(d))
+            k = model.skip_channels
+            if k is not None:
+                self.skips = tnn.ModuleList(Skip(c[i], k) for i in range(d))
+            skip = c[:d] if k is None else [k] * d
+            self.decoders = tnn.ModuleList(Block(skip[i] + up[i], c[i]) for i in range(d))
             self.head = tnn.Conv2d(c[0], model.out_channels, 1)
             self.final = tnn.Sigmoid() if model.output == "sigmoid" else tnn.Identity()
 
@@ -105,7 +120,7 @@ def torch_unet(model: nn.UNet, dtype: str = "float32") -> Any:
             skips = []
             for enc, down in zip(self.encoders, self.downs):
                 x = enc(x)
-                skips.append(x)
+                skips.append(x if model.skip_channels is None else self.skips[len(skips)](x))
                 x = down(x)
             x = self.bottleneck(x)
             for i in reversed(range(len(self.decoders))):

@@ -5,9 +5,9 @@ the calls :class:`~autodiff_lab.nn.module.Module` records while tracing, which m
 each node of the graph. Modules at the chosen level become boxes; the few ops a model's own
 ``forward`` applies between its layers (the concatenation of a U-Net's skip connection,
 the addition of a residual block) become small nodes of their own; an edge joins two of
-them when a value one makes is read by the other, labelled with that value's shape. An
-edge that jumps over a longer path between the same two nodes is a *skip* connection and
-is drawn dashed. :func:`render_modules` hands the result to
+them when a value one makes is read by the other, labelled with that value's shape. A
+branch that leaves a node and rejoins the main path later, beside a longer path (a U-Net's
+skip connection, a residual block's shortcut), is a *skip* connection and is drawn dashed. :func:`render_modules` hands the result to
 :func:`autodiff_lab.render.layers.draw_layer_graph`, which writes SVG / PNG with the same
 Graphviz ``dot`` program as ``adl.render``.
 
@@ -166,17 +166,34 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 
 def _mark_skips(graph: LayerGraph) -> None:
-    """An edge u → v is a skip connection when v is also reachable from u another way."""
+    """Mark the skip connections: a branch that leaves a node u, passes only through
+    nodes with one input and one output (none, or a U-Net's 1×1 skip projection, a
+    residual block's projection shortcut) and rejoins at v, with a longer path from u to
+    v beside it."""
     g = nx.MultiDiGraph()
     g.add_nodes_from(n.id for n in graph.nodes)
     for k, e in enumerate(graph.edges):
         g.add_edge(e.src, e.dst, key=k)
-    for k, e in enumerate(graph.edges):
-        g.remove_edge(e.src, e.dst, key=k)
-        skip = nx.has_path(g, e.src, e.dst)
-        g.add_edge(e.src, e.dst, key=k)
-        if skip:
-            graph.edges[k] = LayerEdge(e.src, e.dst, e.shape, skip=True)
+    ends = {"input", "output"}
+    for u in list(g.nodes):
+        if g.out_degree(u) < 2:
+            continue
+        for _, first, k0 in list(g.out_edges(u, keys=True)):
+            chain, x = [(u, first, k0)], first
+            while x not in ends and g.in_degree(x) == 1 and g.out_degree(x) == 1:
+                _, nxt, k = next(iter(g.out_edges(x, keys=True)))
+                chain.append((x, nxt, k))
+                x = nxt
+            inner = [a for a, _, _ in chain[1:]]
+            rest = g.copy()
+            rest.remove_edges_from(chain)
+            rest.remove_nodes_from(inner)
+            if x == u or not nx.has_path(rest, u, x):
+                continue
+            if len(chain) < nx.shortest_path_length(rest, u, x):
+                for a, b, k in chain:
+                    e = graph.edges[k]
+                    graph.edges[k] = LayerEdge(e.src, e.dst, e.shape, skip=True)
 
 
 def render_modules(model: Module, input_shape: tuple[int, ...], path: str | Path | None = None,

@@ -87,6 +87,23 @@ class ConvBlock(Module):
         return f"{self.in_channels}, {self.out_channels}"
 
 
+class _SkipProjection(Module):
+    """A narrow skip connection: 1×1 convolution to ``out_channels``, batch norm, activation
+    (the Deep Image Prior's skip branches carry 4 channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int, activation: str = "leaky_relu",
+                 negative_slope: float = 0.2, batch_norm: bool = True, *, dtype: Any = None,
+                 rng: Rng = None) -> None:
+        super().__init__()
+        self.conv = Conv2d(in_channels, out_channels, 1, bias=not batch_norm, dtype=dtype,
+                           rng=rng)
+        self.bn = BatchNorm2d(out_channels, dtype=dtype) if batch_norm else Identity()
+        self.act = _activation(activation, negative_slope)
+
+    def forward(self, x: Any) -> Any:
+        return self.act(self.bn(self.conv(x)))
+
+
 class UNet(Module):
     """U-Net for images (N, in_channels, H, W) -> (N, out_channels, H, W) (see the module
     docstring for the layout).
@@ -97,6 +114,10 @@ class UNet(Module):
     ``down``: ``"maxpool"`` or ``"conv"`` (stride 2); ``up``: ``"nearest"``,
     ``"bilinear"`` or ``"transpose"`` (learned 2×2 transpose convolution);
     ``activation``: ``"leaky_relu"`` (slope ``negative_slope``) or ``"relu"``;
+    ``skip_channels``: ``None`` concatenates the encoder's features as they are; a number
+    first projects them to that many channels (1×1 convolution + batch norm + activation,
+    module ``skips.l``), as the Deep Image Prior does with 4: a narrow full-resolution path
+    fits the noise later;
     ``output``: ``None`` (a linear head) or ``"sigmoid"`` (outputs in (0, 1), for images).
     """
 
@@ -104,7 +125,8 @@ class UNet(Module):
                  width: int | tuple[int, ...] = 32, *, growth: int = 2, down: str = "maxpool",
                  up: str = "nearest", activation: str = "leaky_relu",
                  negative_slope: float = 0.2, batch_norm: bool = True,
-                 output: str | None = None, dtype: Any = None, rng: Rng = None) -> None:
+                 skip_channels: int | None = None, output: str | None = None,
+                 dtype: Any = None, rng: Rng = None) -> None:
         super().__init__()
         self.in_channels = positive(in_channels, "UNet in_channels")
         self.out_channels = positive(out_channels, "UNet out_channels")
@@ -142,7 +164,16 @@ class UNet(Module):
         else:
             self.ups = ModuleList(Upsample(2, mode=up) for _ in range(self.depth))
             up_channels = list(c[1:])
-        self.decoders = ModuleList(ConvBlock(c[lvl] + up_channels[lvl], c[lvl], **block)
+        if skip_channels is None:
+            skip = list(c[:self.depth])
+        else:
+            k = positive(skip_channels, "UNet skip_channels")
+            skip = [k] * self.depth
+            self.skips = ModuleList(_SkipProjection(c[lvl], k, activation, negative_slope,
+                                                    batch_norm, dtype=dtype, rng=gen)
+                                    for lvl in range(self.depth))
+        self.skip_channels = skip_channels
+        self.decoders = ModuleList(ConvBlock(skip[lvl] + up_channels[lvl], c[lvl], **block)
                                    for lvl in range(self.depth))
         self.head = Conv2d(c[0], out_channels, 1, dtype=dtype, rng=gen)
         self.final = Sigmoid() if output == "sigmoid" else Identity()
@@ -181,7 +212,7 @@ class UNet(Module):
         h = x
         for lvl in range(self.depth):
             h = self.encoders[lvl](h)
-            skips.append(h)
+            skips.append(h if self.skip_channels is None else self.skips[lvl](h))
             h = self.downs[lvl](h)
         h = self.bottleneck(h)
         for lvl in reversed(range(self.depth)):

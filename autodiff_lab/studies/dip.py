@@ -60,6 +60,7 @@ class DIPConfig:
     depth: int = 4                 #: U-Net depth (the image side must be a multiple of 2**depth)
     width: int | tuple[int, ...] = 16  #: channels of the first level, or one count per level
     growth: int = 1                #: channel factor per level (1: the same width everywhere)
+    skip_channels: int | None = 4  #: channels of each skip connection (None: all, the paper: 4)
     code_channels: int = 32        #: channels of the random code z (the paper: 32)
     code_scale: float = 0.1        #: z ~ U(0, code_scale), as the paper draws it
     input_noise: float = 0.0       #: std of fresh noise added to z at every step (paper: 1/30)
@@ -102,6 +103,8 @@ class DIPConfig:
                              f"bottleneck last), got {len(self.width)}: {tuple(self.width)}")
         integer("growth", 1)
         integer("code_channels", 1)
+        if self.skip_channels is not None:
+            integer("skip_channels", 1)
         integer("seed", 0)
         if self.crop is not None:
             integer("crop", 0)
@@ -238,6 +241,7 @@ def build_model(config: DIPConfig, channels: int) -> Any:
     from autodiff_lab import nn
     return nn.UNet(config.code_channels, channels, config.depth, config.width,
                    growth=config.growth, down=config.down, up=config.up,
+                   skip_channels=config.skip_channels,
                    activation=config.activation, output="sigmoid", dtype=np.float32,
                    rng=np.random.default_rng([config.seed, 2]))
 
@@ -420,6 +424,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--width", type=int, nargs="+", help=f"U-Net channels of the first level, or one count per "
                                              f"level, bottleneck last (default {d.width})")
     add("--growth", type=int, help=f"channel factor per level (default {d.growth})")
+    add("--skip-channels", type=int, help=f"channels of each skip connection, 0 = the encoder's "
+                                          f"features unprojected (default {d.skip_channels})")
     add("--code-channels", type=int, help=f"channels of the random input code (default {d.code_channels})")
     add("--input-noise", type=float, help="std of noise added to the code every step (paper: 1/30)")
     add("--up", choices=("bilinear", "nearest", "transpose"), help=f"up-sampling (default {d.up})")
@@ -443,6 +449,8 @@ def config_from_args(args: argparse.Namespace) -> DIPConfig:
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "sigma" in given:
         given["sigma"] = given["sigma"] / 255.0
+    if given.get("skip_channels") == 0:
+        given["skip_channels"] = None
     if "width" in given:
         w = tuple(given["width"])
         given["width"] = w[0] if len(w) == 1 else w

@@ -120,8 +120,9 @@ def test_bilinear_symbolic_forms_and_errors():
     (1, (4, 6), "maxpool", "nearest"), (2, (8, 12), "conv", "bilinear"),
     (3, (16, 8), "maxpool", "transpose"), (2, (12, 4), "conv", "transpose"),
     (3, (8, 16), "conv", "nearest"), (1, (2, 10), "maxpool", "bilinear")])
-def test_unet_shapes(depth, size, down, up):
-    model = nn.UNet(2, 3, depth, 3, down=down, up=up, rng=0)
+@pytest.mark.parametrize("skip", [None, 2])
+def test_unet_shapes(depth, size, down, up, skip):
+    model = nn.UNet(2, 3, depth, 3, down=down, up=up, skip_channels=skip, rng=0)
     x = RNG.random((2, 2) + size)
     assert model(x).shape == (2, 3) + size
     g = adl.trace(lambda x: model(x), x=x)
@@ -182,7 +183,8 @@ def test_every_skip_connection_carries_gradient(level):
 
 
 def test_unet_and_residual_blocks_save_and_load(tmp_path):
-    for model, shape in ((nn.UNet(2, 1, 2, (3, 4, 5), down="conv", up="transpose", rng=0),
+    for model, shape in ((nn.UNet(2, 1, 2, (3, 4, 5), down="conv", up="transpose",
+                                  skip_channels=2, rng=0),
                           (2, 2, 8, 8)),
                          (nn.Sequential(nn.ResidualBlock(2, 2, rng=0),
                                         nn.ResidualBlock(2, 4, stride=2, rng=1)), (2, 2, 7, 7))):
@@ -195,7 +197,7 @@ def test_unet_and_residual_blocks_save_and_load(tmp_path):
         np.testing.assert_array_equal(back(x), model(x))
 
 
-@pytest.mark.parametrize("kw", [dict(down="conv", up="bilinear", output="sigmoid"),
+@pytest.mark.parametrize("kw", [dict(down="conv", up="bilinear", output="sigmoid", skip_channels=2),
                                 dict(down="maxpool", up="transpose", activation="relu"),
                                 dict(down="maxpool", up="nearest", batch_norm=False)])
 def test_unet_matches_torch(kw):
@@ -284,6 +286,7 @@ def test_engines_agree_on_a_unet_gradient():
     assert errors["tape"] == 0.0
     assert errors["symbolic (matrix mode)"] < 1e-10
     assert errors["numeric (central)"] < 1e-6
+    assert errors["numeric (complex)"] < 1e-12
     assert "| symbolic (matrix mode) | full gradient |" in format_agreement(rows)
     assert model.dtype == np.float64
 
@@ -299,6 +302,10 @@ def test_module_graph_of_a_unet_shows_every_skip():
                      ("encoders.1", "concatenate", (1, 4, 8, 8)),
                      ("encoders.2", "concatenate", (1, 8, 4, 4))}
     assert graph.edges[-1].shape == (1, 2, 16, 16)
+    narrow = nn.module_graph(nn.UNet(1, 1, 2, 2, skip_channels=1, rng=0), (1, 1, 8, 8), level=1)
+    assert sorted((narrow.node(e.src).title, narrow.node(e.dst).title) for e in narrow.skips) == [
+        ("encoders.0", "skips.0"), ("encoders.1", "skips.1"), ("skips.0", "concatenate"),
+        ("skips.1", "concatenate")]
     leaves = nn.module_graph(model, (1, 1, 16, 16))
     assert "encoders.0.conv1" in [n.title for n in leaves.nodes]
     assert len(leaves.skips) == 3
@@ -308,10 +315,10 @@ def test_module_graph_of_residual_blocks_and_render(tmp_path):
     model = nn.Sequential(nn.ResidualBlock(2, 2, rng=0), nn.ResidualBlock(2, 3, stride=2, rng=0))
     graph = nn.module_graph(model, (1, 2, 6, 6), level=2)
     assert [n.title for n in graph.nodes if n.kind == "op"] == ["add", "add"]
-    # the identity shortcut jumps from the input to the addition; the projection is a box
-    # on a branch of its own beside the two convolutions
-    assert [(graph.node(e.src).title, graph.node(e.dst).title) for e in graph.skips] == \
-        [("input", "add")]
+    # the identity shortcut jumps from the input to the first addition; the projection
+    # (a box on a branch of its own) is the second block's shortcut
+    assert sorted((graph.node(e.src).title, graph.node(e.dst).title) for e in graph.skips) == \
+        [("0.relu2", "1.shortcut"), ("1.shortcut", "add"), ("input", "add")]
     assert sorted(graph.node(d).title for d in graph.successors(
         next(n.id for n in graph.nodes if n.title == "0.relu2"))) == ["1.conv1", "1.shortcut"]
     source = nn.render_modules(nn.UNet(1, 1, 2, 2, rng=0), (1, 1, 8, 8), tmp_path / "unet",
