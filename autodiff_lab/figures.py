@@ -21,8 +21,8 @@ import numpy as np
 
 from autodiff_lab.errors import InputError
 
-__all__ = ["loss_curves", "image_panel", "confusion_matrix_plot", "weight_templates", "decision_boundary",
-           "SLIDE_SIZES", "STYLE"]
+__all__ = ["loss_curves", "psnr_curves", "image_panel", "confusion_matrix_plot", "weight_templates",
+           "decision_boundary", "SLIDE_SIZES", "STYLE"]
 
 #: figure sizes in inches
 SLIDE_SIZES = {"16:9": (13.33, 7.5), "4:3": (10.0, 7.5)}
@@ -151,6 +151,50 @@ def loss_curves(histories: Mapping[str, Any], path: str | Path, xlabel: str = "s
             ax.set_title(title)
         ax.grid(True, which="major", alpha=0.35)
         ax.legend(framealpha=0.85)
+        return _save(fig, path)
+
+
+def psnr_curves(histories: Mapping[str, Any], path: str | Path,
+                references: Mapping[str, float] | None = None,
+                marks: Mapping[str, tuple[float, float]] | None = None, xlabel: str = "step",
+                ylabel: str = "PSNR (dB)", title: str | None = None,
+                aspect: str = "16:9") -> tuple[Path, Path]:
+    """Quality curves against the step (PSNR of a fit, e.g. the Deep Image Prior's output against
+    the clean image and against its noisy target), with horizontal reference lines (the noisy
+    input, a classical filter, a trained network) and marked points (the peak).
+
+    ``histories`` maps a label to values per step or to a pair (x, y); ``references`` a label
+    to a constant drawn as a dashed line across the plot and labelled with its value;
+    ``marks`` a label to one point (x, y) drawn as a large star.
+    """
+    if not isinstance(histories, Mapping) or not histories:
+        raise InputError("histories must be a non-empty dict {label: values}")
+    runs = {str(k): _series(str(k), v) for k, v in histories.items()}
+    refs = {}
+    for k, v in (references or {}).items():
+        try:
+            value = float(v)
+        except (TypeError, ValueError):
+            raise InputError(f"reference {k!r} must be a number, got {v!r}") from None
+        if math.isfinite(value):
+            refs[str(k)] = value
+    with _style():
+        fig = _figure(aspect)
+        ax = fig.add_subplot()
+        for i, (label, (x, y)) in enumerate(runs.items()):
+            ax.plot(x, y, color=f"C{i % 10}", linestyle=_LINESTYLES[i % 4], label=label)
+        for j, (label, value) in enumerate(refs.items()):
+            ax.axhline(value, color=f"C{(len(runs) + j) % 10}", linestyle=(0, (5, 3)), linewidth=2,
+                       label=f"{label}: {value:.2f} dB")
+        for label, (mx, my) in (marks or {}).items():
+            ax.plot([mx], [my], marker="*", markersize=22, color="k", linestyle="none",
+                    label=f"{label}: {my:.2f} dB at {xlabel} {mx:g}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.grid(True, which="major", alpha=0.35)
+        ax.legend(framealpha=0.85, loc="lower right")
         return _save(fig, path)
 
 

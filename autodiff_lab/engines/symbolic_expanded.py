@@ -79,6 +79,8 @@ def _sizes_of_op(op: str, xs: list[np.ndarray], attrs: Mapping[str, Any],
         if len(xs) > 2:                   # bias
             total = total + 1 + xs[2].reshape((-1,) + (1,) * (len(shape) - 2))
         return np.asarray(total, dtype=float)
+    if op == "upsample_bilinear":         # a·u + b·v per axis: up to 4 pixels, 7 operations
+        return np.asarray(OPS["upsample"].forward(xs[0], **attrs), dtype=float) * 4 + 7
     if op == "avg_pool2d":
         k = math.prod(attrs.get("kernel", (2, 2)))
         return np.asarray(entry.forward(xs[0], **attrs), dtype=float) * k + 3

@@ -637,18 +637,24 @@ def avg_pool2d(x: ArrayLike, kernel: IntPair = 2, stride: IntPair | None = None,
                  padding=_pair(padding, "padding"))
 
 
-def upsample(x: ArrayLike, scale: IntPair = 2) -> ArrayLike:
-    """Nearest-neighbour up-sampling of the last two axes by integer factors.
+def upsample(x: ArrayLike, scale: IntPair = 2, mode: str = "nearest") -> ArrayLike:
+    """Up-sampling of the last two axes by integer factors: ``mode="nearest"`` repeats each
+    pixel (op ``upsample``), ``mode="bilinear"`` interpolates as PyTorch's
+    ``interpolate(..., mode="bilinear", align_corners=False)`` (op ``upsample_bilinear``).
 
     Args:
         x: input (N, C, H, W).
         scale: int or pair of integer factors.
+        mode: ``"nearest"`` (default) or ``"bilinear"``.
 
     Examples:
         >>> adl.upsample(np.ones((1, 1, 2, 3)), scale=2).shape
         (1, 1, 4, 6)
     """
-    return apply("upsample", x, scale=_pair(scale, "scale"))
+    ops = {"nearest": "upsample", "bilinear": "upsample_bilinear"}
+    if mode not in ops:
+        raise TraceError(f"upsample mode must be 'nearest' or 'bilinear', got mode={mode!r}")
+    return apply(ops[mode], x, scale=_pair(scale, "scale"))
 
 
 def batch_norm(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike,

@@ -1465,10 +1465,10 @@ _register(Op(
 ))
 
 
-def _upsample_shape(x: Shape, scale=(2, 2)) -> Shape:
+def _upsample_shape(x: Shape, scale=(2, 2), name: str = "upsample") -> Shape:
     if len(x) < 2:
-        raise ShapeRuleError(f"upsample needs at least 2 axes (…, H, W), got {_fmt(x)}")
-    scale = _int_pair("upsample", "scale", scale, 1)
+        raise ShapeRuleError(f"{name} needs at least 2 axes (…, H, W), got {_fmt(x)}")
+    scale = _int_pair(name, "scale", scale, 1)
     return x[:-2] + (x[-2] * scale[0], x[-1] * scale[1])
 
 
@@ -1488,6 +1488,135 @@ _register(Op(
     matrix=(lambda M, g, ans, x, scale=(2, 2): M.sum(M.reshape(
         g, x.shape[:-2] + (x.shape[-2], scale[0], x.shape[-1], scale[1])), (-3, -1)),),
     doc="nearest-neighbour up-sampling by integer factors",
+))
+
+
+# Bilinear up-sampling with PyTorch's align_corners=False: output pixel o of an axis of
+# length n (scale s) samples the input at src = (o + ½)/s − ½, clamped to [0, n − 1], and
+# blends the two input pixels around it. For an integer s the output rows o = s·i + r of
+# one phase r all sit at the same offset δ_r = (2r + 1 − s)/(2s) ∈ (−½, ½) from input row i,
+# so each phase is a blend of x and x shifted by one row (edge repeated): vectorised slices,
+# no per-pixel loop, and the adjoint is the same slices sent the other way.
+
+def _bilinear_phases(s: int) -> list[tuple[Any, int]]:
+    """(|δ_r| as an exact fraction, direction: +1 blends with the next row, −1 the
+    previous) for each phase r of scale ``s``."""
+    from fractions import Fraction
+    out = []
+    for r in range(s):
+        d = Fraction(2 * r + 1 - s, 2 * s)
+        out.append((abs(d), 1 if d >= 0 else -1))
+    return out
+
+
+def _shifted(x: np.ndarray, axis: int, direction: int) -> np.ndarray:
+    """``x`` moved by one along ``axis``, edge repeated: x[min(i+1, n−1)] (+1) or x[max(i−1, 0)] (−1)."""
+    n = x.shape[axis]
+    idx = np.minimum(np.arange(n) + 1, n - 1) if direction > 0 else np.maximum(np.arange(n) - 1, 0)
+    return np.take(x, idx, axis=axis)
+
+
+def _shifted_adjoint(g: np.ndarray, axis: int, direction: int) -> np.ndarray:
+    """The adjoint of :func:`_shifted`: each row's gradient goes to the row it was read from."""
+    n = g.shape[axis]
+    out = np.zeros_like(g)
+    src = [slice(None)] * g.ndim
+    dst = [slice(None)] * g.ndim
+    if direction > 0:  # y[i] = x[i + 1] for i < n − 1, y[n − 1] = x[n − 1]
+        src[axis], dst[axis] = slice(0, n - 1), slice(1, n)
+    else:              # y[i] = x[i − 1] for i > 0, y[0] = x[0]
+        src[axis], dst[axis] = slice(1, n), slice(0, n - 1)
+    out[tuple(dst)] = g[tuple(src)]
+    edge = [slice(None)] * g.ndim
+    edge[axis] = slice(n - 1, n) if direction > 0 else slice(0, 1)
+    out[tuple(edge)] += g[tuple(edge)]
+    return out
+
+
+def _phase(a: np.ndarray, axis: int, r: int, s: int) -> tuple:
+    key = [slice(None)] * a.ndim
+    key[axis] = slice(r, None, s)
+    return tuple(key)
+
+
+def _bilinear_axis(x: np.ndarray, s: int, axis: int, number: Callable[[Any], Any] = float
+                   ) -> np.ndarray:
+    """``x`` up-sampled by ``s`` along ``axis`` (``number`` turns the exact weights into
+    the array's kind of number: floats, or SymPy rationals for the symbolic form)."""
+    if s == 1:
+        return x
+    shape = list(x.shape)
+    shape[axis] *= s
+    out = np.empty(shape, dtype=x.dtype)
+    neighbours = {d: _shifted(x, axis, d) for d in (1, -1)}
+    for r, (d, direction) in enumerate(_bilinear_phases(s)):
+        out[_phase(out, axis, r, s)] = number(1 - d) * x + number(d) * neighbours[direction] \
+            if d else x
+    return out
+
+
+def _bilinear_axis_adjoint(g: np.ndarray, s: int, axis: int) -> np.ndarray:
+    if s == 1:
+        return g
+    own = None
+    to_neighbour: dict[int, Any] = {}
+    for r, (d, direction) in enumerate(_bilinear_phases(s)):
+        gr = g[_phase(g, axis, r, s)]
+        own = float(1 - d) * gr if own is None else own + float(1 - d) * gr
+        if d:
+            part = float(d) * gr
+            to_neighbour[direction] = part if direction not in to_neighbour \
+                else to_neighbour[direction] + part
+    for direction, part in to_neighbour.items():
+        own = own + _shifted_adjoint(part, axis, direction)
+    return own
+
+
+def _upsample_bilinear(x, scale=(2, 2)):
+    return _bilinear_axis(_bilinear_axis(x, scale[0], -2), scale[1], -1)
+
+
+def _upsample_bilinear_vjp(g, ans, x, scale=(2, 2)):
+    return _bilinear_axis_adjoint(_bilinear_axis_adjoint(g, scale[1], -1), scale[0], -2)
+
+
+def _sp_upsample_bilinear(x, scale=(2, 2)):
+    def rational(f: Any) -> Any:
+        return sp.Rational(f.numerator, f.denominator)
+    out = _bilinear_axis(np.asarray(x, dtype=object), scale[0], -2, rational)
+    return _bilinear_axis(out, scale[1], -1, rational)
+
+
+def bilinear_matrix(n: int, s: int) -> np.ndarray:
+    """The (s·n, n) matrix of bilinear up-sampling of a length-n axis (align_corners=False),
+    built pixel by pixel from PyTorch's source-index formula."""
+    a = np.zeros((n * s, n))
+    for o in range(n * s):
+        src = max((o + 0.5) / s - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), n - 1)
+        i1 = min(i0 + 1, n - 1)
+        lam = src - i0
+        a[o, i0] += 1 - lam
+        a[o, i1] += lam
+    return a
+
+
+def _upsample_bilinear_matrix(M, g, ans, x, scale=(2, 2)):
+    # Y = A_H X A_Wᵀ on the last two axes, so dL/dX = A_Hᵀ G A_W
+    h, w = x.shape[-2:]
+    a_h, a_w = M.const(bilinear_matrix(h, scale[0])), M.const(bilinear_matrix(w, scale[1]))
+    return M.T(a_h) @ g @ a_w
+
+
+_register(Op(
+    name="upsample_bilinear",
+    shape=lambda x, scale=(2, 2): _upsample_shape(x, scale, "upsample_bilinear"),
+    forward=_upsample_bilinear, vjp=(_upsample_bilinear_vjp,), sympy=_sp_upsample_bilinear,
+    label="bilinear", attrs={"scale": (2, 2)}, batched=_poly(_upsample_bilinear),
+    vjp_uses=frozenset(),  # linear: the rule reads only the input's shape
+    matrix=(_upsample_bilinear_matrix,),
+    doc="bilinear up-sampling by integer factors (PyTorch's align_corners=False: edges "
+        "repeated, no corner alignment)",
 ))
 
 

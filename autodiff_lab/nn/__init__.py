@@ -23,6 +23,7 @@ from autodiff_lab.nn import init
 from autodiff_lab.nn.activation import Flatten, LeakyReLU, ReLU, Sigmoid, Tanh
 from autodiff_lab.nn.container import ModuleList, Sequential
 from autodiff_lab.nn.conv import Conv2d, ConvTranspose2d
+from autodiff_lab.nn.diagram import module_graph, render_modules
 from autodiff_lab.nn.dropout import Dropout
 from autodiff_lab.nn.linear import Identity, Linear
 from autodiff_lab.nn.losses import CrossEntropyLoss, L1Loss, MSELoss
@@ -38,17 +39,20 @@ from autodiff_lab.nn.module import (
 from autodiff_lab.nn.norm import BatchNorm1d, BatchNorm2d
 from autodiff_lab.nn.parameter import Parameter
 from autodiff_lab.nn.pooling import AvgPool2d, MaxPool2d, Upsample
+from autodiff_lab.nn.residual import ResidualBlock
 from autodiff_lab.nn.serialize import load, save
 from autodiff_lab.nn.step import CompiledStep, StepOutput, compile_step, evaluate, predict
+from autodiff_lab.nn.unet import ConvBlock, UNet
 
 __all__ = [
     "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "CheckpointError", "CompiledStep", "Conv2d",
+    "ConvBlock", "ResidualBlock", "UNet",
     "ConvTranspose2d", "CrossEntropyLoss", "DnCNN", "Dropout", "Flatten", "Identity",
     "InpaintingMLP", "L1Loss", "LeakyReLU", "Linear", "LinearClassifier", "LoadResult",
     "MLPClassifier", "MSELoss", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
     "Sequential", "Sigmoid", "SigmoidNeuron", "StepOutput", "Tanh", "Upsample", "compile_step",
     "default_generator", "evaluate", "get_default_dtype", "init", "load", "manual_seed",
-    "predict", "save", "set_default_dtype",
+    "module_graph", "predict", "render_modules", "save", "set_default_dtype",
 ]
 
 # optimisers and schedules: nn/optim.py, nn/schedules.py

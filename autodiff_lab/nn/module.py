@@ -104,6 +104,23 @@ class TraceState:
     calls: dict[str, int] = field(default_factory=dict)       # key -> how often it was used
     depth: int = 0
     tagged: set[int] = field(default_factory=set)  # nodes that already say which layer made them
+    #: every module call of the trace, innermost first (what a layer-level drawing reads)
+    module_calls: list[ModuleCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModuleCall:
+    """One call of a module while tracing: which module, how deep in the call tree, the
+    node indices it recorded (``start`` to ``stop``), the tensors it read and returned."""
+
+    path: str
+    kind: str        # the module's class name
+    depth: int       # 0 for the outermost module of the trace
+    start: int
+    stop: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    is_leaf: bool    # a module without submodules (Conv2d, ReLU ...)
 
 
 _TRACES: weakref.WeakKeyDictionary[GraphBuilder, TraceState] = weakref.WeakKeyDictionary()
@@ -572,10 +589,18 @@ class Module:
         state.depth += 1
         start = len(traced.builder.nodes)
         try:
-            return self._run(args, kwargs)
+            result = self._run(args, kwargs)
         finally:
             state.depth -= 1
             self._tag_nodes(traced.builder, start)
+        outs = result if isinstance(result, (tuple, list)) else \
+            tuple(result.values()) if isinstance(result, Mapping) else (result,)
+        state.module_calls.append(ModuleCall(
+            self._path, type(self).__name__, state.depth, start, len(traced.builder.nodes),
+            tuple(a.node for a in (*args, *kwargs.values()) if isinstance(a, Tensor)),
+            tuple(o.node for o in outs if isinstance(o, Tensor)),
+            not any(m is not None for m in self._modules.values())))
+        return result
 
     def _tag_nodes(self, builder: GraphBuilder, start: int) -> None:
         """Say which layer made each node this call recorded (inner layers tag first), so
@@ -715,5 +740,5 @@ class Module:
         save(self, path)
 
 
-__all__ = ["LoadResult", "Module", "as_generator", "default_generator", "float_dtype",
+__all__ = ["LoadResult", "Module", "ModuleCall", "as_generator", "default_generator", "float_dtype",
            "get_default_dtype", "manual_seed", "set_default_dtype"]

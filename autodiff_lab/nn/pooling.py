@@ -52,12 +52,20 @@ class AvgPool2d(_Pool2d):
 
 
 class Upsample(Module):
-    """Nearest-neighbour up-sampling by integer factors: (N, C, H, W) -> (N, C, sH, sW)."""
+    """Up-sampling by integer factors: (N, C, H, W) -> (N, C, sH, sW).
+
+    ``mode="nearest"`` repeats each pixel; ``mode="bilinear"`` interpolates between the
+    four nearest input pixels as ``torch.nn.Upsample(mode="bilinear")`` does
+    (``align_corners=False``: pixel centres scaled, edges repeated). Neither has weights;
+    ``ConvTranspose2d`` is the learned alternative.
+    """
+
+    MODES = ("nearest", "bilinear")
 
     def __init__(self, scale_factor: int | tuple[int, int] = 2, mode: str = "nearest") -> None:
         super().__init__()
-        if mode != "nearest":
-            raise InputError(f"Upsample supports mode='nearest' only, got {mode!r}; use "
+        if mode not in self.MODES:
+            raise InputError(f"Upsample mode must be 'nearest' or 'bilinear', got {mode!r}; use "
                              "ConvTranspose2d for a learned up-sampling")
         if isinstance(scale_factor, float) and scale_factor.is_integer():
             scale_factor = int(scale_factor)
@@ -68,7 +76,7 @@ class Upsample(Module):
 
     def forward(self, x: Any) -> Any:
         _check_images(x)
-        return F.upsample(x, self.scale_factor)
+        return F.upsample(x, self.scale_factor, mode=self.mode)
 
     def extra_repr(self) -> str:
         return f"scale_factor={self.scale_factor}, mode={self.mode!r}"

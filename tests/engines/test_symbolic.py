@@ -126,6 +126,8 @@ OP_GRAPHS = {
                        {"x": _r(1, 2, 3, 3), "w": _r(2, 3, 3, 3), "b": _r(3)}),
     "pooling_upsample": (lambda x: adl.sum(adl.max_pool2d(x, 2) * adl.avg_pool2d(x, 2))
                          + adl.sum(adl.upsample(x, 2) ** 2), {"x": _r(1, 2, 4, 4)}),
+    "upsample_bilinear": (lambda x: adl.sum(adl.upsample(x, (2, 3), mode="bilinear") ** 3),
+                          {"x": _r(1, 2, 3, 4)}),
     "batch_norm_eval": (lambda x, g, b, m, v: adl.sum(adl.batch_norm(x, g, b, m, v,
                                                                      training=False) ** 2),
                         {"x": _r(4, 3), "g": _r(3), "b": _r(3), "m": _r(3, seed=4),
@@ -380,3 +382,17 @@ def test_matrix_mode_compiles_deep_networks_in_linear_time():
     assert time.perf_counter() - t0 < 3.0
     got, want = program(ex.values).grads, adl.gradient(ex.graph, ex.values, wrt=wrt).grads
     assert all(np.allclose(got[k], want[k], rtol=1e-10, atol=1e-13) for k in wrt)
+
+
+def test_matrix_mode_compiles_deep_shared_dags_in_linear_time():
+    # every layer reads its input three times (as batch norm does): the expression *tree*
+    # has ~3^depth nodes, the DAG ~depth; keys and code generation must follow the DAG
+    def deep(x):
+        for _ in range(60):
+            x = adl.tanh(x * x + x - adl.sum(x) * 0.01)
+        return adl.sum(x)
+    graph = adl.trace(deep, x=(3,))
+    values = {"x": _r(3, low=-0.5, high=0.5)}
+    start = time.perf_counter()
+    assert_agrees_with_tape(graph, values, mode="matrix")
+    assert time.perf_counter() - start < 10

@@ -140,6 +140,8 @@ OTHER_CASES = {
                            {"x": (1, 2, 5, 5)}),
     "avg_pool2d": (lambda x: adl.avg_pool2d(x, 3, stride=2, padding=1), {"x": (2, 2, 5, 6)}),
     "upsample": (lambda x: adl.upsample(x, (2, 3)), {"x": (1, 2, 3, 2)}),
+    "upsample_bilinear": (lambda x: adl.upsample(x, (2, 3), mode="bilinear"),
+                          {"x": (1, 2, 3, 2)}),
     "batch_norm": (lambda x, gm, bt: adl.batch_norm(x, gm, bt), {"x": (4, 3, 2, 2), "gm": (3,),
                                                                  "bt": (3,)}),
     "batch_norm_2d_eval": (lambda x, gm, bt, m, v: adl.batch_norm(x, gm, bt, m, v, training=False),

@@ -139,6 +139,7 @@ OP_CALLS = {  # op -> (function of (x, w) and attributes, shapes of x and w)
     "max_pool2d": (lambda x, w, **a: adl.max_pool2d(x, **{"kernel": 2, **a}), X4, None),
     "avg_pool2d": (lambda x, w, **a: adl.avg_pool2d(x, **{"kernel": 2, **a}), X4, None),
     "upsample": (lambda x, w, **a: adl.upsample(x, **a), X4, None),
+    "upsample_bilinear": (lambda x, w, **a: adl.upsample(x, mode="bilinear", **a), X4, None),
 }
 BAD_VALUES = {"stride": [0, -1, 1.5, True, "2", (1, 2, 3)],
               "padding": [-1, 1.5, False],
@@ -151,7 +152,7 @@ ATTRS = {"conv2d": ["stride", "padding", "dilation", "groups"],
          "conv_transpose2d": ["stride", "padding", "output_padding", "dilation", "groups"],
          "max_pool2d": ["kernel", "stride", "padding"],
          "avg_pool2d": ["kernel", "stride", "padding"],
-         "upsample": ["scale"]}
+         "upsample": ["scale"], "upsample_bilinear": ["scale"]}
 ATTR_CASES = [(op, attr, value) for op, attrs in ATTRS.items() for attr in attrs
               for value in BAD_VALUES[attr]]
 

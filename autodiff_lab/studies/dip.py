@@ -1,0 +1,505 @@
+"""Deep Image Prior (Ulyanov, Vedaldi, Lempitsky, CVPR 2018): denoising with no training set.
+
+A randomly initialised U-Net f is fitted to ONE noisy image y from a fixed random code z
+(noise, N × C × H × W, drawn once), minimising ½‖f(z) − y‖² with Adam. The network's
+structure makes natural images easy to produce and noise hard: it fits the image first and
+the noise later, so the PSNR of f(z) against the *clean* image rises, peaks, and declines
+as the net starts reproducing the noise too. Stopping early (at the peak) denoises.
+
+:func:`run` does the experiment for a :class:`DIPConfig` and returns its metrics; it writes
+
+* ``dip_curve.png/.svg``: PSNR of f(z) against the clean image and against the noisy
+  target, per step, with the noisy input's PSNR, the best Gaussian filter's and (with
+  ``dncnn=``) a trained DnCNN's as reference lines, and the peak marked;
+* ``dip_panel.png/.svg``: clean, noisy, Gaussian, (DnCNN,) the best step's output, and
+  snapshots of f(z) at chosen steps;
+* ``dip_best.png`` (the output at the best step), ``dip_final.png``, ``noisy.png``;
+* ``metrics.json``: best step and PSNR, final PSNR, noisy and Gaussian PSNR (and σ), wall
+  time, steps per second, the machine's load, the curve and the configuration.
+
+The best step is chosen with the clean image (an oracle stopping time, as the paper's
+curves show it); the final PSNR is what running on without that oracle gives.
+
+From the shell: ``python -m autodiff_lab.studies.dip --quick`` (or, once registered,
+``autodiff-lab train dip``); ``add_arguments`` / ``main`` are the command-line layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autodiff_lab.errors import InputError
+
+#: the auxiliary output through which the traced loss hands back f(z) at every step
+OUTPUT_KEY = "dip.output"
+#: how far above the best Gaussian filter a run is expected to get (metrics record when)
+TARGET_MARGIN_DB = 1.5
+
+
+@dataclass
+class DIPConfig:
+    """One Deep Image Prior run. Defaults: the 256×256 centre crop of ``camera``, σ = 25/255,
+    a depth-4 U-Net of width 16 with stride-2 convolutions down and bilinear up-sampling,
+    a 32-channel code, Adam at lr 0.01."""
+
+    image: str = "camera"          #: a name of ``data.load_gray_images`` or a PNG path
+    crop: int | None = 256         #: side of the centre crop (None or 0: the whole image)
+    sigma: float = 25 / 255        #: noise standard deviation on the [0, 1] scale
+    steps: int = 2400              #: Adam steps (gradient evaluations)
+    every: int = 10                #: record the curve every ``every`` steps
+    lr: float = 0.01
+    depth: int = 4                 #: U-Net depth (the image side must be a multiple of 2**depth)
+    width: int | tuple[int, ...] = 16  #: channels of the first level, or one count per level
+    growth: int = 1                #: channel factor per level (1: the same width everywhere)
+    skip_channels: int | None = 4  #: channels of each skip connection (None: all, the paper: 4)
+    code_channels: int = 32        #: channels of the random code z (the paper: 32)
+    code_scale: float = 0.1        #: z ~ U(0, code_scale), as the paper draws it
+    input_noise: float = 0.0       #: std of fresh noise added to z at every step (paper: 1/30)
+    down: str = "conv"             #: "conv" (stride 2) or "maxpool"
+    up: str = "bilinear"           #: "bilinear", "nearest" or "transpose"
+    activation: str = "leaky_relu"
+    ema: float = 0.0               #: exponential moving average of the outputs (paper: 0.99); 0 = off
+    snapshots: tuple[int, ...] = ()  #: steps whose f(z) the panel shows (() = spread over the run)
+    seed: int = 0                  #: seeds the noise, the code z and the weights
+    dncnn: str | None = None       #: a trained DnCNN (nn.save file) to compare with
+    out: str = "runs/dip"          #: folder for the figures and metrics.json
+    engine: str = "tape"
+    max_seconds: float | None = None  #: stop the loop after this much wall time
+    progress: bool = True          #: print a line every tenth of the run
+    extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes kept in metrics.json
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DIPConfig:
+        """A run of a few seconds (64×64 crop, small net, 40 steps) that exercises everything."""
+        base = dict(crop=64, steps=40, every=5, depth=3, width=8, code_channels=8,
+                    out="runs/dip-quick", progress=False)
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> DIPConfig:
+        """Refuse bad settings with one line naming the value and what is expected."""
+        def integer(name: str, minimum: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise InputError(f"{name} must be an integer >= {minimum}, got {v!r}")
+        integer("steps", 1)
+        integer("every", 1)
+        integer("depth", 1)
+        widths = self.width if isinstance(self.width, (tuple, list)) else (self.width,)
+        if not widths or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                             for v in widths):
+            raise InputError(f"width must be a positive integer or one per level, got {self.width!r}")
+        if isinstance(self.width, (tuple, list)) and len(self.width) != self.depth + 1:
+            raise InputError(f"width needs depth + 1 = {self.depth + 1} counts (one per level, the "
+                             f"bottleneck last), got {len(self.width)}: {tuple(self.width)}")
+        integer("growth", 1)
+        integer("code_channels", 1)
+        if self.skip_channels is not None:
+            integer("skip_channels", 1)
+        integer("seed", 0)
+        if self.crop is not None:
+            integer("crop", 0)
+        for name in ("lr", "code_scale"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+                raise InputError(f"{name} must be a positive number, got {v!r}")
+        for name in ("sigma", "input_noise"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise InputError(f"{name} must be a number >= 0, got {v!r}")
+        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+            raise InputError(f"ema must be in [0, 1) (0 = off; the paper uses 0.99), got "
+                             f"{self.ema!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise InputError(f"max_seconds must be positive, got {self.max_seconds!r}")
+        bad = [s for s in self.snapshots if isinstance(s, bool) or not isinstance(s, (int, np.integer))
+               or not 1 <= s <= self.steps]
+        if bad:
+            raise InputError(f"snapshot steps must be integers in 1..{self.steps} (the step "
+                             f"count), got {bad}")
+        from autodiff_lab.nn.unet import ACTIVATIONS, DOWN_MODES, UP_MODES
+        for name, allowed in (("down", DOWN_MODES), ("up", UP_MODES),
+                              ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}, got "
+                                 f"{getattr(self, name)!r}")
+        return self
+
+
+# --------------------------------------------------------------------------------------
+# the image
+# --------------------------------------------------------------------------------------
+
+def load_clean_image(config: DIPConfig) -> np.ndarray:
+    """The clean image as (C, H, W) floats in [0, 1] (C = 1 grey, 3 RGB), centre-cropped and
+    checked against the U-Net's size rule."""
+    from autodiff_lab.data import load_gray_images, read_image
+
+    name = str(config.image)
+    known = load_gray_images()
+    if name in known:
+        img = known[name]
+    elif Path(name).exists() or Path(name).suffix:
+        img = read_image(name)  # our InputError for missing files and non-images
+    else:
+        raise InputError(f"image {name!r} is neither a built-in image ({', '.join(known)}) nor "
+                         "an image file")
+    if img.ndim == 3 and img.shape[2] == 3:
+        chw = np.transpose(img, (2, 0, 1))
+    elif img.ndim == 2:
+        chw = img[None]
+    else:
+        what = f"{img.shape[2]} channels (RGBA?)" if img.ndim == 3 else f"shape {img.shape}"
+        raise InputError(f"image {name!r} has {what}; the Deep Image Prior takes grey (H, W) or "
+                         "RGB (H, W, 3) images")
+    h, w = chw.shape[1:]
+    if config.crop:
+        c = int(config.crop)
+        if c > min(h, w):
+            raise InputError(f"crop {c} is larger than the image {name!r} ({h}×{w}); use "
+                             f"--crop {min(h, w)} or less")
+        top, left = (h - c) // 2, (w - c) // 2
+        chw = chw[:, top:top + c, left:left + c]
+        h = w = c
+    d = 2 ** config.depth
+    if h % d or w % d or h < d or w < d:
+        fix = (f"--crop {min(h, w) // d * d}" if min(h, w) >= d else "a larger image")
+        raise InputError(f"the image is {h}×{w}, not a multiple of 2**depth = {d} on both sides "
+                         f"(depth {config.depth}); use {fix} or a smaller --depth")
+    if (h // d) * (w // d) < 2:
+        raise InputError(f"the image {h}×{w} is too small for depth {config.depth}: the U-Net's "
+                         f"bottleneck would be 1×1, too small for batch normalisation; use an "
+                         f"image of at least {2 * d}×{d} or a smaller --depth")
+    return np.ascontiguousarray(chw, dtype=np.float64)
+
+
+def _gaussian_baseline(noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The Gaussian filter (one σ for every channel, from the data module's grid) with the
+    best PSNR against the clean image: (filtered, σ, PSNR)."""
+    from autodiff_lab.data import DEFAULT_SIGMAS, best_gaussian_filter, gaussian_filter, psnr
+
+    if noisy.shape[0] == 1:
+        f, s, p = best_gaussian_filter(noisy[0], clean[0])
+        return f[None], float(s), float(p)
+    best = (noisy, 0.0, -np.inf)
+    for s in DEFAULT_SIGMAS:
+        f = gaussian_filter(noisy, s)
+        p = psnr(f, clean)
+        if p > best[2]:
+            best = (f, float(s), float(p))
+    return best
+
+
+def _dncnn_baseline(path: str, noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, float]:
+    """A trained DnCNN (saved with nn.save) applied to the same noisy image: (output, PSNR)."""
+    from autodiff_lab import nn
+    from autodiff_lab.data import psnr
+
+    model = nn.load(path)
+    if not hasattr(model, "denoise"):
+        raise InputError(f"{path!r} holds a {type(model).__name__}, not a denoiser with a "
+                         "denoise() method (a model saved by the DnCNN case study)")
+    channels = getattr(model, "image_channels", noisy.shape[0])
+    if channels != noisy.shape[0]:
+        raise InputError(f"the DnCNN in {path!r} takes {channels}-channel images, the image has "
+                         f"{noisy.shape[0]}")
+    out = np.asarray(model.denoise(noisy[None]), dtype=np.float64)[0]
+    return out, float(psnr(np.clip(out, 0, 1), clean))
+
+
+# --------------------------------------------------------------------------------------
+# the experiment
+# --------------------------------------------------------------------------------------
+
+def _recording_mse(pred: Any, target: Any) -> Any:
+    """½‖pred − target‖², handing pred back as an auxiliary output of the traced step, so
+    every step returns f(z) without a second forward pass."""
+    from autodiff_lab.graph import functions as F
+    from autodiff_lab.graph.tensor import Tensor
+
+    if isinstance(pred, Tensor):
+        pred.builder.aux_outputs[OUTPUT_KEY] = pred
+    return F.mse_loss(pred, target, reduction="sum")
+
+
+def _default_snapshots(steps: int) -> list[int]:
+    picks = {max(1, round(steps * f)) for f in (0.02, 0.08, 0.25, 0.5)}
+    return sorted(picks)
+
+
+def build_model(config: DIPConfig, channels: int) -> Any:
+    """The U-Net of the run (float32), its weights drawn from the run's seed."""
+    from autodiff_lab import nn
+    return nn.UNet(config.code_channels, channels, config.depth, config.width,
+                   growth=config.growth, down=config.down, up=config.up,
+                   skip_channels=config.skip_channels,
+                   activation=config.activation, output="sigmoid", dtype=np.float32,
+                   rng=np.random.default_rng([config.seed, 2]))
+
+
+def run(config: DIPConfig) -> dict[str, Any]:
+    """Fit the U-Net to the noisy image (see the module docstring); returns the metrics
+    (also written to ``<out>/metrics.json``)."""
+    from autodiff_lab import nn
+    from autodiff_lab.data import psnr
+    from autodiff_lab.nn.optim import Adam
+
+    if not isinstance(config, DIPConfig):
+        raise InputError(f"run needs a DIPConfig, got {type(config).__name__}")
+    config.validate()
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    clean = load_clean_image(config)
+    c, h, w = clean.shape
+    noisy = clean + np.random.default_rng([config.seed, 0]).normal(0.0, config.sigma, clean.shape)
+    z = np.random.default_rng([config.seed, 1]).uniform(
+        0.0, config.code_scale, (1, config.code_channels, h, w)).astype(np.float32)
+    out_dir = Path(config.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    noisy_psnr = float(psnr(noisy, clean))
+    gauss_img, gauss_sigma, gauss_psnr = _gaussian_baseline(noisy, clean)
+    dncnn_img, dncnn_psnr = (None, None)
+    if config.dncnn:
+        dncnn_img, dncnn_psnr = _dncnn_baseline(config.dncnn, noisy, clean)
+
+    model = build_model(config, c)
+    target = noisy[None].astype(np.float32)
+    step = nn.compile_step(model, _recording_mse, z, target, engine=config.engine)
+    optimiser = Adam(model.parameters(), lr=config.lr)
+    noise_rng = np.random.default_rng([config.seed, 3])
+    snapshot_steps = sorted(set(config.snapshots)) or _default_snapshots(config.steps)
+
+    curve: dict[str, list[float]] = {"step": [], "seconds": [], "psnr_clean": [], "psnr_noisy": [],
+                                     "loss": []}
+    if config.ema:
+        curve["psnr_ema"] = []
+    snapshots: dict[int, np.ndarray] = {}
+    best_psnr, best_step, best_img = -np.inf, 0, None
+    ema_img = None
+    beat: dict[str, Any] | None = None
+    loop_start = time.perf_counter()
+    done = 0
+    pred = None
+    for t in range(1, config.steps + 1):
+        x = z if not config.input_noise else \
+            z + noise_rng.normal(0.0, config.input_noise, z.shape).astype(np.float32)
+        result = step(x, target)
+        pred = np.asarray(result.outputs[OUTPUT_KEY][0], dtype=np.float64)
+        optimiser.step()
+        done = t
+        p_clean = float(psnr(pred, clean))
+        if config.ema:
+            ema_img = pred if ema_img is None else config.ema * ema_img + (1 - config.ema) * pred
+        if p_clean > best_psnr:
+            best_psnr, best_step, best_img = p_clean, t, pred
+        elapsed = time.perf_counter() - loop_start
+        if beat is None and p_clean >= gauss_psnr + TARGET_MARGIN_DB:
+            beat = {"margin_db": TARGET_MARGIN_DB, "step": t, "seconds": round(elapsed, 2)}
+        if t in snapshot_steps:
+            snapshots[t] = pred
+        out_of_time = config.max_seconds is not None and elapsed > config.max_seconds
+        if t % config.every == 0 or t == 1 or t == config.steps or out_of_time:
+            curve["step"].append(t)
+            curve["seconds"].append(round(elapsed, 3))
+            curve["psnr_clean"].append(round(p_clean, 4))
+            curve["psnr_noisy"].append(round(float(psnr(pred, noisy)), 4))
+            curve["loss"].append(float(result.loss))
+            if config.ema:
+                curve["psnr_ema"].append(round(float(psnr(ema_img, clean)), 4))
+        if config.progress and (t % max(1, config.steps // 10) == 0 or t == 1):
+            print(f"step {t:>6}/{config.steps}  PSNR {p_clean:6.2f} dB (best {best_psnr:.2f} at "
+                  f"{best_step})  vs noisy {curve['psnr_noisy'][-1]:6.2f} dB  "
+                  f"{t / max(elapsed, 1e-9):.2f} steps/s", flush=True)
+        if out_of_time:
+            break
+    train_seconds = time.perf_counter() - loop_start
+    assert pred is not None and best_img is not None
+    final_psnr = float(psnr(pred, clean))
+
+    metrics: dict[str, Any] = {
+        "image": config.image, "shape": [c, h, w], "sigma": config.sigma,
+        "steps": done, "best_step": best_step, "best_psnr": round(best_psnr, 3),
+        "final_psnr": round(final_psnr, 3), "decline_db": round(best_psnr - final_psnr, 3),
+        "noisy_psnr": round(noisy_psnr, 3), "gaussian_psnr": round(gauss_psnr, 3),
+        "gaussian_sigma": gauss_sigma, "best_minus_gaussian_db": round(best_psnr - gauss_psnr, 3),
+        "beat_gaussian": beat,
+        "dncnn_psnr": None if dncnn_psnr is None else round(dncnn_psnr, 3),
+        "train_seconds": round(train_seconds, 2),
+        "steps_per_second": round(done / max(train_seconds, 1e-9), 3),
+        "parameters": model.num_parameters, "engine": config.engine, "dtype": "float32",
+        "load_average": [load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
+        "cpu_count": os.cpu_count(),
+    }
+    if config.ema:
+        metrics["ema_final_psnr"] = round(float(psnr(ema_img, clean)), 3)
+        metrics["ema_best_psnr"] = round(max(curve["psnr_ema"]), 3)
+    _write_outputs(out_dir, config, metrics, curve, clean, noisy, gauss_img, dncnn_img, best_img,
+                   pred, ema_img, snapshots)
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
+    metrics["curve"] = curve
+    metrics["config"] = {k: v for k, v in asdict(config).items()}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _hwc(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W) grey or (H, W, 3) colour, clipped to [0, 1] for display."""
+    img = np.clip(img, 0.0, 1.0)
+    return img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+
+
+def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
+                   curve: dict[str, list[float]], clean: np.ndarray, noisy: np.ndarray,
+                   gauss: np.ndarray, dncnn: np.ndarray | None, best: np.ndarray,
+                   final: np.ndarray, ema: np.ndarray | None,
+                   snapshots: dict[int, np.ndarray]) -> None:
+    from autodiff_lab import figures
+    from autodiff_lab.data import psnr, write_image
+
+    write_image(out_dir / "dip_best.png", _hwc(best))
+    write_image(out_dir / "dip_final.png", _hwc(final))
+    write_image(out_dir / "noisy.png", _hwc(noisy))
+    histories = {"f(z) vs clean image": (curve["step"], curve["psnr_clean"]),
+                 "f(z) vs noisy target": (curve["step"], curve["psnr_noisy"])}
+    if ema is not None:
+        histories[f"moving average ({config.ema}) vs clean"] = (curve["step"], curve["psnr_ema"])
+    refs = {"noisy input": metrics["noisy_psnr"],
+            f"best Gaussian (σ = {metrics['gaussian_sigma']:g} px)": metrics["gaussian_psnr"]}
+    if metrics["dncnn_psnr"] is not None:
+        refs["trained DnCNN"] = metrics["dncnn_psnr"]
+    c, h, w = clean.shape
+    figures.psnr_curves(histories, out_dir / "dip_curve", references=refs,
+                        marks={"peak": (metrics["best_step"], metrics["best_psnr"])},
+                        title=f"Deep Image Prior on {Path(str(config.image)).stem} {h}×{w}, "
+                              f"σ = {config.sigma * 255:g}/255")
+    top = [("clean", clean, None), ("noisy", noisy, metrics["noisy_psnr"]),
+           ("Gaussian", gauss, metrics["gaussian_psnr"])]
+    if dncnn is not None:
+        top.append(("DnCNN", dncnn, metrics["dncnn_psnr"]))
+    top.append((f"DIP best (step {metrics['best_step']})", best, metrics["best_psnr"]))
+    if ema is not None:
+        top.append(("DIP moving average", ema, metrics["ema_final_psnr"]))
+    bottom = [(f"step {s}", img, float(psnr(img, clean))) for s, img in sorted(snapshots.items())]
+    bottom.append((f"step {metrics['steps']} (final)", final, metrics["final_psnr"]))
+    ncols = max(len(top), len(bottom))
+    rows, captions = [], []
+    for row in (top, bottom):
+        cells = [_hwc(img) for _, img, _ in row] + [None] * (ncols - len(row))
+        rows.append(cells)
+        captions.append([f"{label}\n{p:.2f} dB" if p is not None else label
+                         for label, _, p in row] + [""] * (ncols - len(row)))
+    figures.image_panel(rows, out_dir / "dip_panel", captions=captions,
+                        row_titles=["references", "f(z) during the fit"])
+
+
+# --------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``autodiff-lab train dip``."""
+    d = DIPConfig()
+    add = parser.add_argument
+    add("--image", help=f"a built-in grey image (camera, astronaut, coins ...) or the path of a "
+                        f"grey or RGB PNG (default {d.image})")
+    add("--crop", type=int, help=f"side of the centre crop, 0 = whole image (default {d.crop}: the "
+                                 "256×256 centre of camera)")
+    add("--steps", type=int, help=f"Adam steps (default {d.steps})")
+    add("--every", type=int, metavar="K", help=f"record the PSNR every K steps (default {d.every})")
+    add("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
+    add("--ema", type=float, metavar="BETA",
+        help="also average the outputs exponentially with this factor (the paper: 0.99)")
+    add("--sigma", type=float, help="noise standard deviation on the 0-255 scale (default 25)")
+    add("--depth", type=int, help=f"U-Net depth (default {d.depth})")
+    add("--width", type=int, nargs="+", help=f"U-Net channels of the first level, or one count per "
+                                             f"level, bottleneck last (default {d.width})")
+    add("--growth", type=int, help=f"channel factor per level (default {d.growth})")
+    add("--skip-channels", type=int, help=f"channels of each skip connection, 0 = the encoder's "
+                                          f"features unprojected (default {d.skip_channels})")
+    add("--code-channels", type=int, help=f"channels of the random input code (default {d.code_channels})")
+    add("--input-noise", type=float, help="std of noise added to the code every step (paper: 1/30)")
+    add("--up", choices=("bilinear", "nearest", "transpose"), help=f"up-sampling (default {d.up})")
+    add("--down", choices=("conv", "maxpool"), help=f"down-sampling (default {d.down})")
+    add("--snapshots", type=int, nargs="+", metavar="STEP", help="steps shown in the panel")
+    add("--seed", type=int, help="seed of the noise, the code and the weights (default 0)")
+    add("--dncnn", metavar="MODEL.npz", help="a trained DnCNN (the DnCNN case study's model.npz) "
+                                             "to compare with on the same noisy image")
+    add("--engine", choices=("tape", "symbolic"), help="gradient engine (default tape)")
+    add("--max-seconds", type=float, help="stop after this much training time")
+    add("--out", help="output folder (default runs/dip, --quick: runs/dip-quick)")
+    add("--quick", action="store_true",
+        help="a few seconds: 64×64 crop, depth 3, width 8, 40 steps")
+    add("--quiet", action="store_true", help="no progress lines")
+
+
+def config_from_args(args: argparse.Namespace) -> DIPConfig:
+    """The configuration the parsed options describe (unset options keep the defaults, or
+    the quick run's with --quick)."""
+    names = {f.name for f in fields(DIPConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "sigma" in given:
+        given["sigma"] = given["sigma"] / 255.0
+    if given.get("skip_channels") == 0:
+        given["skip_channels"] = None
+    if "width" in given:
+        w = tuple(given["width"])
+        given["width"] = w[0] if len(w) == 1 else w
+    if "snapshots" in given:
+        given["snapshots"] = tuple(given["snapshots"])
+    if getattr(args, "quiet", False):
+        given["progress"] = False
+    return DIPConfig.quick(**given) if getattr(args, "quick", False) else DIPConfig(**given)
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    lines = [f"Deep Image Prior on {metrics['image']} {metrics['shape'][1]}×{metrics['shape'][2]}, "
+             f"{metrics['steps']} steps in {metrics['train_seconds']:.1f} s "
+             f"({metrics['steps_per_second']:.2f} steps/s)",
+             f"  noisy input        {metrics['noisy_psnr']:6.2f} dB",
+             f"  best Gaussian      {metrics['gaussian_psnr']:6.2f} dB "
+             f"(σ = {metrics['gaussian_sigma']:g} px)"]
+    if metrics.get("dncnn_psnr") is not None:
+        lines.append(f"  trained DnCNN      {metrics['dncnn_psnr']:6.2f} dB")
+    lines += [f"  DIP best           {metrics['best_psnr']:6.2f} dB at step {metrics['best_step']} "
+              f"({metrics['best_minus_gaussian_db']:+.2f} dB vs Gaussian)",
+              f"  DIP final          {metrics['final_psnr']:6.2f} dB ({-metrics['decline_db']:+.2f} dB "
+              "vs the peak)"]
+    if "ema_final_psnr" in metrics:
+        lines.append(f"  moving average     {metrics['ema_final_psnr']:6.2f} dB at the end")
+    lines.append(f"  figures and metrics.json in {metrics['config']['out']}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``autodiff-lab train dip``: run with the parsed options and print the summary."""
+    metrics = run(config_from_args(args))
+    print(summary(metrics))
+    return 0
+
+
+def _cli(argv: Sequence[str] | None = None) -> int:
+    from autodiff_lab.errors import AutodiffError
+    parser = argparse.ArgumentParser(prog="python -m autodiff_lab.studies.dip",
+                                     description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except AutodiffError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())

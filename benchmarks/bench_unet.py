@@ -1,0 +1,211 @@
+"""U-Net training step (forward + backward) time: the tape engine next to PyTorch CPU.
+
+    python benchmarks/bench_unet.py              # both workloads, 7 rounds
+    python benchmarks/bench_unet.py --quick      # 3 rounds of the small workload
+    python benchmarks/bench_unet.py --json out.json
+
+Workloads, float32, loss ½‖f(z) − y‖² summed, gradient of every parameter:
+
+* ``dip``: the Deep Image Prior study's network (``autodiff_lab/studies/dip.py`` defaults:
+  depth 4, 16 channels per level, stride-2 convolutions down, bilinear up-sampling,
+  LeakyReLU 0.2, batch norm, sigmoid output) on one 256×256 image from a 32-channel code;
+* ``small``: a classic U-Net (depth 3, 16 channels doubling per level, max-pooling, nearest
+  up-sampling) on a batch of 4 grey 64×64 images.
+
+PyTorch runs the same architecture with the same weights (its modules carry our state-dict
+names, so ``load_state_dict`` takes ours; the losses are compared before timing). "ours"
+is ``nn.compile_step(..., anomaly=False)`` (PyTorch does not check for NaN either); the step
+includes writing every ``p.grad`` and, for both, the batch-norm running-statistic updates.
+Times are medians over interleaved rounds (each framework once per round) so load from
+other processes hits both alike; 2 threads everywhere (OMP, OpenBLAS, MKL, Numba,
+``torch.set_num_threads``). Without PyTorch the peer column says "peer not installed".
+"""
+
+from __future__ import annotations
+
+import os
+
+THREADS = 2
+if __name__ == "__main__":
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[_var] = str(THREADS)
+    os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from autodiff_lab import nn  # noqa: E402
+from autodiff_lab.graph import functions as F  # noqa: E402
+
+NOT_INSTALLED = "peer not installed"
+
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "dip": dict(unet=dict(in_channels=32, out_channels=1, depth=4, width=16, growth=1,
+                          down="conv", up="bilinear", output="sigmoid"), batch=(1, 32, 256, 256)),
+    "small": dict(unet=dict(in_channels=1, out_channels=1, depth=3, width=16, growth=2,
+                            down="maxpool", up="nearest"), batch=(4, 1, 64, 64)),
+}
+
+
+def _loss(pred: Any, target: Any) -> Any:
+    return F.mse_loss(pred, target, reduction="sum")
+
+
+def torch_unet(model: nn.UNet, dtype: str = "float32") -> Any:
+    """The same U-Net in PyTorch, with our weights (its modules are named as ours), in
+    ``dtype`` (tests/nn/test_unet.py compares the two in float64)."""
+    import torch
+    from torch import nn as tnn
+
+    def act() -> Any:
+        return tnn.LeakyReLU(0.2) if model.activation == "leaky_relu" else tnn.ReLU()
+
+    class Block(tnn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            bn = model.batch_norm
+            self.conv1 = tnn.Conv2d(cin, cout, 3, padding=1, bias=not bn)
+            self.bn1 = tnn.BatchNorm2d(cout) if bn else tnn.Identity()
+            self.act1 = act()
+            self.conv2 = tnn.Conv2d(cout, cout, 3, padding=1, bias=not bn)
+            self.bn2 = tnn.BatchNorm2d(cout) if bn else tnn.Identity()
+            self.act2 = act()
+
+        def forward(self, x: Any) -> Any:
+            return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
+
+    class Skip(tnn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            bn = model.batch_norm
+            self.conv = tnn.Conv2d(cin, cout, 1, bias=not bn)
+            self.bn = tnn.BatchNorm2d(cout) if bn else tnn.Identity()
+            self.act = act()
+
+        def forward(self, x: Any) -> Any:
+            return self.act(self.bn(self.conv(x)))
+
+    class TorchUNet(tnn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            c, d = model.channels, model.depth
+            self.encoders = tnn.ModuleList(Block(model.in_channels if i == 0 else c[i - 1], c[i])
+                                           for i in range(d))
+            self.downs = tnn.ModuleList(tnn.MaxPool2d(2) if model.down == "maxpool" else
+                                        tnn.Conv2d(c[i], c[i], 3, stride=2, padding=1)
+                                        for i in range(d))
+            self.bottleneck = Block(c[d - 1], c[d])
+            if model.up == "transpose":
+                self.ups = tnn.ModuleList(tnn.ConvTranspose2d(c[i + 1], c[i], 2, stride=2)
+                                          for i in range(d))
+                up = c[:d]
+            else:
+                self.ups = tnn.ModuleList(tnn.Upsample(scale_factor=2, mode=model.up)
+                                          for _ in range(d))
+                up = c[1:]
+            k = model.skip_channels
+            if k is not None:
+                self.skips = tnn.ModuleList(Skip(c[i], k) for i in range(d))
+            skip = c[:d] if k is None else [k] * d
+            self.decoders = tnn.ModuleList(Block(skip[i] + up[i], c[i]) for i in range(d))
+            self.head = tnn.Conv2d(c[0], model.out_channels, 1)
+            self.final = tnn.Sigmoid() if model.output == "sigmoid" else tnn.Identity()
+
+        def forward(self, x: Any) -> Any:
+            skips = []
+            for enc, down in zip(self.encoders, self.downs):
+                x = enc(x)
+                skips.append(x if model.skip_channels is None else self.skips[len(skips)](x))
+                x = down(x)
+            x = self.bottleneck(x)
+            for i in reversed(range(len(self.decoders))):
+                x = self.decoders[i](torch.cat([skips[i], self.ups[i](x)], dim=1))
+            return self.final(self.head(x))
+
+    net = TorchUNet().to(getattr(torch, dtype))
+    net.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    return net
+
+
+def measure(name: str, rounds: int) -> dict[str, Any]:
+    spec = WORKLOADS[name]
+    model = nn.UNet(**spec["unet"], dtype=np.float32, rng=0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 0.1, spec["batch"]).astype(np.float32)
+    y = rng.random((spec["batch"][0], model.out_channels) + spec["batch"][2:]).astype(np.float32)
+    step = nn.compile_step(model, _loss, x, y, anomaly=False)
+    out: dict[str, Any] = {"workload": name, "batch": list(spec["batch"]), "unet": spec["unet"],
+                           "parameters": model.num_parameters}
+    try:
+        import torch
+        torch.set_num_threads(THREADS)
+        net = torch_unet(model)
+        tx, ty = torch.tensor(x), torch.tensor(y)
+    except ImportError:
+        net = None
+
+    def ours() -> float:
+        return step(x, y).loss
+
+    def theirs() -> float:
+        for p in net.parameters():
+            p.grad = None
+        loss = 0.5 * ((net(tx) - ty) ** 2).sum()
+        loss.backward()
+        return float(loss)
+
+    first_ours = ours()  # compiles; batch-norm statistics move in both from here on
+    times: dict[str, list[float]] = {"ours": []}
+    if net is not None:
+        first_theirs = theirs()
+        out["loss_relative_difference"] = abs(first_ours - first_theirs) / abs(first_theirs)
+        times["pytorch"] = []
+    for _ in range(rounds):
+        for label, fn in (("ours", ours), ("pytorch", theirs)):
+            if label in times:
+                t = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - t)
+    out["ours_seconds"] = statistics.median(times["ours"])
+    if net is not None:
+        out["pytorch_seconds"] = statistics.median(times["pytorch"])
+        out["ratio_ours_over_pytorch"] = out["ours_seconds"] / out["pytorch_seconds"]
+    else:
+        out["pytorch_seconds"] = NOT_INSTALLED
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 rounds of the small workload only")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+    names = ["small"] if args.quick else list(WORKLOADS)
+    rounds = 3 if args.quick else args.rounds
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results = []
+    print(f"U-Net step (forward + backward), float32, {THREADS} threads, load average {load:.1f} "
+          f"on {os.cpu_count()} cores, median of {rounds} interleaved rounds")
+    print(f"{'workload':<8} {'input':<18} {'params':>8} {'ours (s)':>9} {'PyTorch (s)':>12} {'ratio':>6}")
+    for name in names:
+        r = measure(name, rounds)
+        results.append(r)
+        torch_s = r["pytorch_seconds"]
+        torch_text = f"{torch_s:12.3f}" if isinstance(torch_s, float) else f"{torch_s:>12}"
+        ratio = f"{r['ratio_ours_over_pytorch']:6.2f}" if "ratio_ours_over_pytorch" in r else "     -"
+        print(f"{name:<8} {'×'.join(map(str, r['batch'])):<18} {r['parameters']:>8} "
+              f"{r['ours_seconds']:9.3f} {torch_text} {ratio}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"load_average": load, "threads": THREADS, "rounds": rounds,
+                       "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The Deep Image Prior study: a quick run end to end, and every kind of bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from autodiff_lab import nn
+from autodiff_lab.errors import CheckpointError, InputError
+from autodiff_lab.studies import dip
+
+
+def _quick(tmp_path, **kw):
+    return dip.DIPConfig.quick(**{"steps": 6, "every": 2, "out": str(tmp_path / "run"), **kw})
+
+
+def test_quick_run_end_to_end(tmp_path):
+    dncnn = nn.DnCNN(depth=3, channels=4, rng=0)
+    nn.save(dncnn, tmp_path / "model.npz")
+    m = dip.run(_quick(tmp_path, ema=0.9, snapshots=(1, 3), dncnn=str(tmp_path / "model.npz")))
+    out = tmp_path / "run"
+    for name in ("dip_curve.png", "dip_curve.svg", "dip_panel.png", "dip_panel.svg",
+                 "dip_best.png", "dip_final.png", "noisy.png", "metrics.json"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["best_psnr"] == m["best_psnr"] and saved["config"]["steps"] == 6
+    assert m["curve"]["step"] == [1, 2, 4, 6] and len(m["curve"]["psnr_clean"]) == 4
+    assert len(m["curve"]["psnr_ema"]) == 4
+    assert m["steps"] == 6 and 1 <= m["best_step"] <= 6
+    assert m["best_psnr"] + 1e-3 >= max(m["curve"]["psnr_clean"]) >= m["final_psnr"] - 1e-3
+    assert abs(m["noisy_psnr"] - 20.2) < 0.5            # σ = 25/255 on [0, 1]
+    assert m["gaussian_psnr"] > m["noisy_psnr"] and m["gaussian_sigma"] > 0
+    assert m["dncnn_psnr"] is not None and m["steps_per_second"] > 0
+    assert m["shape"] == [1, 64, 64] and m["dtype"] == "float32"
+    with Image.open(out / "dip_best.png") as img:
+        assert img.size == (64, 64)
+    assert "DIP best" in dip.summary(m)
+
+
+def test_rgb_image_from_a_file(tmp_path):
+    rgb = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    m = dip.run(dip.DIPConfig.quick(image=str(tmp_path / "rgb.png"), crop=0, depth=2, steps=2,
+                                    every=1, out=str(tmp_path / "rgb")))
+    assert m["shape"] == [3, 16, 16]
+
+
+def test_command_line_options(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    dip.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--steps", "3", "--width", "2", "4", "8", "8",
+                              "--sigma", "50", "--out", str(tmp_path / "cli"), "--quiet"])
+    config = dip.config_from_args(args)
+    assert config.width == (2, 4, 8, 8) and config.steps == 3 and config.crop == 64
+    assert config.sigma == pytest.approx(50 / 255) and not config.progress
+    assert dip.main(args) == 0
+    assert "DIP best" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        dip._cli(["--quick", "--steps", "0", "--out", str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: steps must be an integer >= 1, got 0"
+
+
+def _png(path, array, mode=None):
+    Image.fromarray(array, mode=mode).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(steps=0), "steps must be an integer >= 1, got 0"),
+    (dict(steps=-3), "steps must be an integer >= 1, got -3"),
+    (dict(every=0), "every must be an integer >= 1, got 0"),
+    (dict(lr=0.0), "lr must be a positive number, got 0.0"),
+    (dict(ema=1.0), r"ema must be in \[0, 1\)"),
+    (dict(snapshots=(0, 99)), r"snapshot steps must be integers in 1..6 .*\[0, 99\]"),
+    (dict(width=(4, 8)), r"width needs depth \+ 1 = 4 counts"),
+    (dict(up="bicubic"), "up must be one of 'nearest', 'bilinear', 'transpose', got 'bicubic'"),
+    (dict(crop=100), r"the image is 100×100, not a multiple of 2\*\*depth = 8 .*--crop 96"),
+    (dict(crop=1000), r"crop 1000 is larger than the image 'camera' \(512×512\)"),
+    (dict(crop=4), r"the image is 4×4, not a multiple of 2\*\*depth = 8.*a larger image"),
+    (dict(crop=8), r"too small for depth 3: the U-Net's bottleneck would be 1×1"),
+    (dict(image="no_such_picture"), "'no_such_picture' is neither a built-in image"),
+    (dict(image="/no/such/file.png"), "no image file at '/no/such/file.png'"),
+])
+def test_bad_settings(tmp_path, overrides, message):
+    with pytest.raises(InputError, match=message):
+        dip.run(_quick(tmp_path, **overrides))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_bad_image_files(tmp_path):
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    cases = {
+        _png(tmp_path / "rgba.png", rgba, "RGBA"): "has 4 channels .*grey \\(H, W\\) or RGB",
+        _png(tmp_path / "tiny.png", np.zeros((6, 6), dtype=np.uint8)):
+            "the image is 6×6, not a multiple of 2\\*\\*depth = 8",
+    }
+    (tmp_path / "text.png").write_text("not an image at all")
+    cases[str(tmp_path / "text.png")] = "not an image file"
+    cases[str(tmp_path)] = "it is a directory"
+    for path, message in cases.items():
+        with pytest.raises(InputError, match=message):
+            dip.run(_quick(tmp_path, image=path, crop=0))
+
+
+def test_bad_dncnn_files(tmp_path):
+    nn.save(nn.Linear(2, 2), tmp_path / "linear.npz")
+    with pytest.raises(InputError, match="holds a Linear, not a denoiser"):
+        dip.run(_quick(tmp_path, dncnn=str(tmp_path / "linear.npz")))
+    with pytest.raises(CheckpointError, match="no such file"):
+        dip.run(_quick(tmp_path, dncnn=str(tmp_path / "missing.npz")))
