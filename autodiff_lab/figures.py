@@ -158,6 +158,7 @@ def psnr_curves(histories: Mapping[str, Any], path: str | Path,
                 references: Mapping[str, float] | None = None,
                 marks: Mapping[str, tuple[float, float]] | None = None, xlabel: str = "step",
                 ylabel: str = "PSNR (dB)", title: str | None = None,
+                ylim: tuple[float | None, float | None] | None = None,
                 aspect: str = "16:9") -> tuple[Path, Path]:
     """Quality curves against the step (PSNR of a fit, e.g. the Deep Image Prior's output against
     the clean image and against its noisy target), with horizontal reference lines (the noisy
@@ -165,7 +166,9 @@ def psnr_curves(histories: Mapping[str, Any], path: str | Path,
 
     ``histories`` maps a label to values per step or to a pair (x, y); ``references`` a label
     to a constant drawn as a dashed line across the plot and labelled with its value;
-    ``marks`` a label to one point (x, y) drawn as a large star.
+    ``marks`` a label to one point (x, y) drawn as a large star; ``ylim`` (bottom, top)
+    crops the vertical axis (``None`` for either end: automatic), e.g. to leave out the
+    first steps of a fit far below every reference.
     """
     if not isinstance(histories, Mapping) or not histories:
         raise InputError("histories must be a non-empty dict {label: values}")
@@ -193,8 +196,10 @@ def psnr_curves(histories: Mapping[str, Any], path: str | Path,
         ax.set_ylabel(ylabel)
         if title:
             ax.set_title(title)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.grid(True, which="major", alpha=0.35)
-        ax.legend(framealpha=0.85, loc="lower right")
+        ax.legend(framealpha=0.85, loc="center right")
         return _save(fig, path)
 
 

@@ -3,12 +3,14 @@
     python benchmarks/bench_unet.py              # both workloads, 7 rounds
     python benchmarks/bench_unet.py --quick      # 3 rounds of the small workload
     python benchmarks/bench_unet.py --json out.json
+    python benchmarks/bench_unet.py --threads 1  # steadier when other jobs share the cores
 
 Workloads, float32, loss ½‖f(z) − y‖² summed, gradient of every parameter:
 
 * ``dip``: the Deep Image Prior study's network (``autodiff_lab/studies/dip.py`` defaults:
-  depth 4, 16 channels per level, stride-2 convolutions down, bilinear up-sampling,
-  LeakyReLU 0.2, batch norm, sigmoid output) on one 256×256 image from a 32-channel code;
+  depth 4, channels 8, 16, 32, 32 and a 32-channel bottleneck, 4-channel skip connections,
+  stride-2 convolutions down, bilinear up-sampling, LeakyReLU 0.2, batch norm, sigmoid
+  output) on one 256×256 image from an 8-channel code;
 * ``small``: a classic U-Net (depth 3, 16 channels doubling per level, max-pooling, nearest
   up-sampling) on a batch of 4 grey 64×64 images.
 
@@ -24,8 +26,11 @@ other processes hits both alike; 2 threads everywhere (OMP, OpenBLAS, MKL, Numba
 from __future__ import annotations
 
 import os
+import sys
 
 THREADS = 2
+if "--threads" in sys.argv[:-1]:  # read before numpy and torch start their thread pools
+    THREADS = int(sys.argv[sys.argv.index("--threads") + 1])
 if __name__ == "__main__":
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[_var] = str(THREADS)
@@ -45,8 +50,9 @@ from autodiff_lab.graph import functions as F  # noqa: E402
 NOT_INSTALLED = "peer not installed"
 
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "dip": dict(unet=dict(in_channels=32, out_channels=1, depth=4, width=16, growth=1,
-                          down="conv", up="bilinear", output="sigmoid"), batch=(1, 32, 256, 256)),
+    "dip": dict(unet=dict(in_channels=8, out_channels=1, depth=4, width=(8, 16, 32, 32, 32),
+                          skip_channels=4, down="conv", up="bilinear", output="sigmoid"),
+                batch=(1, 8, 256, 256)),
     "small": dict(unet=dict(in_channels=1, out_channels=1, depth=3, width=16, growth=2,
                             down="maxpool", up="nearest"), batch=(4, 1, 64, 64)),
 }
@@ -157,7 +163,7 @@ def measure(name: str, rounds: int) -> dict[str, Any]:
             p.grad = None
         loss = 0.5 * ((net(tx) - ty) ** 2).sum()
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     first_ours = ours()  # compiles; batch-norm statistics move in both from here on
     times: dict[str, list[float]] = {"ours": []}
@@ -185,6 +191,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 rounds of the small workload only")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="threads for both frameworks (default 2; 1 is steadier on a busy machine)")
     args = ap.parse_args()
     names = ["small"] if args.quick else list(WORKLOADS)
     rounds = 3 if args.quick else args.rounds

@@ -8,9 +8,8 @@ the addition of a residual block) become small nodes of their own; an edge joins
 them when a value one makes is read by the other, labelled with that value's shape. A
 branch that leaves a node and rejoins the main path later, beside a longer path (a U-Net's
 skip connection, a residual block's shortcut), is a *skip* connection and is drawn dashed.
-:func:`render_modules` hands the result to
-:func:`autodiff_lab.render.layers.draw_layer_graph`, which writes SVG / PNG with the same
-Graphviz ``dot`` program as ``adl.render``.
+:func:`render_modules` hands the result to :func:`autodiff_lab.render.layers.draw_layer_graph`,
+which writes SVG / PNG with the same Graphviz ``dot`` program as ``adl.render``.
 
 The op-level drawing of the same model is ``adl.render(adl.trace(...))``; this one is
 for reading the architecture.
@@ -192,7 +191,7 @@ def _mark_skips(graph: LayerGraph) -> None:
             if x == u or not nx.has_path(rest, u, x):
                 continue
             if len(chain) < nx.shortest_path_length(rest, u, x):
-                for _a, _b, k in chain:
+                for *_, k in chain:
                     e = graph.edges[k]
                     graph.edges[k] = LayerEdge(e.src, e.dst, e.shape, skip=True)
 

@@ -87,7 +87,7 @@ class ConvBlock(Module):
         return f"{self.in_channels}, {self.out_channels}"
 
 
-class _SkipProjection(Module):
+class SkipProjection(Module):
     """A narrow skip connection: 1×1 convolution to ``out_channels``, batch norm, activation
     (the Deep Image Prior's skip branches carry 4 channels)."""
 
@@ -102,6 +102,9 @@ class _SkipProjection(Module):
 
     def forward(self, x: Any) -> Any:
         return self.act(self.bn(self.conv(x)))
+
+    def extra_repr(self) -> str:
+        return f"{self.conv.in_channels}, {self.conv.out_channels}"
 
 
 class UNet(Module):
@@ -169,7 +172,7 @@ class UNet(Module):
         else:
             k = positive(skip_channels, "UNet skip_channels")
             skip = [k] * self.depth
-            self.skips = ModuleList(_SkipProjection(c[lvl], k, activation, negative_slope,
+            self.skips = ModuleList(SkipProjection(c[lvl], k, activation, negative_slope,
                                                     batch_norm, dtype=dtype, rng=gen)
                                     for lvl in range(self.depth))
         self.skip_channels = skip_channels
@@ -225,4 +228,4 @@ class UNet(Module):
                 f"width={self.width}, growth={self.growth}, down={self.down!r}, up={self.up!r}")
 
 
-__all__ = ["ConvBlock", "UNet"]
+__all__ = ["ConvBlock", "SkipProjection", "UNet"]

@@ -13,7 +13,8 @@ as the net starts reproducing the noise too. Stopping early (at the peak) denois
   ``dncnn=``) a trained DnCNN's as reference lines, and the peak marked;
 * ``dip_panel.png/.svg``: clean, noisy, Gaussian, (DnCNN,) the best step's output, and
   snapshots of f(z) at chosen steps;
-* ``dip_best.png`` (the output at the best step), ``dip_final.png``, ``noisy.png``;
+* ``dip_best.png`` (the output at the best step), ``dip_final.png``, ``noisy.png``, and
+  ``images.npz`` with every image of the panel;
 * ``metrics.json``: best step and PSNR, final PSNR, noisy and Gaussian PSNR (and σ), wall
   time, steps per second, the machine's load, the curve and the configuration.
 
@@ -48,8 +49,9 @@ TARGET_MARGIN_DB = 1.5
 @dataclass
 class DIPConfig:
     """One Deep Image Prior run. Defaults: the 256×256 centre crop of ``camera``, σ = 25/255,
-    a depth-4 U-Net of width 16 with stride-2 convolutions down and bilinear up-sampling,
-    a 32-channel code, Adam at lr 0.01."""
+    a depth-4 U-Net with 8, 16, 32, 32 channels per level and a 32-channel bottleneck,
+    4-channel skip connections, stride-2 convolutions down and bilinear up-sampling, an
+    8-channel code, Adam at lr 0.01."""
 
     image: str = "camera"          #: a name of ``data.load_gray_images`` or a PNG path
     crop: int | None = 256         #: side of the centre crop (None or 0: the whole image)
@@ -58,10 +60,12 @@ class DIPConfig:
     every: int = 10                #: record the curve every ``every`` steps
     lr: float = 0.01
     depth: int = 4                 #: U-Net depth (the image side must be a multiple of 2**depth)
-    width: int | tuple[int, ...] = 16  #: channels of the first level, or one count per level
-    growth: int = 1                #: channel factor per level (1: the same width everywhere)
+    #: channels per level, the bottleneck last (or one int: the first level's, see growth);
+    #: None: 8, 16, 32, 32, ... (:func:`default_widths`)
+    width: int | tuple[int, ...] | None = None
+    growth: int = 1                #: channel factor per level when width is one int
     skip_channels: int | None = 4  #: channels of each skip connection (None: all, the paper: 4)
-    code_channels: int = 32        #: channels of the random code z (the paper: 32)
+    code_channels: int = 8         #: channels of the random code z (the paper: 32)
     code_scale: float = 0.1        #: z ~ U(0, code_scale), as the paper draws it
     input_noise: float = 0.0       #: std of fresh noise added to z at every step (paper: 1/30)
     down: str = "conv"             #: "conv" (stride 2) or "maxpool"
@@ -94,6 +98,8 @@ class DIPConfig:
         integer("steps", 1)
         integer("every", 1)
         integer("depth", 1)
+        if self.width is None:
+            self.width = default_widths(self.depth)
         widths = self.width if isinstance(self.width, (tuple, list)) else (self.width,)
         if not widths or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
                              for v in widths):
@@ -133,6 +139,12 @@ class DIPConfig:
                 raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}, got "
                                  f"{getattr(self, name)!r}")
         return self
+
+
+def default_widths(depth: int) -> tuple[int, ...]:
+    """The study's U-Net channels for ``depth``: 8 at full resolution, where a convolution
+    costs most, doubling to at most 32 below (8, 16, 32, 32, 32 for depth 4)."""
+    return tuple(min(8 * 2 ** lvl, 32) for lvl in range(depth + 1))
 
 
 # --------------------------------------------------------------------------------------
@@ -339,6 +351,8 @@ def run(config: DIPConfig) -> dict[str, Any]:
         "parameters": model.num_parameters, "engine": config.engine, "dtype": "float32",
         "load_average": [load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
         "cpu_count": os.cpu_count(),
+        "threads": {v: os.environ.get(v) for v in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                    "OMP_NUM_THREADS")},
     }
     if config.ema:
         metrics["ema_final_psnr"] = round(float(psnr(ema_img, clean)), 3)
@@ -358,6 +372,30 @@ def _hwc(img: np.ndarray) -> np.ndarray:
     return img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
 
 
+def plot_curve(metrics: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
+    """The PSNR-vs-step figure of a run from its metrics (``metrics.json`` re-plots without
+    running again): f(z) against the clean image and the noisy target (and the moving
+    average), the references as lines, the peak as a star."""
+    from autodiff_lab import figures
+
+    curve, config = metrics["curve"], metrics["config"]
+    histories = {"f(z) vs clean image": (curve["step"], curve["psnr_clean"]),
+                 "f(z) vs noisy target": (curve["step"], curve["psnr_noisy"])}
+    if curve.get("psnr_ema"):
+        histories[f"moving average ({config['ema']}) vs clean"] = (curve["step"], curve["psnr_ema"])
+    refs = {"noisy input": metrics["noisy_psnr"],
+            f"best Gaussian (σ = {metrics['gaussian_sigma']:g} px)": metrics["gaussian_psnr"]}
+    if metrics.get("dncnn_psnr") is not None:
+        refs["trained DnCNN"] = metrics["dncnn_psnr"]
+    _, h, w = metrics["shape"]
+    return figures.psnr_curves(
+        histories, path, references=refs,
+        marks={"peak": (metrics["best_step"], metrics["best_psnr"])},
+        ylim=(metrics["noisy_psnr"] - 4.0, None),
+        title=f"Deep Image Prior on {Path(str(config['image'])).stem} {h}×{w}, "
+              f"σ = {config['sigma'] * 255:g}/255")
+
+
 def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
                    curve: dict[str, list[float]], clean: np.ndarray, noisy: np.ndarray,
                    gauss: np.ndarray, dncnn: np.ndarray | None, best: np.ndarray,
@@ -369,26 +407,14 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
     write_image(out_dir / "dip_best.png", _hwc(best))
     write_image(out_dir / "dip_final.png", _hwc(final))
     write_image(out_dir / "noisy.png", _hwc(noisy))
-    histories = {"f(z) vs clean image": (curve["step"], curve["psnr_clean"]),
-                 "f(z) vs noisy target": (curve["step"], curve["psnr_noisy"])}
-    if ema is not None:
-        histories[f"moving average ({config.ema}) vs clean"] = (curve["step"], curve["psnr_ema"])
-    refs = {"noisy input": metrics["noisy_psnr"],
-            f"best Gaussian (σ = {metrics['gaussian_sigma']:g} px)": metrics["gaussian_psnr"]}
-    if metrics["dncnn_psnr"] is not None:
-        refs["trained DnCNN"] = metrics["dncnn_psnr"]
-    c, h, w = clean.shape
-    figures.psnr_curves(histories, out_dir / "dip_curve", references=refs,
-                        marks={"peak": (metrics["best_step"], metrics["best_psnr"])},
-                        title=f"Deep Image Prior on {Path(str(config.image)).stem} {h}×{w}, "
-                              f"σ = {config.sigma * 255:g}/255")
+    plot_curve({**metrics, "curve": curve, "config": asdict(config)}, out_dir / "dip_curve")
     top = [("clean", clean, None), ("noisy", noisy, metrics["noisy_psnr"]),
            ("Gaussian", gauss, metrics["gaussian_psnr"])]
     if dncnn is not None:
         top.append(("DnCNN", dncnn, metrics["dncnn_psnr"]))
-    top.append((f"DIP best (step {metrics['best_step']})", best, metrics["best_psnr"]))
+    top.append((f"DIP, step {metrics['best_step']}", best, metrics["best_psnr"]))
     if ema is not None:
-        top.append(("DIP moving average", ema, metrics["ema_final_psnr"]))
+        top.append(("moving avg.", ema, metrics["ema_final_psnr"]))
     bottom = [(f"step {s}", img, float(psnr(img, clean))) for s, img in sorted(snapshots.items())]
     bottom.append((f"step {metrics['steps']} (final)", final, metrics["final_psnr"]))
     ncols = max(len(top), len(bottom))
@@ -400,6 +426,11 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
                          for label, _, p in row] + [""] * (ncols - len(row)))
     figures.image_panel(rows, out_dir / "dip_panel", captions=captions,
                         row_titles=["references", "f(z) during the fit"])
+    # every image of the panel, to draw it again without running
+    np.savez_compressed(out_dir / "images.npz", clean=clean, noisy=noisy, gaussian=gauss,
+                        best=best, final=final, **({} if ema is None else {"ema": ema}),
+                        **({} if dncnn is None else {"dncnn": dncnn}),
+                        **{f"step_{k}": v for k, v in snapshots.items()})
 
 
 # --------------------------------------------------------------------------------------
@@ -421,8 +452,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also average the outputs exponentially with this factor (the paper: 0.99)")
     add("--sigma", type=float, help="noise standard deviation on the 0-255 scale (default 25)")
     add("--depth", type=int, help=f"U-Net depth (default {d.depth})")
-    add("--width", type=int, nargs="+", help=f"U-Net channels of the first level, or one count per "
-                                             f"level, bottleneck last (default {d.width})")
+    add("--width", type=int, nargs="+", help="U-Net channels of the first level, or one count per "
+                                             "level, bottleneck last (default 8 16 32 32 ..., 32 at most)")
     add("--growth", type=int, help=f"channel factor per level (default {d.growth})")
     add("--skip-channels", type=int, help=f"channels of each skip connection, 0 = the encoder's "
                                           f"features unprojected (default {d.skip_channels})")

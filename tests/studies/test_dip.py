@@ -24,7 +24,7 @@ def test_quick_run_end_to_end(tmp_path):
     m = dip.run(_quick(tmp_path, ema=0.9, snapshots=(1, 3), dncnn=str(tmp_path / "model.npz")))
     out = tmp_path / "run"
     for name in ("dip_curve.png", "dip_curve.svg", "dip_panel.png", "dip_panel.svg",
-                 "dip_best.png", "dip_final.png", "noisy.png", "metrics.json"):
+                 "dip_best.png", "dip_final.png", "noisy.png", "metrics.json", "images.npz"):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["best_psnr"] == m["best_psnr"] and saved["config"]["steps"] == 6
@@ -39,6 +39,9 @@ def test_quick_run_end_to_end(tmp_path):
     with Image.open(out / "dip_best.png") as img:
         assert img.size == (64, 64)
     assert "DIP best" in dip.summary(m)
+    with np.load(out / "images.npz") as images:
+        assert {"clean", "noisy", "best", "final", "ema", "dncnn", "step_1", "step_3"} <= \
+            set(images.files)
 
 
 def test_rgb_image_from_a_file(tmp_path):
@@ -114,3 +117,22 @@ def test_bad_dncnn_files(tmp_path):
         dip.run(_quick(tmp_path, dncnn=str(tmp_path / "linear.npz")))
     with pytest.raises(CheckpointError, match="no such file"):
         dip.run(_quick(tmp_path, dncnn=str(tmp_path / "missing.npz")))
+
+
+def test_psnr_curves_refuses_bad_input(tmp_path):
+    from autodiff_lab import figures
+    with pytest.raises(InputError, match="non-empty"):
+        figures.psnr_curves({}, tmp_path / "c")
+    with pytest.raises(InputError, match="reference 'x' must be a number"):
+        figures.psnr_curves({"a": [1.0, 2.0]}, tmp_path / "c", references={"x": "high"})
+
+
+def test_the_guide_example_runs():
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "dip.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "docs/dip.md", "exec"), namespace)
+    assert namespace["model"].channels == [8, 16, 32, 64]
