@@ -21,12 +21,15 @@ Only call these with C-contiguous real float arrays of one dtype (:mod:`.dispatc
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import prange
 
-from autodiff_lab.kernels import memory
+from autodiff_lab.kernels import blas, memory
 from autodiff_lab.kernels.conv_reference import conv_output_size
 from autodiff_lab.kernels.numba_cache import cached_njit
 
@@ -178,6 +181,60 @@ def _blocks(n: int, ho: int, bytes_per_row: int) -> list[Block]:
     return [(i, i + 1, r0, min(ho, r0 + rows)) for i in range(n) for r0 in range(0, ho, rows)]
 
 
+#: Python threads that share a convolution's blocks (None: as many as numpy's BLAS has
+#: threads). Each runs its products on one BLAS thread, so the two cores work on different
+#: blocks instead of splitting every small product (see :mod:`.blas`).
+BLOCK_WORKERS: int | None = None
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:  # a forked child has none of the parent's threads
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _workers(count: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < count:
+            _pool = ThreadPoolExecutor(count, thread_name_prefix="adl-conv")
+            _pool_size = count
+        return _pool
+
+
+def _run_blocks(work: Callable[[list[Block]], object], blocks: list[Block]) -> list:
+    """``work`` on the blocks, split over :data:`BLOCK_WORKERS` threads (this one included)
+    with numpy's BLAS on one thread meanwhile; in this thread alone when there is one worker
+    or one block. Returns each part's result. ``work`` must only call serial (``nogil``)
+    kernels and numpy, and write to disjoint parts of its outputs."""
+    count = BLOCK_WORKERS if BLOCK_WORKERS is not None else blas.threads()
+    count = max(1, min(int(count), len(blocks)))
+    if count == 1:
+        return [work(blocks)]
+    parts = [blocks[i::count] for i in range(count)]
+    errors = np.geterr()  # numpy's error state is per thread: the workers take the caller's
+
+    def in_worker(part: list[Block]) -> object:
+        with np.errstate(**errors):
+            return work(part)
+
+    with blas.single_threaded():
+        pool = _workers(count - 1)
+        futures = [pool.submit(in_worker, part) for part in parts[1:]]
+        try:
+            first = work(parts[0])
+        finally:
+            rest = [f.result() for f in futures]
+    return [first] + rest
+
+
 def _patch_blocks(x: np.ndarray, blocks: list[Block], kernel: Pair, stride: Pair,
                   padding: Pair, dilation: Pair, wo: int):
     """Each block with its patch matrix (C·kh·kw, images, rows·wo), built in one reused
@@ -300,13 +357,16 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, di
     w2 = w.reshape(f, cg * kh * kw)
     fg, kg = f // groups, cg * kh * kw
     result = memory.empty((n, f, ho * wo), x.dtype)
-    blocks = _blocks(n, ho, c * kh * kw * wo * x.itemsize)
-    for (n0, n1, r0, r1), cols in _patch_blocks(x, blocks, (kh, kw), stride, padding,
-                                                dilation, wo):
-        per_image = cols.transpose(1, 0, 2)
-        for gi in range(groups):
-            np.matmul(w2[gi * fg:(gi + 1) * fg], per_image[:, gi * kg:(gi + 1) * kg],
-                      out=result[n0:n1, gi * fg:(gi + 1) * fg, r0 * wo:r1 * wo])
+
+    def work(blocks: list[Block]) -> None:
+        for (n0, n1, r0, r1), cols in _patch_blocks(x, blocks, (kh, kw), stride, padding,
+                                                    dilation, wo):
+            per_image = cols.transpose(1, 0, 2)
+            for gi in range(groups):
+                np.matmul(w2[gi * fg:(gi + 1) * fg], per_image[:, gi * kg:(gi + 1) * kg],
+                          out=result[n0:n1, gi * fg:(gi + 1) * fg, r0 * wo:r1 * wo])
+
+    _run_blocks(work, _blocks(n, ho, c * kh * kw * wo * x.itemsize))
     return result.reshape(n, f, ho, wo)
 
 
@@ -361,14 +421,21 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
     ho, wo = g.shape[2], g.shape[3]
     fg, kg = f // groups, cg * kh * kw
     g3 = g.reshape(n, f, ho * wo)
-    acc = np.zeros((groups, kg, fg), dtype=g.dtype)
-    blocks = _blocks(n, ho, c * kh * kw * wo * x.itemsize)
-    for (n0, n1, r0, r1), cols in _patch_blocks(x, blocks, (kh, kw), stride, padding,
-                                                dilation, wo):
-        for i in range(n1 - n0):
-            gi_rows = g3[n0 + i, :, r0 * wo:r1 * wo]
-            for gi in range(groups):
-                acc[gi] += cols[gi * kg:(gi + 1) * kg, i] @ gi_rows[gi * fg:(gi + 1) * fg].T
+
+    def work(blocks: list[Block]) -> np.ndarray:
+        acc = np.zeros((groups, kg, fg), dtype=g.dtype)
+        for (n0, n1, r0, r1), cols in _patch_blocks(x, blocks, (kh, kw), stride, padding,
+                                                    dilation, wo):
+            for i in range(n1 - n0):
+                gi_rows = g3[n0 + i, :, r0 * wo:r1 * wo]
+                for gi in range(groups):
+                    acc[gi] += (cols[gi * kg:(gi + 1) * kg, i]
+                                @ gi_rows[gi * fg:(gi + 1) * fg].T)
+        return acc
+
+    acc, *rest = _run_blocks(work, _blocks(n, ho, c * kh * kw * wo * x.itemsize))
+    for part in rest:
+        acc += part
     return np.ascontiguousarray(acc.transpose(0, 2, 1)).reshape(w_shape)
 
 
@@ -413,6 +480,16 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, p
                 if want_x else None,
                 conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
                 if want_w else None)
+    dx, dw = _shared_backward(g, x, w, padding, dilation, groups)
+    if not _all_finite(dw):  # a NaN or Inf came in: the reference's NaN and Inf pattern
+        dw = conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
+    return dx, dw
+
+
+def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pair,
+                     dilation: Pair, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both gradients of a stride-1 convolution from one patch matrix of ``g``, block by
+    block (see :func:`conv2d_backward`)."""
     n, c, h, wd = x.shape
     f, cg, kh, kw = w.shape
     fg = f // groups
@@ -422,25 +499,29 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, p
     wf = flipped_weight(w, groups).reshape(c, fg * k)
     x3 = x.reshape(n, c, hw)
     dx = memory.empty((n, c, hw), x.dtype)
-    acc = np.zeros((f * k, cg), dtype=x.dtype)  # rows (f, i', j'): the flipped kernel
+
     # block by block (rows of x, whose pixels are the flipped convolution's outputs), so
     # the patch matrix of g is still in cache for both of its products
-    blocks = _blocks(n, h, f * k * wd * x.itemsize)
-    for (n0, n1, r0, r1), cols in _patch_blocks(g, blocks, (kh, kw), (1, 1), pad_flip,
-                                                dilation, wd):
-        px = slice(r0 * wd, r1 * wd)
-        per_image = cols.transpose(1, 0, 2)
-        for gi in range(groups):
-            rows = slice(gi * fg * k, (gi + 1) * fg * k)
-            chans = slice(gi * cg, (gi + 1) * cg)
-            # input gradient: flipped weights (C, F·k) @ cols_g (F·k, pixels), per image
-            np.matmul(wf[chans], per_image[:, rows], out=dx[n0:n1, chans, px])
-            # weight gradient: cols_g (F·k, pixels) @ x (C, pixels)ᵀ, per image, summed
-            for i in range(n1 - n0):
-                acc[rows] += per_image[i, rows] @ x3[n0 + i, chans, px].T
+    def work(blocks: list[Block]) -> np.ndarray:
+        acc = np.zeros((f * k, cg), dtype=x.dtype)  # rows (f, i', j'): the flipped kernel
+        for (n0, n1, r0, r1), cols in _patch_blocks(g, blocks, (kh, kw), (1, 1), pad_flip,
+                                                    dilation, wd):
+            px = slice(r0 * wd, r1 * wd)
+            per_image = cols.transpose(1, 0, 2)
+            for gi in range(groups):
+                rows = slice(gi * fg * k, (gi + 1) * fg * k)
+                chans = slice(gi * cg, (gi + 1) * cg)
+                # input gradient: flipped weights (C, F·k) @ cols_g (F·k, pixels), per image
+                np.matmul(wf[chans], per_image[:, rows], out=dx[n0:n1, chans, px])
+                # weight gradient: cols_g (F·k, pixels) @ x (C, pixels)ᵀ, per image, summed
+                for i in range(n1 - n0):
+                    acc[rows] += per_image[i, rows] @ x3[n0 + i, chans, px].T
+        return acc
+
+    acc, *rest = _run_blocks(work, _blocks(n, h, f * k * wd * x.itemsize))
+    for part in rest:
+        acc += part
     dw = np.ascontiguousarray(acc.reshape(f, kh, kw, cg)[:, ::-1, ::-1].transpose(0, 3, 1, 2))
-    if not _all_finite(dw):  # a NaN or Inf came in: the reference's NaN and Inf pattern
-        dw = conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
     return dx.reshape(x.shape), dw
 
 

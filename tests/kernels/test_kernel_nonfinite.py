@@ -440,9 +440,12 @@ def test_fast_kernel_puts_nan_and_inf_where_the_reference_does(kernel, dtype):
 
 @pytest.mark.parametrize("kernel", ["conv2d_forward", "conv2d_backward", "conv2d_backward_weight",
                                     "conv2d_backward_input"])
-def test_conv_blocks_and_nonfinite_values(monkeypatch, kernel):
-    # one output row per block: the blocked products see the NaN/Inf in the same places
+@pytest.mark.parametrize("workers", [1, 2])
+def test_conv_blocks_and_nonfinite_values(monkeypatch, kernel, workers):
+    # one output row per block, on one or two threads: the blocked products see the NaN/Inf
+    # in the same places
     monkeypatch.setattr(conv_fast, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(conv_fast, "BLOCK_WORKERS", workers)
     rng = np.random.default_rng(5)
     for dtype in DTYPES:
         for ops, fast_call, reference_call in CASES[kernel](dtype, rng):

@@ -277,3 +277,73 @@ def test_fused_batch_norm_relu_keeps_relu_prime_zero_at_zero(fast):
         dispatch.enabled = before
     assert (dx[0] == 0).all()
     np.testing.assert_allclose(dx[1:], np.where(ans[1:] > 0, gamma / np.sqrt(var + 1e-5), 0))
+
+
+# --------------------------------------------------------------------------------------
+# blocks shared by several threads, numpy's BLAS on one thread meanwhile
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", [CONVS[0], CONVS[1], CONVS[4], CONVS[5]],
+                         ids=["plain", "groups", "5x3", "strided"])
+def test_blocks_on_several_threads_give_the_one_thread_results(dtype, case, monkeypatch):
+    x, w, g = _conv_operands(dtype, *case)
+    args = case[2:]
+    monkeypatch.setattr(F, "BLOCK_BYTES", 300)  # many blocks
+    results = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(F, "BLOCK_WORKERS", workers)
+        results[workers] = (F.conv2d_forward(x, w, *args),
+                            *F.conv2d_backward(g, x, w, *args, True, True),
+                            F.conv2d_backward_weight(g, x, w.shape, *args))
+    for a, b in zip(results[1], results[3]):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+    np.testing.assert_allclose(results[3][0], R.conv2d_forward(x, w, *args), **TOL[dtype])
+
+
+def test_blas_runs_single_threaded_only_inside_the_block_and_restores_the_count():
+    from autodiff_lab.kernels import blas
+    if not blas.available():
+        pytest.skip("numpy's BLAS is not an OpenBLAS this build can reach")
+    before = blas.threads()
+    bound = blas._bind()
+    with blas.single_threaded():
+        assert bound[0]() == 1
+        assert blas.threads() == before  # what the blocks split over
+        with blas.single_threaded():     # nested (another thread's convolution)
+            assert bound[0]() == 1
+        assert bound[0]() == 1
+    assert bound[0]() == before == blas.threads()
+    x, w, g = _conv_operands(np.float32, *CONVS[0])
+    F.conv2d_backward(g, x, w, (1, 1), (1, 1), (1, 1), 1, True, True)
+    assert blas.threads() == before
+
+
+def test_without_a_reachable_blas_the_blocks_run_in_the_calling_thread(monkeypatch):
+    from autodiff_lab.kernels import blas
+    monkeypatch.setattr(blas, "_searched", True)
+    monkeypatch.setattr(blas, "_bound", None)
+    assert blas.threads() == 1 and not blas.available()
+    seen = set()
+    import threading
+
+    def work(blocks):
+        seen.add(threading.get_ident())
+        return len(blocks)
+    assert F._run_blocks(work, [(0, 1, 0, 1)] * 4) == [4]
+    assert seen == {threading.get_ident()}
+    with blas.single_threaded():  # a no-op
+        pass
+
+
+def test_worker_threads_follow_the_callers_numpy_error_state(monkeypatch):
+    # numpy's error state is per thread: a block on another thread must see the caller's
+    monkeypatch.setattr(F, "BLOCK_WORKERS", 3)
+    import threading
+    seen = {}
+
+    def work(blocks):
+        seen[threading.get_ident()] = np.geterr()["invalid"]
+        return len(blocks)
+    with np.errstate(invalid="raise"):
+        assert sorted(F._run_blocks(work, [(0, 1, 0, 1)] * 7)) == [2, 2, 3]
+    assert len(seen) >= 2 and set(seen.values()) == {"raise"}
