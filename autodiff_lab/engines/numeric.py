@@ -181,7 +181,7 @@ class NumericProgram(Program):
         self.stencil = STENCILS[engine.method]
         self.out_node = graph.outputs[output]
         self.out_shape = tuple(graph.node(self.out_node)["shape"])
-        self.path = _path_nodes(graph, [graph.inputs[n] for n in wrt], self.out_node)
+        self.path = graph.path_nodes([graph.inputs[n] for n in wrt], self.out_node)
         self.kink_nodes = [v for v in self.path if graph.node(v)["role"] == "op"
                            and OPS[graph.node(v)["op"]].kink is not None]
         if self.stencil.imaginary:
@@ -253,7 +253,7 @@ class NumericProgram(Program):
         dtype = working_dtype(g, arrays)
         eps = float(np.finfo(dtype).eps)
         dirs = self._check_direction(direction, arrays, dtype)
-        path = _path_nodes(g, [g.inputs[n] for n in dirs], self.out_node)
+        path = g.path_nodes([g.inputs[n] for n in dirs], self.out_node)
         if stencil.imaginary:
             self._check_complex_safe(path)
         v_max = max((float(np.max(np.abs(v), initial=0.0)) for v in dirs.values()), default=0.0)
@@ -1051,19 +1051,6 @@ def _stencil(method: str) -> Stencil:
     if method not in STENCILS:
         raise InputError(f"unknown numeric method {method!r}; choose one of {', '.join(METHODS)}")
     return STENCILS[method]
-
-
-def _path_nodes(graph: Graph, sources: list[int], target: int) -> list[int]:
-    """Nodes on a path from one of ``sources`` to ``target``, in graph order."""
-    downstream = set(sources)
-    for v in graph.order:
-        if any(u in downstream for u in graph.operands(v)):
-            downstream.add(v)
-    upstream = {target}
-    for v in reversed(graph.order):
-        if v in upstream:
-            upstream.update(graph.operands(v))
-    return [v for v in graph.order if v in downstream and v in upstream]
 
 
 def _regime_why(stencil: Stencil, beyond_scale: bool, small: float, large: float,

@@ -399,6 +399,19 @@ class Graph:
                              " name the one you mean")
         return next(iter(main.values()))
 
+    def path_nodes(self, sources: list[int], target: int) -> list[int]:
+        """Nodes on some path from one of ``sources`` to ``target``, in graph order (what a
+        perturbation of the sources can change on its way to the target)."""
+        downstream = set(sources)
+        for v in self.order:
+            if any(u in downstream for u in self.operands(v)):
+                downstream.add(v)
+        upstream = {target}
+        for v in reversed(self.order):
+            if v in upstream:
+                upstream.update(self.operands(v))
+        return [v for v in self.order if v in downstream and v in upstream]
+
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of each input by name."""
         return {n: self.nx.nodes[v]["shape"] for n, v in self.inputs.items()}

@@ -101,16 +101,8 @@ def directional_check(graph: Graph, values: Mapping[str, Any], grads: Mapping[st
 def _kink_nodes(graph: Graph, sources: list[int], out: int) -> list[int]:
     """Ops with non-differentiable points (the op table's ``kink``) between the perturbed
     inputs and the output."""
-    downstream = set(sources)
-    for v in graph.order:
-        if any(u in downstream for u in graph.operands(v)):
-            downstream.add(v)
-    upstream = {out}
-    for v in reversed(graph.order):
-        if v in upstream:
-            upstream.update(graph.operands(v))
-    return [v for v in graph.order if v in downstream and v in upstream
-            and graph.node(v)["role"] == "op" and OPS[graph.node(v)["op"]].kink is not None]
+    return [v for v in graph.path_nodes(sources, out)
+            if graph.node(v)["role"] == "op" and OPS[graph.node(v)["op"]].kink is not None]
 
 
 def _slope_pattern(graph: Graph, v: int, env: Mapping[int, np.ndarray]) -> np.ndarray | None:
