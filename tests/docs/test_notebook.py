@@ -31,3 +31,11 @@ def test_sigmoid_neuron_notebook_runs_and_displays_inline(tmp_path, monkeypatch)
     assert any("σ" in d.get("text/latex", "") or "sigma" in d.get("text/latex", "") for d in rich)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "stopped='completed'" in text and "accuracy" in text
+    # tqdm.auto draws the training progress as a Jupyter widget when ipywidgets is present
+    if _has("ipywidgets"):
+        assert any("application/vnd.jupyter.widget-view+json" in d for d in rich), "progress bar is no widget"
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
