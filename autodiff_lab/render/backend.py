@@ -122,6 +122,10 @@ def run_dot(dot_source: str, fmt: str) -> tuple[bytes, DotProgram]:
             failures.append(f"{program}: {exc}")
             continue
         if done.returncode == 0 and done.stdout:
+            if fmt == "svg":  # a browser without the named font still draws a sans-serif
+                from autodiff_lab.render.fonts import with_generic_fallback
+                text = with_generic_fallback(done.stdout.decode("utf-8"))
+                return text.encode("utf-8"), program
             return done.stdout, program
         message = done.stderr.decode("utf-8", "replace").strip() or f"exit code {done.returncode}"
         failures.append(f"{program}: {message}")
