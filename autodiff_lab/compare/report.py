@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from autodiff_lab.compare import case_figures as _figures  # noqa: F401  (layers, pictures)
 from autodiff_lab.compare import sections as _sections  # noqa: F401  (fills SECTIONS)
 from autodiff_lab.compare import training_section as _training  # noqa: F401  (adds training)
 from autodiff_lab.compare.cases import CASES, SECTIONS, CaseContext, CaseSpec, Section

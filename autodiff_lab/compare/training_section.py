@@ -148,11 +148,67 @@ def _classifier_setup(quick: bool) -> dict[str, Any]:
                 metric=lambda m: accuracy(m, x_test, y_test), metric_name="test accuracy")
 
 
+class NoisyBatch:
+    """Fresh Gaussian noise σ = 25/255 on each batch of clean patches: (noisy, noise), the
+    DnCNN's residual target (the same draws for every engine)."""
+
+    def __call__(self, rng: np.random.Generator, xb: np.ndarray, yb: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        from autodiff_lab.studies.denoiser import SIGMA
+        noise = rng.normal(0.0, SIGMA, xb.shape).astype(xb.dtype)
+        return xb + noise, noise
+
+
+#: the denoiser's test picture: a centre crop of camera with fixed noise
+DENOISER_TEST = ("camera", 128)
+
+
+def denoiser_test_image() -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy) of the denoiser's test crop, with the studies' fixed noise seed."""
+    from autodiff_lab.studies.denoiser import SIGMA, TEST_NOISE_SEED, test_images
+    name, crop = DENOISER_TEST
+    clean = test_images(crop)[name]
+    noisy = clean + np.random.default_rng(TEST_NOISE_SEED).normal(0.0, SIGMA, clean.shape)
+    return clean, noisy
+
+
+def _denoiser_setup(quick: bool) -> dict[str, Any]:
+    from autodiff_lab import nn
+    from autodiff_lab.data import random_patches
+    from autodiff_lab.studies.common import psnr_db
+    from autodiff_lab.studies.denoiser import training_images
+
+    clean = random_patches(training_images(), 40, 256 if quick else 1024,
+                           np.random.default_rng(0)).astype(np.float32)
+    test_clean, test_noisy = denoiser_test_image()
+
+    def factory(seed: int) -> Any:
+        # the case's sizes (4 convolutions of 16 channels); the last convolution starts at a
+        # tenth of its scale, so the network starts close to "no noise" (as the study does)
+        model = nn.DnCNN(4, 16, 1, dtype=np.float32, rng=seed)
+        last = model.layers[len(model.layers) - 1]
+        last.weight.data *= np.float32(0.1)
+        return model
+
+    def psnr(model: Any) -> float:
+        out = np.clip(model.denoise(test_noisy.astype(np.float32)).astype(np.float64), 0, 1)
+        return psnr_db(out, test_clean)
+
+    return dict(model_factory=factory, loss=nn.MSELoss(), train_data=(clean, clean),
+                transform=NoisyBatch(), engines=("tape", "symbolic", "numeric"),
+                steps=40 if quick else 300, batch_size=8,
+                optimizer=lambda p: nn.Adam(p, lr=2e-3), metric=psnr,
+                metric_name=f"PSNR dB ({DENOISER_TEST[0]})",
+                # one step would need ~10,000 forward passes of a convolutional network
+                max_numeric_evaluations=2000)
+
+
 #: the training each case shows: setup(quick) -> keyword arguments of compare.training
 SETUPS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "neuron": _neuron_setup,
     "inpainting": _inpainting_setup,
     "classifier": _classifier_setup,
+    "denoiser": _denoiser_setup,
 }
 
 
@@ -187,6 +243,9 @@ def training_section(ctx: CaseContext) -> Section | None:
     models: dict[str, Any] = {}
     result = training(name=ctx.spec.name, progress=ctx.progress, models=models, **kwargs)
     ctx.results["training"] = result
+    # what later sections show pictures of (the trained models and their data): not trained twice
+    ctx.results["trained_models"] = models
+    ctx.results["training_setup"] = kwargs
     files = [ctx.rel(result.save_csv(ctx.path("training.csv"))),
              ctx.rel(result.save_json(ctx.path("training.json")))]
     sec = Section("training", "Training with each engine")
