@@ -229,6 +229,8 @@ def _layer_graph(roots: list[Module], builder: GraphBuilder, result: Tensor, lev
     for name in data:
         box, title = _DATA_INPUTS.get(name, (f"in_{name}", name))
         i = inputs[name]
+        if box == "target" and np.dtype(builder.nodes[i].dtype).kind in "iu":
+            title = "labels"
         first_use = min((k for k, r in enumerate(builder.nodes) if i in r.inputs), default=i)
         # the input first, any other data input just before its first reader
         order.append((-1.0 if name == data[0] else first_use - 0.5,
