@@ -132,6 +132,11 @@ def layers_section(ctx: CaseContext) -> Section | None:
     draw_layer_graph(trace.layers, stem, values=result.node_values, grads=result.node_grads,
                      wrap=wrap, title=f"{type(model).__name__}: one box per layer")
     sec = Section("layers", "The network layer by layer")
+    extra = model.num_parameters - sum(int(np.prod(np.shape(ex.values[n]))) for n in ctx.wrt)
+    if extra > 0:
+        title += (f"; {extra} parameter{'s' if extra > 1 else ''} more than the case's graph "
+                  "(the last convolution's bias, set to 0: the case's has none)"
+                  if ctx.spec.name == "denoiser" else f"; {extra} parameters more than the case's")
     same = ("the same weights and data as the case's graph; its loss "
             f"{float(np.asarray(result.value)):.6g} (the case's: {case_loss:.6g}) and its "
             "gradient, whose largest difference to the case's tape gradient is "
