@@ -1,8 +1,11 @@
 """The "training" section: the case's model trained by each engine (:func:`.training`).
 
 Shown for the neuron (tape, symbolic and numeric all train it), the inpainting MLP
-784-64-784 and the linear digit classifier (tape against symbolic matrix mode; numeric is a
-refusal row with the forward evaluations one step would need). The figure overlays the
+784-64-784, the DnCNN denoiser (4 convolutions of 16 channels, on fresh noisy patches) and
+the linear digit classifier (tape against symbolic matrix mode; numeric is a refusal row
+with the forward evaluations one step would need). The trained models and the setup stay in
+``ctx.results["trained_models"]`` / ``["training_setup"]`` for the pictures of
+:mod:`.case_figures`. The figure overlays the
 loss curves, each engine with its own line style and markers so coinciding curves stay
 visible; the table gives the time per step, its ratio to the tape and the final loss and
 metric. For inpainting a panel shows a few test digits masked, predicted and complete.
