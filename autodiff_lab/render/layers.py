@@ -65,7 +65,8 @@ def _font(text: str, colour: str | None = None, size: int | None = None, bold: b
 def _chunks(graph: Any, wrap: int | None) -> list[list[str]]:
     """The boxes in columns of at most ``wrap`` (a chain drawn as a snake of columns);
     one column when ``wrap`` is None or the graph has skip connections."""
-    ids = [n.id for n in graph.nodes]
+    # the main line only: a second data input (the target) sits beside its reader
+    ids = [n.id for k, n in enumerate(graph.nodes) if n.kind != "input" or k == 0]
     if not wrap or wrap < 2 or len(ids) <= wrap or any(e.skip for e in graph.edges):
         return [ids]
     count = -(-len(ids) // wrap)
