@@ -221,7 +221,7 @@ def denoiser_figure(clean: np.ndarray, noisy: np.ndarray, denoised: np.ndarray,
     """clean / noisy / denoised / the noise removed (noisy − denoised), PSNR in the titles."""
     from autodiff_lab.studies.common import psnr_db
     removed = noisy - denoised
-    panels = [(clean, "clean"), (noisy, f"noisy: {psnr_db(noisy, clean):.2f} dB"),
+    panels = [(clean, "clean (reference)"), (noisy, f"noisy: {psnr_db(noisy, clean):.2f} dB"),
               (denoised, f"denoised: {psnr_db(denoised, clean):.2f} dB"),
               (removed, "removed: noisy − denoised")]
     with plots.styled():
@@ -298,7 +298,8 @@ def case_study_section(ctx: CaseContext) -> Section | None:
         from autodiff_lab.data import best_gaussian_filter
         clean, noisy = denoiser_test_image()
         model = trained[1]
-        denoised = np.clip(model.denoise(noisy.astype(np.float32)).astype(np.float64), 0, 1)
+        denoised = np.clip(np.asarray(model.denoise(noisy.astype(model.dtype)),
+                                      dtype=np.float64), 0, 1)
         _, sigma, gauss_db = best_gaussian_filter(noisy, clean)
         paths = denoiser_figure(clean, noisy, denoised, ctx.path("denoiser_panel"))
         sec.paragraphs.append(

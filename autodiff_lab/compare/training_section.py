@@ -182,19 +182,20 @@ def _denoiser_setup(quick: bool) -> dict[str, Any]:
     from autodiff_lab.studies.denoiser import training_images
 
     clean = random_patches(training_images(), 40, 256 if quick else 1024,
-                           np.random.default_rng(0)).astype(np.float32)
+                           np.random.default_rng(0)).astype(np.float64)
     test_clean, test_noisy = denoiser_test_image()
 
     def factory(seed: int) -> Any:
-        # the case's sizes (4 convolutions of 16 channels); the last convolution starts at a
-        # tenth of its scale, so the network starts close to "no noise" (as the study does)
-        model = nn.DnCNN(4, 16, 1, dtype=np.float32, rng=seed)
+        # the case's sizes and dtype (4 convolutions of 16 channels, float64: the kernels the
+        # case's sections already compiled); the last convolution starts at a tenth of its
+        # scale, so the network starts close to "no noise" (as the study does)
+        model = nn.DnCNN(4, 16, 1, dtype=np.float64, rng=seed)
         last = model.layers[len(model.layers) - 1]
-        last.weight.data *= np.float32(0.1)
+        last.weight.data *= 0.1
         return model
 
     def psnr(model: Any) -> float:
-        out = np.clip(model.denoise(test_noisy.astype(np.float32)).astype(np.float64), 0, 1)
+        out = np.clip(np.asarray(model.denoise(test_noisy), dtype=np.float64), 0, 1)
         return psnr_db(out, test_clean)
 
     return dict(model_factory=factory, loss=nn.MSELoss(), train_data=(clean, clean),
