@@ -223,7 +223,7 @@ def denoiser_figure(clean: np.ndarray, noisy: np.ndarray, denoised: np.ndarray,
     removed = noisy - denoised
     panels = [(clean, "clean (reference)"), (noisy, f"noisy: {psnr_db(noisy, clean):.2f} dB"),
               (denoised, f"denoised: {psnr_db(denoised, clean):.2f} dB"),
-              (removed, "removed: noisy − denoised")]
+              (removed, "noise removed")]
     with plots.styled():
         fig = plots.new_figure((13.33, 4.0))
         axes = fig.subplots(1, 4)
