@@ -41,7 +41,8 @@ STYLE: dict[str, Any] = {
     "lines.markersize": 9,
     "axes.spines.top": False,
     "axes.spines.right": False,
-    "svg.fonttype": "none",  # text stays text in the SVG (editable, searchable)
+    "svg.fonttype": "none",  # text stays text in the SVG (editable, searchable); _save adds
+    # the generic sans-serif after DejaVu Sans for machines without it
     "image.interpolation": "nearest",
 }
 _LINESTYLES = ["-", "--", "-.", ":"]
@@ -83,6 +84,8 @@ def _save(fig: Any, path: str | Path) -> tuple[Path, Path]:
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=DPI, format="png")
     fig.savefig(svg, format="svg")
+    from autodiff_lab.render.fonts import with_generic_fallback
+    svg.write_text(with_generic_fallback(svg.read_text(encoding="utf-8")), encoding="utf-8")
     return png, svg
 
 

@@ -2,8 +2,9 @@
 
 ``autodiff-lab compare`` runs :func:`run_report`. For each case (:mod:`.cases`) it builds the
 sections (:mod:`.sections`: the graph, accuracy against a trusted reference, speed and
-memory, error against time, scaling, the step sweep), prints the tables, and writes into the
-output folder::
+memory, error against time, scaling, the step sweep; :mod:`.training_section`: training
+with each engine; :mod:`.case_figures`: the network layer by layer and the case study's
+pictures), prints the tables, and writes into the output folder::
 
     report.html             the page (figures beside it, in one folder per case)
     report.json, report.md  every table (JSON), the text tables
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from autodiff_lab.compare import case_figures as _figures  # noqa: F401  (layers, pictures)
 from autodiff_lab.compare import sections as _sections  # noqa: F401  (fills SECTIONS)
 from autodiff_lab.compare import training_section as _training  # noqa: F401  (adds training)
 from autodiff_lab.compare.cases import CASES, SECTIONS, CaseContext, CaseSpec, Section

@@ -150,11 +150,14 @@ def graph_section(ctx: CaseContext) -> Section:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    grads = _drawing_grads(ex, ctx.wrt)
+                    graph = ex.graph
+                    if primitive:
+                        from autodiff_lab.render.annotate import composite_ops
+                        graph = graph.expand(composite_ops(graph))
+                    grads = _drawing_grads(graph, values)
                     for suffix in ("svg", "png"):
-                        render(ex.graph, values, grads, path=ctx.path(f"{stem}.{suffix}"),
-                               primitive=primitive, title=None,
-                               rankdir="TB" if _has_tensors(ex) else "LR")
+                        render(graph, values, grads, path=ctx.path(f"{stem}.{suffix}"),
+                               title=None, rankdir="TB" if _has_tensors(ex) else "LR")
                 drawn.append((primitive, stem))
             except AutodiffError as exc:
                 sec.paragraphs.append(f"(Not drawn: {exc})")
@@ -178,11 +181,14 @@ def _has_tensors(ex: Any) -> bool:
     return any(ex.graph.node(v)["shape"] != () for v in ex.graph.inputs.values())
 
 
-def _drawing_grads(ex: Any, wrt: list[str]) -> Any:
-    outputs = list(ex.graph.outputs.values())
-    if len(outputs) == 1 and tuple(ex.graph.node(outputs[0])["shape"]) == ():
-        return True
-    return None
+def _drawing_grads(graph: Any, values: dict[str, Any]) -> Any:
+    """Every node's gradient of the graph's scalar output, computed here with the tape (the
+    drawing code only draws numbers it is given); ``None`` when there is no scalar output."""
+    from autodiff_lab.engines import engine
+    outputs = list(graph.outputs.items())
+    if len(outputs) != 1 or tuple(graph.node(outputs[0][1])["shape"]) != ():
+        return None
+    return engine("tape", keep_all=True).compile(graph, output=outputs[0][0])(values)
 
 
 def _measured(ctx: CaseContext) -> tuple[AccuracyResult, SpeedResult]:

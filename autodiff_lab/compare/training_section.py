@@ -1,8 +1,11 @@
 """The "training" section: the case's model trained by each engine (:func:`.training`).
 
 Shown for the neuron (tape, symbolic and numeric all train it), the inpainting MLP
-784-64-784 and the linear digit classifier (tape against symbolic matrix mode; numeric is a
-refusal row with the forward evaluations one step would need). The figure overlays the
+784-64-784, the DnCNN denoiser (4 convolutions of 16 channels, on fresh noisy patches) and
+the linear digit classifier (tape against symbolic matrix mode; numeric is a refusal row
+with the forward evaluations one step would need). The trained models and the setup stay in
+``ctx.results["trained_models"]`` / ``["training_setup"]`` for the pictures of
+:mod:`.case_figures`. The figure overlays the
 loss curves, each engine with its own line style and markers so coinciding curves stay
 visible; the table gives the time per step, its ratio to the tape and the final loss and
 metric. For inpainting a panel shows a few test digits masked, predicted and complete.
@@ -148,11 +151,68 @@ def _classifier_setup(quick: bool) -> dict[str, Any]:
                 metric=lambda m: accuracy(m, x_test, y_test), metric_name="test accuracy")
 
 
+class NoisyBatch:
+    """Fresh Gaussian noise σ = 25/255 on each batch of clean patches: (noisy, noise), the
+    DnCNN's residual target (the same draws for every engine)."""
+
+    def __call__(self, rng: np.random.Generator, xb: np.ndarray, yb: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        from autodiff_lab.studies.denoiser import SIGMA
+        noise = rng.normal(0.0, SIGMA, xb.shape).astype(xb.dtype)
+        return xb + noise, noise
+
+
+#: the denoiser's test picture: a centre crop of camera with fixed noise
+DENOISER_TEST = ("camera", 128)
+
+
+def denoiser_test_image() -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy) of the denoiser's test crop, with the studies' fixed noise seed."""
+    from autodiff_lab.studies.denoiser import SIGMA, TEST_NOISE_SEED, test_images
+    name, crop = DENOISER_TEST
+    clean = test_images(crop)[name]
+    noisy = clean + np.random.default_rng(TEST_NOISE_SEED).normal(0.0, SIGMA, clean.shape)
+    return clean, noisy
+
+
+def _denoiser_setup(quick: bool) -> dict[str, Any]:
+    from autodiff_lab import nn
+    from autodiff_lab.data import random_patches
+    from autodiff_lab.studies.common import psnr_db
+    from autodiff_lab.studies.denoiser import training_images
+
+    clean = random_patches(training_images(), 40, 256 if quick else 1024,
+                           np.random.default_rng(0)).astype(np.float64)
+    test_clean, test_noisy = denoiser_test_image()
+
+    def factory(seed: int) -> Any:
+        # the case's sizes and dtype (4 convolutions of 16 channels, float64: the kernels the
+        # case's sections already compiled); the last convolution starts at a tenth of its
+        # scale, so the network starts close to "no noise" (as the study does)
+        model = nn.DnCNN(4, 16, 1, dtype=np.float64, rng=seed)
+        last = model.layers[len(model.layers) - 1]
+        last.weight.data *= 0.1
+        return model
+
+    def psnr(model: Any) -> float:
+        out = np.clip(np.asarray(model.denoise(test_noisy), dtype=np.float64), 0, 1)
+        return psnr_db(out, test_clean)
+
+    return dict(model_factory=factory, loss=nn.MSELoss(), train_data=(clean, clean),
+                transform=NoisyBatch(), engines=("tape", "symbolic", "numeric"),
+                steps=40 if quick else 300, batch_size=8,
+                optimizer=lambda p: nn.Adam(p, lr=2e-3), metric=psnr,
+                metric_name=f"PSNR dB ({DENOISER_TEST[0]})",
+                # one step would need ~10,000 forward passes of a convolutional network
+                max_numeric_evaluations=2000)
+
+
 #: the training each case shows: setup(quick) -> keyword arguments of compare.training
 SETUPS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "neuron": _neuron_setup,
     "inpainting": _inpainting_setup,
     "classifier": _classifier_setup,
+    "denoiser": _denoiser_setup,
 }
 
 
@@ -187,6 +247,9 @@ def training_section(ctx: CaseContext) -> Section | None:
     models: dict[str, Any] = {}
     result = training(name=ctx.spec.name, progress=ctx.progress, models=models, **kwargs)
     ctx.results["training"] = result
+    # what later sections show pictures of (the trained models and their data): not trained twice
+    ctx.results["trained_models"] = models
+    ctx.results["training_setup"] = kwargs
     files = [ctx.rel(result.save_csv(ctx.path("training.csv"))),
              ctx.rel(result.save_json(ctx.path("training.json")))]
     sec = Section("training", "Training with each engine")

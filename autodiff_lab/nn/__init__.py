@@ -23,7 +23,7 @@ from autodiff_lab.nn import init
 from autodiff_lab.nn.activation import Flatten, LeakyReLU, ReLU, Sigmoid, Tanh
 from autodiff_lab.nn.container import ModuleList, Sequential
 from autodiff_lab.nn.conv import Conv2d, ConvTranspose2d
-from autodiff_lab.nn.diagram import module_graph, render_modules
+from autodiff_lab.nn.diagram import ModuleTrace, module_graph, render_modules, trace_modules
 from autodiff_lab.nn.dropout import Dropout
 from autodiff_lab.nn.linear import Identity, Linear
 from autodiff_lab.nn.losses import CrossEntropyLoss, L1Loss, MSELoss
@@ -52,7 +52,7 @@ __all__ = [
     "MLPClassifier", "MSELoss", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
     "Sequential", "Sigmoid", "SigmoidNeuron", "StepOutput", "Tanh", "Upsample", "compile_step",
     "default_generator", "evaluate", "get_default_dtype", "init", "load", "manual_seed",
-    "module_graph", "predict", "render_modules", "save", "set_default_dtype",
+    "ModuleTrace", "module_graph", "predict", "render_modules", "trace_modules", "save", "set_default_dtype",
 ]
 
 # optimisers and schedules: nn/optim.py, nn/schedules.py

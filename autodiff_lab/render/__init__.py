@@ -6,7 +6,8 @@ write the DOT text itself). ``to_svg`` is what a :class:`Graph` shows in Jupyter
 
 Parts: ``annotate`` resolves the numbers, ``dot`` writes the DOT text, ``numbers`` formats
 numbers, ``backend`` finds and runs Graphviz (system ``dot``, else the pip-installed
-``graphviz-pure``).
+``graphviz-pure``), ``fonts`` names the font every drawing uses (DejaVu Sans) and measures
+text with it, ``layers`` draws a model one box per module.
 """
 
 from __future__ import annotations

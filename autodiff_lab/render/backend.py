@@ -115,17 +115,33 @@ def run_dot(dot_source: str, fmt: str) -> tuple[bytes, DotProgram]:
     command = [f"-T{fmt}"] + ([f"-Gdpi={RASTER_DPI}"] if fmt in RASTER_FORMATS else [])
     failures = []
     for program in programs:
+        source = _raster_fonts(dot_source, program) if fmt in RASTER_FORMATS else dot_source
         try:
-            done = subprocess.run([program.path, *command], input=dot_source.encode("utf-8"),
+            done = subprocess.run([program.path, *command], input=source.encode("utf-8"),
                                   capture_output=True, timeout=TIMEOUT_SECONDS, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             failures.append(f"{program}: {exc}")
             continue
         if done.returncode == 0 and done.stdout:
+            if fmt == "svg":  # a browser without the named font still draws a sans-serif
+                from autodiff_lab.render.fonts import with_generic_fallback
+                text = with_generic_fallback(done.stdout.decode("utf-8"))
+                return text.encode("utf-8"), program
             return done.stdout, program
         message = done.stderr.decode("utf-8", "replace").strip() or f"exit code {done.returncode}"
         failures.append(f"{program}: {message}")
     raise RenderError(f"Graphviz could not write {fmt!r}:\n  " + "\n  ".join(failures))
+
+
+def _raster_fonts(dot_source: str, program: DotProgram) -> str:
+    """graphviz-pure's rasteriser draws only its own bundled faces (it finds no DejaVu Sans
+    and falls back to a serif): for its PNGs the drawings name Helvetica, which it measures
+    and draws with one metric-compatible sans. SVGs keep DejaVu Sans (what browsers get)."""
+    from autodiff_lab.render.fonts import FONT_FAMILY
+
+    if program.kind != PURE_NAME and Path(program.path).stem != PURE_NAME:
+        return dot_source
+    return dot_source.replace(f'fontname="{FONT_FAMILY}"', 'fontname="Helvetica"')
 
 
 def configure_graphviz_package() -> DotProgram:

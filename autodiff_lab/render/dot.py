@@ -24,6 +24,7 @@ import numpy as np
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
 from autodiff_lab.render.annotate import Annotations
+from autodiff_lab.render.fonts import FONT_FAMILY, min_node_width
 from autodiff_lab.render.numbers import (
     MINUS,
     format_number,
@@ -43,7 +44,11 @@ ROLE_COLOURS = {
 VALUE_COLOUR = "#15803d"     # green: forward values
 GRAD_COLOUR = "#b91c1c"      # red: gradients
 MUTED_COLOUR = "#475569"     # shapes and attributes
-FONT = "Helvetica"
+#: the font named and measured (see :mod:`autodiff_lab.render.fonts`)
+FONT = FONT_FAMILY
+#: the nodes' horizontal margin (inches) and Graphviz's default minimum width
+NODE_MARGIN_IN = 0.06
+DEFAULT_WIDTH_IN = 0.75
 NUMBER_MODES = ("edges", "nodes")
 
 # binary ops whose scalar-constant operand is folded into the label, and how it reads
@@ -294,12 +299,16 @@ class _DotWriter:
             lines += self.number_lines(self.values.get(v), self.grads.get(v))
         elif self.uses(v) > 1 and v in self.grads:
             lines.append(_font("Σ " + self._fmt(self.grads[v]), GRAD_COLOUR, size=10))
+        label = _html(lines)
+        width = min_node_width(label, 11, NODE_MARGIN_IN, attrs["shape"])
+        if width > DEFAULT_WIDTH_IN:  # the text's real width, not the layout program's guess
+            attrs["width"] = f"{width:.2f}"
         colour = "output" if v in self.output_nodes else role
         attrs["fillcolor"] = ROLE_COLOURS[colour]
         if v in self.output_nodes:
             attrs["penwidth"] = "2"
         attrs["tooltip"] = self._tooltip(v)
-        return f"  n{v} [label={_html(lines)}, {_attributes(attrs)}];"
+        return f"  n{v} [label={label}, {_attributes(attrs)}];"
 
     def _tooltip(self, v: int) -> str:
         d = self.g.node(v)
@@ -381,7 +390,7 @@ class _DotWriter:
                "digraph autodiff_lab {",
                f'  graph [rankdir={opt.rankdir}, fontname="{FONT}", fontsize=11, nodesep=0.3, '
                f'ranksep=0.45, bgcolor="white", labelloc=b, labeljust=l, ordering=in];',
-               f'  node [fontname="{FONT}", fontsize=11, color="#334155", margin="0.06,0.03"];',
+               f'  node [fontname="{FONT}", fontsize=11, color="#334155", margin="{NODE_MARGIN_IN},0.03"];',
                f'  edge [fontname="{FONT}", fontsize=10, color="#334155", arrowsize=0.7];']
         legend = self.legend_label()
         if legend:

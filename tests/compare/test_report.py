@@ -160,11 +160,11 @@ def test_report_files_tables_and_figures(neuron_report):
     for name in ("accuracy", "speed", "step_sweep"):
         assert (case / f"{name}.csv").read_text().count("\n") >= 3
         json.loads((case / f"{name}.json").read_text())
-    for stem in ("error_vs_time", "step_sweep", "graph", "graph_primitive"):
+    for stem in ("error_vs_time", "step_sweep", "graph", "graph_primitive", "neuron_pictures"):
         assert (case / f"{stem}.svg").read_text().lstrip().startswith("<")
         with Image.open(case / f"{stem}.png") as im:
             assert im.size[0] >= 400 and im.size[1] >= 200
-    for stem in ("error_vs_time", "step_sweep"):  # slide-sized, text as paths (no missing font)
+    for stem in ("error_vs_time", "step_sweep", "neuron_pictures"):  # slide-sized, text as paths
         with Image.open(case / f"{stem}.png") as im:
             assert im.size == (1599, 900)
         svg = (case / f"{stem}.svg").read_text()
@@ -196,6 +196,8 @@ def test_page_in_headless_chromium(neuron_report, tmp_path):
                     images: document.images.length,
                     decoded: [...document.images].every(i => i.complete && i.naturalWidth > 0),
                     broken: [...document.images].filter(i => !(i.naturalWidth > 0)).map(i => i.src),
+                    sizes: [...document.images].map(i => [i.getAttribute('src'), i.naturalWidth,
+                                                          i.naturalHeight, i.clientWidth]),
                     tables: document.querySelectorAll('table').length,
                     width: document.documentElement.scrollWidth,
                     viewport: window.innerWidth};
@@ -205,6 +207,10 @@ def test_page_in_headless_chromium(neuron_report, tmp_path):
         browser.close()
     assert state["title"].startswith("autodiff_lab")
     assert state["images"] >= 4 and state["decoded"], state["broken"]
+    sizes = {src: (w, h, shown) for src, w, h, shown in state["sizes"]}
+    for figure in ("neuron/graph.png", "neuron/graph_primitive.png", "neuron/training.png",
+                   "neuron/neuron_pictures.png"):  # every figure, the pictures included
+        assert figure in sizes and min(sizes[figure]) > 0, (figure, sizes.get(figure))
     assert state["tables"] >= 3
     assert state["width"] <= state["viewport"] + 1  # nothing wider than the window
     from PIL import Image
