@@ -1,6 +1,6 @@
 """Side-by-side runs with HIPS autograd, numdifftools and SymPy on its own.
 
-    python benchmarks/bench_peers.py                  # full run: benchmarks/results/bench_peers-<time>.json (+ .csv)
+    python benchmarks/bench_peers.py                  # full run: results/bench_peers-<time>.json, .csv
     python benchmarks/bench_peers.py --quick          # fewer repeats, smaller network
     python benchmarks/bench_peers.py --json out.json  # ... or to the file given
     python benchmarks/bench_peers.py --without autograd,numdifftools   # run as if absent
@@ -336,8 +336,9 @@ def symbolic(table: Table, peers: dict[str, tuple[Any, str]], quick: bool) -> No
             table.add(workload, label, "time per gradient", times[mode] * 1e3, MS)
             table.add(workload, label, "rel. difference to tape", rel_diff(results[mode], tape), "")
         if sp is None:
-            for metric in ("compile", "time per gradient", "rel. difference to tape"):
-                table.not_installed(workload, "sympy", metric, MS if metric != "rel. difference to tape" else "", why)
+            for metric, unit in (("compile", MS), ("time per gradient", MS),
+                                 ("rel. difference to tape", "")):
+                table.not_installed(workload, "sympy", metric, unit, why)
             continue
         table.add(workload, "sympy", "compile", compile_s["sympy"] * 1e3, MS,
                   f"SymPy {version(sp)} alone: diff + lambdify(cse=True) of the hand-written formula")

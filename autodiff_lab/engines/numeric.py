@@ -60,6 +60,7 @@ from autodiff_lab.engines.numeric_steps import (
     RegimeCheck,
     Stencil,
     check_step,
+    complex_shared_roundoff,
     default_step,
     exact_step,
     one_sided_second_order,
@@ -416,6 +417,10 @@ class NumericProgram(Program):
                                             mags, stats, (base_val[0], base_mag[0]), stencil,
                                             target, counter, estimate, eps, nonfinite, kinked,
                                             watch, suspects if regime[name] else None)
+        if stencil.imaginary and estimate and parts:
+            shared = complex_shared_roundoff([p[1] for p in parts.values() if p[1] is not None],
+                                             self.largest_node)
+            parts = {n: (d, None if e is None else e + shared) for n, (d, e) in parts.items()}
         for report in suspects:
             warnings.warn(report.pop("message"), StepSizeWarning, stacklevel=3)
         kinks = self._warn_kinks(kinked, stencil)
