@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -153,6 +153,8 @@ class SubsetCheck:
     entries: list[dict[str, Any]]
     evaluations: int
     method: str
+    #: components of the sample whose stencil crossed or sat on a kink (and were recomputed)
+    kink_components: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -365,7 +367,7 @@ class NumericProgram(Program):
                     entry.update(reference=r, difference=abs(r - float(d[k])))
                     entry["ok"] = entry["difference"] <= float(err[k]) + 16 * eps * max(abs(r), 1.0)
                 entries.append(entry)
-        return SubsetCheck(entries, info["evaluations"], stencil.name)
+        return SubsetCheck(entries, info["evaluations"], stencil.name, info["kink_components"])
 
     # --- the machinery --------------------------------------------------------------------
     def _run(self, arrays: dict[str, np.ndarray], comps: dict[str, np.ndarray], target: _Target,
