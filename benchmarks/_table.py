@@ -15,9 +15,13 @@ Adopting it in a benchmark script::
     table.add("mlp", "ours", "ms per gradient", 1.23, "ms")
     table.add("mlp", "torch", "ms per gradient", 1.10, "ms")  # or:
     table.not_installed("mlp", "torch", "ms per gradient", "ms")
+    # a wide record (bench_tape's rows: ours_ms, torch_ms, jax_ms) in one call:
+    table.add_frameworks("dncnn", "ms per gradient", "ms", {"ours": 5.1, "torch": 4.0, "jax": None})
     table.fill_ratios()
     print(table.text())
     table.save(args.json)    # None: a new benchmarks/results/bench_tape-<time>.json (+ .csv)
+    # targets: target_verdict(ratio, ok, peer_ran=..., peer="torch") is "met", "MISSED" or
+    # "not checked: torch not installed"
 
 Run from elsewhere (tests), import it by path: ``importlib`` on ``benchmarks/_table.py``.
 """
@@ -104,6 +108,22 @@ class Table:
         """The row of a peer that could not be imported: no value, ``peer not installed``."""
         return self.add(workload, framework, metric, None, unit,
                         NOT_INSTALLED + (f" ({why})" if why else ""))
+
+    def add_frameworks(self, workload: str, metric: str, unit: str,
+                       values: Mapping[str, float | None], notes: Mapping[str, str] | None = None
+                       ) -> list[Row]:
+        """One row per framework from a wide record ({"ours": 1.2, "torch": 1.1, "jax": None}):
+        a None value is a peer that did not run ("peer not installed" unless ``notes`` says
+        otherwise)."""
+        notes = notes or {}
+        rows = []
+        for framework, value in values.items():
+            if value is None and framework != OURS and framework not in notes:
+                rows.append(self.not_installed(workload, framework, metric, unit))
+            else:
+                rows.append(self.add(workload, framework, metric, value, unit,
+                                     notes.get(framework, "")))
+        return rows
 
     def fill_ratios(self, ours: str | Callable[[Row], str] = OURS) -> None:
         """ratio-to-ours = value ÷ our value for the same workload and metric. ``ours``: the

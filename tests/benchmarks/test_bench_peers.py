@@ -17,6 +17,7 @@ BENCH = ROOT / "benchmarks"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     sys.path.insert(0, str(BENCH))
     try:
         spec.loader.exec_module(module)
@@ -89,7 +90,9 @@ def test_table_module_formats_and_default_path(tmp_path, monkeypatch):
     t.add("mlp", "ours", "time per gradient", 2.0, "ms")
     t.add("mlp", "torch", "time per gradient", 3.0, "ms")
     t.not_installed("mlp", "jax", "time per gradient", "ms")
+    t.add_frameworks("dncnn", "time per gradient", "ms", {"ours": 4.0, "torch": 2.0, "jax": None})
     t.fill_ratios()
+    assert t.rows[-2].ratio_to_ours == 0.5 and t.rows[-1].note == table.NOT_INSTALLED
     text = t.text().splitlines()
     assert text[0].split() == ["workload", "framework", "metric", "value", "unit",
                                "ratio-to-ours", "note"]
