@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -33,6 +32,9 @@ from autodiff_lab.engines.symbolic_expanded import (
     sigmoid_mlp_example,
 )
 from autodiff_lab.engines.symbolic_matrix import MatrixProgram
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import OURS, Table  # noqa: E402, I001
 
 
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=[2, 4, 8, 16])
     parser.add_argument("--json", default=None,
                         help="output JSON path (default: a new "
-                             "benchmarks/results/bench_symbolic-<time>.json)")
+                             "benchmarks/results/bench_symbolic-<time>.json; a CSV beside it)")
     args = parser.parse_args(argv)
 
     # matrix mode first: its timings should not inherit the memory SymPy leaves behind
@@ -171,11 +173,23 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": {"python": platform.python_version(), "sympy": sp.__version__,
                        "numpy": np.__version__, "platform": platform.platform()},
            "swell": rows, "guard": refusal, "matrix": matrix_rows}
-    path = Path(args.json) if args.json else Path(__file__).resolve().parent / "results" / \
-        f"bench_symbolic-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"\nwrote {path}")
+    # the shared table (benchmarks/_table.py); the detailed records stay in its meta
+    table = Table("bench_symbolic", meta=out)
+    for r, name in zip(matrix_rows, ("inpainting MLP 784-256-784", "DnCNN 4×1×16×16")):
+        table.add(name, f"{OURS} (symbolic matrix)", "compile", r["compile_s"] * 1e3, "ms")
+        table.add(name, f"{OURS} (symbolic matrix)", "time per gradient",
+                  r["symbolic_eval_s"] * 1e3, "ms", f"max rel. difference {r['rel_err_vs_tape']:.1e}")
+        table.add(name, f"{OURS} (tape)", "time per gradient", r["tape_eval_s"] * 1e3, "ms")
+    for r in rows:
+        name = f"sigmoid-mlp-D{r['D']}"
+        for metric, key in (("ops before cse", "ops_before_cse"), ("ops after cse", "ops_after_cse")):
+            table.add(name, f"{OURS} (symbolic expanded)", metric, r[key], "ops")
+        table.add(name, f"{OURS} (symbolic expanded)", "compile", r["compile_s"], "s")
+        table.add(name, f"{OURS} (symbolic expanded)", "time per gradient", r["eval_s"] * 1e3, "ms")
+    table.add("sigmoid-mlp-D32", f"{OURS} (symbolic expanded)", "guard refusal", refusal["seconds"] * 1e3,
+              "ms", "refused" if refusal["refused"] else "NOT refused")
+    path, csv_path = table.save(args.json)
+    print(f"\nwrote {path} and {csv_path}")
     return 0
 
 

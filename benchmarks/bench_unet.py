@@ -2,7 +2,7 @@
 
     python benchmarks/bench_unet.py              # both workloads, 7 rounds
     python benchmarks/bench_unet.py --quick      # 3 rounds of the small workload
-    python benchmarks/bench_unet.py --json out.json
+    python benchmarks/bench_unet.py --json out.json  # (default: results/bench_unet-<time>.json)
     python benchmarks/bench_unet.py --threads 1  # steadier when other jobs share the cores
 
 Workloads, float32, loss ½‖f(z) − y‖² summed, gradient of every parameter:
@@ -37,7 +37,6 @@ if __name__ == "__main__":
     os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
@@ -47,7 +46,8 @@ import numpy as np  # noqa: E402
 from autodiff_lab import nn  # noqa: E402
 from autodiff_lab.graph import functions as F  # noqa: E402
 
-NOT_INSTALLED = "peer not installed"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _table import NOT_INSTALLED, OURS, Table  # noqa: E402, I001
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "dip": dict(unet=dict(in_channels=8, out_channels=1, depth=4, width=(8, 16, 32, 32, 32),
@@ -190,7 +190,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 rounds of the small workload only")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--json", default=None,
+                    help="write the results here (default: a new "
+                         "benchmarks/results/bench_unet-<time>.json, with a CSV beside it)")
     ap.add_argument("--threads", type=int, default=THREADS,
                     help="threads for both frameworks (default 2; 1 is steadier on a busy machine)")
     args = ap.parse_args()
@@ -209,10 +211,17 @@ def main() -> None:
         ratio = f"{r['ratio_ours_over_pytorch']:6.2f}" if "ratio_ours_over_pytorch" in r else "     -"
         print(f"{name:<8} {'×'.join(map(str, r['batch'])):<18} {r['parameters']:>8} "
               f"{r['ours_seconds']:9.3f} {torch_text} {ratio}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"load_average": load, "threads": THREADS, "rounds": rounds,
-                       "results": results}, f, indent=1)
+    table = Table("bench_unet", meta={"threads": THREADS, "rounds": rounds, "results": results})
+    for r in results:
+        what = f"{'×'.join(map(str, r['batch']))}, {r['parameters']} parameters"
+        table.add(r["workload"], OURS, "seconds per step", r["ours_seconds"], "s", what)
+        if isinstance(r["pytorch_seconds"], float):
+            table.add(r["workload"], "pytorch", "seconds per step", r["pytorch_seconds"], "s", what)
+        else:
+            table.not_installed(r["workload"], "pytorch", "seconds per step", "s")
+    table.fill_ratios()
+    path, csv_path = table.save(args.json)
+    print(f"wrote {path} and {csv_path}")
 
 
 if __name__ == "__main__":

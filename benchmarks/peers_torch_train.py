@@ -34,7 +34,6 @@ if __name__ == "__main__":
         os.environ.setdefault(_var, str(THREADS))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -220,10 +219,22 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=5, help="MLP epochs")
     ap.add_argument("--dncnn-steps", type=int, default=30, help="timed DnCNN steps")
     ap.add_argument("--threads", type=int, default=THREADS, help="torch threads")
-    ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    ap.add_argument("--json", default=None,
+                    help="write the results to this JSON file (default: a new "
+                         "benchmarks/results/peers_torch_train-<time>.json, with a CSV beside it)")
     args = ap.parse_args()
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _table import Table
+
+    table = Table("peers_torch_train", meta={"threads": args.threads, "quick": args.quick})
     if not available():
         print(NOT_INSTALLED)
+        for workload, metric, unit in (("inpainting MLP", "time per epoch", "s"),
+                                       ("DnCNN-lite", "time per step", "ms")):
+            table.not_installed(workload, "torch", metric, unit)
+        path, _ = table.save(args.json)
+        print(f"wrote {path}")
         return 0
     if args.quick:
         mlp = torch_mlp_inpainting(epochs=1, max_steps_per_epoch=20, threads=args.threads)
@@ -240,9 +251,14 @@ def main() -> int:
     print(f"DnCNN-lite ({dn['framework']}, float32, batch {dn['batch']} × {dn['size']}²): "
           f"{dn['time_per_step_ms']:.1f} ms/step over {dn['steps']} steps; "
           f"loss {dn['loss_first']:.5f} → {dn['loss_last']:.5f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"mlp": mlp, "dncnn": dn}, fh, indent=1)
+    table.meta.update(mlp=mlp, dncnn=dn)
+    table.add("inpainting MLP", "torch", "time per epoch", mlp["time_per_epoch_s"], "s",
+              f"{mlp['framework']}, {mlp['steps_per_epoch']} steps")
+    table.add("inpainting MLP", "torch", "test PSNR", mlp["test_psnr_db"], "dB")
+    table.add("DnCNN-lite", "torch", "time per step", dn["time_per_step_ms"], "ms",
+              f"{dn['framework']}, batch {dn['batch']}")
+    path, _ = table.save(args.json)
+    print(f"wrote {path}")
     return 0
 
 

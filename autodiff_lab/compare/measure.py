@@ -58,7 +58,7 @@ class AccuracyRow:
     #: ok (full gradient), sampled (refused in full, measured on a sample), refused
     status: str
     rel_error: float | None = None
-    #: the engine's own error estimate on the same scale (finite differences)
+    #: the engine's own error estimate on the same scale (finite differences): a bound
     est_error: float | None = None
     #: coordinates compared (all of them, or the sample)
     checked: int | None = None
@@ -87,6 +87,22 @@ class AccuracyResult(ResultTable):
 
     def row(self, engine: str) -> AccuracyRow:
         return next(r for r in self.rows if r.engine == engine)
+
+    def unbounded(self) -> list[AccuracyRow]:
+        """Rows whose measured error exceeds the engine's own estimate (which is meant as a
+        bound) by more than the reference's own uncertainty: there should be none."""
+        return [r for r in self.rows if not estimate_bounds(r.rel_error, r.est_error,
+                                                            self.reference_uncertainty)]
+
+
+def estimate_bounds(error: float | None, estimate: float | None, uncertainty: float = 0.0
+                    ) -> bool:
+    """Whether an engine's estimate bounds its measured error: ``error ≤ estimate +
+    uncertainty`` (the reference's own uncertainty: a smaller excess is not resolved).
+    True where either number is missing (nothing to compare)."""
+    if error is None or estimate is None:
+        return True
+    return error <= estimate + uncertainty
 
 
 @dataclass

@@ -11,7 +11,13 @@ import numpy as np
 
 from autodiff_lab.compare import plots
 from autodiff_lab.compare.cases import SECTIONS, CaseContext, Section, TableRef
-from autodiff_lab.compare.measure import AccuracyResult, SpeedResult, measure, resolve_reference
+from autodiff_lab.compare.measure import (
+    AccuracyResult,
+    SpeedResult,
+    estimate_bounds,
+    measure,
+    resolve_reference,
+)
 
 ACCURACY_LEGEND = [
     ("engine", "the way the gradient is computed (each with its options)"),
@@ -20,7 +26,9 @@ ACCURACY_LEGEND = [
     ("rel. error", "‖g − g_ref‖∞ / ‖g_ref‖∞ over all parameters; “< u” when below the "
                    "reference's own uncertainty u (not resolved); 0 when bit-identical"),
     ("own estimate", "the engine's own error estimate on the same scale (finite differences "
-                     "only)"),
+                     "only). It is a bound: every component's error is at most its estimate, "
+                     "so “own estimate” ≥ “rel. error”; a row where the measured error exceeds "
+                     "it (beyond the reference's uncertainty) is marked ⚠"),
     ("checked", "coordinates compared"),
 ]
 SPEED_LEGEND = [
@@ -88,7 +96,12 @@ def accuracy_table(result: AccuracyResult, files: Sequence[str] = ()) -> TableRe
         if r.note:
             notes.append(f"{r.label}: {r.note}")
             status += f" [{len(notes)}]"
-        rows.append([r.label, status, fmt_error(r.rel_error, u), fmt_error(r.est_error),
+        est = fmt_error(r.est_error)
+        if not estimate_bounds(r.rel_error, r.est_error, u):
+            notes.append(f"{r.label}: ⚠ the measured error is above the engine's own estimate, "
+                         "which should bound it")
+            est += f" ⚠ [{len(notes)}]"
+        rows.append([r.label, status, fmt_error(r.rel_error, u), est,
                      f"{r.checked:,}" if r.checked else "—"])
         classes.append(r.status)
     return TableRef(f"Accuracy against the reference ({result.reference_kind})", columns, rows,

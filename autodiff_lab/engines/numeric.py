@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ from autodiff_lab.engines.numeric_steps import (
     RegimeCheck,
     Stencil,
     check_step,
+    complex_shared_roundoff,
     default_step,
     exact_step,
     one_sided_second_order,
@@ -152,6 +153,8 @@ class SubsetCheck:
     entries: list[dict[str, Any]]
     evaluations: int
     method: str
+    #: components of the sample whose stencil crossed or sat on a kink (and were recomputed)
+    kink_components: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -364,7 +367,7 @@ class NumericProgram(Program):
                     entry.update(reference=r, difference=abs(r - float(d[k])))
                     entry["ok"] = entry["difference"] <= float(err[k]) + 16 * eps * max(abs(r), 1.0)
                 entries.append(entry)
-        return SubsetCheck(entries, info["evaluations"], stencil.name)
+        return SubsetCheck(entries, info["evaluations"], stencil.name, info["kink_components"])
 
     # --- the machinery --------------------------------------------------------------------
     def _run(self, arrays: dict[str, np.ndarray], comps: dict[str, np.ndarray], target: _Target,
@@ -416,6 +419,10 @@ class NumericProgram(Program):
                                             mags, stats, (base_val[0], base_mag[0]), stencil,
                                             target, counter, estimate, eps, nonfinite, kinked,
                                             watch, suspects if regime[name] else None)
+        if stencil.imaginary and estimate and parts:
+            shared = complex_shared_roundoff([p[1] for p in parts.values() if p[1] is not None],
+                                             self.largest_node)
+            parts = {n: (d, None if e is None else e + shared) for n, (d, e) in parts.items()}
         for report in suspects:
             warnings.warn(report.pop("message"), StepSizeWarning, stacklevel=3)
         kinks = self._warn_kinks(kinked, stencil)
