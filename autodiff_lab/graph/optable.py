@@ -902,8 +902,26 @@ _register(Op(
 ))
 
 
+_INDEX_KEYS: dict[Any, tuple] = {}
+
+
 def index_key(key: tuple) -> tuple:
-    """Our serialisable index key -> a numpy key."""
+    """Our serialisable index key -> a numpy key (remembered: the index rules ask for the
+    same few keys on every call)."""
+    try:
+        return _INDEX_KEYS[key]
+    except (KeyError, TypeError):  # new, or unhashable (lists from a JSON graph)
+        pass
+    out = _numpy_key(key)
+    if len(_INDEX_KEYS) < 4096:
+        try:
+            _INDEX_KEYS[key] = out
+        except TypeError:
+            pass
+    return out
+
+
+def _numpy_key(key: tuple) -> tuple:
     out: list[Any] = []
     for item in key:
         kind = item[0]
