@@ -236,7 +236,7 @@ def build(program: TapeProgram) -> Callable[[Mapping[str, Any]], GradientResult 
     # different one (add's rule hands g through unchanged); anything else is copied
     wanted = [(n, g.inputs[n]) for n in p.wrt]
     array, zeros = w.const("_array", np.array), w.const("_zeros", np.zeros)
-    for k, (n, v) in enumerate(wanted):
+    for k, (_n, v) in enumerate(wanted):
         dt = w.const(f"_wdt{k}", np.dtype(dtype))
         if v not in has_grad:
             lines.append(f"    r{k} = {zeros}({shape_of[v]!r}, {dt})")

@@ -367,8 +367,8 @@ def unbroadcast(g: np.ndarray, shape: Shape) -> np.ndarray:
     axes = tuple(range(lead)) + tuple(
         lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1
     )
-    out = g.sum(axis=axes, keepdims=True) if axes else g
-    return out.reshape(shape)
+    out = np.add.reduce(g, axis=axes, keepdims=True) if axes else g
+    return out if out.shape == tuple(shape) else out.reshape(shape)
 
 
 def _same_shape(s: Shape, **_: Any) -> Shape:
@@ -604,6 +604,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-x))
 
 
+_REAL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _relu(x: np.ndarray) -> np.ndarray:
     fast = K.relu_forward(x)
     if fast is not None:
@@ -627,6 +630,8 @@ def _nan_where_nan(step: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _relu_grad(x: np.ndarray) -> np.ndarray:
     """relu'(x): 1 for x > 0, 0 for x ≤ 0 (relu'(0) = 0), NaN at a NaN."""
+    if type(x) is np.ndarray and x.dtype in _REAL_FLOATS:  # one ufunc call (small arrays)
+        return np.heaviside(x, x.dtype.type(0))
     return _nan_where_nan((_re(x) > 0).astype(x.dtype), x)
 
 
@@ -1064,15 +1069,22 @@ def _as_matrices(g: np.ndarray, a: np.ndarray, b: np.ndarray):
 
 
 def _matmul_vjp_a(g, ans, a, b):
+    if a.ndim == 2 and b.ndim == 2:  # one product, nothing to promote or sum
+        return g @ b.T
     g2, a2, b2 = _as_matrices(g, a, b)
     return unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
 
 
 def _matmul_vjp_b(g, ans, a, b):
+    if a.ndim == 2 and b.ndim == 2:  # one product (the common case)
+        flags = b.flags
+        if flags.f_contiguous and not flags.c_contiguous:
+            # b is a transposed view (a Linear layer's x @ Wᵀ): give the gradient b's layout,
+            # (gᵀa)ᵀ, so the transpose rule hands W a contiguous gradient and no copy is made
+            return (g.T @ a).T
+        return a.T @ g
     g2, a2, b2 = _as_matrices(g, a, b)
     if b.ndim == 2 and a2.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
-        # b is a transposed view (a Linear layer's x @ Wᵀ): give the gradient b's layout,
-        # (gᵀa)ᵀ, so that the transpose rule hands W a contiguous gradient and no copy is made
         return (g2.T @ a2).T
     return unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
 
@@ -1892,7 +1904,8 @@ _register(Op(
 
 def _reduce_loss(per_item: np.ndarray, reduction: str, lead: int = 0) -> np.ndarray:
     axes = tuple(range(lead, per_item.ndim))
-    return per_item.sum(axis=axes) if reduction == "sum" else per_item.mean(axis=axes)
+    return np.add.reduce(per_item, axis=axes) if reduction == "sum" else \
+        per_item.mean(axis=axes)
 
 
 def _check_reduction(reduction: str) -> None:
