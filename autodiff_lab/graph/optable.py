@@ -1826,6 +1826,48 @@ _register(Op(
 ))
 
 
+def _batch_stats_shape(x: Shape) -> Shape:
+    if len(x) not in (2, 4):
+        raise ShapeRuleError(f"batch_stats needs input (N, C) or (N, C, H, W), got {_fmt(x)}")
+    if math.prod(x) // max(x[1], 1) < 2:
+        raise ShapeRuleError(f"batch_stats needs more than 1 value per channel, got input {_fmt(x)}")
+    return (2, x[1])
+
+
+def _batch_stats_numpy(x: np.ndarray, nd: int) -> np.ndarray:
+    """[mean; unbiased variance] per channel of x (``nd`` axes after any leading copies):
+    the definition (numpy and SymPy object arrays alike)."""
+    axes = _bn_axes(nd)
+    count = math.prod(x.shape[a] for a in axes)
+    mu = x.mean(axis=axes, keepdims=True)
+    d = x - mu
+    var = (d * d).sum(axis=axes) * (1.0 / (count - 1))
+    return np.stack([mu.reshape(var.shape), var], axis=-2)
+
+
+def _batch_stats(x: np.ndarray) -> np.ndarray:
+    fast = K.batch_stats(x)
+    return fast if fast is not None else _batch_stats_numpy(x, x.ndim)
+
+
+def _batch_stats_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray) -> np.ndarray:
+    nd = x.ndim
+    count = math.prod(x.shape[a] for a in _bn_axes(nd))
+    d = x - _chan(ans[..., 0, :], nd)
+    return _chan(g[..., 0, :], nd) / count + _chan(g[..., 1, :], nd) * (2.0 / (count - 1)) * d
+
+
+_register(Op(
+    name="batch_stats", shape=_batch_stats_shape, forward=_batch_stats,
+    vjp=(_batch_stats_vjp,), sympy=lambda x: np.asarray(_batch_stats_numpy(x, x.ndim),
+                                                        dtype=object),
+    label="batch stats", vjp_uses=frozenset({"inputs", "ans"}),
+    batched=lambda lead, x: _batch_stats_numpy(x, x.ndim - lead),
+    doc="per channel (axis 1) of x (N, C) or (N, C, H, W): [mean; unbiased variance], shape "
+        "(2, C) -- what batch norm's running statistics take from a batch (one pass)",
+))
+
+
 def _bn_relu_forward_saving(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
     fast = K.batch_norm_relu_forward_saving(x, gamma, beta, mean, var, training, eps)
     if fast is not None:
