@@ -164,9 +164,6 @@ class TapeProgram(Program):
         #: small array graphs: one generated function (engines/tape_codegen.py)
         self._generated_fn = None if self._scalar_fn is not None or not generate else \
             tape_codegen.build(self)
-        fast = self._scalar_fn or self._generated_fn
-        #: the generated Python a call runs (``None``: the general loop)
-        self.source: str | None = None if fast is None else fast.source
 
     # --- compile-time planning -----------------------------------------------------------
     def _plan(self, wanted: set[int]) -> None:
@@ -266,6 +263,12 @@ class TapeProgram(Program):
     def scalar_fast_path(self) -> bool:
         """Whether this program runs as generated straight-line Python on floats."""
         return self._scalar_fn is not None
+
+    @property
+    def source(self) -> str | None:
+        """The generated Python calls run (``None``: the general loop)."""
+        fast = self._scalar_fn or self._generated_fn
+        return None if fast is None else fast.source
 
     @property
     def generated_path(self) -> bool:

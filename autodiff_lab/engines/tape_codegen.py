@@ -140,11 +140,48 @@ def eligible(program: TapeProgram) -> bool:
     return total <= SMALL_ELEMENTS
 
 
-def build(program: TapeProgram) -> Callable[[Mapping[str, Any]], GradientResult | None] | None:
-    """The generated gradient function of ``program`` (``None`` if not eligible). It returns
-    ``None`` where the general loop must take the call (see the module docstring)."""
-    if not eligible(program):
-        return None
+class GeneratedGradient:
+    """The generated gradient function of a program, written on its second call (or when
+    ``source`` is read): a program run once, as ``adl.gradient`` does, does not pay the
+    ~0.3 ms of writing and compiling it. Returns ``None`` where the general loop must take
+    the call (the first call, and see the module docstring)."""
+
+    def __init__(self, program: TapeProgram) -> None:
+        self._program: TapeProgram | None = program
+        self._fn: Callable[[Mapping[str, Any]], GradientResult | None] | None = None
+        self._calls = 0
+
+    def function(self) -> Callable[[Mapping[str, Any]], GradientResult | None]:
+        if self._fn is None:
+            self._fn = _generate(self._program)
+            self._program = None
+        return self._fn
+
+    @property
+    def source(self) -> str:
+        return self.function().source
+
+    def __call__(self, values: Mapping[str, Any]) -> GradientResult | None:
+        fn = self._fn
+        if fn is None:
+            self._calls += 1
+            if self._calls < 2:
+                return None
+            fn = self.function()
+        return fn(values)
+
+
+def build(program: TapeProgram) -> GeneratedGradient | None:
+    """The generated gradient of ``program`` (written when first needed), or ``None`` if
+    its graph is not small."""
+    return GeneratedGradient(program) if eligible(program) else None
+
+
+#: compiled code by source: the same graph compiled again reuses it
+_CODE: dict[str, Any] = {}
+
+
+def _generate(program: TapeProgram) -> Callable[[Mapping[str, Any]], GradientResult | None]:
     p, g = program, program.graph
     w = _Writer()
     nd = w.const("_nd", np.ndarray)
@@ -267,8 +304,12 @@ def build(program: TapeProgram) -> Callable[[Mapping[str, Any]], GradientResult 
                  f"engine='tape', output={p.output!r}, info={{'path': 'generated'}}, "
                  f"outputs={{{', '.join(outputs)}}})")
     source = "\n".join(lines) + "\n"
-    exec(compile(source, f"<tape generated gradient of graph {g.fingerprint()}>", "exec"),
-         w.namespace)
+    code = _CODE.get(source)
+    if code is None:
+        if len(_CODE) >= 256:
+            _CODE.clear()
+        code = _CODE[source] = compile(source, "<tape generated gradient>", "exec")
+    exec(code, w.namespace)
     fn = w.namespace["generated_gradient"]
     fn.source = source
     return fn

@@ -70,7 +70,7 @@ def test_generated_path_equals_the_general_loop(plan, shapes, dtype, seed):
     rng = np.random.default_rng(seed)
     values = {n: rng.uniform(-2, 2, s).astype(dtype) for n, s in zip("abc", shapes)}
     program = adl.engine("tape", anomaly=False).compile(g)
-    assert program.generated_path
+    assert program.generated_path and program.source  # written now (else on the 2nd call)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # both paths: overflow of exp, 0/0
         fast = program(values)
@@ -94,6 +94,8 @@ def test_the_neuron_and_a_small_mlp_take_the_generated_path(anomaly):
 def test_returned_gradients_are_separate_writable_arrays():
     g = adl.trace(lambda a, b: adl.sum(a + b), a=(3,), b=(3,))
     program = adl.engine("tape").compile(g)
+    first = program({"a": np.ones(3), "b": np.ones(3)})  # the general loop; then generated
+    assert first.info.get("path") is None
     r = program({"a": np.ones(3), "b": np.ones(3)})
     assert r.info["path"] == "generated"
     r.grads["a"][0] = 99.0
@@ -103,7 +105,7 @@ def test_returned_gradients_are_separate_writable_arrays():
 def test_anomaly_names_the_op_and_inputs_fall_back_to_the_general_checks():
     g = adl.trace(lambda x, y: adl.sum(adl.log(x) * y), x=(3,), y=(3,))
     program = adl.engine("tape").compile(g)
-    assert program.generated_path
+    assert program.generated_path and program.source
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the forward's numpy warnings are silenced
         with pytest.raises(NonFiniteError, match="'log'"):
@@ -116,6 +118,7 @@ def test_anomaly_names_the_op_and_inputs_fall_back_to_the_general_checks():
     with pytest.raises(AutodiffError, match="'x'"):
         program({"x": np.ones(4), "y": np.ones(3)})
     off = adl.engine("tape", anomaly=False).compile(g)
+    assert off.source
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         r = off({"x": np.array([1.0, -1.0, 2.0]), "y": np.ones(3)})
