@@ -1,4 +1,4 @@
-"""Straight-line Python for small array graphs: the tape's fast path below ~1000 elements.
+"""Straight-line Python for small array graphs: the tape's fast path for tiny models.
 
 On a graph like the vector sigmoid neuron (``w`` (3,), ``x`` (2,)) or a 16-8-16 MLP on a
 batch of 4 the arithmetic takes a few microseconds; the general run loop's bookkeeping
@@ -10,7 +10,9 @@ step one call of the op table's own rule -- the same ``forward`` / ``forward_sav
 ``vjp`` / ``fused_vjp`` functions the general loop calls, in the same order, with the
 node's attributes bound as constants -- on local variables. Fan-out sums are written out
 (the first contribution assigns, the next ones add), and nothing is freed: every value of a
-small graph fits in a few kilobytes. ``program.source`` shows the function.
+small graph fits in a few hundred kilobytes at most. ``program.source`` shows the function.
+It is written on the program's second call (a program run once pays nothing for it), and
+the compiled code is reused when the same graph is compiled again.
 
 What stays with the general loop: anything but ``{name: ndarray of the input's shape and
 dtype}`` for exactly the graph's inputs (lists, Python numbers, other dtypes, ignorable
@@ -20,12 +22,15 @@ node named). With ``anomaly=True`` the inputs, the output and the gradients are 
 once at the end -- one sum per array, finite exactly when every element is -- and a
 non-finite one sends the call to the general loop, which names the op that produced it
 (or, for a NaN the checked values do not show, e.g. an infinite gradient of finite values,
-returns the same numbers). numpy's own warnings are not silenced on this path, so such a
-call may print a RuntimeWarning before the error.
+returns the same numbers). As in the general loop, numpy's warnings are silenced in the
+forward when ``anomaly`` is on.
 
 Values of shape ``()`` stay numpy scalars (``np.float64``) between steps instead of 0-d
 arrays: numpy's arithmetic on its scalars is about 30 times cheaper, with the same dtype
-rules and the same numbers. Numba was not used for these functions: compiling one costs
+rules and the same numbers; steps on float64 scalars whose op has a ``scalar`` form in the
+op table are written as that form (Python operators on numpy scalars, ~20 times cheaper
+than a ufunc call on one; ``math.exp`` and numpy's ``exp`` may differ in the last bit).
+Numba was not used for these functions: compiling one costs
 0.3-1 s per graph, many thousands of calls' worth of the time it would save.
 """
 
