@@ -1857,12 +1857,23 @@ def _batch_stats_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray) -> np.ndarra
     return _chan(g[..., 0, :], nd) / count + _chan(g[..., 1, :], nd) * (2.0 / (count - 1)) * d
 
 
+def _batch_stats_matrix(M, g, ans, x):
+    """d mean/dx = 1/m, d var/dx = 2(x − mean)/(m − 1), per channel."""
+    nd = x.ndim
+    count = math.prod(x.shape[a] for a in _bn_axes(nd))
+
+    def row(a, i):
+        return M.channel(M.index(a, (("int", i), ("slice", None, None, None))), nd)
+    return row(g, 0) / count + row(g, 1) * (2.0 / (count - 1)) * (x - row(ans, 0))
+
+
 _register(Op(
     name="batch_stats", shape=_batch_stats_shape, forward=_batch_stats,
     vjp=(_batch_stats_vjp,), sympy=lambda x: np.asarray(_batch_stats_numpy(x, x.ndim),
                                                         dtype=object),
     label="batch stats", vjp_uses=frozenset({"inputs", "ans"}),
     batched=lambda lead, x: _batch_stats_numpy(x, x.ndim - lead),
+    matrix=(_batch_stats_matrix,),
     doc="per channel (axis 1) of x (N, C) or (N, C, H, W): [mean; unbiased variance], shape "
         "(2, C) -- what batch norm's running statistics take from a batch (one pass)",
 ))

@@ -29,6 +29,9 @@ def test_batch_stats_is_the_mean_and_unbiased_variance(shape, dtype):
     np.testing.assert_allclose(ref.astype(np.float64), got, rtol=rtol, atol=rtol)
     g = adl.trace(lambda x: adl.sum(adl.batch_stats(x) * np.array([[1.0], [0.5]])), x=shape)
     adl.gradcheck(g, {"x": x.astype(np.float64)})
+    sym = adl.gradient(g, {"x": x.astype(np.float64)}, engine="symbolic", mode="matrix")
+    np.testing.assert_allclose(sym.grads["x"], adl.gradient(g, {"x": x.astype(np.float64)})
+                               .grads["x"], rtol=1e-10, atol=1e-12)
     with pytest.raises(ShapeError, match="more than 1 value per channel"):
         adl.trace(lambda x: adl.batch_stats(x), x=(1, 3))
 
