@@ -52,6 +52,8 @@ def _early_args() -> argparse.Namespace:
                     help="output JSON path (default: a new benchmarks/results/bench_tape-<time>.json; "
                          "the committed results are never overwritten unless named here)")
     ap.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
+    ap.add_argument("--small-only", action="store_true",
+                    help="only the small array graphs (vector neuron, MLP 16-8-16)")
     ap.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process runs")
     ap.add_argument("--keep-freed-memory", action="store_true",
                     help="glibc keeps freed memory (mallopt) -- for every framework in the run; "
@@ -168,6 +170,32 @@ def sigmoid_peers(torch: Any, jax: Any, values: dict[str, np.ndarray]) -> dict[s
             v, gs = grad(*args)
             return jax.block_until_ready(gs)
         out["jax"] = jax_step
+    return out
+
+
+def small_peers(torch: Any, jax: Any, kind: str, values: dict[str, np.ndarray]
+                ) -> dict[str, Callable]:
+    """Peers of the small array graphs: the vector neuron σ(w0·x0 + w1·x1 + w2) and the
+    16-8-16 MLP with biases on a batch of 4 (gradients of every input, as ours)."""
+    names = ["w", "x"] if kind == "neuron" else ["W1", "b1", "W2", "b2", "x", "y"]
+
+    def f(np_, sigmoid, relu, *a):
+        if kind == "neuron":
+            w, x = a
+            return sigmoid(w[0] * x[0] + w[1] * x[1] + w[2])
+        W1, b1, W2, b2, x, y = a  # noqa: N806
+        d = W2 @ relu(W1 @ x + b1) + b2 - y
+        return 0.5 * np_.sum(d * d)
+    out: dict[str, Callable] = {}
+    if torch is not None:
+        ts = [torch.tensor(values[n], requires_grad=True) for n in names]
+        out["torch"] = lambda: torch.autograd.grad(f(torch, torch.sigmoid, torch.relu, *ts), ts)
+    if jax is not None:
+        import jax.numpy as jnp
+        grad = jax.jit(jax.value_and_grad(lambda *a: f(jnp, jax.nn.sigmoid, jax.nn.relu, *a),
+                                          argnums=tuple(range(len(names)))))
+        args = [jnp.asarray(values[n]) for n in names]
+        out["jax"] = lambda: jax.block_until_ready(grad(*args))
     return out
 
 
@@ -343,7 +371,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prog = mine["program"]
         fwd = med.pop("ours_forward")
         bwd = med["ours"] - fwd
-        if prog.scalar_fast_path:  # forward() runs the array path: no meaningful split
+        if prog.scalar_fast_path or prog.generated_path:  # forward() runs the general loop
             fwd = bwd = float("nan")
         row = {"workload": workload, "dtype": dtype,
                "ours_ms": med["ours"] * 1e3, "ours_anomaly_ms": med["ours_anomaly"] * 1e3,
@@ -354,6 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "memory_bytes": prog.memory_report(np.dtype(dtype).itemsize),
                "memory_bytes_keep_all": prog.memory_report(np.dtype(dtype).itemsize, True),
                "scalar_fast_path": prog.scalar_fast_path,
+               "generated_path": prog.generated_path,
                "quoted_ms": QUOTED.get((workload, dtype), {})}
         for peer in ("torch", "jax", "numpy"):
             if peer in med:
@@ -366,16 +395,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bench("sigmoid", "float64", ex.graph, ex.values, list(ex.graph.inputs),
           sigmoid_peers(torch, jax, ex.values), rounds=7 if quick else 15,
           inner=500 if quick else 2000)
-    for dtype in ("float64", "float32"):
+    # small array graphs (the tape's generated function): the vector neuron, MLP 16-8-16
+    for kind, ex in (("neuron", E.sigmoid_neuron_vector()), ("mlp", E.mlp(16, 8, 4))):
+        bench(f"{kind}_small", "float64", ex.graph, ex.values, list(ex.graph.inputs),
+              small_peers(torch, jax, kind, ex.values), rounds=7 if quick else 15,
+              inner=300 if quick else 1000)
+    for dtype in () if args.small_only else ("float64", "float32"):
         ex = E.mlp(bias=False, dtype=dtype)
         bench("mlp", dtype, ex.graph, ex.values, ["W1", "W2"], mlp_peers(torch, jax, ex.values),
               rounds=10 if quick else 30, inner=3)
-    for dtype in ("float64", "float32"):
+    for dtype in () if args.small_only else ("float64", "float32"):
         ex = E.dncnn(batch_norm=False, dtype=dtype)
         bench("dncnn", dtype, ex.graph, ex.values, list(ex.graph.parameters),
               dncnn_peers(torch, jax, ex.values), rounds=3 if quick else 9, inner=1)
     cold = {}
-    if not args.no_cold_start:
+    if not (args.no_cold_start or args.small_only):
         cold = {"cold_start_s": cold_start(empty_cache=False),
                 "first_ever_compile_s": cold_start(empty_cache=True)}
         cold["cold_start_warm_cache_s"] = cold_start(empty_cache=False)
@@ -396,6 +430,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 #: only when that peer ran
 TARGETS = [
     ("sigmoid", "float64", "ours ≤ 5 µs", None, lambda r: r["ours_ms"] <= 0.005),
+    ("neuron_small", "float64", "≤ jax", "jax", lambda r: r["ours_over_jax"] <= 1.0),
+    ("mlp_small", "float64", "≤ jax", "jax", lambda r: r["ours_over_jax"] <= 1.0),
     ("mlp", "float64", "≤ 1.0× torch", "torch", lambda r: r["ours_over_torch"] <= 1.0),
     ("mlp", "float32", "≤ 1.0× torch", "torch", lambda r: r["ours_over_torch"] <= 1.0),
     ("dncnn", "float64", "≤ jax", "jax", lambda r: r["ours_over_jax"] <= 1.0),
@@ -418,7 +454,7 @@ def _fmt_ms(v: float | None) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = (f"{'workload':<9}{'dtype':<8}{'ours':>10}{'cold':>10}{'anomaly':>10}{'torch':>10}"
+    head = (f"{'workload':<13}{'dtype':<8}{'ours':>10}{'cold':>10}{'anomaly':>10}{'torch':>10}"
             f"{'jax':>10}{'numpy':>10}{'/torch':>8}{'/jax':>7}{'/numpy':>8}{'bwd/fwd':>8}"
             f"{'peak MB':>9}")
     lines = [head, "-" * len(head)]
@@ -429,7 +465,7 @@ def table(result: dict[str, Any]) -> str:
         bf = r["backward_over_forward"]
         bf = None if bf is None or bf != bf else bf  # NaN: no split on the scalar path
         lines.append(
-            f"{r['workload']:<9}{r['dtype']:<8}{_fmt_ms(r['ours_ms']):>10}"
+            f"{r['workload']:<13}{r['dtype']:<8}{_fmt_ms(r['ours_ms']):>10}"
             f"{_fmt_ms(r['ours_cold_ms']):>10}{_fmt_ms(r['ours_anomaly_ms']):>10}"
             f"{_fmt_ms(r.get('torch_ms')):>10}{_fmt_ms(r.get('jax_ms')):>10}"
             f"{_fmt_ms(r.get('numpy_ms')):>10}{ratio('torch'):>8}{ratio('jax'):>7}"

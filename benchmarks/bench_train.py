@@ -129,6 +129,53 @@ def ours_dncnn_steps(steps: int = 20, batch: int = 16, size: int = 40, channels:
             "loss_last": losses[-1]}
 
 
+def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
+    """The optimiser's share of a training step, ours and PyTorch's side by side: the gradient
+    (``step(x, y)``; PyTorch: zero_grad, forward, ``loss.backward()``) and ``opt.step()`` (Adam)
+    timed separately in interleaved rounds (medians), for the inpainting MLP 784-256-784
+    (batch 64) and DnCNN-lite 5×32 with batch norm (16 × 40²), float32."""
+    rng = np.random.default_rng(0)
+    cases = {
+        "mlp": (nn.InpaintingMLP(784, 256, dtype=np.float32, rng=0), nn.MSELoss(),
+                rng.random((64, 784), dtype=np.float32)),
+        "dncnn": (nn.DnCNN(5, 32, 1, dtype=np.float32, rng=0), nn.MSELoss(reduction="mean"),
+                  rng.random((16, 1, 40, 40), dtype=np.float32)),
+    }
+    torch = peer._torch(threads) if peer.available() else None
+    out: dict[str, Any] = {}
+    for name, (model, loss, x) in cases.items():
+        step = nn.compile_step(model, loss, engine="tape", anomaly=False)
+        opt = nn.Adam(model.parameters(), lr=1e-6)
+        fns = {"ours_grad": lambda: step(x, x), "ours_opt": opt.step}
+        if torch is not None:
+            tm = peer._dncnn_model(torch, 32, 5, peer.dncnn_initial_weights(32, 5, 0)).float() \
+                if name == "dncnn" else torch.nn.Sequential(
+                    torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 784))
+            topt = torch.optim.Adam(tm.parameters(), lr=1e-6)
+            tx = torch.from_numpy(x)
+
+            def torch_grad(tm=tm, topt=topt, tx=tx):
+                topt.zero_grad()
+                (0.5 * ((tm(tx) - tx) ** 2).mean()).backward()
+            fns.update(torch_grad=torch_grad, torch_opt=topt.step)
+        for fn in fns.values():  # compile, warm up, create the optimiser state
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - start)
+        med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+        row = {"ours_grad_ms": med["ours_grad"], "ours_opt_ms": med["ours_opt"],
+               "ours_share": med["ours_opt"] / med["ours_grad"]}
+        if torch is not None:
+            row.update(torch_grad_ms=med["torch_grad"], torch_opt_ms=med["torch_opt"],
+                       torch_share=med["torch_opt"] / med["torch_grad"])
+        out[name] = row
+    return out
+
+
 def _row(name: str, unit: str, ours: float, theirs: float | None) -> str:
     if theirs is None:
         return f"| {name} | {ours:.3g} {unit} | peer not installed | – |"
@@ -143,11 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=THREADS,
                     help="threads for BLAS, Numba and PyTorch (default 2; 1 on a busy machine)")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    ap.add_argument("--share-only", action="store_true",
+                    help="only the optimiser's share of a step (gradient and Adam timed apart)")
     args = ap.parse_args(argv)
     mlp_kw = {"epochs": 1, "max_steps_per_epoch": 20} if args.quick else {"epochs": args.epochs}
     dn_kw = {"steps": 5, "warmup": 1} if args.quick else {"steps": args.dncnn_steps}
     results: dict[str, Any] = {"threads": args.threads, "load_average": list(os.getloadavg()),
                                "ours": {}, "torch": {}}
+    results["optimiser_share"] = optimiser_shares(args.threads, rounds=5 if args.quick else 15)
+    if args.share_only:
+        _print_shares(results)
+        return 0
     results["ours"]["mlp"] = ours_mlp_inpainting(**mlp_kw)
     results["ours"]["dncnn"] = ours_dncnn_steps(**dn_kw)
     if peer.available():
@@ -166,9 +219,22 @@ def main(argv: list[str] | None = None) -> int:
                results["ours"]["dncnn"]["time_per_step_ms"], t.get("dncnn", {}).get("time_per_step_ms")))
     if not t:
         print(peer.NOT_INSTALLED)
+    _print_shares(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
     return 0
+
+
+def _print_shares(results: dict[str, Any]) -> None:
+    print("\noptimiser share of a step (Adam step / gradient, float32; target ≤ 5 %), load "
+          f"average {', '.join(f'{v:.1f}' for v in os.getloadavg())}:")
+    print("| case | ours: gradient | Adam | share | PyTorch: gradient | Adam | share |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results["optimiser_share"].items():
+        theirs = (f"{r['torch_grad_ms']:.3g} ms | {r['torch_opt_ms']:.3g} ms | "
+                  f"{100 * r['torch_share']:.1f} %") if "torch_share" in r else "– | – | –"
+        print(f"| {name} | {r['ours_grad_ms']:.3g} ms | {r['ours_opt_ms']:.3g} ms | "
+              f"{100 * r['ours_share']:.1f} % | {theirs} |")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,9 @@ def gradient(graph: Graph, values: Mapping[str, Any], engine: str = "tape",
       default and the fastest. ``anomaly=True``: check every forward value for NaN/Inf and
       name the first op that made one (``False`` skips the checks for speed);
       ``keep_all=False``: ``True`` keeps every node's value and gradient
-      (``result.node_values``, ``result.node_grads``, what drawings use).
+      (``result.node_values``, ``result.node_grads``, what drawings use);
+      ``generate=True``: small array graphs run as one generated function of the op
+      table's rules from a program's second call (``False``: always the general loop).
     * ``"numeric"`` -- finite differences (forward rules only). ``method="central"``:
       ``"forward"``, ``"backward"``, ``"central"``, ``"five_point"``, ``"richardson"`` or
       ``"complex"`` (the complex step, exact to machine precision where every op is

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from autodiff_lab.engines import tape_codegen
 from autodiff_lab.engines.base import (
     Engine,
     GradientResult,
@@ -132,7 +133,7 @@ class TapeProgram(Program):
     """
 
     def __init__(self, graph: Graph, wrt: list[str], output: str, *, anomaly: bool,
-                 keep_all: bool) -> None:
+                 keep_all: bool, generate: bool = True) -> None:
         self.graph, self.wrt, self.output = graph, wrt, output
         self.anomaly, self.keep_all = anomaly, keep_all
         self.out_node = out_node = graph.outputs[output]
@@ -160,6 +161,9 @@ class TapeProgram(Program):
         self._leaves = [(v, graph.node(v)) for v in graph.order
                         if graph.node(v)["role"] != "op" and v in reaches]
         self._scalar_fn = None if keep_all else _ScalarCodegen(self).build()
+        #: small array graphs: one generated function (engines/tape_codegen.py)
+        self._generated_fn = None if self._scalar_fn is not None or not generate else \
+            tape_codegen.build(self)
 
     # --- compile-time planning -----------------------------------------------------------
     def _plan(self, wanted: set[int]) -> None:
@@ -260,11 +264,24 @@ class TapeProgram(Program):
         """Whether this program runs as generated straight-line Python on floats."""
         return self._scalar_fn is not None
 
+    @property
+    def source(self) -> str | None:
+        """The generated Python calls run (``None``: the general loop)."""
+        fast = self._scalar_fn or self._generated_fn
+        return None if fast is None else fast.source
+
+    @property
+    def generated_path(self) -> bool:
+        """Whether calls run as one generated function of the op table's rules (small
+        array graphs, :mod:`autodiff_lab.engines.tape_codegen`)."""
+        return self._generated_fn is not None
+
     def __call__(self, values: Mapping[str, Any], seed: Any = None) -> GradientResult:
-        if self._scalar_fn is not None and seed is None:
+        fast = self._scalar_fn or self._generated_fn
+        if fast is not None and seed is None:
             try:
-                result = self._scalar_fn(values)
-            except Exception:  # not plain floats, a math domain error...: take the array path
+                result = fast(values)
+            except Exception:  # not plain floats, a rule refused...: the general loop says why
                 result = None
             if result is not None:
                 return result
@@ -515,13 +532,17 @@ def _plain_float(v: Any) -> float:
 class TapeEngine(Engine):
     """Reverse-mode AD. ``anomaly=True`` (the default) checks every forward value for
     NaN/Inf and names the first op that made one (``False`` skips the checks for speed);
-    ``keep_all=True`` keeps and returns every node's value and gradient (for drawing)."""
+    ``keep_all=True`` keeps and returns every node's value and gradient (for drawing);
+    ``generate=False`` runs small array graphs on the general loop too instead of their
+    generated function (:mod:`autodiff_lab.engines.tape_codegen`; same numbers, slower)."""
 
     name = "tape"
 
-    def __init__(self, anomaly: bool = True, keep_all: bool = False) -> None:
+    def __init__(self, anomaly: bool = True, keep_all: bool = False, generate: bool = True
+                 ) -> None:
         self.anomaly = anomaly
         self.keep_all = keep_all
+        self.generate = generate
 
     def compile(self, graph: Graph, wrt: Iterable[str] | None = None,
                 output: str | None = None) -> TapeProgram:
@@ -533,7 +554,7 @@ class TapeEngine(Engine):
         gc.disable()
         try:
             return TapeProgram(graph, resolve_wrt(graph, wrt), output, anomaly=self.anomaly,
-                               keep_all=self.keep_all)
+                               keep_all=self.keep_all, generate=self.generate)
         finally:
             if was_enabled:
                 gc.enable()

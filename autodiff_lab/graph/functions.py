@@ -687,6 +687,18 @@ def batch_norm(x: ArrayLike, gamma: ArrayLike, beta: ArrayLike,
     return apply("batch_norm", *args, training=bool(training), eps=float(eps))
 
 
+def batch_stats(x: ArrayLike) -> ArrayLike:
+    """Per channel (axis 1) of ``x`` (N, C) or (N, C, H, W): its mean and unbiased variance
+    over the other axes, stacked into shape (2, C) -- the batch statistics batch norm's
+    running averages take, in one pass over ``x``.
+
+    Examples:
+        >>> print(adl.batch_stats(np.array([[1.0], [3.0]])).ravel())
+        [2. 2.]
+    """
+    return apply("batch_stats", x)
+
+
 def dropout(x: ArrayLike, mask: ArrayLike, p: float = 0.5) -> ArrayLike:
     """Inverted dropout with a given keep-mask: ``x · mask / (1 − p)``.
 

@@ -367,8 +367,8 @@ def unbroadcast(g: np.ndarray, shape: Shape) -> np.ndarray:
     axes = tuple(range(lead)) + tuple(
         lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1
     )
-    out = g.sum(axis=axes, keepdims=True) if axes else g
-    return out.reshape(shape)
+    out = np.add.reduce(g, axis=axes, keepdims=True) if axes else g
+    return out if out.shape == tuple(shape) else out.reshape(shape)
 
 
 def _same_shape(s: Shape, **_: Any) -> Shape:
@@ -604,6 +604,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-x))
 
 
+_REAL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _relu(x: np.ndarray) -> np.ndarray:
     fast = K.relu_forward(x)
     if fast is not None:
@@ -627,6 +630,8 @@ def _nan_where_nan(step: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _relu_grad(x: np.ndarray) -> np.ndarray:
     """relu'(x): 1 for x > 0, 0 for x ≤ 0 (relu'(0) = 0), NaN at a NaN."""
+    if type(x) is np.ndarray and x.dtype in _REAL_FLOATS:  # one ufunc call (small arrays)
+        return np.heaviside(x, x.dtype.type(0))
     return _nan_where_nan((_re(x) > 0).astype(x.dtype), x)
 
 
@@ -902,8 +907,26 @@ _register(Op(
 ))
 
 
+_INDEX_KEYS: dict[Any, tuple] = {}
+
+
 def index_key(key: tuple) -> tuple:
-    """Our serialisable index key -> a numpy key."""
+    """Our serialisable index key -> a numpy key (remembered: the index rules ask for the
+    same few keys on every call)."""
+    try:
+        return _INDEX_KEYS[key]
+    except (KeyError, TypeError):  # new, or unhashable (lists from a JSON graph)
+        pass
+    out = _numpy_key(key)
+    if len(_INDEX_KEYS) < 4096:
+        try:
+            _INDEX_KEYS[key] = out
+        except TypeError:
+            pass
+    return out
+
+
+def _numpy_key(key: tuple) -> tuple:
     out: list[Any] = []
     for item in key:
         kind = item[0]
@@ -1046,15 +1069,22 @@ def _as_matrices(g: np.ndarray, a: np.ndarray, b: np.ndarray):
 
 
 def _matmul_vjp_a(g, ans, a, b):
+    if a.ndim == 2 and b.ndim == 2:  # one product, nothing to promote or sum
+        return g @ b.T
     g2, a2, b2 = _as_matrices(g, a, b)
     return unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
 
 
 def _matmul_vjp_b(g, ans, a, b):
+    if a.ndim == 2 and b.ndim == 2:  # one product (the common case)
+        flags = b.flags
+        if flags.f_contiguous and not flags.c_contiguous:
+            # b is a transposed view (a Linear layer's x @ Wᵀ): give the gradient b's layout,
+            # (gᵀa)ᵀ, so the transpose rule hands W a contiguous gradient and no copy is made
+            return (g.T @ a).T
+        return a.T @ g
     g2, a2, b2 = _as_matrices(g, a, b)
     if b.ndim == 2 and a2.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
-        # b is a transposed view (a Linear layer's x @ Wᵀ): give the gradient b's layout,
-        # (gᵀa)ᵀ, so that the transpose rule hands W a contiguous gradient and no copy is made
         return (g2.T @ a2).T
     return unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
 
@@ -1796,6 +1826,59 @@ _register(Op(
 ))
 
 
+def _batch_stats_shape(x: Shape) -> Shape:
+    if len(x) not in (2, 4):
+        raise ShapeRuleError(f"batch_stats needs input (N, C) or (N, C, H, W), got {_fmt(x)}")
+    if math.prod(x) // max(x[1], 1) < 2:
+        raise ShapeRuleError(f"batch_stats needs more than 1 value per channel, got input {_fmt(x)}")
+    return (2, x[1])
+
+
+def _batch_stats_numpy(x: np.ndarray, nd: int) -> np.ndarray:
+    """[mean; unbiased variance] per channel of x (``nd`` axes after any leading copies):
+    the definition (numpy and SymPy object arrays alike)."""
+    axes = _bn_axes(nd)
+    count = math.prod(x.shape[a] for a in axes)
+    mu = x.mean(axis=axes, keepdims=True)
+    d = x - mu
+    var = (d * d).sum(axis=axes) * (1.0 / (count - 1))
+    return np.stack([mu.reshape(var.shape), var], axis=-2)
+
+
+def _batch_stats(x: np.ndarray) -> np.ndarray:
+    fast = K.batch_stats(x)
+    return fast if fast is not None else _batch_stats_numpy(x, x.ndim)
+
+
+def _batch_stats_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray) -> np.ndarray:
+    nd = x.ndim
+    count = math.prod(x.shape[a] for a in _bn_axes(nd))
+    d = x - _chan(ans[..., 0, :], nd)
+    return _chan(g[..., 0, :], nd) / count + _chan(g[..., 1, :], nd) * (2.0 / (count - 1)) * d
+
+
+def _batch_stats_matrix(M, g, ans, x):
+    """d mean/dx = 1/m, d var/dx = 2(x − mean)/(m − 1), per channel."""
+    nd = x.ndim
+    count = math.prod(x.shape[a] for a in _bn_axes(nd))
+
+    def row(a, i):
+        return M.channel(M.index(a, (("int", i), ("slice", None, None, None))), nd)
+    return row(g, 0) / count + row(g, 1) * (2.0 / (count - 1)) * (x - row(ans, 0))
+
+
+_register(Op(
+    name="batch_stats", shape=_batch_stats_shape, forward=_batch_stats,
+    vjp=(_batch_stats_vjp,), sympy=lambda x: np.asarray(_batch_stats_numpy(x, x.ndim),
+                                                        dtype=object),
+    label="batch stats", vjp_uses=frozenset({"inputs", "ans"}),
+    batched=lambda lead, x: _batch_stats_numpy(x, x.ndim - lead),
+    matrix=(_batch_stats_matrix,),
+    doc="per channel (axis 1) of x (N, C) or (N, C, H, W): [mean; unbiased variance], shape "
+        "(2, C) -- what batch norm's running statistics take from a batch (one pass)",
+))
+
+
 def _bn_relu_forward_saving(x, gamma, beta, mean=None, var=None, training=True, eps=1e-5):
     fast = K.batch_norm_relu_forward_saving(x, gamma, beta, mean, var, training, eps)
     if fast is not None:
@@ -1874,7 +1957,8 @@ _register(Op(
 
 def _reduce_loss(per_item: np.ndarray, reduction: str, lead: int = 0) -> np.ndarray:
     axes = tuple(range(lead, per_item.ndim))
-    return per_item.sum(axis=axes) if reduction == "sum" else per_item.mean(axis=axes)
+    return np.add.reduce(per_item, axis=axes) if reduction == "sum" else \
+        per_item.mean(axis=axes)
 
 
 def _check_reduction(reduction: str) -> None:

@@ -199,6 +199,17 @@ def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     return out.reshape(x.shape), ((mu, v) if training else None)
 
 
+def batch_stats(x: np.ndarray) -> np.ndarray:
+    """[mean; unbiased variance] per channel, (2, C) in x's dtype: the statistics kernel of
+    the forward (float64 sums, two passes over each channel from cache)."""
+    x3 = _as3(x)
+    n, c, s = x3.shape
+    mu, v = np.empty(c), np.empty(c)
+    _channel_stats(x3, mu, v)
+    count = n * s
+    return np.stack([mu, v * (count / (count - 1))]).astype(x.dtype, copy=False)
+
+
 def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                        mean: np.ndarray | None, var: np.ndarray | None, training: bool,
                        eps: float) -> np.ndarray:

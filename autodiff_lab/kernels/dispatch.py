@@ -254,6 +254,13 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean:
     return None
 
 
+def batch_stats(x: np.ndarray) -> np.ndarray | None:
+    """Per-channel [mean; unbiased variance] for real (N, C[, H, W]) arrays, else ``None``."""
+    if x.ndim in (2, 4) and real_float(x):
+        return _fast("batch_norm_fast").batch_stats(x)
+    return None
+
+
 def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: Any,
                               var: Any, training: bool, eps: float) -> tuple[np.ndarray, Any] | None:
     """Batch norm forward and its batch statistics (for :func:`batch_norm_backward_all`) for

@@ -115,16 +115,13 @@ class _BatchNorm(Module):
 
     def _register_batch_statistics(self, x: Tensor, per_channel: int) -> None:
         """The batch mean and unbiased variance as auxiliary outputs of the trace."""
-        axes = (0,) + tuple(range(2, x.ndim))
-        mean_kept = F.mean(x, axis=axes, keepdims=True)
-        centred = x - mean_kept
-        var = F.sum(centred * centred, axis=axes) * (1.0 / (per_channel - 1))
+        stats = F.batch_stats(x)  # one op: [mean; unbiased variance], one pass over x
         builder = x.builder
         name_mean, name_var = self.stat_names
         key_mean = unique_key(builder, name_mean)
         key_var = name_var + key_mean[len(name_mean):]  # the same "@k" suffix
-        builder.aux_outputs[key_mean] = F.reshape(mean_kept, (self.num_features,))
-        builder.aux_outputs[key_var] = var
+        builder.aux_outputs[key_mean] = stats[0]
+        builder.aux_outputs[key_var] = stats[1]
 
     # --- running statistics -------------------------------------------------------------------
     @property

@@ -57,10 +57,16 @@ Group = dict[str, Any]
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_OPTIM_FAST: Any = None
+
+
 def _kernels() -> Any:
     # imported on the first step: building an optimiser does not pay for Numba
-    from autodiff_lab.kernels import optim_fast
-    return optim_fast
+    global _OPTIM_FAST
+    if _OPTIM_FAST is None:
+        from autodiff_lab.kernels import optim_fast
+        _OPTIM_FAST = optim_fast
+    return _OPTIM_FAST
 
 
 def _number(name: str, value: Any, *, positive: bool = False, where: str = "") -> float:
@@ -95,6 +101,7 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Parameter] | Iterable[Group], defaults: dict[str, Any]) -> None:
         self.defaults = dict(defaults)
+        self._scalars: dict[tuple, tuple] = {}  # per-step scalars shared by a group's parameters
         self.param_groups: list[Group] = []
         #: per-parameter state, keyed by the Parameter object
         self.state: dict[Parameter, dict[str, Any]] = {}
@@ -155,6 +162,11 @@ class Optimizer:
         if not p.data.flags.writeable:
             raise InputError(f"parameter {name} holds a read-only array; the optimiser updates it in place")
         g = p.grad
+        if type(g) is np.ndarray and g.dtype is p.data.dtype and g.shape == p.data.shape \
+                and g.flags.c_contiguous:  # the usual case, checked in one go
+            if _kernels().any_nonfinite(g.reshape(-1)):
+                self._nonfinite(g, name)
+            return g
         if not isinstance(g, np.ndarray):
             g = np.asarray(g)
         if g.shape != p.data.shape:
@@ -166,11 +178,15 @@ class Optimizer:
                                  f"expected real numbers ({p.data.dtype})")
             g = np.ascontiguousarray(g, dtype=p.data.dtype)
         if _kernels().any_nonfinite(_flat(g)):
-            bad = int(np.flatnonzero(~np.isfinite(_flat(g)))[0])
-            idx = tuple(int(i) for i in np.unravel_index(bad, g.shape)) if g.ndim else ()
-            raise NonFiniteError(f"gradient of parameter {name} has {_flat(g)[bad]} at index "
-                                 f"{idx}; the step was not taken")
+            self._nonfinite(g, name)
         return g
+
+    @staticmethod
+    def _nonfinite(g: np.ndarray, name: str) -> None:
+        bad = int(np.flatnonzero(~np.isfinite(_flat(g)))[0])
+        idx = tuple(int(i) for i in np.unravel_index(bad, g.shape)) if g.ndim else ()
+        raise NonFiniteError(f"gradient of parameter {name} has {_flat(g)[bad]} at index "
+                             f"{idx}; the step was not taken")
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient; returns ``closure()`` when given.
@@ -372,19 +388,28 @@ class Adam(Optimizer):
         step = state["step"]
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         b1, b2 = group["betas"]
-        # the bias corrections in double precision, as PyTorch computes them
-        step_size = lr / (1.0 - b1 ** step)
-        bc2_sqrt = math.sqrt(1.0 - b2 ** step)
-        t = data.dtype.type
-        if self._decoupled:  # θ ← θ(1 − γλ), the gradient left alone
-            coupled, decay = t(0.0), t(1.0 - lr * wd)
-        else:  # g ← g + λθ, θ·1
-            coupled, decay = t(wd), t(1.0)
-        args = (coupled, decay, t(1.0 - b1), t(b2), t(1.0 - b2), t(step_size), t(bc2_sqrt), t(eps))
+        # the parameters of a group share their scalars (in their dtype): made once a step
+        key = (step, lr, wd, eps, b1, b2, data.dtype)
+        args = self._scalars.get(key)
+        if args is None:
+            # the bias corrections in double precision, as PyTorch computes them
+            step_size = lr / (1.0 - b1 ** step)
+            bc2_sqrt = math.sqrt(1.0 - b2 ** step)
+            t = data.dtype.type
+            if self._decoupled:  # θ ← θ(1 − γλ), the gradient left alone
+                coupled, decay = t(0.0), t(1.0 - lr * wd)
+            else:  # g ← g + λθ, θ·1
+                coupled, decay = t(wd), t(1.0)
+            args = (coupled, decay, t(1.0 - b1), t(b2), t(1.0 - b2), t(step_size),
+                    t(bc2_sqrt), t(eps))
+            if len(self._scalars) > 64:
+                self._scalars.clear()
+            self._scalars[key] = args
         k = _kernels()
-        p, g, m, v = _flat(data), _flat(grad), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"])
+        p, g = data.reshape(-1), grad.reshape(-1)
+        m, v = state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1)
         if group["amsgrad"]:
-            k.adam_amsgrad(p, g, m, v, _flat(state["max_exp_avg_sq"]), *args)
+            k.adam_amsgrad(p, g, m, v, state["max_exp_avg_sq"].reshape(-1), *args)
         else:
             k.adam(p, g, m, v, *args)
 

@@ -145,6 +145,7 @@ SAMPLES: dict[str, list[Case]] = {
                           Case(((3, 2),), {"scale": (1, 3)}),
                           Case(((2, 1, 1, 3),), {"scale": (3, 2)}),
                           Case(((1, 2, 3, 1),), {"scale": (4, 1)})],
+    "batch_stats": [Case(((4, 3),)), Case(((2, 3, 4, 4),))],
     "batch_norm": [
         Case(((4, 3), (3,), (3,)), {"training": True, "eps": 1e-5}),
         Case(((2, 3, 4, 4), (3,), (3,)), {"training": True, "eps": 0.1}),

@@ -118,6 +118,7 @@ def test_unary_rules(name, fn, positive, shape):
 
 OTHER_CASES = {
     "sum": (lambda x: adl.sum(x, axis=1), {"x": (3, 4, 2)}),
+    "batch_stats": (lambda x: adl.batch_stats(x), {"x": (3, 2, 2, 2)}),
     "mean": (lambda x: adl.mean(x, axis=(0, 2), keepdims=True), {"x": (3, 4, 2)}),
     "max": (lambda x: adl.max(x, axis=-1), {"x": (3, 5)}),
     "reshape": (lambda x: adl.reshape(x, (4, 3)), {"x": (2, 6)}),

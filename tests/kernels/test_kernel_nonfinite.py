@@ -258,6 +258,14 @@ def _(dtype, rng):
             (lambda o, t=training: _ref_rule("batch_norm", None, *_bn_args(o, t), training=t))
 
 
+@case("batch_stats")
+def _(dtype, rng):
+    for training, ops in _bn_variants(dtype, rng):
+        if training:
+            yield {"x": ops["x"]}, (lambda o: dispatch.batch_stats(o["x"])), \
+                (lambda o: _ref_rule("batch_stats", None, o["x"]))
+
+
 @case("batch_norm_backward")
 def _(dtype, rng):
     for training, ops in _bn_variants(dtype, rng):
