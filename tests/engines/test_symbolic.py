@@ -209,10 +209,15 @@ def test_random_scalar_graphs_agree_with_tape(steps, inputs):
         return
     if max(abs(float(x)) for x in forward.values()) > 1e100:
         return
-    for v in graph.order:  # skip points sitting on a kink (relu/abs at 0, max ties)
-        op = graph.node(v).get("op")
+    for v in graph.order:  # skip points on or next to a kink (relu/abs at 0, max ties):
+        op = graph.node(v).get("op")  # two programs may round a near-tie to opposite sides
+        args = [float(forward[u]) for u in graph.operands(v)]
         if op in OPS and OPS[op].kink is not None and \
-                OPS[op].kink(*(forward[u] for u in graph.operands(v)), **graph.node(v)["attrs"]):
+                OPS[op].kink(*(np.asarray(a) for a in args), **graph.node(v)["attrs"]):
+            return
+        if op in ("maximum", "minimum") and abs(args[0] - args[1]) <= 1e-9 * (1 + abs(args[0])):
+            return
+        if op in ("relu", "abs") and abs(args[0]) <= 1e-9:
             return
     for mode in ("matrix", "expanded"):
         assert_agrees_with_tape(graph, values, mode=mode)
