@@ -113,8 +113,8 @@ def step_rows(torch, rounds: int) -> None:
             for fn in fns.values():
                 fn()
         t = interleaved(fns, rounds)
-        ref = prog64(ex64.values).gradients
-        got = prog(ex.values).gradients
+        ref = prog64(ex64.values).grads
+        got = prog(ex.values).grads
         err = max(float(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in wrt)
         line = (f"dncnn float32 bn={bn!s:5}: ours {t['ours'] * 1e3:6.1f} ms "
                 f"({4.32 / t['ours']:4.0f} GF/s), gradient error {err:.1e}")

@@ -268,14 +268,20 @@ def _gradient_transform(g, n0, n1, ty0, ty1, tw, out):  # pragma: no cover - num
 
 def transform_weights(w: np.ndarray) -> np.ndarray:
     """U[4a + b, f, c] = (G w[f, c] Gᵀ)[a, b], computed in float64 and rounded once."""
-    u = np.einsum("ai,fcij,bj->abfc", _G, w.astype(np.float64), _G)
-    return np.ascontiguousarray(u.reshape(16, w.shape[0], w.shape[1]), dtype=w.dtype)
+    f, c = w.shape[:2]
+    right = w.astype(np.float64).reshape(f * c * 3, 3) @ _G.T          # (f·c·i, b)
+    both = _G @ right.reshape(f * c, 3, 4).transpose(1, 0, 2).reshape(3, -1)  # (a, f·c·b)
+    u = both.reshape(4, f * c, 4).transpose(0, 2, 1)                      # (a, b, f·c)
+    return np.ascontiguousarray(u.reshape(16, f, c), dtype=w.dtype)
 
 
 def weights_from_transformed(du: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """dw[f, c] = Gᵀ dU[f, c] G: the adjoint of :func:`transform_weights` (float64 inside)."""
-    d = du.astype(np.float64).reshape(4, 4, du.shape[1], du.shape[2])
-    return np.ascontiguousarray(np.einsum("ai,abfc,bj->fcij", _G, d, _G), dtype=dtype)
+    f, c = du.shape[1:]
+    d = du.astype(np.float64).reshape(4, 4 * f * c)                        # (a, b·f·c)
+    left = (_G.T @ d).reshape(3, 4, f * c).transpose(2, 0, 1)             # (f·c, i, b)
+    dw = left.reshape(-1, 4) @ _G                                         # (f·c·i, j)
+    return np.ascontiguousarray(dw.reshape(f, c, 3, 3), dtype=dtype)
 
 
 Block = tuple[int, int, int, int]
@@ -317,10 +323,13 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair) -> np.ndarray | 
 
     def work(blocks: list[Block]) -> float:
         bad = 0.0
+        most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+        v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
+        m_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
         for n0, n1, ty0, ty1 in blocks:
             tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
-            v = conv_fast.scratch("wino_v", (16, c, tiles), x.dtype)
-            m = conv_fast.scratch("wino_m", (16, f, tiles), x.dtype)
+            v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
+            m = m_buf[:16 * f * tiles].reshape(16, f, tiles)
             bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
             np.matmul(u, v, out=m)
             bad += _output_transform(m, n0, n1, ty0, ty1, tw, y)
@@ -342,10 +351,13 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, padding: Pair) -> np.nd
         acc = np.zeros((16, f, c), dtype=np.float64)
         part = np.empty((16, f, c), dtype=x.dtype)
         bad = 0.0
+        most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+        v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
+        e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
         for n0, n1, ty0, ty1 in blocks:
             tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
-            v = conv_fast.scratch("wino_v", (16, c, tiles), x.dtype)
-            e = conv_fast.scratch("wino_m", (16, f, tiles), x.dtype)
+            v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
+            e = e_buf[:16 * f * tiles].reshape(16, f, tiles)
             bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
             bad += _gradient_transform(g, n0, n1, ty0, ty1, tw, e)
             np.matmul(e, v.transpose(0, 2, 1), out=part)
