@@ -322,21 +322,30 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair) -> np.ndarray | 
     y = memory.empty((n, f, ho, wo), x.dtype)
 
     def work(blocks: list[Block]) -> float:
-        bad = 0.0
-        most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
-        v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
-        m_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
-        for n0, n1, ty0, ty1 in blocks:
-            tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
-            v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
-            m = m_buf[:16 * f * tiles].reshape(16, f, tiles)
-            bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
-            np.matmul(u, v, out=m)
-            bad += _output_transform(m, n0, n1, ty0, ty1, tw, y)
-        return bad
+        with np.errstate(all="ignore"):  # an overflow is seen below, and declined
+            return _forward_blocks(x, u, y, blocks, ph, pw, tw)
 
     parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * max(c, f)))
     return y if np.isfinite(sum(parts)) else None
+
+
+def _forward_blocks(x: np.ndarray, u: np.ndarray, y: np.ndarray, blocks: list[Block],
+                    ph: int, pw: int, tw: int) -> float:
+    """The forward's blocks: transform, 16 products, transform back; 0 or NaN (see the
+    transforms)."""
+    c, f = x.shape[1], y.shape[1]
+    bad = 0.0
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
+    m_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
+    for n0, n1, ty0, ty1 in blocks:
+        tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
+        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
+        m = m_buf[:16 * f * tiles].reshape(16, f, tiles)
+        bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
+        np.matmul(u, v, out=m)
+        bad += _output_transform(m, n0, n1, ty0, ty1, tw, y)
+    return bad
 
 
 def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, padding: Pair) -> np.ndarray | None:
@@ -348,21 +357,8 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, padding: Pair) -> np.nd
     th, tw = -(-ho // 2), -(-wo // 2)
 
     def work(blocks: list[Block]) -> tuple[np.ndarray, float]:
-        acc = np.zeros((16, f, c), dtype=np.float64)
-        part = np.empty((16, f, c), dtype=x.dtype)
-        bad = 0.0
-        most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
-        v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
-        e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
-        for n0, n1, ty0, ty1 in blocks:
-            tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
-            v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
-            e = e_buf[:16 * f * tiles].reshape(16, f, tiles)
-            bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
-            bad += _gradient_transform(g, n0, n1, ty0, ty1, tw, e)
-            np.matmul(e, v.transpose(0, 2, 1), out=part)
-            acc += part  # blocks summed in float64
-        return acc, bad
+        with np.errstate(all="ignore"):  # an overflow is seen below, and declined
+            return _weight_blocks(g, x, blocks, ph, pw, tw)
 
     parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * (c + f) // 2))
     if not np.isfinite(sum(b for _, b in parts)):
@@ -370,6 +366,28 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, padding: Pair) -> np.nd
     du = sum(a for a, _ in parts)
     dw = weights_from_transformed(du, x.dtype)
     return dw if _finite(dw) else None
+
+
+def _weight_blocks(g: np.ndarray, x: np.ndarray, blocks: list[Block], ph: int, pw: int,
+                   tw: int) -> tuple[np.ndarray, float]:
+    """The weight gradient's blocks: Σ (A g Aᵀ) @ (Bᵀ x B)ᵀ in the transformed domain
+    (float64 between blocks), and 0 or NaN (see the transforms)."""
+    c, f = x.shape[1], g.shape[1]
+    acc = np.zeros((16, f, c), dtype=np.float64)
+    part = np.empty((16, f, c), dtype=x.dtype)
+    bad = 0.0
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
+    e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
+    for n0, n1, ty0, ty1 in blocks:
+        tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
+        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
+        e = e_buf[:16 * f * tiles].reshape(16, f, tiles)
+        bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
+        bad += _gradient_transform(g, n0, n1, ty0, ty1, tw, e)
+        np.matmul(e, v.transpose(0, 2, 1), out=part)
+        acc += part  # blocks summed in float64
+    return acc, bad
 
 
 def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pair,
