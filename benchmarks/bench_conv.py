@@ -142,7 +142,7 @@ def _torch_step(torch, values: dict[str, np.ndarray], bn: bool) -> Callable[[], 
                 h = F.batch_norm(h, None, None, p[f"gamma{i}"], p[f"beta{i}"], training=True)
             h = F.relu(h)
         noise = F.conv2d(h, p[f"w{depth - 1}"], padding=1)
-        loss = F.mse_loss(p["noisy"] - noise, p["clean"])
+        loss = 0.5 * F.mse_loss(p["noisy"] - noise, p["clean"])  # ours is ½ mean(·)²
         grads = torch.autograd.grad(loss, [p[k] for k in names])
         last.update({k: gr.numpy() for k, gr in zip(names, grads)})
         return loss
