@@ -9,7 +9,8 @@ with the im2col kernels, with Winograd F(2×2, 3×3) (where it applies) and with
 (``torch.nn.functional.conv2d`` and ``torch.autograd.grad``), medians of interleaved rounds.
 GFLOP/s count the direct convolution's 2·N·F·C·9·Ho·Wo per product, whatever the
 algorithm. ``--step`` times the tape program of ``examples.dncnn`` (with and without batch
-norm) and the same network in PyTorch, and prints the gradient's error against float64.
+norm; with Winograd and with im2col only) and the same network in PyTorch, and prints
+the gradient's largest error against float64, relative to each parameter's largest entry.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def step_rows(torch, rounds: int) -> None:
         wrt = list(ex.graph.parameters)
         prog = adl.engine("tape", anomaly=False).compile(ex.graph, wrt=wrt)
         prog64 = adl.engine("tape", anomaly=False).compile(ex64.graph, wrt=wrt)
-        fns = {"ours": lambda p=prog, v=ex.values: p(v)}
+        fns = {"ours": lambda p=prog, v=ex.values: p(v),
+               "im2col": lambda p=prog, v=ex.values: _without_winograd(p, v)}
         if torch is not None:
             fns["torch"] = _torch_step(torch, ex.values, bn)
         for _ in range(2):
@@ -117,13 +119,23 @@ def step_rows(torch, rounds: int) -> None:
         got = prog(ex.values).grads
         err = max(float(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in wrt)
         line = (f"dncnn float32 bn={bn!s:5}: ours {t['ours'] * 1e3:6.1f} ms "
-                f"({4.32 / t['ours']:4.0f} GF/s), gradient error {err:.1e}")
+                f"({4.32 / t['ours']:4.0f} GF/s), gradient error {err:.1e} | im2col only "
+                f"{t['im2col'] * 1e3:6.1f} ms")
         if "torch" in t:
             tg = fns["torch"].grads()
             terr = max(float(np.abs(tg[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in wrt)
             line += (f" | torch {t['torch'] * 1e3:6.1f} ms, error {terr:.1e} | "
                      f"ours/torch {t['ours'] / t['torch']:.2f}")
         print(line)
+
+
+def _without_winograd(program, values: dict[str, np.ndarray]) -> object:
+    """The program with every convolution on im2col (the kernels before Winograd)."""
+    dispatch.WINOGRAD = False
+    try:
+        return program(values)
+    finally:
+        dispatch.WINOGRAD = True
 
 
 def _torch_step(torch, values: dict[str, np.ndarray], bn: bool) -> Callable[[], object]:
