@@ -3,6 +3,7 @@
     python benchmarks/bench_conv.py              # 2 threads
     python benchmarks/bench_conv.py --threads 1
     python benchmarks/bench_conv.py --step       # also the whole DnCNN-lite gradient
+    python benchmarks/bench_conv.py --cpu        # CPU time instead of wall time
 
 For each layer shape, float32: the forward and the backward (input and weight gradients)
 with the im2col kernels, with Winograd F(2×2, 3×3) (where it applies) and with PyTorch
@@ -27,6 +28,9 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--step", action="store_true", help="also the whole DnCNN-lite step")
     ap.add_argument("--coretype", default="SkylakeX")
+    ap.add_argument("--cpu", action="store_true",
+                    help="CPU time of the process (all its threads) instead of wall time: on a "
+                         "busy machine, the work done without the waits for a core")
     return ap.parse_args()
 
 
@@ -49,14 +53,15 @@ from autodiff_lab.kernels import conv_fast, dispatch, winograd  # noqa: E402
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Median seconds per call, every function once per round (after one untimed call)."""
+    clock = time.process_time if ARGS is not None and ARGS.cpu else time.perf_counter
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(0.005)
             fn()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            samples[name].append(time.perf_counter() - t0)
+            samples[name].append(clock() - t0)
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
@@ -169,7 +174,8 @@ def main() -> None:
         torch.set_num_threads(ARGS.threads)
     except ImportError:
         torch = None
-    print(f"threads {ARGS.threads}, load {os.getloadavg()[0]:.2f}, winograd dispatch "
+    print(f"threads {ARGS.threads}, {'CPU' if ARGS.cpu else 'wall'} time, load "
+          f"{os.getloadavg()[0]:.2f}, winograd dispatch "
           f"{'on' if dispatch.WINOGRAD else 'off'}")
     layer_rows(torch, ARGS.rounds)
     if ARGS.step:
