@@ -82,8 +82,15 @@ def _conv_operands(dtype, v, rng):
     return {"x": x, "w": w, "g": g}
 
 
+@pytest.fixture(autouse=True)
+def small_winograd(monkeypatch):
+    """The Winograd kernels for the small operands here too (float32, 8 channels)."""
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_CHANNELS", 8)
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_TILES", 1)
+
+
 def test_the_conv_cases_reach_winograd():
-    # the 8-channel variants run the Winograd kernels in float32 (and im2col in float64)
+    # the 8-channel variant runs the Winograd kernels in float32 (and im2col in float64)
     reached = [v for v in _conv_variants() if dispatch._winograd_ok(
         np.dtype(np.float32), (3, v.get("c", 4), 7, 6), (v["f"], v.get("c", 4), 3, 3),
         v["stride"], v["padding"], (1, 1), v["groups"])]

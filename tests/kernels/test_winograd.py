@@ -53,6 +53,14 @@ def _close(got, want, label):
                                err_msg=label)
 
 
+@pytest.fixture(autouse=True)
+def small_winograd(monkeypatch):
+    """The Winograd kernels for the small operands of these tests (8 channels, a few
+    tiles); the thresholds themselves are tested below."""
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_CHANNELS", 8)
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_TILES", 1)
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the Winograd calls (and lets a test lower the channel threshold)."""
@@ -107,7 +115,7 @@ def test_winograd_blocks_of_one_tile_row(workers, monkeypatch):
             _close(a, b, f"{padding} {(h, w)} workers={workers} result {k}")
 
 
-def test_winograd_is_chosen_only_where_it_applies():
+def test_winograd_is_chosen_only_where_it_applies(monkeypatch):
     shape, w8 = (2, 8, 6, 6), (8, 8, 3, 3)
     ok = dispatch._winograd_ok
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -123,12 +131,24 @@ def test_winograd_is_chosen_only_where_it_applies():
     assert not ok(f32, (2, 4, 6, 6), (8, 4, 3, 3), **base)      # few input channels
     assert not ok(f32, shape, (4, 8, 3, 3), **base)             # few output channels
     assert not ok(f32, (2, 8, 1, 6), w8, **{**base, "padding": (0, 1)})  # no output row
-    before = dispatch.WINOGRAD
-    dispatch.WINOGRAD = False
-    try:
-        assert not ok(f32, shape, w8, **base)
-    finally:
-        dispatch.WINOGRAD = before
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_TILES", 18)  # 2 images × 3 × 3 tiles
+    assert ok(f32, shape, w8, **base)
+    assert not ok(f32, (1, 8, 6, 6), w8, **base)
+    monkeypatch.setattr(dispatch, "WINOGRAD", False)
+    assert not ok(f32, shape, w8, **base)
+
+
+def test_the_default_thresholds_take_the_dncnn_layers_only(monkeypatch):
+    # the 32 → 32 layers of DnCNN-lite (16×40×40) are above both thresholds; small images
+    # and few channels are not
+    monkeypatch.undo()  # the module's own thresholds, not the fixture's
+    ok = dispatch._winograd_ok
+    f32, base = np.dtype(np.float32), ((1, 1), (1, 1), (1, 1), 1)
+    assert ok(f32, (16, 32, 40, 40), (32, 32, 3, 3), *base)
+    assert not ok(f32, (16, 1, 40, 40), (32, 1, 3, 3), *base)
+    assert not ok(f32, (16, 32, 40, 40), (1, 32, 3, 3), *base)
+    assert not ok(f32, (16, 8, 40, 40), (8, 8, 3, 3), *base)
+    assert not ok(f32, (2, 32, 9, 9), (32, 32, 3, 3), *base)
 
 
 def test_other_convolutions_never_reach_winograd(calls):
@@ -182,7 +202,7 @@ def test_the_weight_transforms_are_adjoint():
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])
-def test_dncnn_float32_gradient_stays_accurate(batch_norm):
+def test_dncnn_float32_gradient_stays_accurate(batch_norm, calls):
     # the Winograd layers keep the float32 gradient within 1e-5 (relative to each
     # parameter's largest entry) of the float64 one
     ex32 = adl.examples.dncnn(batch=2, size=12, channels=16, depth=4, batch_norm=batch_norm,
@@ -193,6 +213,7 @@ def test_dncnn_float32_gradient_stays_accurate(batch_norm):
     tape = adl.engine("tape", anomaly=False)
     got = tape.compile(ex32.graph, wrt=wrt)(ex32.values).grads
     want = tape.compile(ex64.graph, wrt=wrt)(ex64.values).grads
+    assert "conv2d_forward" in calls and "conv2d_backward" in calls
     for k in wrt:
         err = np.abs(got[k] - want[k]).max() / np.abs(want[k]).max()
         assert err < 1e-5, (k, err)
