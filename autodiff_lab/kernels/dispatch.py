@@ -124,9 +124,43 @@ def _c(a: np.ndarray) -> np.ndarray:
 
 # --- convolution ------------------------------------------------------------------------
 
+#: Winograd F(2×2, 3×3) (:mod:`.winograd`) for float32 3×3 convolutions with stride 1, no
+#: dilation, one group, padding 0..2, at least :data:`WINOGRAD_MIN_CHANNELS` input and
+#: output channels and :data:`WINOGRAD_MIN_TILES` 2×2 output tiles; False: always im2col.
+#: float64 never takes it (its sums stay exact products of the inputs).
+WINOGRAD = True
+#: measured (float32, one thread, forward and both gradients against im2col, 16×40×40):
+#: 8 → 8 channels 3.1 ms against 2.3, 16 → 16 7.3 against 8.3, 32 → 32 19 against 27;
+#: with fewer channels the transforms cost more than the products save
+WINOGRAD_MIN_CHANNELS = 16
+#: 32 → 32 channels on 2×9×9 images (60 tiles) took 0.5 ms against 0.2 through im2col,
+#: on 4×32×32 (1024 tiles) 9.5 against 11.5: below this the fixed costs dominate
+WINOGRAD_MIN_TILES = 512
+
+
+def _winograd_ok(dtype: np.dtype, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                 stride: Pair, padding: Pair, dilation: Pair, groups: int) -> bool:
+    """Whether the Winograd kernels apply to the convolution of an input of ``x_shape``
+    with weights of ``w_shape`` in ``dtype`` -- and so to both of its gradients: the input
+    gradient's convolution (padding ``2 − p``, channels swapped) meets the same tests."""
+    if not (WINOGRAD and dtype == np.float32 and len(x_shape) == 4 and len(w_shape) == 4
+            and tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and groups == 1 and w_shape[1] == x_shape[1]
+            and min(x_shape[1], w_shape[0]) >= WINOGRAD_MIN_CHANNELS
+            and all(0 <= p <= 2 for p in padding)):
+        return False
+    ho, wo = x_shape[2] + 2 * padding[0] - 2, x_shape[3] + 2 * padding[1] - 2
+    return ho >= 1 and wo >= 1 and x_shape[0] * -(-ho // 2) * -(-wo // 2) >= WINOGRAD_MIN_TILES
+
+
 def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
                    groups: int = 1) -> np.ndarray:
     """See :func:`conv_reference.conv2d_forward`."""
+    if real_float(x, w) and _winograd_ok(x.dtype, x.shape, w.shape, stride, padding, dilation,
+                                         groups):
+        out = _fast("winograd").conv2d_forward(_c(x), _c(w), tuple(padding))
+        if out is not None:  # None: a NaN or Inf, whose pattern im2col reproduces
+            return out
     if real_float(x, w):
         return _fast("conv_fast").conv2d_forward(_c(x), _c(w), tuple(stride), tuple(padding),
                                                  tuple(dilation), groups)
@@ -152,6 +186,12 @@ def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...]
                           padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
     """See :func:`conv_reference.conv2d_backward_input`."""
     _check_conv_gradient(g.shape, x_shape, w.shape[0], w.shape[2:], stride, padding, dilation)
+    if real_float(g, w) and _winograd_ok(g.dtype, tuple(x_shape), w.shape, stride, padding,
+                                         dilation, groups):
+        out = _fast("winograd").conv2d_backward(_c(g), None, _c(w), tuple(padding), True,
+                                                False)
+        if out is not None:
+            return out[0]
     if real_float(g, w):
         return _fast("conv_fast").conv2d_backward_input(
             _c(g), _c(w), tuple(x_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
@@ -162,6 +202,11 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
                            padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
     """See :func:`conv_reference.conv2d_backward_weight`."""
     _check_conv_gradient(g.shape, x.shape, w_shape[0], w_shape[2:], stride, padding, dilation)
+    if real_float(g, x) and _winograd_ok(x.dtype, x.shape, tuple(w_shape), stride, padding,
+                                         dilation, groups):
+        out = _fast("winograd").conv2d_backward_weight(_c(g), _c(x), tuple(padding))
+        if out is not None:
+            return out
     if real_float(g, x):
         return _fast("conv_fast").conv2d_backward_weight(
             _c(g), _c(x), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
@@ -176,6 +221,12 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, p
     (:func:`conv_fast.conv2d_backward`), anything else takes the reference's two adjoints."""
     want_x, want_w = (bool(v) for v in wanted)
     _check_conv_gradient(g.shape, x.shape, w.shape[0], w.shape[2:], stride, padding, dilation)
+    if real_float(g, x, w) and _winograd_ok(x.dtype, x.shape, w.shape, stride, padding,
+                                            dilation, groups):
+        out = _fast("winograd").conv2d_backward(_c(g), _c(x), _c(w), tuple(padding), want_x,
+                                                want_w)
+        if out is not None:
+            return out
     if real_float(g, x, w):
         return _fast("conv_fast").conv2d_backward(_c(g), _c(x), _c(w), tuple(stride),
                                                   tuple(padding), tuple(dilation), groups,

@@ -64,19 +64,37 @@ def _ref_rule(name, which, *args, **attrs):
 def _conv_variants():
     # thin (direct loop) and wide (im2col + BLAS) filters, stride 1 (the input gradient as a
     # convolution) and 2 (col2im), groups, padding (zeros multiplied in the im2col products)
+    # ... and (float32, 8 channels, stride 1) Winograd, with the padding it takes
     return [dict(f=2, stride=(1, 1), padding=(1, 1), groups=1),
             dict(f=6, stride=(1, 1), padding=(1, 1), groups=1),
             dict(f=2, stride=(2, 1), padding=(1, 0), groups=1),
-            dict(f=6, stride=(2, 2), padding=(1, 1), groups=2)]
+            dict(f=6, stride=(2, 2), padding=(1, 1), groups=2),
+            dict(f=8, stride=(1, 1), padding=(0, 2), groups=1, c=8)]
 
 
 def _conv_operands(dtype, v, rng):
-    x = rng.standard_normal((3, 4, 7, 6)).astype(dtype)
-    w = rng.standard_normal((v["f"], 4 // v["groups"], 3, 3)).astype(dtype)
+    c = v.get("c", 4)
+    x = rng.standard_normal((3, c, 7, 6)).astype(dtype)
+    w = rng.standard_normal((v["f"], c // v["groups"], 3, 3)).astype(dtype)
     ho, wo = (conv_reference.conv_output_size(7, 3, v["stride"][0], v["padding"][0], 1),
               conv_reference.conv_output_size(6, 3, v["stride"][1], v["padding"][1], 1))
     g = rng.standard_normal((3, v["f"], ho, wo)).astype(dtype)
     return {"x": x, "w": w, "g": g}
+
+
+@pytest.fixture(autouse=True)
+def small_winograd(monkeypatch):
+    """The Winograd kernels for the small operands here too (float32, 8 channels)."""
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_CHANNELS", 8)
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_TILES", 1)
+
+
+def test_the_conv_cases_reach_winograd():
+    # the 8-channel variant runs the Winograd kernels in float32 (and im2col in float64)
+    reached = [v for v in _conv_variants() if dispatch._winograd_ok(
+        np.dtype(np.float32), (3, v.get("c", 4), 7, 6), (v["f"], v.get("c", 4), 3, 3),
+        v["stride"], v["padding"], (1, 1), v["groups"])]
+    assert len(reached) == 1
 
 
 def _conv_args(v):
@@ -135,8 +153,9 @@ def _conv_both_variants():
 def _(dtype, rng):
     for v in _conv_both_variants():
         dil = v.get("dilation", (1, 1))
-        x = rng.standard_normal((3, 4, 7, 6)).astype(dtype)
-        w = rng.standard_normal((v["f"], 4 // v["groups"], 3, 3)).astype(dtype)
+        c = v.get("c", 4)
+        x = rng.standard_normal((3, c, 7, 6)).astype(dtype)
+        w = rng.standard_normal((v["f"], c // v["groups"], 3, 3)).astype(dtype)
         g = conv_reference.conv2d_forward(x, w, v["stride"], v["padding"], dil, v["groups"])
         ops = {"x": x, "w": w, "g": rng.standard_normal(g.shape).astype(dtype)}
         args = (v["stride"], v["padding"], dil, v["groups"])

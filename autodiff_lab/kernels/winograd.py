@@ -1,0 +1,411 @@
+"""Winograd F(2×2, 3×3) convolution for float32: 3×3 kernels, stride 1, no dilation, one group.
+
+A 2×2 block of outputs ("tile") of a 3×3 cross-correlation needs a 4×4 block ``d`` of the
+padded input; with the transforms of Lavin and Gray (2015)
+
+    Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G  = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]
+    Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]
+
+it is ``Aᵀ [Σ_c (G w_fc Gᵀ) ⊙ (Bᵀ d_c B)] A``: 16 products per tile and channel pair
+instead of 36. Summed over channels, the element-wise products become 16 matrix products
+``M[ξ] = U[ξ] @ V[ξ]`` (``U[ξ]`` F × C transformed weights, ``V[ξ]`` C × tiles
+transformed inputs), which OpenBLAS runs near its peak; the transforms are additions in
+Numba. The weight gradient is the adjoint in the same domain,
+``dU[ξ] = Σ_tiles (A g Aᵀ)[ξ] @ V[ξ]ᵀ`` then ``dw = Gᵀ dU G``; the input gradient is the
+Winograd convolution of ``g`` with the flipped, channel-swapped weights.
+
+Tiles are processed in blocks (a few images, or a few tile rows of one image) whose
+transformed arrays stay in the core's cache, on the threads of
+:func:`autodiff_lab.kernels.conv_fast._run_blocks`.
+
+NaN and Inf: a transform mixes the 16 pixels of a tile, so one NaN or Inf would reach
+outputs whose window does not hold it. Every function here therefore returns ``None``
+when an operand or the result is not finite (the transforms check as they go), and the
+caller falls back to the im2col kernels, which follow the reference's NaN and Inf
+pattern. float64 never comes here: its convolutions stay exact sums of products.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autodiff_lab.kernels import conv_fast, memory
+from autodiff_lab.kernels.numba_cache import cached_njit
+
+Pair = tuple[int, int]
+
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+#: bytes of one block's transformed input (16 · C · tiles floats): with the transformed
+#: output of the same size, both stay in a core's 2 MB L2 cache between the transform
+#: and the matrix products.
+BLOCK_BYTES = 1 << 20
+
+
+# --------------------------------------------------------------------------------------
+# transforms (serial, nogil: the blocks run on Python threads)
+# --------------------------------------------------------------------------------------
+
+# Layout: the tiles of a block are numbered t = ((n − n0)·(ty1 − ty0) + ty − ty0)·S + tx with
+# the row stride S = tw + 1: one column of tiles more than there are (tx = tw), whose values
+# are ignored (the output transform skips them; the gradient transform sets them to 0). With
+# it, every transform is a few long loops over contiguous arrays that LLVM vectorises: the
+# padded image is split into its four "phase planes" P_ab[i·S + j] = x_pad[2i + a, 2j + b],
+# and the pixel (r, s) of every tile of a plane is P_{r%2, s%2} shifted by (r//2)·S + s//2.
+
+@cached_njit(nogil=True, fastmath={"reassoc"})
+def _nonfinite(a, start, stop):  # pragma: no cover - numba
+    """0 when a[start:stop] is finite, else NaN: x − x is 0 for a finite x and NaN for NaN
+    and ±Inf. (Reassociation lets LLVM vectorise the sum; without "nnan" it may not fold
+    x − x to 0.)"""
+    b = a[start:stop]  # (a loop over range(start, stop) measured 5x slower)
+    s = a[0] - a[0]
+    for j in range(b.size):
+        s += b[j] - b[j]
+    return s
+
+
+@cached_njit(nogil=True)
+def _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, out):  # pragma: no cover - numba
+    """out[4a + b, c, t] = (Bᵀ d B)[a, b] for the 4×4 block d of the zero-padded x at rows
+    2·ty − ph.., columns 2·tx − pw.. of tile t (numbered as above). Returns 0 when every
+    pixel read is finite, else NaN."""
+    n_ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    sr = tw + 1
+    nty = ty1 - ty0
+    size = nty * sr                 # tiles of one plane, with the extra column
+    prow = nty + 3                  # phase planes: rows ty0 .. ty1 + 1, and room to shift
+    # p[a, b, i, j] = x_pad[2·(ty0 + i) + a, 2j + b]. Only pixels of x are written, the
+    # same ones for every plane of the block, so the padding stays zero. (Indexing the
+    # arrays by their dimensions, not by computed flat offsets, measured 3x faster: LLVM
+    # vectorises the loops when it can see that no index is negative.)
+    p4 = np.zeros((2, 2, prow, sr), dtype=x.dtype)
+    p = p4.reshape((2, 2, prow * sr))
+    q = np.empty((4, 2, size + 1), dtype=x.dtype)
+    first = max(0, ph - 2 * ty0)                 # padded rows of the block inside x
+    last = min(2 * (nty + 2), h + ph - 2 * ty0)
+    # x column 2j goes to phase pw % 2 at column j + pw // 2, x column 2j + 1 to the other
+    # phase at column j + (pw + 1) // 2
+    even_phase = pw % 2
+    even_off = pw // 2
+    odd_off = (pw + 1) // 2
+    half = w // 2
+    xf = x.reshape(-1)
+    check = xf[0] - xf[0]  # x holds a pixel: ho, wo >= 1
+    for n in range(n0, n1):
+        for c in range(n_ch):
+            base = ((n - n0) * nty) * sr
+            if last > first:
+                xb = (n * n_ch + c) * h * w
+                check += _nonfinite(xf, xb + (2 * ty0 + first - ph) * w,
+                                    xb + (2 * ty0 + last - ph) * w)
+            for k in range(first, last):
+                ih = 2 * ty0 + k - ph
+                a = k % 2
+                i = k // 2
+                for j in range(half):
+                    p4[a, even_phase, i, even_off + j] = x[n, c, ih, 2 * j]
+                    p4[a, 1 - even_phase, i, odd_off + j] = x[n, c, ih, 2 * j + 1]
+                if w % 2:
+                    p4[a, even_phase, i, even_off + half] = x[n, c, ih, w - 1]
+            for b in range(2):
+                # rows of Bᵀ: d0 − d2, d1 + d2, d2 − d1, d1 − d3 (d_r: phase r % 2 shifted
+                # by r // 2 tile rows)
+                p0 = p[0, b, 0:size + 1]
+                p1 = p[1, b, 0:size + 1]
+                p0s = p[0, b, sr:sr + size + 1]
+                p1s = p[1, b, sr:sr + size + 1]
+                o = q[0, b]
+                for t in range(size + 1):
+                    o[t] = p0[t] - p0s[t]
+                o = q[1, b]
+                for t in range(size + 1):
+                    o[t] = p1[t] + p0s[t]
+                o = q[2, b]
+                for t in range(size + 1):
+                    o[t] = p0s[t] - p1[t]
+                o = q[3, b]
+                for t in range(size + 1):
+                    o[t] = p1[t] - p1s[t]
+            for a in range(4):
+                e = q[a, 0, 0:size]
+                e1 = q[a, 0, 1:size + 1]
+                d = q[a, 1, 0:size]
+                d1 = q[a, 1, 1:size + 1]
+                o = out[4 * a, c, base:base + size]
+                for t in range(size):
+                    o[t] = e[t] - e1[t]
+                o = out[4 * a + 1, c, base:base + size]
+                for t in range(size):
+                    o[t] = d[t] + e1[t]
+                o = out[4 * a + 2, c, base:base + size]
+                for t in range(size):
+                    o[t] = e1[t] - d[t]
+                o = out[4 * a + 3, c, base:base + size]
+                for t in range(size):
+                    o[t] = d[t] - d1[t]
+    return check
+
+
+@cached_njit(nogil=True)
+def _output_transform(m, n0, n1, ty0, ty1, tw, y):  # pragma: no cover - numba
+    """y[n, f, 2·ty + i, 2·tx + j] = (Aᵀ m_t A)[i, j] (clipped to y's size) for the tiles of
+    the block, m[4a + b, f, t]. Returns 0 when every output is finite, else NaN."""
+    n_f, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    sr = tw + 1
+    nty = ty1 - ty0
+    size = nty * sr
+    r = np.empty((2, 4, size), dtype=y.dtype)
+    yy4 = np.empty((2, 2, nty, sr), dtype=y.dtype)
+    yy = yy4.reshape((2, 2, size))
+    yf = y.reshape(-1)
+    check = yf[0] - yf[0]
+    half = wo // 2  # tiles whose both columns are inside y
+    rows = min(ho, 2 * ty1) - 2 * ty0
+    for n in range(n0, n1):
+        for f in range(n_f):
+            base = ((n - n0) * nty) * sr
+            for b in range(4):  # rows of Aᵀ: m0 + m1 + m2, m1 − m2 − m3
+                m0 = m[b, f, base:base + size]
+                m1 = m[4 + b, f, base:base + size]
+                m2 = m[8 + b, f, base:base + size]
+                m3 = m[12 + b, f, base:base + size]
+                o = r[0, b]
+                for t in range(size):
+                    o[t] = m0[t] + m1[t] + m2[t]
+                o = r[1, b]
+                for t in range(size):
+                    o[t] = m1[t] - m2[t] - m3[t]
+            for i in range(2):
+                r0, r1, r2, r3 = r[i, 0], r[i, 1], r[i, 2], r[i, 3]
+                o = yy[i, 0]
+                for t in range(size):
+                    o[t] = r0[t] + r1[t] + r2[t]
+                o = yy[i, 1]
+                for t in range(size):
+                    o[t] = r1[t] - r2[t] - r3[t]
+            for k in range(rows):
+                oh = 2 * ty0 + k
+                i = k % 2
+                r_ = k // 2
+                for tx in range(half):
+                    y[n, f, oh, 2 * tx] = yy4[i, 0, r_, tx]
+                    y[n, f, oh, 2 * tx + 1] = yy4[i, 1, r_, tx]
+                if wo % 2:
+                    y[n, f, oh, wo - 1] = yy4[i, 0, r_, half]
+            yb = ((n * n_f + f) * ho + 2 * ty0) * wo
+            check += _nonfinite(yf, yb, yb + rows * wo)
+    return check
+
+
+@cached_njit(nogil=True)
+def _gradient_transform(g, n0, n1, ty0, ty1, tw, out):  # pragma: no cover - numba
+    """out[4a + b, f, t] = (A e Aᵀ)[a, b] for the 2×2 block e of g at (2·ty, 2·tx) (zeros
+    beyond g, and for the extra column of tiles), A = [[1, 0], [1, 1], [1, −1], [0, −1]]:
+    the adjoint of the output transform. Returns 0 when g's entries are finite, else NaN."""
+    n_f, ho, wo = g.shape[1], g.shape[2], g.shape[3]
+    sr = tw + 1
+    nty = ty1 - ty0
+    size = nty * sr
+    # p[i, j, (ty − ty0)·sr + tx] = g[2·ty + i, 2·tx + j]: only entries of g are written,
+    # the same for every plane, so the rest (beyond g, the extra column) stays 0
+    p4 = np.zeros((2, 2, nty, sr), dtype=g.dtype)
+    p = p4.reshape((2, 2, size))
+    gf = g.reshape(-1)
+    c = np.empty((4, 2, size), dtype=g.dtype)
+    check = gf[0] - gf[0]
+    half = wo // 2
+    rows = min(ho, 2 * ty1) - 2 * ty0
+    for n in range(n0, n1):
+        for f in range(n_f):
+            base = ((n - n0) * nty) * sr
+            gb = ((n * n_f + f) * ho + 2 * ty0) * wo
+            check += _nonfinite(gf, gb, gb + rows * wo)
+            for k in range(rows):
+                oh = 2 * ty0 + k
+                i = k % 2
+                r_ = k // 2
+                for tx in range(half):
+                    p4[i, 0, r_, tx] = g[n, f, oh, 2 * tx]
+                    p4[i, 1, r_, tx] = g[n, f, oh, 2 * tx + 1]
+                if wo % 2:
+                    p4[i, 0, r_, half] = g[n, f, oh, wo - 1]
+            for j in range(2):  # rows of A: e0, e0 + e1, e0 − e1, −e1
+                e0 = p[0, j]
+                e1 = p[1, j]
+                o = c[0, j]
+                for t in range(size):
+                    o[t] = e0[t]
+                o = c[1, j]
+                for t in range(size):
+                    o[t] = e0[t] + e1[t]
+                o = c[2, j]
+                for t in range(size):
+                    o[t] = e0[t] - e1[t]
+                o = c[3, j]
+                for t in range(size):
+                    o[t] = -e1[t]
+            for a in range(4):
+                e0 = c[a, 0]
+                e1 = c[a, 1]
+                o = out[4 * a, f, base:base + size]
+                for t in range(size):
+                    o[t] = e0[t]
+                o = out[4 * a + 1, f, base:base + size]
+                for t in range(size):
+                    o[t] = e0[t] + e1[t]
+                o = out[4 * a + 2, f, base:base + size]
+                for t in range(size):
+                    o[t] = e0[t] - e1[t]
+                o = out[4 * a + 3, f, base:base + size]
+                for t in range(size):
+                    o[t] = -e1[t]
+    return check
+
+
+# --------------------------------------------------------------------------------------
+# weights, blocks
+# --------------------------------------------------------------------------------------
+
+def transform_weights(w: np.ndarray) -> np.ndarray:
+    """U[4a + b, f, c] = (G w[f, c] Gᵀ)[a, b], computed in float64 and rounded once."""
+    f, c = w.shape[:2]
+    right = w.astype(np.float64).reshape(f * c * 3, 3) @ _G.T          # (f·c·i, b)
+    both = _G @ right.reshape(f * c, 3, 4).transpose(1, 0, 2).reshape(3, -1)  # (a, f·c·b)
+    u = both.reshape(4, f * c, 4).transpose(0, 2, 1)                      # (a, b, f·c)
+    return np.ascontiguousarray(u.reshape(16, f, c), dtype=w.dtype)
+
+
+def weights_from_transformed(du: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """dw[f, c] = Gᵀ dU[f, c] G: the adjoint of :func:`transform_weights` (float64 inside)."""
+    f, c = du.shape[1:]
+    d = du.astype(np.float64).reshape(4, 4 * f * c)                        # (a, b·f·c)
+    left = (_G.T @ d).reshape(3, 4, f * c).transpose(2, 0, 1)             # (f·c, i, b)
+    dw = left.reshape(-1, 4) @ _G                                         # (f·c·i, j)
+    return np.ascontiguousarray(dw.reshape(f, c, 3, 3), dtype=dtype)
+
+
+Block = tuple[int, int, int, int]
+
+
+def tile_blocks(n: int, th: int, tw: int, floats_per_tile: int) -> list[Block]:
+    """Blocks ``(n0, n1, ty0, ty1)`` of tiles -- images n0..n1, tile rows ty0..ty1 -- whose
+    transformed arrays take about :data:`BLOCK_BYTES`: several whole images when one is
+    small, else tile rows of one image (at least one)."""
+    per_image = max(1, floats_per_tile * 4 * th * tw)
+    if per_image <= BLOCK_BYTES:
+        step = max(1, BLOCK_BYTES // per_image)
+        return [(n0, min(n, n0 + step), 0, th) for n0 in range(0, n, step)]
+    count = -(-per_image // BLOCK_BYTES)
+    rows = -(-th // count)
+    return [(i, i + 1, r0, min(th, r0 + rows)) for i in range(n) for r0 in range(0, th, rows)]
+
+
+def _finite(a: np.ndarray) -> bool:
+    return bool(np.isfinite(a.sum()))
+
+
+# --------------------------------------------------------------------------------------
+# convolution and its gradients
+# --------------------------------------------------------------------------------------
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair) -> np.ndarray | None:
+    """The 3×3 stride-1 cross-correlation of float32 ``x`` (N, C, H, W) with ``w`` (F, C, 3,
+    3), zero padding ``padding``; ``None`` when an operand or the result is not finite."""
+    n, c, h, wd = x.shape
+    f = w.shape[0]
+    ph, pw = padding
+    ho, wo = h + 2 * ph - 2, wd + 2 * pw - 2
+    if not _finite(w):
+        return None
+    th, tw = -(-ho // 2), -(-wo // 2)
+    u = transform_weights(w)
+    y = memory.empty((n, f, ho, wo), x.dtype)
+
+    def work(blocks: list[Block]) -> float:
+        with np.errstate(all="ignore"):  # an overflow is seen below, and declined
+            return _forward_blocks(x, u, y, blocks, ph, pw, tw)
+
+    parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * max(c, f)))
+    return y if np.isfinite(sum(parts)) else None
+
+
+def _forward_blocks(x: np.ndarray, u: np.ndarray, y: np.ndarray, blocks: list[Block],
+                    ph: int, pw: int, tw: int) -> float:
+    """The forward's blocks: transform, 16 products, transform back; 0 or NaN (see the
+    transforms)."""
+    c, f = x.shape[1], y.shape[1]
+    bad = 0.0
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
+    m_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
+    for n0, n1, ty0, ty1 in blocks:
+        tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
+        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
+        m = m_buf[:16 * f * tiles].reshape(16, f, tiles)
+        bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
+        np.matmul(u, v, out=m)
+        bad += _output_transform(m, n0, n1, ty0, ty1, tw, y)
+    return bad
+
+
+def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, padding: Pair) -> np.ndarray | None:
+    """The weight gradient of :func:`conv2d_forward` for the upstream gradient ``g`` (N, F,
+    Ho, Wo); ``None`` when an operand or the result is not finite."""
+    n, c = x.shape[:2]
+    f, ho, wo = g.shape[1:]
+    ph, pw = padding
+    th, tw = -(-ho // 2), -(-wo // 2)
+
+    def work(blocks: list[Block]) -> tuple[np.ndarray, float]:
+        with np.errstate(all="ignore"):  # an overflow is seen below, and declined
+            return _weight_blocks(g, x, blocks, ph, pw, tw)
+
+    parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * (c + f) // 2))
+    if not np.isfinite(sum(b for _, b in parts)):
+        return None
+    du = sum(a for a, _ in parts)
+    dw = weights_from_transformed(du, x.dtype)
+    return dw if _finite(dw) else None
+
+
+def _weight_blocks(g: np.ndarray, x: np.ndarray, blocks: list[Block], ph: int, pw: int,
+                   tw: int) -> tuple[np.ndarray, float]:
+    """The weight gradient's blocks: Σ (A g Aᵀ) @ (Bᵀ x B)ᵀ in the transformed domain
+    (float64 between blocks), and 0 or NaN (see the transforms)."""
+    c, f = x.shape[1], g.shape[1]
+    acc = np.zeros((16, f, c), dtype=np.float64)
+    part = np.empty((16, f, c), dtype=x.dtype)
+    bad = 0.0
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
+    e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
+    for n0, n1, ty0, ty1 in blocks:
+        tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
+        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
+        e = e_buf[:16 * f * tiles].reshape(16, f, tiles)
+        bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
+        bad += _gradient_transform(g, n0, n1, ty0, ty1, tw, e)
+        np.matmul(e, v.transpose(0, 2, 1), out=part)
+        acc += part  # blocks summed in float64
+    return acc, bad
+
+
+def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pair,
+                    want_x: bool, want_w: bool
+                    ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """Both gradients of :func:`conv2d_forward` (``None`` where not wanted), or ``None``
+    when an operand or a result is not finite. The input gradient is the Winograd
+    convolution of ``g`` with the flipped weights, padded by ``2 − padding``."""
+    dx = dw = None
+    if want_x:
+        flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        dx = conv2d_forward(g, flipped, (2 - padding[0], 2 - padding[1]))
+        if dx is None:
+            return None
+    if want_w:
+        dw = conv2d_backward_weight(g, x, padding)
+        if dw is None:
+            return None
+    return dx, dw

@@ -1,0 +1,219 @@
+"""The Winograd F(2×2, 3×3) kernels: chosen only where valid, equal to the reference elsewhere.
+
+float32 3×3 convolutions with stride 1, no dilation, one group, padding 0..2 and enough
+channels go through :mod:`autodiff_lab.kernels.winograd`; these tests compare them (the
+forward, both gradients, the fused backward) with the float64 reference kernels over odd
+sizes, every padding they take, one channel (the threshold lowered), blocks of one tile
+row on one and two threads, and check that anything else never reaches them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import autodiff_lab as adl
+from autodiff_lab.kernels import conv_fast, conv_reference, dispatch, winograd
+
+RNG = np.random.default_rng(7)
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def _operands(n, c, h, w, f, padding, rng=RNG):
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((f, c, 3, 3)) / 3.0
+    ho, wo = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
+    g = rng.standard_normal((n, f, ho, wo))
+    return x, wt, g
+
+
+def _reference(x, wt, g, padding):
+    args = ((1, 1), padding, (1, 1), 1)
+    return (conv_reference.conv2d_forward(x, wt, *args),
+            conv_reference.conv2d_backward_input(g, wt, x.shape, *args),
+            conv_reference.conv2d_backward_weight(g, x, wt.shape, *args))
+
+
+def _dispatched(x, wt, g, padding):
+    x, wt, g = (a.astype(np.float32) for a in (x, wt, g))
+    args = ((1, 1), padding, (1, 1), 1)
+    both = dispatch.conv2d_backward(g, x, wt, *args, (True, True))
+    return (dispatch.conv2d_forward(x, wt, *args),
+            dispatch.conv2d_backward_input(g, wt, x.shape, *args),
+            dispatch.conv2d_backward_weight(g, x, wt.shape, *args), both[0], both[1],
+            dispatch.conv2d_backward(g, x, wt, *args, (False, True))[1])
+
+
+def _close(got, want, label):
+    scale = max(1.0, float(np.abs(want).max()))
+    assert got.dtype == np.float32 and got.shape == want.shape, label
+    np.testing.assert_allclose(got, want, rtol=TOL["rtol"], atol=TOL["atol"] * scale,
+                               err_msg=label)
+
+
+@pytest.fixture(autouse=True)
+def small_winograd(monkeypatch):
+    """The Winograd kernels for the small operands of these tests (8 channels, a few
+    tiles); the thresholds themselves are tested below."""
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_CHANNELS", 8)
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_TILES", 1)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the Winograd calls (and lets a test lower the channel threshold)."""
+    seen = []
+    depth = [0]
+    for name in ("conv2d_forward", "conv2d_backward", "conv2d_backward_weight"):
+        real = getattr(winograd, name)
+
+        def spy(*a, real=real, name=name, **k):
+            if depth[0] == 0:  # the calls from dispatch, not those inside the module
+                seen.append(name)
+            depth[0] += 1
+            try:
+                return real(*a, **k)
+            finally:
+                depth[0] -= 1
+        monkeypatch.setattr(winograd, name, spy)
+    return seen
+
+
+SIZES = [(1, 1), (2, 3), (3, 2), (5, 7), (7, 6), (4, 4), (9, 1)]
+PADDINGS = [(0, 0), (1, 1), (2, 0), (0, 2), (1, 2), (2, 2)]
+
+
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+def test_winograd_matches_the_reference_on_odd_sizes(padding, calls, monkeypatch):
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_CHANNELS", 1)
+    for (h, w), (c, f) in itertools.product(SIZES, [(1, 1), (1, 3), (3, 1), (2, 5)]):
+        if h + 2 * padding[0] < 3 or w + 2 * padding[1] < 3:
+            continue
+        x, wt, g = _operands(2, c, h, w, f, padding)
+        want = _reference(x, wt, g, padding)
+        calls.clear()
+        got = _dispatched(x, wt, g, padding)
+        assert len(calls) == 5, (h, w, c, f, calls)  # one per dispatched call
+        label = f"{(h, w)} c={c} f={f} padding={padding}"
+        for k, (a, b) in enumerate(zip(got, [want[0], want[1], want[2], want[1], want[2],
+                                             want[2]])):
+            _close(a, b, f"{label} result {k}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_winograd_blocks_of_one_tile_row(workers, monkeypatch):
+    # row blocks inside each image (and whole images), on one thread and two
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(conv_fast, "BLOCK_WORKERS", workers)
+    for padding, (h, w) in [((1, 1), (9, 8)), ((0, 1), (7, 7)), ((2, 0), (5, 6))]:
+        x, wt, g = _operands(3, 8, h, w, 8, padding)
+        want = _reference(x, wt, g, padding)
+        got = _dispatched(x, wt, g, padding)
+        for k, (a, b) in enumerate(zip(got, [want[0], want[1], want[2], want[1], want[2]])):
+            _close(a, b, f"{padding} {(h, w)} workers={workers} result {k}")
+
+
+def test_winograd_is_chosen_only_where_it_applies(monkeypatch):
+    shape, w8 = (2, 8, 6, 6), (8, 8, 3, 3)
+    ok = dispatch._winograd_ok
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    base = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    assert ok(f32, shape, w8, **base)
+    for change in [dict(stride=(2, 1)), dict(stride=(1, 2)), dict(dilation=(2, 1)),
+                   dict(dilation=(1, 2)), dict(groups=2), dict(padding=(3, 1)),
+                   dict(padding=(1, 3))]:
+        assert not ok(f32, shape, w8, **{**base, **change}), change
+    assert not ok(f64, shape, w8, **base)                       # float64 stays exact
+    assert not ok(f32, shape, (8, 8, 3, 2), **base)             # 3×3 kernels only
+    assert not ok(f32, shape, (8, 8, 5, 5), **base)
+    assert not ok(f32, (2, 4, 6, 6), (8, 4, 3, 3), **base)      # few input channels
+    assert not ok(f32, shape, (4, 8, 3, 3), **base)             # few output channels
+    assert not ok(f32, (2, 8, 1, 6), w8, **{**base, "padding": (0, 1)})  # no output row
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_TILES", 18)  # 2 images × 3 × 3 tiles
+    assert ok(f32, shape, w8, **base)
+    assert not ok(f32, (1, 8, 6, 6), w8, **base)
+    monkeypatch.setattr(dispatch, "WINOGRAD", False)
+    assert not ok(f32, shape, w8, **base)
+
+
+def test_the_default_thresholds_take_the_dncnn_layers_only(monkeypatch):
+    # the 32 → 32 layers of DnCNN-lite (16×40×40) are above both thresholds; small images
+    # and few channels are not
+    monkeypatch.undo()  # the module's own thresholds, not the fixture's
+    ok = dispatch._winograd_ok
+    f32, base = np.dtype(np.float32), ((1, 1), (1, 1), (1, 1), 1)
+    assert ok(f32, (16, 32, 40, 40), (32, 32, 3, 3), *base)
+    assert not ok(f32, (16, 1, 40, 40), (32, 1, 3, 3), *base)
+    assert not ok(f32, (16, 32, 40, 40), (1, 32, 3, 3), *base)
+    assert not ok(f32, (16, 8, 40, 40), (8, 8, 3, 3), *base)
+    assert not ok(f32, (2, 32, 9, 9), (32, 32, 3, 3), *base)
+
+
+def test_other_convolutions_never_reach_winograd(calls):
+    # stride 2, dilation, groups, a 3×2 kernel, float64, padding 3, few channels
+    rng = np.random.default_rng(3)
+    x32 = rng.standard_normal((2, 8, 7, 6)).astype(np.float32)
+    for w_shape, stride, padding, dilation, groups, dtype in [
+            ((8, 8, 3, 3), (2, 2), (1, 1), (1, 1), 1, np.float32),
+            ((8, 8, 3, 3), (1, 1), (2, 2), (2, 2), 1, np.float32),
+            ((8, 4, 3, 3), (1, 1), (1, 1), (1, 1), 2, np.float32),
+            ((8, 8, 3, 2), (1, 1), (1, 1), (1, 1), 1, np.float32),
+            ((8, 8, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float64),
+            ((8, 8, 3, 3), (1, 1), (3, 3), (1, 1), 1, np.float32),
+            ((2, 8, 3, 3), (1, 1), (1, 1), (1, 1), 1, np.float32)]:
+        x = x32.astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        y = dispatch.conv2d_forward(x, w, stride, padding, dilation, groups)
+        g = np.ones_like(y)
+        dispatch.conv2d_backward(g, x, w, stride, padding, dilation, groups, (True, True))
+        dispatch.conv2d_backward_input(g, w, x.shape, stride, padding, dilation, groups)
+        dispatch.conv2d_backward_weight(g, x, w.shape, stride, padding, dilation, groups)
+    assert calls == []
+
+
+def test_winograd_hands_nan_and_inf_to_im2col(calls):
+    # a NaN or Inf anywhere: Winograd declines (None) and the result is the reference's
+    x, wt, g = (a.astype(np.float32) for a in _operands(2, 8, 6, 5, 8, (1, 1)))
+    for name, special in itertools.product(["x", "w", "g"], [np.nan, np.inf, -np.inf]):
+        ops = {"x": x.copy(), "w": wt.copy(), "g": g.copy()}
+        ops[name].reshape(-1)[7] = special
+        with np.errstate(all="ignore"):
+            if name != "g":
+                assert winograd.conv2d_forward(ops["x"], ops["w"], (1, 1)) is None
+            if name != "w":
+                assert winograd.conv2d_backward_weight(ops["g"], ops["x"], (1, 1)) is None
+            if name != "x":
+                assert winograd.conv2d_backward(ops["g"], ops["x"], ops["w"], (1, 1), True,
+                                                False) is None
+    # finite operands whose result overflows: declined too
+    big = np.full((1, 8, 4, 4), 3e37, dtype=np.float32)
+    assert winograd.conv2d_forward(big, np.ones((8, 8, 3, 3), np.float32), (1, 1)) is None
+
+
+def test_the_weight_transforms_are_adjoint():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((3, 2, 3, 3))
+    du = rng.standard_normal((16, 3, 2))
+    lhs = np.sum(winograd.transform_weights(w) * du)
+    rhs = np.sum(w * winograd.weights_from_transformed(du, np.float64))
+    assert np.isclose(lhs, rhs, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_dncnn_float32_gradient_stays_accurate(batch_norm, calls):
+    # the Winograd layers keep the float32 gradient within 1e-5 (relative to each
+    # parameter's largest entry) of the float64 one
+    ex32 = adl.examples.dncnn(batch=2, size=12, channels=16, depth=4, batch_norm=batch_norm,
+                              dtype="float32")
+    ex64 = adl.examples.dncnn(batch=2, size=12, channels=16, depth=4, batch_norm=batch_norm,
+                              dtype="float64")
+    wrt = list(ex32.graph.parameters)
+    tape = adl.engine("tape", anomaly=False)
+    got = tape.compile(ex32.graph, wrt=wrt)(ex32.values).grads
+    want = tape.compile(ex64.graph, wrt=wrt)(ex64.values).grads
+    assert "conv2d_forward" in calls and "conv2d_backward" in calls
+    for k in wrt:
+        err = np.abs(got[k] - want[k]).max() / np.abs(want[k]).max()
+        assert err < 1e-5, (k, err)
