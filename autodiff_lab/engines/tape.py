@@ -110,6 +110,23 @@ def _nonfinite(a: np.ndarray) -> bool:
     return not bool(np.isfinite(a).all())
 
 
+def _all_finite(*groups: Any) -> bool:
+    """Whether every float/complex array in ``groups`` (arrays or iterables of arrays) is
+    free of NaN and Inf: one pass over each (its sum when big, exact otherwise)."""
+    for group in groups:
+        for a in (group,) if isinstance(group, np.ndarray) else group:
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            if a.dtype.kind not in "fc":
+                continue
+            if a.ndim == 0:
+                if not np.isfinite(a):
+                    return False
+            elif _nonfinite(a):
+                return False
+    return True
+
+
 def _stand_in(a: np.ndarray) -> np.ndarray:
     """A read-only array of ``a``'s shape and dtype holding one element: what a freed value
     leaves behind for rules that only read the shape."""
@@ -152,7 +169,11 @@ class TapeProgram(Program):
                  tuple(u in depends for u in graph.operands(v)))
             for v in graph.order if graph.node(v)["role"] == "op" and v in reaches
         ]
-        if not (keep_all or anomaly):  # both need every op's own value
+        # the per-op NaN/Inf diagnosis (anomaly mode, only after a non-finite result) runs
+        # these unfused steps; the normal pass fuses unless every op's value is kept
+        self._unfused_steps = self.steps
+        self._diagnosis: list[tuple[Any, ...]] | None = None
+        if not keep_all:  # keep_all returns every op's own value
             self.steps = _fuse(self.steps, {out_node, *graph.outputs.values()})
         self.backward_steps = [s for s in reversed(self.steps) if any(s.needs_grad)
                                and s.node in to_output]
@@ -271,7 +292,67 @@ class TapeProgram(Program):
         return self._run_arrays(values, seed)
 
     def _run_arrays(self, values: Mapping[str, Any], seed: Any) -> GradientResult:
-        state = self.forward(values)
+        if not self.anomaly:
+            return self._run_once(values, seed)
+        # anomaly mode: run unchecked, then one finite-check pass over the value, the outputs
+        # and the gradients; only a non-finite result (or a failure) pays for the per-op
+        # diagnosis, which raises NonFiniteError naming the first op that made a NaN/Inf
+        try:
+            result = self._run_once(values, seed)
+        except NonFiniteError:
+            raise
+        except Exception:
+            try:
+                self._diagnose(values)  # a NaN upstream may be what made an op fail
+            except NonFiniteError as exc:
+                raise exc from None
+            raise
+        if not _all_finite(result.value, result.outputs.values(), result.grads.values()):
+            self._diagnose(values)  # raises if a forward op made the NaN/Inf
+        return result
+
+    def _diagnose(self, values: Mapping[str, Any]) -> None:
+        """Re-run the forward pass, unfused, checking every op's result for NaN/Inf: raise
+        :class:`NonFiniteError` naming the first op that produced one; return if none did
+        (the non-finite number came from a backward rule, or from nowhere)."""
+        g = self.graph
+        if self._diagnosis is None:
+            steps = self._unfused_steps
+            last_read: dict[int, int] = {}
+            for k, s in enumerate(steps):
+                for u in s.args:
+                    last_read[u] = k
+            is_op = {s.node for s in steps}
+            frees: list[list[int]] = [[] for _ in steps]
+            for u, k in last_read.items():
+                if u in is_op:
+                    frees[k].append(u)
+            self._diagnosis = [(s.op.forward, s.args, s.node, s.attrs, tuple(frees[k]))
+                               for k, s in enumerate(steps)]
+        arrays = check_values(g, values, check_finite=True)
+        dtype = working_dtype(g, arrays)
+        vals: list[Any] = [None] * len(g)
+        for v, d in self._leaves:
+            vals[v] = constant_value(g, v, dtype) if d["role"] == "constant" \
+                else arrays[d["name"]]
+        node = -1
+        try:
+            with np.errstate(all="ignore"):
+                for fn, args, node, attrs, frees_k in self._diagnosis:
+                    xs = [vals[u] for u in args]
+                    out = np.asarray(fn(*xs, **attrs))
+                    if _nonfinite(out):
+                        raise NonFiniteError(nonfinite_message(g, node, xs, out))
+                    vals[node] = out
+                    for u in frees_k:
+                        vals[u] = None
+        except NonFiniteError:
+            raise
+        except Exception:  # not a NaN/Inf: the caller reports its own failure
+            return
+
+    def _run_once(self, values: Mapping[str, Any], seed: Any) -> GradientResult:
+        state = self.forward(values, _check=False)
         node_values = {v: a for v, a in enumerate(state.vals) if a is not None} \
             if self.keep_all else None
         grads, node_grads = self._backward_pass(state, seed, retain=False)
@@ -279,8 +360,10 @@ class TapeProgram(Program):
                               node_values=node_values, node_grads=node_grads,
                               outputs=state.outputs)
 
-    def forward(self, values: Mapping[str, Any]) -> TapeState:
-        """Run the forward pass only; the state holds what :meth:`backward` needs."""
+    def forward(self, values: Mapping[str, Any], _check: bool = True) -> TapeState:
+        """Run the forward pass only; the state holds what :meth:`backward` needs. With
+        ``anomaly`` on, a non-finite output value raises :class:`NonFiniteError` naming
+        the first op that produced a NaN/Inf."""
         g = self.graph
         arrays = check_values(g, values, check_finite=self.anomaly)
         dtype = working_dtype(g, arrays)
@@ -303,15 +386,21 @@ class TapeProgram(Program):
                         out, saved[node] = out
                     if type(out) is not np.ndarray:
                         out = np.asarray(out)
-                    if anomaly and _nonfinite(out):
-                        raise NonFiniteError(nonfinite_message(g, node, xs, out))
                     vals[node] = out
                     for u, stand_in in frees:
                         vals[u] = _stand_in(vals[u]) if stand_in else None
         except InputError as exc:  # a forward refused the values (labels): name the node
+            if anomaly:
+                try:
+                    self._diagnose(values)
+                except NonFiniteError as nf:
+                    raise nf from None
             raise with_node(exc, g.describe(node)) from None
-        return TapeState(vals, dtype, vals[self.out_node], saved,
-                         outputs={n: vals[v] for n, v in self._output_nodes.items()})
+        outputs = {n: vals[v] for n, v in self._output_nodes.items()}
+        if anomaly and _check and not _all_finite(vals[self.out_node], outputs.values()):
+            self._diagnose(values)
+        return TapeState(vals, dtype, vals[self.out_node], saved, outputs=outputs,
+                         inputs=values if anomaly else None)
 
     def backward(self, state: TapeState, seed: Any = None, retain: bool = False
                  ) -> dict[str, np.ndarray]:
@@ -322,6 +411,8 @@ class TapeProgram(Program):
             raise InputError("this forward state was consumed by a backward pass without "
                              "retain=True; run forward again")
         grads, _ = self._backward_pass(state, seed, retain=retain)
+        if self.anomaly and state.inputs is not None and not _all_finite(grads.values()):
+            self._diagnose(state.inputs)
         return grads
 
     def _backward_pass(self, state: TapeState, seed: Any, retain: bool
@@ -400,6 +491,8 @@ class TapeState:
     used: bool = False
     #: the value of every named output (auxiliary outputs included)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the input values (anomaly mode: what a NaN/Inf diagnosis re-runs)
+    inputs: Mapping[str, Any] | None = None
 
 
 class _ScalarCodegen:
