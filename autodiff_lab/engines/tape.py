@@ -27,6 +27,7 @@ Two things make it fast without leaving the op table:
 
 from __future__ import annotations
 
+import cmath
 import contextlib
 import gc
 import math
@@ -57,6 +58,8 @@ from autodiff_lab.graph.optable import FUSIONS, OPS, Fusion, Op
 #: arrays at least this big are checked for NaN/Inf through their sum (one fast pass; a
 #: finite sum proves every element finite) before the exact element-wise check
 _SUM_CHECK_SIZE = 4096
+#: arrays up to this size are checked element by element in Python (no numpy call)
+_SMALL_CHECK_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,9 @@ def _all_finite(*groups: Any) -> bool:
                 a = np.asarray(a)
             if a.dtype.kind not in "fc":
                 continue
-            if a.ndim == 0:
-                if not np.isfinite(a):
+            if a.size <= _SMALL_CHECK_SIZE:  # Python's checks beat a numpy call here
+                isfinite = math.isfinite if a.dtype.kind == "f" else cmath.isfinite
+                if not all(map(isfinite, a.ravel().tolist())):
                     return False
             elif _nonfinite(a):
                 return False
@@ -293,12 +297,12 @@ class TapeProgram(Program):
 
     def _run_arrays(self, values: Mapping[str, Any], seed: Any) -> GradientResult:
         if not self.anomaly:
-            return self._run_once(values, seed)
+            return self._run_once(values, seed)[0]
         # anomaly mode: run unchecked, then one finite-check pass over the value, the outputs
         # and the gradients; only a non-finite result (or a failure) pays for the per-op
         # diagnosis, which raises NonFiniteError naming the first op that made a NaN/Inf
         try:
-            result = self._run_once(values, seed)
+            result, arrays = self._run_once(values, seed)
         except NonFiniteError:
             raise
         except Exception:
@@ -307,7 +311,8 @@ class TapeProgram(Program):
             except NonFiniteError as exc:
                 raise exc from None
             raise
-        if not _all_finite(result.value, result.outputs.values(), result.grads.values()):
+        others = [a for n, a in result.outputs.items() if n != self.output]  # aux outputs
+        if not _all_finite(arrays.values(), result.value, others, result.grads.values()):
             self._diagnose(values)  # raises if a forward op made the NaN/Inf
         return result
 
@@ -351,21 +356,25 @@ class TapeProgram(Program):
         except Exception:  # not a NaN/Inf: the caller reports its own failure
             return
 
-    def _run_once(self, values: Mapping[str, Any], seed: Any) -> GradientResult:
+    def _run_once(self, values: Mapping[str, Any], seed: Any
+                  ) -> tuple[GradientResult, dict[str, np.ndarray]]:
+        """One call without the NaN/Inf checks; also the converted input arrays."""
         state = self.forward(values, _check=False)
         node_values = {v: a for v, a in enumerate(state.vals) if a is not None} \
             if self.keep_all else None
         grads, node_grads = self._backward_pass(state, seed, retain=False)
         return GradientResult(value=state.value, grads=grads, engine="tape", output=self.output,
                               node_values=node_values, node_grads=node_grads,
-                              outputs=state.outputs)
+                              outputs=state.outputs), state.arrays
 
     def forward(self, values: Mapping[str, Any], _check: bool = True) -> TapeState:
         """Run the forward pass only; the state holds what :meth:`backward` needs. With
         ``anomaly`` on, a non-finite output value raises :class:`NonFiniteError` naming
         the first op that produced a NaN/Inf."""
         g = self.graph
-        arrays = check_values(g, values, check_finite=self.anomaly)
+        anomaly = self.anomaly
+        # anomaly mode checks the inputs for NaN/Inf with the results (one pass at the end)
+        arrays = check_values(g, values, check_finite=anomaly and _check)
         dtype = working_dtype(g, arrays)
         vals: list[Any] = [None] * len(g)
         saved: dict[int, Any] = {}
@@ -374,7 +383,6 @@ class TapeProgram(Program):
                 vals[v] = constant_value(g, v, dtype)
             else:
                 vals[v] = arrays[d["name"]]
-        anomaly = self.anomaly
         # with anomaly checks on, our error names the op: numpy's warnings would be noise
         node = -1
         try:
@@ -400,7 +408,8 @@ class TapeProgram(Program):
         if anomaly and _check and not _all_finite(vals[self.out_node], outputs.values()):
             self._diagnose(values)
         return TapeState(vals, dtype, vals[self.out_node], saved, outputs=outputs,
-                         inputs=values if anomaly else None)
+                         inputs=values if anomaly else None,
+                         arrays=arrays)
 
     def backward(self, state: TapeState, seed: Any = None, retain: bool = False
                  ) -> dict[str, np.ndarray]:
@@ -493,6 +502,8 @@ class TapeState:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     #: the input values (anomaly mode: what a NaN/Inf diagnosis re-runs)
     inputs: Mapping[str, Any] | None = None
+    #: the converted input arrays (anomaly mode may check them with the results)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _ScalarCodegen:
