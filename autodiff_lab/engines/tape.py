@@ -145,11 +145,12 @@ class TapeProgram(Program):
     """A compiled reverse-mode program (see the module docstring).
 
     Attributes worth reading: ``steps`` (the tape), ``backward_steps``, ``kept`` (node ids
-    whose values the forward keeps for the backward), ``memory_bytes`` (peak bytes of
-    intermediate values and gradients held during a call, for the graph's dtype; the
-    caller's input arrays are not counted) and ``memory_bytes_keep_all`` (the same if every
-    value were kept, as a naive tape does), ``scalar_fast_path`` (whether calls run as
-    generated straight-line Python).
+    whose values the forward keeps for the backward), ``memory_bytes`` (the size of the
+    buffer arena planned at compile time for one call's intermediate values and gradients,
+    for the graph's dtype: each buffer reused once its value's last reader is done; what it
+    leaves out is listed in :meth:`buffer_plan`) and ``memory_bytes_keep_all`` (the same if
+    every value were kept, as a naive tape does), ``scalar_fast_path`` (whether calls run
+    as generated straight-line Python).
     """
 
     def __init__(self, graph: Graph, wrt: list[str], output: str, *, anomaly: bool,
@@ -245,39 +246,46 @@ class TapeProgram(Program):
         self.memory_bytes_keep_all = self.memory_report(itemsize, keep_all=True)
 
     def memory_report(self, itemsize: int = 8, keep_all: bool | None = None) -> int:
-        """Peak bytes of intermediate values plus gradients one call holds, simulated on the
-        tape with shapes (``itemsize`` 8 for float64, 4 for float32)."""
+        """Bytes of the buffer arena a call needs for its intermediate values and gradients,
+        planned on the tape with shapes (``itemsize`` 8 for float64, 4 for float32): see
+        :meth:`buffer_plan`."""
+        return self.buffer_plan(itemsize, keep_all).arena_bytes
+
+    def buffer_plan(self, itemsize: int = 8, keep_all: bool | None = None) -> BufferPlan:
+        """Assign every intermediate value and gradient of one call to a buffer, in tape
+        order, reusing a buffer of the same size as soon as the value or gradient in it has
+        had its last reader (the freeing plan of :meth:`_plan`). Counted: every op's value
+        (the output and auxiliary outputs too) and every gradient (the returned ones too),
+        each living until the step after which the run loop lets it go. Not counted: the
+        caller's input arrays and the constants; a rule's contribution before it is added
+        into a gradient that fans in; scratch inside a kernel (the convolution's patch
+        blocks, BLAS workspace); allocator slack and the kernels' recycling pool
+        (:mod:`autodiff_lab.kernels.memory`)."""
         keep_all = self.keep_all if keep_all is None else keep_all
         g = self.graph
-        size = {s.node: _nbytes(g.node(s.node)["shape"], itemsize) for s in self.steps}
-        for v in g.order:
-            size.setdefault(v, _nbytes(g.node(v)["shape"], itemsize))
-        live = peak = 0
+        size = {v: _nbytes(g.node(v)["shape"], itemsize) for v in g.order}
+        alloc = _Allocator()
         for (_fn, _args, node, _attrs, frees, _saves) in self._forward:
-            live += size[node]
-            peak = max(peak, live)
+            alloc.take(("v", node), size[node])
             if not keep_all:
-                live -= sum(size[u] for u, _ in frees)
+                for u, _ in frees:
+                    alloc.give(("v", u))
         grads: set[int] = {self.out_node}
-        live += size[self.out_node]
-        peak = max(peak, live)
-        for (node, _args, _attrs, rules, drops, fused) in self._backward:
+        alloc.take(("g", self.out_node), size[self.out_node])
+        for (node, _args, _attrs, rules, drops, _fused) in self._backward:
             if node not in grads:
                 continue
-            if fused is not None:  # every contribution exists before any is accumulated
-                live += sum(size[u] for _i, _rule, u in rules)
-                peak = max(peak, live)
             for _i, _rule, u in rules:
-                if fused is None:
-                    live += size[u]  # a new contribution (accumulated into a buffer after)
-                    peak = max(peak, live)
-                if u in grads:
-                    live -= size[u]
-                grads.add(u)
+                if u not in grads:
+                    grads.add(u)
+                    alloc.take(("g", u), size[u])
             if not keep_all:
-                live -= size[node] if node not in self._wanted else 0
-                live -= sum(size[u] for u, _ in drops)
-        return peak
+                if node not in self._wanted:
+                    alloc.give(("g", node))
+                for u, _ in drops:
+                    alloc.give(("v", u))
+        return BufferPlan(slots=dict(alloc.slot), buffer_bytes=list(alloc.buffers),
+                          peak_live_bytes=alloc.peak, total_bytes=alloc.total)
 
     # --- running ---------------------------------------------------------------------------
     @property
@@ -485,6 +493,55 @@ class TapeProgram(Program):
         if self.keep_all:
             node_grads = {v: np.asarray(gv) for v, gv in enumerate(grads) if gv is not None}
         return result, node_grads
+
+
+@dataclass
+class BufferPlan:
+    """Where one call's intermediate values and gradients live (:meth:`TapeProgram.buffer_plan`):
+    ``slots`` maps ``("v", node)`` (a value) or ``("g", node)`` (a gradient) to a buffer
+    index, ``buffer_bytes`` gives each buffer's size."""
+
+    slots: dict[tuple[str, int], int]
+    buffer_bytes: list[int]
+    #: the most bytes of values and gradients alive at one time (a lower bound of any plan)
+    peak_live_bytes: int
+    #: every value and gradient with a buffer of its own (what a plan without reuse needs)
+    total_bytes: int
+
+    @property
+    def arena_bytes(self) -> int:
+        """The arena's size: the sum of the buffers."""
+        return sum(self.buffer_bytes)
+
+
+class _Allocator:
+    """Buffers handed out in tape order: a released buffer goes to the next value or
+    gradient of exactly its size (shapes repeat layer after layer in a network)."""
+
+    def __init__(self) -> None:
+        self.buffers: list[int] = []
+        self.slot: dict[tuple[str, int], int] = {}
+        self.free: dict[int, list[int]] = {}
+        self.live = self.peak = self.total = 0
+
+    def take(self, key: tuple[str, int], nbytes: int) -> None:
+        spare = self.free.get(nbytes)
+        if spare:
+            self.slot[key] = spare.pop()
+        else:
+            self.slot[key] = len(self.buffers)
+            self.buffers.append(nbytes)
+        self.live += nbytes
+        self.total += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def give(self, key: tuple[str, int]) -> None:
+        b = self.slot.get(key)
+        if b is None:
+            return
+        nbytes = self.buffers[b]
+        self.free.setdefault(nbytes, []).append(b)
+        self.live -= nbytes
 
 
 @dataclass
