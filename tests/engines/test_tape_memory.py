@@ -1,0 +1,74 @@
+"""The tape's compile-time memory plan, the memory repeated calls hold, and results that
+stay the caller's after the next call."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import autodiff_lab as adl
+from autodiff_lab import examples as E
+
+
+def _small_dncnn(dtype: str = "float32") -> E.Example:
+    return E.dncnn(batch=2, size=12, channels=8, depth=4, batch_norm=True, dtype=dtype)
+
+
+@pytest.mark.parametrize("options", [{}, {"anomaly": False}, {"keep_all": True}])
+def test_memory_bytes_is_a_consistent_plan(options):
+    ex = _small_dncnn()
+    program = adl.engine("tape", **options).compile(ex.graph, wrt=list(ex.graph.parameters))
+    plan = program.buffer_plan(4)
+    assert program.memory_bytes == plan.arena_bytes == sum(plan.buffer_bytes)
+    # no smaller than what is alive at once, no larger than a buffer for every value
+    assert plan.peak_live_bytes <= plan.arena_bytes <= plan.total_bytes
+    assert program.memory_bytes <= program.memory_bytes_keep_all
+    if not options.get("keep_all"):
+        assert plan.arena_bytes < plan.total_bytes  # buffers are reused
+    for key, b in plan.slots.items():  # each value or gradient in a buffer of its size
+        nbytes = int(np.prod(ex.graph.node(key[1])["shape"], dtype=np.int64)) * 4
+        assert plan.buffer_bytes[b] == nbytes
+    assert program.memory_report(8) == 2 * program.memory_report(4)
+
+
+def test_successive_calls_return_independent_results():
+    ex = _small_dncnn("float64")
+    wrt = list(ex.graph.parameters)
+    for options in ({}, {"anomaly": False}, {"keep_all": True}):
+        program = adl.engine("tape", **options).compile(ex.graph, wrt=wrt)
+        first = program(ex.values)
+        kept = {k: v.copy() for k, v in first.grads.items()}
+        kept_value = np.array(first.value, copy=True)
+        kept_nodes = {v: a.copy() for v, a in (first.node_values or {}).items()}
+        other = dict(ex.values, noisy=ex.values["noisy"] * 3.0 + 1.0)
+        second = program(other)
+        for k in wrt:
+            np.testing.assert_array_equal(first.grads[k], kept[k], err_msg=k)
+            assert not np.may_share_memory(first.grads[k], second.grads[k])
+        np.testing.assert_array_equal(first.value, kept_value)
+        for v, a in kept_nodes.items():
+            np.testing.assert_array_equal(first.node_values[v], a)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_repeated_calls_do_not_grow_memory():
+    ex = _small_dncnn()
+    program = adl.engine("tape").compile(ex.graph, wrt=list(ex.graph.parameters))
+    for _ in range(10):
+        program(ex.values)
+    gc.collect()
+    after_10 = _rss_bytes()
+    for _ in range(190):
+        program(ex.values)
+    gc.collect()
+    grown = _rss_bytes() - after_10
+    assert grown < 4 << 20, f"RSS grew by {grown / 1e6:.1f} MB from call 10 to call 200"
