@@ -31,6 +31,7 @@ import cmath
 import contextlib
 import gc
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,11 +240,76 @@ class TapeProgram(Program):
             for k, s in enumerate(self.backward_steps)
         ]
         self._wanted = wanted
+        self._plan_in_place(free_after)
         dtypes = {np.dtype(g.node(v)["dtype"]) for v in g.inputs.values()
                   if np.dtype(g.node(v)["dtype"]).kind == "f"}
         itemsize = max((d.itemsize for d in dtypes), default=8)
         self.memory_bytes = self.memory_report(itemsize)
         self.memory_bytes_keep_all = self.memory_report(itemsize, keep_all=True)
+
+    def _plan_in_place(self, free_after: list[list[int]]) -> None:
+        """Plan the buffers the run loop writes into with ``out=``: the result of an op whose
+        forward is a numpy ufunc (add, mul, exp, matmul...) when it dies during the forward
+        pass (no backward rule reads it, it is no output) and so does every value that may
+        be a view of it (an op that is not a ufunc may return a view of its argument). Such
+        results never leave the call, so the next call can overwrite them; a buffer goes to
+        the next such result of its size once its value's last reader has run."""
+        g = self.graph
+        death: dict[int, int] = {u: k for k, us in enumerate(free_after) for u in us}
+        roots: dict[int, frozenset[int]] = {}  # buffers a value may view
+        eligible: list[tuple[int, int]] = []
+        for k, (fn, args, node, attrs, _frees, saves) in enumerate(self._forward):
+            if isinstance(fn, np.ufunc):
+                roots[node] = frozenset()
+                if fn.nout == 1 and not attrs and not saves and node in death and \
+                        np.dtype(g.node(node)["dtype"]).kind == "f":
+                    roots[node] = frozenset({node})
+                    eligible.append((k, node))
+            else:
+                roots[node] = frozenset().union(*(roots.get(u, frozenset()) for u in args))
+        last = {c: death[c] for _k, c in eligible}
+        for v, rs in roots.items():
+            for c in rs:
+                last[c] = max(last[c], death.get(v, len(self._forward)))
+        slots: dict[int, tuple[int, int]] = {}  # node -> (offset, elements) in the arena
+        free: dict[int, list[int]] = {}
+        ends: dict[int, list[int]] = {}
+        top = 0
+        by_step = dict(eligible)
+        for k in range(len(self._forward)):
+            c = by_step.get(k)
+            if c is not None and last[c] < len(self._forward):
+                n = int(math.prod(g.node(c)["shape"]))
+                spare = free.get(n)
+                offset = spare.pop() if spare else top
+                if offset == top:
+                    top += n
+                slots[c] = (offset, n)
+                ends.setdefault(last[c], []).append(c)
+            for c in ends.pop(k, []):
+                free.setdefault(slots[c][1], []).append(slots[c][0])
+        self._in_place_slots = slots
+        self._in_place_elements = top
+        self._arenas: dict[np.dtype, dict[int, np.ndarray]] = {}
+        self._arena_lock = threading.Lock()
+
+    @property
+    def in_place_bytes(self) -> int:
+        """Bytes of the arena the run loop really writes into (see :meth:`_plan_in_place`),
+        for the graph's dtype; the other values and gradients come from their kernels."""
+        g = self.graph
+        dtypes = [np.dtype(g.node(v)["dtype"]) for v in self._in_place_slots]
+        return self._in_place_elements * max((d.itemsize for d in dtypes), default=0)
+
+    def _arena(self, dtype: np.dtype) -> dict[int, np.ndarray]:
+        """The in-place buffers as views of one array of ``dtype``, made on first use."""
+        views = self._arenas.get(dtype)
+        if views is None:
+            flat = np.empty(self._in_place_elements, dtype)
+            views = {c: flat[o:o + n].reshape(self.graph.node(c)["shape"])
+                     for c, (o, n) in self._in_place_slots.items()}
+            self._arenas[dtype] = views
+        return views
 
     def memory_report(self, itemsize: int = 8, keep_all: bool | None = None) -> int:
         """Bytes of the buffer arena a call needs for its intermediate values and gradients,
@@ -391,13 +457,22 @@ class TapeProgram(Program):
                 vals[v] = constant_value(g, v, dtype)
             else:
                 vals[v] = arrays[d["name"]]
+        # a program run from two threads at once: the second one allocates as usual
+        arena = None
+        if self._in_place_slots and self._arena_lock.acquire(blocking=False):
+            arena = self._arena(dtype)
         # with anomaly checks on, our error names the op: numpy's warnings would be noise
         node = -1
         try:
             with np.errstate(all="ignore") if anomaly else contextlib.nullcontext():
                 for fn, args, node, attrs, frees, saves in self._forward:
                     xs = [vals[u] for u in args]
-                    out = fn(*xs, **attrs)
+                    buf = None if arena is None else arena.get(node)
+                    if buf is not None and all(type(x) is np.ndarray and x.dtype == dtype
+                                               for x in xs):
+                        out = fn(*xs, out=buf)
+                    else:
+                        out = fn(*xs, **attrs)
                     if saves:
                         out, saved[node] = out
                     if type(out) is not np.ndarray:
@@ -412,6 +487,9 @@ class TapeProgram(Program):
                 except NonFiniteError as nf:
                     raise nf from None
             raise with_node(exc, g.describe(node)) from None
+        finally:
+            if arena is not None:
+                self._arena_lock.release()
         outputs = {n: vals[v] for n, v in self._output_nodes.items()}
         if anomaly and _check and not _all_finite(vals[self.out_node], outputs.values()):
             self._diagnose(values)
