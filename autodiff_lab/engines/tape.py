@@ -17,9 +17,9 @@ Two things make it fast without leaving the op table:
   op a ``fused_vjp`` (convolution, batch norm), backward calls it once for all the wanted
   inputs instead of one rule per input, and a ``forward_saving`` forward hands it what it
   would otherwise compute again (batch norm's statistics, kept with the step until its
-  backward has run). With ``anomaly`` and ``keep_all`` off, the op table's fusions run
-  as one step (ReLU after batch norm: one pass forward and one backward, and the
-  normalised values are never stored);
+  backward has run). With ``keep_all`` off, the op table's fusions run as one step
+  (ReLU after batch norm: one pass forward and one backward, and the normalised values
+  are never stored);
 * a graph made only of scalars whose ops have a ``scalar`` form in the op table (the
   sigmoid neuron, the scalar chain) is compiled once into straight-line Python on floats:
   no arrays, no per-op dispatch -- a few microseconds per gradient.
@@ -752,8 +752,11 @@ def _plain_float(v: Any) -> float:
 
 
 class TapeEngine(Engine):
-    """Reverse-mode AD. ``anomaly=True`` (the default) checks every forward value for
-    NaN/Inf and names the first op that made one (``False`` skips the checks for speed);
+    """Reverse-mode AD. ``anomaly=True`` (the default) checks the inputs, the value, the
+    outputs and the gradients of each call for NaN/Inf and, if one is not finite, runs the
+    forward pass again checking every op, to name the first op that made one (an
+    intermediate NaN/Inf that reaches neither the value nor a gradient is not reported;
+    ``False`` skips the checks);
     ``keep_all=True`` keeps and returns every node's value and gradient (for drawing)."""
 
     name = "tape"
