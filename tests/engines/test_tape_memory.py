@@ -93,3 +93,23 @@ def test_results_written_in_place_match_the_allocating_run():
             np.testing.assert_allclose(got.grads[k], want.grads[k], rtol=1e-12, err_msg=k)
     f32 = {k: v.astype(np.float32) for k, v in values.items()}  # cast to the graph's float64
     np.testing.assert_allclose(fast(f32).grads["w"], plain(f32).grads["w"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [7, 1 << 16])  # the numpy rule and the fast kernel
+def test_relu_rule_from_the_result_equals_the_rule_from_the_argument(n):
+    from autodiff_lab.graph.optable import OPS
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=n)
+    x[:5] = [0.0, -0.0, np.nan, np.inf, -np.inf]
+    g = rng.normal(size=n)
+    rule = OPS["relu"].vjp[0]
+    ans = OPS["relu"].forward(x)
+    np.testing.assert_array_equal(rule(g, ans, np.zeros(())), rule(g, None, x))
+    assert OPS["relu"].vjp_uses == frozenset({"ans"})
+
+
+def test_dncnn_keeps_relu_results_not_the_convolutions_before_them():
+    ex = E.dncnn(batch=2, size=8, channels=4, depth=5, batch_norm=False)
+    program = adl.engine("tape", anomaly=False).compile(ex.graph, wrt=list(ex.graph.parameters))
+    convs_into_relu = {s.args[0] for s in program.steps if s.op.name == "relu"}
+    assert convs_into_relu and not convs_into_relu & program.kept
