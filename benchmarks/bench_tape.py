@@ -506,11 +506,13 @@ def target_verdict(row: dict[str, Any], peer: str | None, ok: Callable[[dict[str
 def _fmt_ms(v: float | None) -> str:
     if v is None:
         return "—"
+    if v >= 1000:
+        return f"{v / 1e3:.3g} s"
     return f"{v * 1e3:.1f} µs" if v < 0.1 else f"{v:.3g} ms"
 
 
 def table(result: dict[str, Any]) -> str:
-    head = (f"{'workload':<9}{'dtype':<8}{'ours':>10}{'cold':>10}{'anomaly':>10}{'+%':>6}"
+    head = (f"{'workload':<12}{'dtype':<8}{'ours':>10}{'cold':>10}{'anomaly':>10}{'+%':>7}"
             f"{'torch':>10}{'jax':>10}{'numpy':>10}{'/torch':>8}{'/jax':>7}{'/numpy':>8}"
             f"{'bwd/fwd':>8}{'arena MB':>9}")
     lines = [head, "-" * len(head)]
@@ -529,8 +531,8 @@ def table(result: dict[str, Any]) -> str:
         bf = r["backward_over_forward"]
         bf = None if bf is None or bf != bf else bf  # NaN: no split on the scalar path
         lines.append(
-            f"{r['workload']:<9}{r['dtype']:<8}{_fmt_ms(r['ours_ms']):>10}"
-            f"{_fmt_ms(r['ours_cold_ms']):>10}{_fmt_ms(r['ours_anomaly_ms']):>10}{cost:>+6.0f}"
+            f"{r['workload']:<12}{r['dtype']:<8}{_fmt_ms(r['ours_ms']):>10}"
+            f"{_fmt_ms(r['ours_cold_ms']):>10}{_fmt_ms(r['ours_anomaly_ms']):>10}{cost:>+7.0f}"
             f"{peer_ms(r, 'torch'):>10}{peer_ms(r, 'jax'):>10}"
             f"{_fmt_ms(r.get('numpy_ms')):>10}{ratio('torch'):>8}{ratio('jax'):>7}"
             f"{ratio('numpy'):>8}{(f'{bf:.2f}' if bf is not None else '—'):>8}"
