@@ -113,3 +113,19 @@ def test_dncnn_keeps_relu_results_not_the_convolutions_before_them():
     program = adl.engine("tape", anomaly=False).compile(ex.graph, wrt=list(ex.graph.parameters))
     convs_into_relu = {s.args[0] for s in program.steps if s.op.name == "relu"}
     assert convs_into_relu and not convs_into_relu & program.kept
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fast_finite_check_finds_every_nan_and_inf(dtype):
+    from autodiff_lab.engines.tape import _all_finite, _nonfinite
+    rng = np.random.default_rng(2)
+    for n in (3, 4096, 5000, 12288):
+        a = rng.normal(size=n).astype(dtype)
+        assert not _nonfinite(a) and _all_finite([a])
+        assert not _nonfinite(np.full(n, np.finfo(dtype).max, dtype))  # the sum overflows
+        for bad in (np.nan, np.inf, -np.inf):
+            for i in (0, n // 2, n - 1):
+                b = a.copy()
+                b[i] = bad
+                assert not _all_finite([b]), (n, bad, i)
+                assert not _all_finite([np.repeat(b, 2)[::2]])  # not contiguous
