@@ -59,6 +59,9 @@ from autodiff_lab.graph.optable import FUSIONS, OPS, Fusion, Op
 #: arrays at least this big are checked for NaN/Inf through their sum (one fast pass; a
 #: finite sum proves every element finite) before the exact element-wise check
 _SUM_CHECK_SIZE = 4096
+#: results with fewer elements are not written in place (malloc reuses small blocks well,
+#: and the bookkeeping would cost more than it saves)
+_IN_PLACE_MIN_SIZE = 4096
 #: arrays up to this size are checked element by element in Python (no numpy call)
 _SMALL_CHECK_SIZE = 32
 
@@ -283,7 +286,8 @@ class TapeProgram(Program):
             if isinstance(fn, np.ufunc):
                 roots[node] = frozenset()
                 if fn.nout == 1 and not attrs and not saves and node in death and \
-                        np.dtype(g.node(node)["dtype"]).kind == "f":
+                        np.dtype(g.node(node)["dtype"]).kind == "f" and \
+                        math.prod(g.node(node)["shape"]) >= _IN_PLACE_MIN_SIZE:
                     roots[node] = frozenset({node})
                     eligible.append((k, node))
             else:
@@ -393,11 +397,11 @@ class TapeProgram(Program):
     def _run_arrays(self, values: Mapping[str, Any], seed: Any) -> GradientResult:
         if not self.anomaly:
             return self._run_once(values, seed)[0]
-        # anomaly mode: run unchecked, then one finite-check pass over the value, the outputs
-        # and the gradients; only a non-finite result (or a failure) pays for the per-op
+        # anomaly mode: run unchecked, then one finite-check pass over the value, the
+        # outputs and the gradients; only a non-finite result (or a failure) pays for the per-op
         # diagnosis, which raises NonFiniteError naming the first op that made a NaN/Inf
         try:
-            result, arrays = self._run_once(values, seed)
+            result, _arrays = self._run_once(values, seed)
         except NonFiniteError:
             raise
         except Exception:
@@ -407,7 +411,9 @@ class TapeProgram(Program):
                 raise exc from None
             raise
         others = [a for n, a in result.outputs.items() if n != self.output]  # aux outputs
-        if not _all_finite(arrays.values(), result.value, others, result.grads.values()):
+        # the inputs are not checked: a NaN/Inf in one that reaches the value or a gradient
+        # is found (and named as an input) by the diagnosis; one that reaches neither is not
+        if not _all_finite(result.value, others, result.grads.values()):
             self._diagnose(values)  # raises if a forward op made the NaN/Inf
         return result
 

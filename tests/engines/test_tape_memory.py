@@ -80,13 +80,13 @@ def test_results_written_in_place_match_the_allocating_run():
         h = adl.sin(adl.exp(x) + 1.0) * 2.0 + x
         return adl.sum(adl.tanh(h @ w) * 3.0 + 1.0)
 
-    g = adl.trace(f, x=adl.param((6, 5)), w=adl.param((5, 4)))
+    g = adl.trace(f, x=adl.param((64, 80)), w=adl.param((80, 70)))
     fast = adl.engine("tape", anomaly=False).compile(g)
     plain = adl.engine("tape", anomaly=False, keep_all=True).compile(g)
     assert fast.in_place_bytes > 0 and plain.in_place_bytes == 0
     rng = np.random.default_rng(0)
     for _ in range(3):  # the buffers are reused from call to call
-        values = {"x": rng.normal(size=(6, 5)), "w": rng.normal(size=(5, 4))}
+        values = {"x": rng.normal(size=(64, 80)), "w": rng.normal(size=(80, 70)) / 9}
         got, want = fast(values), plain(values)
         np.testing.assert_allclose(got.value, want.value, rtol=1e-13)
         for k in ("x", "w"):
