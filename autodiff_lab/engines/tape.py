@@ -474,7 +474,7 @@ class TapeProgram(Program):
         the first op that produced a NaN/Inf."""
         g = self.graph
         anomaly = self.anomaly
-        # anomaly mode checks the inputs for NaN/Inf with the results (one pass at the end)
+        # anomaly mode's call checks the results; its diagnosis checks the inputs
         arrays = check_values(g, values, check_finite=anomaly and _check)
         dtype = working_dtype(g, arrays)
         vals: list[Any] = [None] * len(g)
@@ -664,7 +664,7 @@ class TapeState:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     #: the input values (anomaly mode: what a NaN/Inf diagnosis re-runs)
     inputs: Mapping[str, Any] | None = None
-    #: the converted input arrays (anomaly mode may check them with the results)
+    #: the converted input arrays
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
