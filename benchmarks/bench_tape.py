@@ -17,10 +17,18 @@ Environment, identical for every framework (set here before numpy is imported):
 OPENBLAS_CORETYPE=SkylakeX (numpy's OpenBLAS otherwise picks Haswell kernels on this CPU;
 SkylakeX measured 1.6–1.8× faster for matmul), 2 threads everywhere (OMP, OpenBLAS, MKL,
 Numba, torch.set_num_threads). PyTorch and JAX are optional: install them with
-``pip install -r benchmarks/requirements-peers.txt``; a peer that does not import is skipped.
+``pip install -r benchmarks/requirements-peers.txt``; a peer that does not import is reported
+as "not installed" (in the table and in the flat ``records`` of the JSON), and no target is
+decided against it.
 
-"ours" is the compiled tape program with ``anomaly=False`` (the NaN/Inf check is a switch,
-PyTorch does not check either); the anomaly-on time is reported too. "cold" is the first
+Memory: each framework computes 200 float32 DnCNN-lite gradients in a fresh process; the
+table gives the RSS added over the set-up after 10, 100 and 200 calls (the kernels are
+loaded first on a tiny DnCNN and reported apart: Numba's compiled kernels, like PyTorch's
+libraries, are paid once per process) and the growth from call 10 to 200.
+
+"ours" is the compiled tape program with ``anomaly=False`` (PyTorch does not check
+either); the default, anomaly on (the value, outputs and gradients checked for NaN/Inf once
+per call), is reported next to it with its cost in per cent. "cold" is the first
 call of a freshly compiled program in this process (Numba cache warm); "cold start" runs a
 fresh Python process from ``import`` to the first DnCNN gradient; "first-ever compile" does
 the same with an empty Numba cache directory.
@@ -55,6 +63,8 @@ def _early_args() -> argparse.Namespace:
     ap.add_argument("--small-only", action="store_true",
                     help="only the small array graphs (vector neuron, MLP 16-8-16)")
     ap.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process runs")
+    ap.add_argument("--no-memory", action="store_true", help="skip the RSS measurements")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # one RSS run
     ap.add_argument("--keep-freed-memory", action="store_true",
                     help="glibc keeps freed memory (mallopt) -- for every framework in the run; "
                          "see autodiff_lab/kernels/memory.py")
@@ -349,6 +359,76 @@ def cold_start(empty_cache: bool) -> float | None:
 
 
 # --------------------------------------------------------------------------------------
+# memory: the RSS one program adds, each framework in a fresh process
+# --------------------------------------------------------------------------------------
+
+MEMORY_CALLS = (10, 100, 200)
+
+
+def _rss() -> int:
+    """Resident set size of this process now (bytes), from /proc/self/statm."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _dncnn_step(framework: str, ex: Any) -> Callable[[], Any]:
+    """One DnCNN-lite gradient of ``ex`` in ``framework`` (ours: the tape program)."""
+    wrt = list(ex.graph.parameters)
+    if framework in ("ours", "ours_anomaly"):
+        program = adl.engine("tape", anomaly=framework == "ours_anomaly").compile(ex.graph,
+                                                                                 wrt=wrt)
+        return lambda: program(ex.values)
+    peers = dncnn_peers(load_torch() if framework == "torch" else None,
+                        load_jax() if framework == "jax" else None, ex.values)
+    return peers[framework]
+
+
+def memory_child(framework: str) -> dict[str, Any]:
+    """In this (fresh) process: load the framework's kernels on a tiny DnCNN (library cost,
+    reported apart), set up the benchmark's float32 DnCNN-lite (compile / tensors), then
+    record the RSS after 10, 100 and 200 gradients."""
+    lib0 = _rss()
+    _dncnn_step(framework, E.dncnn(batch=1, size=8, batch_norm=False, dtype="float32"))()
+    lib = _rss()
+    step = _dncnn_step(framework, E.dncnn(batch_norm=False, dtype="float32"))
+    setup, setup_peak = _rss(), _maxrss()
+    after: dict[int, int] = {}
+    for i in range(1, MEMORY_CALLS[-1] + 1):
+        step()
+        if i in MEMORY_CALLS:
+            after[i] = _rss()
+    peak = _maxrss()
+    return {"framework": framework, "library_mb": (lib - lib0) / 1e6,
+            "process_before_mb": lib0 / 1e6,
+            **{f"added_after_{i}_mb": (v - setup) / 1e6 for i, v in after.items()},
+            "growth_10_to_200_mb": (after[200] - after[10]) / 1e6,
+            # the high-water mark above the set-up, when the calls raised it
+            "peak_added_mb": (peak - setup) / 1e6 if peak > setup_peak else None}
+
+
+def memory_rows(frameworks: list[str]) -> dict[str, dict[str, Any]]:
+    """:func:`memory_child` for each framework, each in its own process."""
+    out: dict[str, dict[str, Any]] = {}
+    for fw in frameworks:
+        proc = subprocess.run([sys.executable, __file__, "--memory-child", fw,
+                               "--coretype", os.environ.get("OPENBLAS_CORETYPE", "")],
+                              capture_output=True, text=True, timeout=900, env=dict(os.environ))
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            out[fw] = {"framework": fw, "error": proc.stderr.strip().splitlines()[-1:]}
+            continue
+        out[fw] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  memory {fw}: +{out[fw]['added_after_100_mb']:.1f} MB after 100 calls",
+              flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------
 
@@ -408,13 +488,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ex = E.dncnn(batch_norm=False, dtype=dtype)
         bench("dncnn", dtype, ex.graph, ex.values, list(ex.graph.parameters),
               dncnn_peers(torch, jax, ex.values), rounds=3 if quick else 9, inner=1)
+    for dtype in () if args.small_only else ("float64",):
+        ex = E.dncnn(batch_norm=True, dtype=dtype)  # batch norm: fused with the ReLU after it
+        bench("dncnn_bn", dtype, ex.graph, ex.values, list(ex.graph.parameters), {},
+              rounds=3 if quick else 9, inner=1)
+    peers_present = [n for n, m in (("torch", torch), ("jax", jax)) if m is not None]
+    peers_absent = [] if args.no_peers else [n for n in ("torch", "jax") if n not in peers_present]
+    memory: dict[str, Any] = {}
+    if not (args.no_memory or args.small_only) and sys.platform.startswith("linux"):
+        memory = memory_rows(["ours", "ours_anomaly", *peers_present])
     cold = {}
     if not (args.no_cold_start or args.small_only):
         cold = {"cold_start_s": cold_start(empty_cache=False),
                 "first_ever_compile_s": cold_start(empty_cache=True)}
         cold["cold_start_warm_cache_s"] = cold_start(empty_cache=False)
     return {
-        "rows": rows, **cold,
+        "rows": rows, **cold, "memory": memory, "peers_absent": peers_absent,
+        "peers_skipped": bool(args.no_peers),
         "environment": {
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(OpenBLAS default)"),
             "threads": int(THREADS), "python": platform.python_version(),
@@ -450,28 +540,80 @@ def target_verdict(row: dict[str, Any], peer: str | None, ok: Callable[[dict[str
 def _fmt_ms(v: float | None) -> str:
     if v is None:
         return "—"
+    if v >= 1000:
+        return f"{v / 1e3:.3g} s"
     return f"{v * 1e3:.1f} µs" if v < 0.1 else f"{v:.3g} ms"
 
 
 def table(result: dict[str, Any]) -> str:
-    head = (f"{'workload':<13}{'dtype':<8}{'ours':>10}{'cold':>10}{'anomaly':>10}{'torch':>10}"
-            f"{'jax':>10}{'numpy':>10}{'/torch':>8}{'/jax':>7}{'/numpy':>8}{'bwd/fwd':>8}"
-            f"{'peak MB':>9}")
+    head = (f"{'workload':<13}{'dtype':<8}{'ours':>10}{'cold':>10}{'anomaly':>10}{'+%':>7}"
+            f"{'torch':>10}{'jax':>10}{'numpy':>10}{'/torch':>8}{'/jax':>7}{'/numpy':>8}"
+            f"{'bwd/fwd':>8}{'arena MB':>9}")
     lines = [head, "-" * len(head)]
+    absent = result.get("peers_absent", [])
+
+    def peer_ms(r: dict[str, Any], p: str) -> str:
+        if p in absent:
+            return "not inst."
+        return _fmt_ms(r.get(f"{p}_ms"))
+
     for r in result["rows"]:
         def ratio(p: str) -> str:
             v = r.get(f"ours_over_{p}")
-            return f"{v:.2f}" if v is not None else "—"
+            return f"{v:.2f}" if v is not None else ("n/i" if p in absent else "—")
+        cost = 100 * (r["ours_anomaly_ms"] / r["ours_ms"] - 1)
         bf = r["backward_over_forward"]
         bf = None if bf is None or bf != bf else bf  # NaN: no split on the scalar path
         lines.append(
             f"{r['workload']:<13}{r['dtype']:<8}{_fmt_ms(r['ours_ms']):>10}"
-            f"{_fmt_ms(r['ours_cold_ms']):>10}{_fmt_ms(r['ours_anomaly_ms']):>10}"
-            f"{_fmt_ms(r.get('torch_ms')):>10}{_fmt_ms(r.get('jax_ms')):>10}"
+            f"{_fmt_ms(r['ours_cold_ms']):>10}{_fmt_ms(r['ours_anomaly_ms']):>10}{cost:>+7.0f}"
+            f"{peer_ms(r, 'torch'):>10}{peer_ms(r, 'jax'):>10}"
             f"{_fmt_ms(r.get('numpy_ms')):>10}{ratio('torch'):>8}{ratio('jax'):>7}"
             f"{ratio('numpy'):>8}{(f'{bf:.2f}' if bf is not None else '—'):>8}"
             f"{r['memory_bytes'] / 1e6:>9.2f}")
+    if absent:
+        lines.append(f"not installed (no timings, no targets decided against them): "
+                     f"{', '.join(absent)}")
+    lines.append("(+%: anomaly on over anomaly off; arena MB: program.memory_bytes, the planned "
+                 "buffers for one call's values and gradients)")
+    mem = result.get("memory") or {}
+    if mem:
+        lines.append("")
+        lines.append("RSS, DnCNN-lite float32 16×1×40×40, each framework in a fresh process: "
+                     "MB added over the set-up (kernels already loaded by a tiny DnCNN, then "
+                     "compile / tensors)")
+        lines.append(f"{'framework':<14}{'kernels':>9}{'+10 calls':>11}{'+100':>8}{'+200':>8}"
+                     f"{'growth 10→200':>15}{'peak':>8}")
+        for fw, m in mem.items():
+            if "error" in m:
+                lines.append(f"{fw:<14} failed: {m['error']}")
+                continue
+            pk = m["peak_added_mb"]
+            lines.append(f"{fw:<14}{m['library_mb']:>9.1f}{m['added_after_10_mb']:>11.1f}"
+                         f"{m['added_after_100_mb']:>8.1f}{m['added_after_200_mb']:>8.1f}"
+                         f"{m['growth_10_to_200_mb']:>15.1f}"
+                         f"{(f'{pk:.1f}' if pk is not None else '—'):>8}")
+        for peer in absent:
+            lines.append(f"{peer:<14} not installed")
     lines.append("")
+    for r in result["rows"]:
+        cost = r["ours_anomaly_ms"] / r["ours_ms"] - 1
+        lines.append(f"target {r['workload']} {r['dtype']}: anomaly on costs ≤ 5 %: "
+                     f"{100 * cost:+.1f} % {'met' if cost <= 0.05 else 'MISSED'}")
+    if mem.get("ours") and "error" not in mem["ours"]:
+        m = mem["ours"]
+        growth = m["growth_10_to_200_mb"]
+        lines.append(f"target memory: RSS after 200 calls = after 10 (±2 MB): {growth:+.1f} MB "
+                     f"{'met' if abs(growth) <= 2 else 'MISSED'}")
+        t = mem.get("torch")
+        if t is None or "error" in t:
+            lines.append("target memory: RSS added by 100 gradients ≤ torch: not checked: "
+                         "torch " + ("not installed" if "torch" in absent else "did not run"))
+        else:
+            ok = m["added_after_100_mb"] <= t["added_after_100_mb"]
+            lines.append(f"target memory: RSS added by 100 gradients ≤ torch: "
+                         f"{m['added_after_100_mb']:.1f} vs {t['added_after_100_mb']:.1f} MB "
+                         f"{'met' if ok else 'MISSED'}")
     for workload, dtype, text, peer, ok in TARGETS:
         row = next((r for r in result["rows"] if r["workload"] == workload and r["dtype"] == dtype),
                    None)
@@ -498,9 +640,57 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def records(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every measurement as one flat record (workload, framework, metric, value, unit,
+    ratio to ours, note) -- a peer that did not run gets a record saying so, never a
+    missing row."""
+    out: list[dict[str, Any]] = []
+
+    def rec(workload: str, framework: str, metric: str, value: float | None, unit: str,
+            ours: float | None = None, note: str = "") -> None:
+        ratio = None if value is None or not ours else value / ours
+        out.append({"workload": workload, "framework": framework, "metric": metric,
+                    "value": value, "unit": unit, "ratio_to_ours": ratio, "note": note})
+
+    absent = result.get("peers_absent", [])
+    for r in result["rows"]:
+        w = f"{r['workload']} {r['dtype']}"
+        rec(w, "ours", "time per gradient", r["ours_ms"], "ms", r["ours_ms"], "anomaly=False")
+        rec(w, "ours (anomaly on)", "time per gradient", r["ours_anomaly_ms"], "ms",
+            r["ours_ms"], "the default: value, outputs and gradients checked for NaN/Inf")
+        for peer in ("torch", "jax", "numpy"):
+            if f"{peer}_ms" in r:
+                rec(w, peer, "time per gradient", r[f"{peer}_ms"], "ms", r["ours_ms"])
+            elif peer in absent:
+                rec(w, peer, "time per gradient", None, "ms", note="not installed")
+            elif peer != "numpy":
+                rec(w, peer, "time per gradient", None, "ms",
+                    note="not run (--no-peers)" if result.get("peers_skipped") else "no peer")
+    mem = result.get("memory") or {}
+    ours_mem = (mem.get("ours") or {}).get("added_after_100_mb")
+    for fw, m in mem.items():
+        w = "dncnn float32"
+        if "error" in m:
+            rec(w, fw, "RSS added by 100 gradients", None, "MB", note=f"failed: {m['error']}")
+            continue
+        rec(w, fw, "RSS added by 100 gradients", m["added_after_100_mb"], "MB", ours_mem,
+            "over the set-up (compile / tensors), kernels loaded before")
+        rec(w, fw, "RSS growth, call 10 to 200", m["growth_10_to_200_mb"], "MB")
+        rec(w, fw, "RSS of loading the kernels", m["library_mb"], "MB", note="library, once")
+    if mem:
+        for peer in absent:
+            rec("dncnn float32", peer, "RSS added by 100 gradients", None, "MB",
+                note="not installed")
+    return out
+
+
 def main() -> None:
     args = ARGS or _early_args()
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child)))
+        return
     result = run(args)
+    result["records"] = records(result)
     text = table(result)
     print()
     print(text)

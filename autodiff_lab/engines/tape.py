@@ -17,9 +17,9 @@ Two things make it fast without leaving the op table:
   op a ``fused_vjp`` (convolution, batch norm), backward calls it once for all the wanted
   inputs instead of one rule per input, and a ``forward_saving`` forward hands it what it
   would otherwise compute again (batch norm's statistics, kept with the step until its
-  backward has run). With ``anomaly`` and ``keep_all`` off, the op table's fusions run
-  as one step (ReLU after batch norm: one pass forward and one backward, and the
-  normalised values are never stored);
+  backward has run). With ``keep_all`` off, the op table's fusions run as one step
+  (ReLU after batch norm: one pass forward and one backward, and the normalised values
+  are never stored);
 * a graph made only of scalars whose ops have a ``scalar`` form in the op table (the
   sigmoid neuron, the scalar chain) is compiled once into straight-line Python on floats:
   no arrays, no per-op dispatch -- a few microseconds per gradient.
@@ -27,9 +27,11 @@ Two things make it fast without leaving the op table:
 
 from __future__ import annotations
 
+import cmath
 import contextlib
 import gc
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +60,11 @@ from autodiff_lab.graph.optable import FUSIONS, OPS, Fusion, Op
 #: arrays at least this big are checked for NaN/Inf through their sum (one fast pass; a
 #: finite sum proves every element finite) before the exact element-wise check
 _SUM_CHECK_SIZE = 4096
+#: results with fewer elements are not written in place (malloc reuses small blocks well,
+#: and the bookkeeping would cost more than it saves)
+_IN_PLACE_MIN_SIZE = 4096
+#: arrays up to this size are checked element by element in Python (no numpy call)
+_SMALL_CHECK_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -102,13 +109,52 @@ def _fused_op(fusion: Fusion) -> Op:
     return _FUSED_OPS[key]
 
 
+_ONES: dict[np.dtype, np.ndarray] = {}
+_ROW = 4096
+
+
+def _finite_sum(a: np.ndarray) -> bool:
+    """Whether the sum of ``a`` is finite (then every element is), for big ``a``: a
+    contiguous real array as rows of 4096 times a vector of ones (one BLAS pass, 1.2-3x
+    faster than numpy's sum), anything else through ``a.sum()``."""
+    n = a.size // _ROW * _ROW
+    if a.dtype.kind == "f" and a.flags.c_contiguous and a.dtype.isnative:
+        ones = _ONES.get(a.dtype)
+        if ones is None:
+            ones = _ONES[a.dtype] = np.ones(_ROW, a.dtype)
+        flat = a.reshape(-1)
+        with np.errstate(all="ignore"):
+            total = float((flat[:n].reshape(-1, _ROW) @ ones).sum()) + float(flat[n:].sum())
+        return math.isfinite(total)
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(a.sum()))
+
+
 def _nonfinite(a: np.ndarray) -> bool:
     """Whether ``a`` holds a NaN or an Inf (floats and complex only)."""
     if a.dtype.kind not in "fc":
         return False
-    if a.size >= _SUM_CHECK_SIZE and np.isfinite(a.sum()):
+    if a.size >= _SUM_CHECK_SIZE and _finite_sum(a):
         return False
     return not bool(np.isfinite(a).all())
+
+
+def _all_finite(*groups: Any) -> bool:
+    """Whether every float/complex array in ``groups`` (arrays or iterables of arrays) is
+    free of NaN and Inf: one pass over each (its sum when big, exact otherwise)."""
+    for group in groups:
+        for a in (group,) if isinstance(group, np.ndarray) else group:
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            if a.dtype.kind not in "fc":
+                continue
+            if a.size <= _SMALL_CHECK_SIZE:  # Python's checks beat a numpy call here
+                isfinite = math.isfinite if a.dtype.kind == "f" else cmath.isfinite
+                if not all(map(isfinite, a.ravel().tolist())):
+                    return False
+            elif _nonfinite(a):
+                return False
+    return True
 
 
 def _stand_in(a: np.ndarray) -> np.ndarray:
@@ -125,11 +171,12 @@ class TapeProgram(Program):
     """A compiled reverse-mode program (see the module docstring).
 
     Attributes worth reading: ``steps`` (the tape), ``backward_steps``, ``kept`` (node ids
-    whose values the forward keeps for the backward), ``memory_bytes`` (peak bytes of
-    intermediate values and gradients held during a call, for the graph's dtype; the
-    caller's input arrays are not counted) and ``memory_bytes_keep_all`` (the same if every
-    value were kept, as a naive tape does), ``scalar_fast_path`` (whether calls run as
-    generated straight-line Python).
+    whose values the forward keeps for the backward), ``memory_bytes`` (the size of the
+    buffer arena planned at compile time for one call's intermediate values and gradients,
+    for the graph's dtype: each buffer reused once its value's last reader is done; what it
+    leaves out is listed in :meth:`buffer_plan`) and ``memory_bytes_keep_all`` (the same if
+    every value were kept, as a naive tape does), ``scalar_fast_path`` (whether calls run
+    as generated straight-line Python).
     """
 
     def __init__(self, graph: Graph, wrt: list[str], output: str, *, anomaly: bool,
@@ -153,7 +200,11 @@ class TapeProgram(Program):
                  tuple(u in depends for u in graph.operands(v)))
             for v in graph.order if graph.node(v)["role"] == "op" and v in reaches
         ]
-        if not (keep_all or anomaly):  # both need every op's own value
+        # the per-op NaN/Inf diagnosis (anomaly mode, only after a non-finite result) runs
+        # these unfused steps; the normal pass fuses unless every op's value is kept
+        self._unfused_steps = self.steps
+        self._diagnosis: list[tuple[Any, ...]] | None = None
+        if not keep_all:  # keep_all returns every op's own value
             self.steps = _fuse(self.steps, {out_node, *graph.outputs.values()})
         self.backward_steps = [s for s in reversed(self.steps) if any(s.needs_grad)
                                and s.node in to_output]
@@ -217,46 +268,119 @@ class TapeProgram(Program):
             for k, s in enumerate(self.backward_steps)
         ]
         self._wanted = wanted
+        self._plan_in_place(free_after)
         dtypes = {np.dtype(g.node(v)["dtype"]) for v in g.inputs.values()
                   if np.dtype(g.node(v)["dtype"]).kind == "f"}
         itemsize = max((d.itemsize for d in dtypes), default=8)
         self.memory_bytes = self.memory_report(itemsize)
         self.memory_bytes_keep_all = self.memory_report(itemsize, keep_all=True)
 
+    def _plan_in_place(self, free_after: list[list[int]]) -> None:
+        """Plan the buffers the run loop writes into with ``out=``: the result of an op whose
+        forward is a numpy ufunc (add, mul, exp, matmul...) when it dies during the forward
+        pass (no backward rule reads it, it is no output) and so does every value that may
+        be a view of it (an op that is not a ufunc may return a view of its argument). Such
+        results never leave the call, so the next call can overwrite them; a buffer goes to
+        the next such result of its size once its value's last reader has run."""
+        g = self.graph
+        death: dict[int, int] = {u: k for k, us in enumerate(free_after) for u in us}
+        roots: dict[int, frozenset[int]] = {}  # buffers a value may view
+        eligible: list[tuple[int, int]] = []
+        for k, (fn, args, node, attrs, _frees, saves) in enumerate(self._forward):
+            if isinstance(fn, np.ufunc):
+                roots[node] = frozenset()
+                if fn.nout == 1 and not attrs and not saves and node in death and \
+                        np.dtype(g.node(node)["dtype"]).kind == "f" and \
+                        math.prod(g.node(node)["shape"]) >= _IN_PLACE_MIN_SIZE:
+                    roots[node] = frozenset({node})
+                    eligible.append((k, node))
+            else:
+                roots[node] = frozenset().union(*(roots.get(u, frozenset()) for u in args))
+        last = {c: death[c] for _k, c in eligible}
+        for v, rs in roots.items():
+            for c in rs:
+                last[c] = max(last[c], death.get(v, len(self._forward)))
+        slots: dict[int, tuple[int, int]] = {}  # node -> (offset, elements) in the arena
+        free: dict[int, list[int]] = {}
+        ends: dict[int, list[int]] = {}
+        top = 0
+        by_step = dict(eligible)
+        for k in range(len(self._forward)):
+            c = by_step.get(k)
+            if c is not None and last[c] < len(self._forward):
+                n = int(math.prod(g.node(c)["shape"]))
+                spare = free.get(n)
+                offset = spare.pop() if spare else top
+                if offset == top:
+                    top += n
+                slots[c] = (offset, n)
+                ends.setdefault(last[c], []).append(c)
+            for c in ends.pop(k, []):
+                free.setdefault(slots[c][1], []).append(slots[c][0])
+        self._in_place_slots = slots
+        self._in_place_elements = top
+        self._arenas: dict[np.dtype, dict[int, np.ndarray]] = {}
+        self._arena_lock = threading.Lock()
+
+    @property
+    def in_place_bytes(self) -> int:
+        """Bytes of the arena the run loop really writes into (see :meth:`_plan_in_place`),
+        for the graph's dtype; the other values and gradients come from their kernels."""
+        g = self.graph
+        dtypes = [np.dtype(g.node(v)["dtype"]) for v in self._in_place_slots]
+        return self._in_place_elements * max((d.itemsize for d in dtypes), default=0)
+
+    def _arena(self, dtype: np.dtype) -> dict[int, np.ndarray]:
+        """The in-place buffers as views of one array of ``dtype``, made on first use."""
+        views = self._arenas.get(dtype)
+        if views is None:
+            flat = np.empty(self._in_place_elements, dtype)
+            views = {c: flat[o:o + n].reshape(self.graph.node(c)["shape"])
+                     for c, (o, n) in self._in_place_slots.items()}
+            self._arenas[dtype] = views
+        return views
+
     def memory_report(self, itemsize: int = 8, keep_all: bool | None = None) -> int:
-        """Peak bytes of intermediate values plus gradients one call holds, simulated on the
-        tape with shapes (``itemsize`` 8 for float64, 4 for float32)."""
+        """Bytes of the buffer arena a call needs for its intermediate values and gradients,
+        planned on the tape with shapes (``itemsize`` 8 for float64, 4 for float32): see
+        :meth:`buffer_plan`."""
+        return self.buffer_plan(itemsize, keep_all).arena_bytes
+
+    def buffer_plan(self, itemsize: int = 8, keep_all: bool | None = None) -> BufferPlan:
+        """Assign every intermediate value and gradient of one call to a buffer, in tape
+        order, reusing a buffer of the same size as soon as the value or gradient in it has
+        had its last reader (the freeing plan of :meth:`_plan`). Counted: every op's value
+        (the output and auxiliary outputs too) and every gradient (the returned ones too),
+        each living until the step after which the run loop lets it go. Not counted: the
+        caller's input arrays and the constants; a rule's contribution before it is added
+        into a gradient that fans in; scratch inside a kernel (the convolution's patch
+        blocks, BLAS workspace); allocator slack and the kernels' recycling pool
+        (:mod:`autodiff_lab.kernels.memory`)."""
         keep_all = self.keep_all if keep_all is None else keep_all
         g = self.graph
-        size = {s.node: _nbytes(g.node(s.node)["shape"], itemsize) for s in self.steps}
-        for v in g.order:
-            size.setdefault(v, _nbytes(g.node(v)["shape"], itemsize))
-        live = peak = 0
+        size = {v: _nbytes(g.node(v)["shape"], itemsize) for v in g.order}
+        alloc = _Allocator()
         for (_fn, _args, node, _attrs, frees, _saves) in self._forward:
-            live += size[node]
-            peak = max(peak, live)
+            alloc.take(("v", node), size[node])
             if not keep_all:
-                live -= sum(size[u] for u, _ in frees)
+                for u, _ in frees:
+                    alloc.give(("v", u))
         grads: set[int] = {self.out_node}
-        live += size[self.out_node]
-        peak = max(peak, live)
-        for (node, _args, _attrs, rules, drops, fused) in self._backward:
+        alloc.take(("g", self.out_node), size[self.out_node])
+        for (node, _args, _attrs, rules, drops, _fused) in self._backward:
             if node not in grads:
                 continue
-            if fused is not None:  # every contribution exists before any is accumulated
-                live += sum(size[u] for _i, _rule, u in rules)
-                peak = max(peak, live)
             for _i, _rule, u in rules:
-                if fused is None:
-                    live += size[u]  # a new contribution (accumulated into a buffer after)
-                    peak = max(peak, live)
-                if u in grads:
-                    live -= size[u]
-                grads.add(u)
+                if u not in grads:
+                    grads.add(u)
+                    alloc.take(("g", u), size[u])
             if not keep_all:
-                live -= size[node] if node not in self._wanted else 0
-                live -= sum(size[u] for u, _ in drops)
-        return peak
+                if node not in self._wanted:
+                    alloc.give(("g", node))
+                for u, _ in drops:
+                    alloc.give(("v", u))
+        return BufferPlan(slots=dict(alloc.slot), buffer_bytes=list(alloc.buffers),
+                          peak_live_bytes=alloc.peak, total_bytes=alloc.total)
 
     # --- running ---------------------------------------------------------------------------
     @property
@@ -288,18 +412,87 @@ class TapeProgram(Program):
         return self._run_arrays(values, seed)
 
     def _run_arrays(self, values: Mapping[str, Any], seed: Any) -> GradientResult:
-        state = self.forward(values)
+        if not self.anomaly:
+            return self._run_once(values, seed)[0]
+        # anomaly mode: run unchecked, then one finite-check pass over the value, the
+        # outputs and the gradients; only a non-finite result (or a failure) pays for the per-op
+        # diagnosis, which raises NonFiniteError naming the first op that made a NaN/Inf
+        try:
+            result, _arrays = self._run_once(values, seed)
+        except NonFiniteError:
+            raise
+        except Exception:
+            try:
+                self._diagnose(values)  # a NaN upstream may be what made an op fail
+            except NonFiniteError as exc:
+                raise exc from None
+            raise
+        others = [a for n, a in result.outputs.items() if n != self.output]  # aux outputs
+        # the inputs are not checked: a NaN/Inf in one that reaches the value or a gradient
+        # is found (and named as an input) by the diagnosis; one that reaches neither is not
+        if not _all_finite(result.value, others, result.grads.values()):
+            self._diagnose(values)  # raises if a forward op made the NaN/Inf
+        return result
+
+    def _diagnose(self, values: Mapping[str, Any]) -> None:
+        """Re-run the forward pass, unfused, checking every op's result for NaN/Inf: raise
+        :class:`NonFiniteError` naming the first op that produced one; return if none did
+        (the non-finite number came from a backward rule, or from nowhere)."""
+        g = self.graph
+        if self._diagnosis is None:
+            steps = self._unfused_steps
+            last_read: dict[int, int] = {}
+            for k, s in enumerate(steps):
+                for u in s.args:
+                    last_read[u] = k
+            is_op = {s.node for s in steps}
+            frees: list[list[int]] = [[] for _ in steps]
+            for u, k in last_read.items():
+                if u in is_op:
+                    frees[k].append(u)
+            self._diagnosis = [(s.op.forward, s.args, s.node, s.attrs, tuple(frees[k]))
+                               for k, s in enumerate(steps)]
+        arrays = check_values(g, values, check_finite=True)
+        dtype = working_dtype(g, arrays)
+        vals: list[Any] = [None] * len(g)
+        for v, d in self._leaves:
+            vals[v] = constant_value(g, v, dtype) if d["role"] == "constant" \
+                else arrays[d["name"]]
+        node = -1
+        try:
+            with np.errstate(all="ignore"):
+                for fn, args, node, attrs, frees_k in self._diagnosis:
+                    xs = [vals[u] for u in args]
+                    out = np.asarray(fn(*xs, **attrs))
+                    if _nonfinite(out):
+                        raise NonFiniteError(nonfinite_message(g, node, xs, out))
+                    vals[node] = out
+                    for u in frees_k:
+                        vals[u] = None
+        except NonFiniteError:
+            raise
+        except Exception:  # not a NaN/Inf: the caller reports its own failure
+            return
+
+    def _run_once(self, values: Mapping[str, Any], seed: Any
+                  ) -> tuple[GradientResult, dict[str, np.ndarray]]:
+        """One call without the NaN/Inf checks; also the converted input arrays."""
+        state = self.forward(values, _check=False)
         node_values = {v: a for v, a in enumerate(state.vals) if a is not None} \
             if self.keep_all else None
         grads, node_grads = self._backward_pass(state, seed, retain=False)
         return GradientResult(value=state.value, grads=grads, engine="tape", output=self.output,
                               node_values=node_values, node_grads=node_grads,
-                              outputs=state.outputs)
+                              outputs=state.outputs), state.arrays
 
-    def forward(self, values: Mapping[str, Any]) -> TapeState:
-        """Run the forward pass only; the state holds what :meth:`backward` needs."""
+    def forward(self, values: Mapping[str, Any], _check: bool = True) -> TapeState:
+        """Run the forward pass only; the state holds what :meth:`backward` needs. With
+        ``anomaly`` on, a non-finite output value raises :class:`NonFiniteError` naming
+        the first op that produced a NaN/Inf."""
         g = self.graph
-        arrays = check_values(g, values, check_finite=self.anomaly)
+        anomaly = self.anomaly
+        # anomaly mode's call checks the results; its diagnosis checks the inputs
+        arrays = check_values(g, values, check_finite=anomaly and _check)
         dtype = working_dtype(g, arrays)
         vals: list[Any] = [None] * len(g)
         saved: dict[int, Any] = {}
@@ -308,27 +501,45 @@ class TapeProgram(Program):
                 vals[v] = constant_value(g, v, dtype)
             else:
                 vals[v] = arrays[d["name"]]
-        anomaly = self.anomaly
+        # a program run from two threads at once: the second one allocates as usual
+        arena = None
+        if self._in_place_slots and self._arena_lock.acquire(blocking=False):
+            arena = self._arena(dtype)
         # with anomaly checks on, our error names the op: numpy's warnings would be noise
         node = -1
         try:
             with np.errstate(all="ignore") if anomaly else contextlib.nullcontext():
                 for fn, args, node, attrs, frees, saves in self._forward:
                     xs = [vals[u] for u in args]
-                    out = fn(*xs, **attrs)
+                    buf = None if arena is None else arena.get(node)
+                    if buf is not None and all(type(x) is np.ndarray and x.dtype == dtype
+                                               for x in xs):
+                        out = fn(*xs, out=buf)
+                    else:
+                        out = fn(*xs, **attrs)
                     if saves:
                         out, saved[node] = out
                     if type(out) is not np.ndarray:
                         out = np.asarray(out)
-                    if anomaly and _nonfinite(out):
-                        raise NonFiniteError(nonfinite_message(g, node, xs, out))
                     vals[node] = out
                     for u, stand_in in frees:
                         vals[u] = _stand_in(vals[u]) if stand_in else None
         except InputError as exc:  # a forward refused the values (labels): name the node
+            if anomaly:
+                try:
+                    self._diagnose(values)
+                except NonFiniteError as nf:
+                    raise nf from None
             raise with_node(exc, g.describe(node)) from None
-        return TapeState(vals, dtype, vals[self.out_node], saved,
-                         outputs={n: vals[v] for n, v in self._output_nodes.items()})
+        finally:
+            if arena is not None:
+                self._arena_lock.release()
+        outputs = {n: vals[v] for n, v in self._output_nodes.items()}
+        if anomaly and _check and not _all_finite(vals[self.out_node], outputs.values()):
+            self._diagnose(values)
+        return TapeState(vals, dtype, vals[self.out_node], saved, outputs=outputs,
+                         inputs=values if anomaly else None,
+                         arrays=arrays)
 
     def backward(self, state: TapeState, seed: Any = None, retain: bool = False
                  ) -> dict[str, np.ndarray]:
@@ -339,6 +550,8 @@ class TapeProgram(Program):
             raise InputError("this forward state was consumed by a backward pass without "
                              "retain=True; run forward again")
         grads, _ = self._backward_pass(state, seed, retain=retain)
+        if self.anomaly and state.inputs is not None and not _all_finite(grads.values()):
+            self._diagnose(state.inputs)
         return grads
 
     def _backward_pass(self, state: TapeState, seed: Any, retain: bool
@@ -405,6 +618,55 @@ class TapeProgram(Program):
 
 
 @dataclass
+class BufferPlan:
+    """Where one call's intermediate values and gradients live (:meth:`TapeProgram.buffer_plan`):
+    ``slots`` maps ``("v", node)`` (a value) or ``("g", node)`` (a gradient) to a buffer
+    index, ``buffer_bytes`` gives each buffer's size."""
+
+    slots: dict[tuple[str, int], int]
+    buffer_bytes: list[int]
+    #: the most bytes of values and gradients alive at one time (a lower bound of any plan)
+    peak_live_bytes: int
+    #: every value and gradient with a buffer of its own (what a plan without reuse needs)
+    total_bytes: int
+
+    @property
+    def arena_bytes(self) -> int:
+        """The arena's size: the sum of the buffers."""
+        return sum(self.buffer_bytes)
+
+
+class _Allocator:
+    """Buffers handed out in tape order: a released buffer goes to the next value or
+    gradient of exactly its size (shapes repeat layer after layer in a network)."""
+
+    def __init__(self) -> None:
+        self.buffers: list[int] = []
+        self.slot: dict[tuple[str, int], int] = {}
+        self.free: dict[int, list[int]] = {}
+        self.live = self.peak = self.total = 0
+
+    def take(self, key: tuple[str, int], nbytes: int) -> None:
+        spare = self.free.get(nbytes)
+        if spare:
+            self.slot[key] = spare.pop()
+        else:
+            self.slot[key] = len(self.buffers)
+            self.buffers.append(nbytes)
+        self.live += nbytes
+        self.total += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def give(self, key: tuple[str, int]) -> None:
+        b = self.slot.get(key)
+        if b is None:
+            return
+        nbytes = self.buffers[b]
+        self.free.setdefault(nbytes, []).append(b)
+        self.live -= nbytes
+
+
+@dataclass
 class TapeState:
     """What a forward pass leaves for the backward pass: the kept values (by node id), the
     run's dtype, the output value and what saving forwards kept for their fused rules (by
@@ -417,6 +679,10 @@ class TapeState:
     used: bool = False
     #: the value of every named output (auxiliary outputs included)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the input values (anomaly mode: what a NaN/Inf diagnosis re-runs)
+    inputs: Mapping[str, Any] | None = None
+    #: the converted input arrays
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _ScalarCodegen:
@@ -530,8 +796,11 @@ def _plain_float(v: Any) -> float:
 
 
 class TapeEngine(Engine):
-    """Reverse-mode AD. ``anomaly=True`` (the default) checks every forward value for
-    NaN/Inf and names the first op that made one (``False`` skips the checks for speed);
+    """Reverse-mode AD. ``anomaly=True`` (the default) checks the inputs, the value, the
+    outputs and the gradients of each call for NaN/Inf and, if one is not finite, runs the
+    forward pass again checking every op, to name the first op that made one (an
+    intermediate NaN/Inf that reaches neither the value nor a gradient is not reported;
+    ``False`` skips the checks);
     ``keep_all=True`` keeps and returns every node's value and gradient (for drawing);
     ``generate=False`` runs small array graphs on the general loop too instead of their
     generated function (:mod:`autodiff_lab.engines.tape_codegen`; same numbers, slower)."""

@@ -615,8 +615,11 @@ def _relu(x: np.ndarray) -> np.ndarray:
 
 
 def _relu_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray) -> np.ndarray:
-    fast = K.relu_backward(g, x)
-    return fast if fast is not None else g * _relu_grad(x)
+    # read from the result: relu(x) > 0 exactly where x > 0, and is NaN where x is, so the
+    # tape keeps relu's result (the next layer's input, kept anyway) and not its argument
+    y = x if ans is None else ans  # callers without the result pass None
+    fast = K.relu_backward(g, y)
+    return fast if fast is not None else g * _relu_grad(y)
 
 
 def _nan_where_nan(step: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -687,7 +690,7 @@ _unary("sigmoid", _sigmoid, lambda g, ans, x: g * ans * (1 - ans),
        decompose=lambda F, x: F.reciprocal(F.exp(F.neg(x)) + 1),
        doc="σ(x) = 1 / (1 + e⁻ˣ);  dσ/dx = σ(1 − σ)",
        matrix=lambda M, g, ans, x: g * ans * (1 - ans))
-_unary("relu", _relu, _relu_vjp, _sp_relu, "relu",
+_unary("relu", _relu, _relu_vjp, _sp_relu, "relu", uses=frozenset({"ans"}),
        kink=_at_zero, kink_convention="negative",
        doc="max(0, x);  relu'(x) = 1 for x > 0, else 0 (relu'(0) = 0)",
        matrix=lambda M, g, ans, x: g * M.step(x))

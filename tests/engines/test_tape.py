@@ -371,3 +371,53 @@ def test_large_arrays_are_checked_exactly():
     x[1234] = -1.0
     with pytest.raises(NonFiniteError, match=r"\(1234,\)"):
         tape_grads(g, {"x": x})
+
+
+def test_anomaly_mode_checks_results_and_runs_the_per_op_diagnosis_only_on_failure(monkeypatch):
+    g = adl.trace(lambda x: adl.sum(adl.exp(x) * 2.0), x=(3,))
+    program = TAPE.compile(g)
+    calls = []
+    original = type(program)._diagnose
+    monkeypatch.setattr(type(program), "_diagnose",
+                        lambda self, values: calls.append(1) or original(self, values))
+    program({"x": np.zeros(3)})
+    assert calls == []  # finite: one check of the value and the gradients, no re-run
+    with pytest.raises(NonFiniteError, match=r"'exp'.*produced Inf"):
+        program({"x": np.array([0.0, 1000.0, 0.0])})
+    assert calls == [1]
+
+
+def test_anomaly_names_an_intermediate_inf_that_the_gradient_carries():
+    # exp overflows, 1/inf = 0 hides it from the value; the gradient -exp/exp² is NaN
+    g = adl.trace(lambda x: adl.sum(1.0 / adl.exp(x)), x=(2,))
+    r = adl.engine("tape", anomaly=False).compile(g)({"x": np.array([0.0, 1000.0])})
+    assert np.isfinite(r.value) and not np.isfinite(r.grads["x"]).all()
+    with pytest.raises(NonFiniteError, match="'exp'"):
+        tape_grads(g, {"x": np.array([0.0, 1000.0])})
+
+
+def test_anomaly_does_not_report_an_inf_that_vanishes_from_value_and_gradients():
+    # documented: only NaN/Inf reaching the value, an output or a gradient is reported (as
+    # with checking the results in PyTorch); this Inf is on no gradient's path
+    g = adl.trace(lambda x, c: adl.sum(x) + adl.sum(adl.minimum(adl.exp(c), 1.0)),
+                  x=adl.param((2,)), c=(2,))
+    r = TAPE.compile(g, wrt=["x"])({"x": np.ones(2), "c": np.array([0.0, 1000.0])})
+    assert r.value == 4.0
+    np.testing.assert_array_equal(r.grads["x"], [1.0, 1.0])
+
+
+def test_anomaly_leaves_an_infinite_gradient_of_a_finite_forward_alone():
+    g = adl.trace(lambda x: adl.sum(adl.sqrt(x)), x=(2,))
+    r = TAPE.compile(g)({"x": np.array([0.0, 4.0])})  # d√x/dx at 0 is +Inf, as before
+    assert r.grads["x"][0] == np.inf and r.grads["x"][1] == 0.25
+
+
+def test_anomaly_on_forward_and_backward_separately():
+    g = adl.trace(lambda x: adl.sum(1.0 / adl.exp(x)), x=(2,))
+    program = TAPE.compile(g)
+    state = program.forward({"x": np.array([0.0, 1000.0])})  # the value is finite
+    with pytest.raises(NonFiniteError, match="'exp'"):
+        program.backward(state)
+    logs = TAPE.compile(adl.trace(lambda x: adl.sum(adl.log(x)), x=(2,)))
+    with pytest.raises(NonFiniteError, match="'log'"):  # a NaN value: forward says so
+        logs.forward({"x": np.array([-1.0, 1.0])})
