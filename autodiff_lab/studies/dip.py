@@ -21,8 +21,9 @@ as the net starts reproducing the noise too. Stopping early (at the peak) denois
 The best step is chosen with the clean image (an oracle stopping time, as the paper's
 curves show it); the final PSNR is what running on without that oracle gives.
 
-From the shell: ``python -m autodiff_lab.studies.dip --quick`` (or, once registered,
-``autodiff-lab train dip``); ``add_arguments`` / ``main`` are the command-line layer.
+From the shell: ``autodiff-lab train dip`` (:mod:`autodiff_lab.studies.dip_train`, the
+shared options of the case studies) or ``python -m autodiff_lab.studies.dip`` (every setting
+of the network; ``add_arguments`` / ``main`` are its command-line layer).
 """
 
 from __future__ import annotations
@@ -528,9 +529,9 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
         top.append(("DnCNN", dncnn, metrics["dncnn_psnr"]))
     top.append((f"DIP, step {metrics['best_step']}", best, metrics["best_psnr"]))
     if ema is not None:
-        top.append(("moving avg.", ema, metrics["ema_final_psnr"]))
+        top.append(("avg., end", ema, metrics["ema_final_psnr"]))
     bottom = [(f"step {s}", img, float(psnr(img, clean))) for s, img in sorted(snapshots.items())]
-    bottom.append((f"step {metrics['steps']} (final)", final, metrics["final_psnr"]))
+    bottom.append((f"step {metrics['steps']} (end)", final, metrics["final_psnr"]))
     ncols = max(len(top), len(bottom))
     rows, captions = [], []
     for row in (top, bottom):
@@ -538,6 +539,7 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
         rows.append(cells)
         captions.append([f"{label}\n{p:.2f} dB" if p is not None else label
                          for label, _, p in row] + [""] * (ncols - len(row)))
+    # captions of at most about 15 characters a line: six columns at slide size stay apart
     figures.image_panel(rows, out_dir / "dip_panel", captions=captions,
                         row_titles=["references", "f(z) during the fit"])
     # every image of the panel, to draw it again without running
@@ -585,6 +587,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--quick", action="store_true",
         help="a few seconds: 64×64 crop, depth 3, width 8, 40 steps")
     add("--quiet", action="store_true", help="no progress lines")
+    add("--force", action="store_true", help="overwrite the run in --out (by default a folder that "
+                                             "holds a run is kept and DIR-YYYYmmdd-HHMMSS is used)")
 
 
 def config_from_args(args: argparse.Namespace) -> DIPConfig:
@@ -626,9 +630,24 @@ def summary(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def free_folder(config: DIPConfig, force: bool = False) -> DIPConfig:
+    """Point ``config.out`` at a folder that holds no run, by the studies' rule: a folder
+    holding one is kept and the run goes to ``DIR-YYYYmmdd-HHMMSS`` beside it (a note on
+    standard error), unless ``force``."""
+    import sys
+
+    from autodiff_lab.studies.common import StudyOptions, prepare_run_folder
+    folder = prepare_run_folder("dip", StudyOptions(out=Path(config.out), force=force))
+    if folder.note:
+        print(f"note: {folder.note}", file=sys.stderr)
+    config.out = str(folder.path)
+    return config
+
+
 def main(args: argparse.Namespace) -> int:
-    """``autodiff-lab train dip``: run with the parsed options and print the summary."""
-    metrics = run(config_from_args(args))
+    """``python -m autodiff_lab.studies.dip``: run with the parsed options (into a free run
+    folder, see :func:`free_folder`) and print the summary."""
+    metrics = run(free_folder(config_from_args(args), getattr(args, "force", False)))
     print(summary(metrics))
     return 0
 
@@ -643,6 +662,8 @@ def _cli(argv: Sequence[str] | None = None) -> int:
         return main(args)
     except AutodiffError as exc:
         parser.exit(2, f"error: {exc}\n")
+    except KeyboardInterrupt as exc:  # the steps done are written (TrainingInterrupted)
+        parser.exit(130, f"{exc.args[0] if exc.args else 'interrupted'}\n")
     return 1
 
 
