@@ -51,8 +51,9 @@ TARGET_MARGIN_DB = 1.5
 class DIPConfig:
     """One Deep Image Prior run. Defaults: the 256×256 centre crop of ``camera``, σ = 25/255,
     a depth-4 U-Net with 8, 16, 32, 32 channels per level and a 32-channel bottleneck,
-    4-channel skip connections, stride-2 convolutions down and bilinear up-sampling, an
-    8-channel code, Adam at lr 0.01."""
+    4-channel skip connections, stride-2 convolutions down and bilinear up-sampling, a
+    32-channel code with fresh noise of std 1/30 added at every step, Adam at lr 0.01, a
+    moving average (0.99) of the outputs (docs/dip.md has the search behind them)."""
 
     #: a name of ``data.load_gray_images``, an image file (grey or RGB), or an array
     image: Any = "camera"
@@ -67,13 +68,15 @@ class DIPConfig:
     width: int | tuple[int, ...] | None = None
     growth: int = 1                #: channel factor per level when width is one int
     skip_channels: int | None = 4  #: channels of each skip connection (None: all, the paper: 4)
-    code_channels: int = 8         #: channels of the random code z (the paper: 32)
+    code_channels: int = 32        #: channels of the random code z (as the paper)
     code_scale: float = 0.1        #: z ~ U(0, code_scale), as the paper draws it
-    input_noise: float = 0.0       #: std of fresh noise added to z at every step (paper: 1/30)
+    #: std of fresh noise added to z at every step (as the paper: 1/30; 0 = off); the curve
+    #: then also records f(z) without it
+    input_noise: float = 1 / 30
     down: str = "conv"             #: "conv" (stride 2) or "maxpool"
     up: str = "bilinear"           #: "bilinear", "nearest" or "transpose"
     activation: str = "leaky_relu"
-    ema: float = 0.0               #: exponential moving average of the outputs (paper: 0.99); 0 = off
+    ema: float = 0.99              #: exponential moving average of the outputs (as the paper); 0 = off
     snapshots: tuple[int, ...] = ()  #: steps whose f(z) the panel shows (() = spread over the run)
     seed: int = 0                  #: seeds the noise, the code z and the weights
     dncnn: str | None = None       #: a trained DnCNN (nn.save file) to compare with
@@ -86,7 +89,7 @@ class DIPConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DIPConfig:
         """A run of a few seconds (64×64 crop, small net, 40 steps) that exercises everything."""
-        base = dict(crop=64, steps=40, every=5, depth=3, width=8, code_channels=8,
+        base = dict(crop=64, steps=40, every=5, depth=3, width=8, code_channels=8, ema=0.9,
                     out="runs/dip-quick", progress=False)
         base.update(overrides)
         return cls(**base)
@@ -373,6 +376,9 @@ def run(config: DIPConfig) -> dict[str, Any]:
                                      "loss": []}
     if config.ema:
         curve["psnr_ema"] = []
+    if config.input_noise:
+        curve["psnr_code"] = []
+    code_best: tuple[float, int, np.ndarray | None] = (-np.inf, 0, None)
     snapshots: dict[int, np.ndarray] = {}
     best_psnr, best_step, best_img = -np.inf, 0, None
     ema_img = None
@@ -408,6 +414,14 @@ def run(config: DIPConfig) -> dict[str, Any]:
                 curve["loss"].append(float(result.loss))
                 if config.ema:
                     curve["psnr_ema"].append(round(float(psnr(ema_img, clean)), 4))
+                if config.input_noise:
+                    # the output for the code itself, without the step's input noise (like
+                    # a network with dropout evaluated without it): one forward pass
+                    f_code = np.asarray(model(z), dtype=np.float64)[0]
+                    p_code = float(psnr(f_code, clean))
+                    curve["psnr_code"].append(round(p_code, 4))
+                    if p_code > code_best[0]:
+                        code_best = (p_code, t, f_code)
             if config.progress and (t % max(1, config.steps // 10) == 0 or t == 1):
                 print(f"step {t:>6}/{config.steps}  PSNR {p_clean:6.2f} dB (best {best_psnr:.2f} "
                       f"at {best_step})  vs noisy {curve['psnr_noisy'][-1]:6.2f} dB  "
@@ -424,6 +438,9 @@ def run(config: DIPConfig) -> dict[str, Any]:
             del v[n:]
         if not curve["step"] or curve["step"][-1] != done:
             _record_last(curve, done, time.perf_counter() - loop_start, pred, clean, noisy, ema_img)
+            if "psnr_code" in curve:
+                curve["psnr_code"].append(round(float(psnr(
+                    np.asarray(model(z), dtype=np.float64)[0], clean)), 4))
     train_seconds = time.perf_counter() - loop_start
     assert pred is not None and best_img is not None
     final_psnr = float(psnr(pred, clean))
@@ -448,8 +465,13 @@ def run(config: DIPConfig) -> dict[str, Any]:
         metrics["ema_final_psnr"] = round(float(psnr(ema_img, clean)), 3)
         metrics["ema_best_psnr"] = round(max(curve["psnr_ema"]), 3)
         metrics["ema_best_step"] = curve["step"][int(np.argmax(curve["psnr_ema"]))]
+    if curve.get("psnr_code"):
+        metrics["code_best_psnr"] = round(code_best[0], 3)
+        metrics["code_best_step"] = code_best[1]
+        metrics["code_final_psnr"] = curve["psnr_code"][-1]
+        metrics["code_best_minus_gaussian_db"] = round(code_best[0] - gauss_psnr, 3)
     _write_outputs(out_dir, config, metrics, curve, clean, noisy, gauss_img, dncnn_img, best_img,
-                   pred, ema_img, snapshots)
+                   pred, ema_img, snapshots, code_best[2])
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["curve"] = curve
     metrics["config"] = _config_record(config)
@@ -496,6 +518,8 @@ def plot_curve(metrics: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
     curve, config = metrics["curve"], metrics["config"]
     histories = {"f(z) vs clean image": (curve["step"], curve["psnr_clean"]),
                  "f(z) vs noisy target": (curve["step"], curve["psnr_noisy"])}
+    if curve.get("psnr_code"):
+        histories["f(z), code without noise, vs clean"] = (curve["step"], curve["psnr_code"])
     if curve.get("psnr_ema"):
         histories[f"moving average ({config['ema']}) vs clean"] = (curve["step"], curve["psnr_ema"])
     refs = {"noisy input": metrics["noisy_psnr"],
@@ -515,7 +539,7 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
                    curve: dict[str, list[float]], clean: np.ndarray, noisy: np.ndarray,
                    gauss: np.ndarray, dncnn: np.ndarray | None, best: np.ndarray,
                    final: np.ndarray, ema: np.ndarray | None,
-                   snapshots: dict[int, np.ndarray]) -> None:
+                   snapshots: dict[int, np.ndarray], code: np.ndarray | None = None) -> None:
     from autodiff_lab import figures
     from autodiff_lab.data import psnr, write_image
 
@@ -528,6 +552,8 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
     if dncnn is not None:
         top.append(("DnCNN", dncnn, metrics["dncnn_psnr"]))
     top.append((f"DIP, step {metrics['best_step']}", best, metrics["best_psnr"]))
+    if code is not None:
+        top.append((f"f(z), step {metrics['code_best_step']}", code, metrics["code_best_psnr"]))
     if ema is not None:
         top.append(("avg., end", ema, metrics["ema_final_psnr"]))
     bottom = [(f"step {s}", img, float(psnr(img, clean))) for s, img in sorted(snapshots.items())]
@@ -545,6 +571,7 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
     # every image of the panel, to draw it again without running
     np.savez_compressed(out_dir / "images.npz", clean=clean, noisy=noisy, gaussian=gauss,
                         best=best, final=final, **({} if ema is None else {"ema": ema}),
+                        **({} if code is None else {"code_best": code}),
                         **({} if dncnn is None else {"dncnn": dncnn}),
                         **{f"step_{k}": v for k, v in snapshots.items()})
 
@@ -565,7 +592,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--every", type=int, metavar="K", help=f"record the PSNR every K steps (default {d.every})")
     add("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
     add("--ema", type=float, metavar="BETA",
-        help="also average the outputs exponentially with this factor (the paper: 0.99)")
+        help=f"also average the outputs exponentially with this factor, 0 = off (default {d.ema}, "
+             "as the paper)")
     add("--sigma", type=float, help="noise standard deviation on the 0-255 scale (default 25)")
     add("--depth", type=int, help=f"U-Net depth (default {d.depth})")
     add("--width", type=int, nargs="+", help="U-Net channels of the first level, or one count per "
@@ -574,7 +602,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--skip-channels", type=int, help=f"channels of each skip connection, 0 = the encoder's "
                                           f"features unprojected (default {d.skip_channels})")
     add("--code-channels", type=int, help=f"channels of the random input code (default {d.code_channels})")
-    add("--input-noise", type=float, help="std of noise added to the code every step (paper: 1/30)")
+    add("--input-noise", type=float, help=f"std of noise added to the code every step, 0 = off "
+                                          f"(default {d.input_noise:.4g} = 1/30, as the paper)")
     add("--up", choices=("bilinear", "nearest", "transpose"), help=f"up-sampling (default {d.up})")
     add("--down", choices=("conv", "maxpool"), help=f"down-sampling (default {d.down})")
     add("--snapshots", type=int, nargs="+", metavar="STEP", help="steps shown in the panel")
@@ -624,8 +653,13 @@ def summary(metrics: dict[str, Any]) -> str:
               f"({metrics['best_minus_gaussian_db']:+.2f} dB vs Gaussian)",
               f"  DIP final          {metrics['final_psnr']:6.2f} dB ({-metrics['decline_db']:+.2f} dB "
               "vs the peak)"]
+    if "code_best_psnr" in metrics:
+        lines.append(f"  f(z), no noise     {metrics['code_best_psnr']:6.2f} dB at step "
+                     f"{metrics['code_best_step']} ({metrics['code_best_minus_gaussian_db']:+.2f} dB "
+                     "vs Gaussian)")
     if "ema_final_psnr" in metrics:
-        lines.append(f"  moving average     {metrics['ema_final_psnr']:6.2f} dB at the end")
+        lines.append(f"  moving average     {metrics['ema_best_psnr']:6.2f} dB at best (step "
+                     f"{metrics['ema_best_step']}), {metrics['ema_final_psnr']:.2f} dB at the end")
     lines.append(f"  figures and metrics.json in {metrics['config']['out']}")
     return "\n".join(lines)
 
