@@ -39,7 +39,8 @@ def test_dip_case_files_and_tables(dip_report):
     with (case / "dip_run.csv").open() as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["image", "PSNR dB", "vs Gaussian", "step"]
-    assert [r[0] for r in rows[1:4]] == ["noisy input", rows[2][0], "DIP, best step"]
+    assert [r[0] for r in rows[1:5]] == ["noisy input", rows[2][0], "DIP, best step (f(z + noise))",
+                                         "DIP, f(z) without the input noise, best"]
     assert json.loads((case / "dip_run.json").read_text())["shape"] == [1, 32, 32]
     agreement = json.loads((case / "dip_agreement.json").read_text())
     engines = [r["engine"] for r in agreement]
