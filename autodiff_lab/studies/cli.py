@@ -65,10 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", metavar="IMG",
                         help="dip: a built-in grey image (camera, ...) or a grey or RGB PNG "
                              "(default camera, its 256×256 centre)")
-    parser.add_argument("--steps", metavar="N", help="dip: Adam steps (the study counts steps, not "
-                                                     "epochs)")
-    parser.add_argument("--ema", metavar="BETA", help="dip: also average the outputs exponentially "
-                                                      "with this factor in [0, 1) (the paper: 0.99)")
+    parser.add_argument("--steps", metavar="N", help="dip: Adam steps (default 2400; the study counts "
+                                                     "steps, not epochs)")
+    parser.add_argument("--ema", metavar="BETA", help="dip: the moving average of the outputs, a "
+                                                      "factor in [0, 1), 0 = off (default 0.99, as "
+                                                      "the paper)")
     parser.add_argument("--config", metavar="C",
                         help="denoiser: default (5 layers, 32 channels) or long (8 layers, 48 "
                              "channels, 60 minutes: aims at BM3D's 29.45 dB on camera)")
