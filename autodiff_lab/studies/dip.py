@@ -518,10 +518,11 @@ def plot_curve(metrics: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
     from autodiff_lab import figures
 
     curve, config = metrics["curve"], metrics["config"]
-    histories = {"f(z) vs clean image": (curve["step"], curve["psnr_clean"]),
-                 "f(z) vs noisy target": (curve["step"], curve["psnr_noisy"])}
+    out = "f(z + n)" if curve.get("psnr_code") else "f(z)"  # with input noise n
+    histories = {f"{out} vs clean image": (curve["step"], curve["psnr_clean"]),
+                 f"{out} vs noisy target": (curve["step"], curve["psnr_noisy"])}
     if curve.get("psnr_code"):
-        histories["f(z), code without noise, vs clean"] = (curve["step"], curve["psnr_code"])
+        histories["f(z), the code without noise, vs clean"] = (curve["step"], curve["psnr_code"])
     if curve.get("psnr_ema"):
         histories[f"moving average ({config['ema']}) vs clean"] = (curve["step"], curve["psnr_ema"])
     refs = {"noisy input": metrics["noisy_psnr"],
