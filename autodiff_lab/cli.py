@@ -153,7 +153,7 @@ COMMANDS: list[Command] = [
                         "autodiff_lab.render.cli"),
     Command("summary", "print a graph's nodes, inputs, outputs and ops",
             _add_summary_arguments, _run_summary),
-    Command.from_module("train", "run a case study (neuron, inpainting, denoiser, classifier): "
+    Command.from_module("train", "run a case study (neuron, inpainting, denoiser, classifier, dip): "
                         "train, score, write model.npz, metrics.json and figures",
                         "autodiff_lab.studies.cli"),
     Command.from_module("denoise", "denoise your own grey or colour PNG with a trained denoiser",

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in export_for_docs(args.export, DOCS_IMG, args.docs_name):
             print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
         return 0
-    config = dip.config_from_args(args)
+    config = dip.free_folder(dip.config_from_args(args), args.force)
     if args.docs:
         draw_network(config.validate(), DOCS_IMG)
     metrics = dip.run(config)

@@ -218,3 +218,6 @@ def graph_file_case(name: str, graph: Any, values: dict[str, Any], description: 
 
 #: section builders by key (filled in by autodiff_lab.compare.sections)
 SECTIONS: dict[str, SectionBuilder] = {}
+
+# the Deep Image Prior case (a study rather than an example: its own sections)
+from autodiff_lab.compare import dip_section as _dip_section  # noqa: E402,F401

@@ -3,6 +3,7 @@ HTML report with its figures and tables.
 
     autodiff-lab compare                      # all cases, full run (≤ 20 min on 2 cores)
     autodiff-lab compare neuron --quick       # one case, the quick run
+    autodiff-lab compare dip --quick          # the Deep Image Prior: a 64×64 crop, seconds
     autodiff-lab compare inpainting --engines tape,matrix,central --out report
     autodiff-lab compare my_graph.json --values v.npz
 """
@@ -47,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "CSV and JSON, in one folder per case). An existing OUT is kept: the run "
                      "goes to a new timestamped folder beside it, unless --force.")
     parser.add_argument("examples", nargs="*", metavar="EXAMPLE",
-                        help=f"cases to run: {example_help()}, or all (the default); or the "
+                        help=f"cases to run: {example_help()}, dip (the Deep Image Prior), or "
+                             "all (the default, dip included); or the "
                              "path of a graph saved as JSON (Graph.save)")
     add_values_argument(parser)
     parser.add_argument("--engines", default=None, metavar="LIST",
@@ -87,6 +89,8 @@ def _cases(args: argparse.Namespace) -> list:
     for name in names:
         if name.strip().lower() == "all":
             picked = list(CASES)
+        elif name.strip().lower() in CASES:
+            picked = [name.strip().lower()]
         elif Path(name).is_file():
             specs.append(graph_case(name, args.values))
             continue

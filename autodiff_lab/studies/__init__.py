@@ -1,9 +1,11 @@
-"""The four training case studies, each one call (or ``autodiff-lab train NAME``):
+"""The training case studies, each one call (or ``autodiff-lab train NAME``):
 
 * ``neuron``     -- a sigmoid neuron trained with each engine; equal loss curves, its graph;
 * ``inpainting`` -- an MLP 784-256-784 that fills a hidden 12×12 block of digits;
 * ``denoiser``   -- a DnCNN-style residual network for Gaussian noise σ = 25/255;
-* ``classifier`` -- a linear classifier and a 2-layer MLP on the digits.
+* ``classifier`` -- a linear classifier and a 2-layer MLP on the digits;
+* ``dip``        -- the Deep Image Prior: a random U-Net fitted to one noisy image
+  (:mod:`autodiff_lab.studies.dip`; ``dip_train`` is its adapter to this interface).
 
 ::
 
@@ -11,7 +13,8 @@
     result = studies.run_study("inpainting", quick=True, out="runs/try")
     result.metrics["psnr"], result.folder, result.files
 
-Each writes ``model.npz``, ``metrics.json`` and its figures (PNG + SVG) into a run folder
+Each writes ``metrics.json``, its figures (PNG + SVG) and, except ``dip``, ``model.npz``
+into a run folder
 (see :mod:`autodiff_lab.studies.common` for the folder policy).
 """
 
@@ -30,6 +33,7 @@ STUDIES = {
     "inpainting": "autodiff_lab.studies.inpainting",
     "denoiser": "autodiff_lab.studies.denoiser",
     "classifier": "autodiff_lab.studies.classifier",
+    "dip": "autodiff_lab.studies.dip_train",
 }
 
 

@@ -5,6 +5,7 @@
     autodiff-lab train denoiser --minutes 10 --out runs/dn10
     autodiff-lab train classifier --quick --quiet
     autodiff-lab train inpainting --resume runs/inpainting   # after Ctrl-C
+    autodiff-lab train dip --image camera --steps 1500 --ema 0.99
 
 Every bad value is reported in one line (exit status 2), errors while running in one line
 (status 1), Ctrl-C during training finishes the checkpoint being written and exits with 130.
@@ -59,7 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the interrupted (or time-limited) run in DIR with its settings")
     parser.add_argument("--minutes", metavar="M",
-                        help="denoiser: time budget of the training (default 5; 60 with --config long)")
+                        help="denoiser: time budget of the training (default 5; 60 with --config "
+                             "long); dip: stop fitting after M minutes")
+    parser.add_argument("--image", metavar="IMG",
+                        help="dip: a built-in grey image (camera, ...) or a grey or RGB PNG "
+                             "(default camera, its 256×256 centre)")
+    parser.add_argument("--steps", metavar="N", help="dip: Adam steps (default 2400; the study counts "
+                                                     "steps, not epochs)")
+    parser.add_argument("--ema", metavar="BETA", help="dip: the moving average of the outputs, a "
+                                                      "factor in [0, 1), 0 = off (default 0.99, as "
+                                                      "the paper)")
     parser.add_argument("--config", metavar="C",
                         help="denoiser: default (5 layers, 32 channels) or long (8 layers, 48 "
                              "channels, 60 minutes: aims at BM3D's 29.45 dB on camera)")
@@ -78,6 +88,15 @@ def _integer(flag: str, text: str | None, minimum: int) -> int | None:
     return value
 
 
+def _only(args: argparse.Namespace, who: str, studies: tuple[str, ...],
+          *given: tuple[str, object]) -> None:
+    """Refuse options that apply only to ``studies`` when another study is run."""
+    flags = [f for f, v in given if v is not None]
+    if flags and args.name not in studies:
+        verb = "apply" if len(flags) > 1 else "applies"
+        raise InputError(f"{' and '.join(flags)} {verb} to {who} only, not to {args.name!r}")
+
+
 def parse_options(args: argparse.Namespace) -> StudyOptions:
     """Check every value (our one-line errors) and turn them into :class:`StudyOptions`."""
     if args.name not in STUDIES:
@@ -94,11 +113,26 @@ def parse_options(args: argparse.Namespace) -> StudyOptions:
         if not (math.isfinite(minutes) and minutes > 0):
             raise InputError(f"--minutes must be a positive number of minutes, got {args.minutes!r}")
         args.minutes = minutes
-    denoiser_only = [f for f, v in (("--minutes", args.minutes), ("--config", args.config)) if v is not None]
-    if denoiser_only and args.name != "denoiser":
-        raise InputError(f"{' and '.join(denoiser_only)} apply(ies) to the denoiser only, not to "
-                         f"{args.name!r}".replace("apply(ies)", "apply" if len(denoiser_only) > 1
-                                                  else "applies"))
+    _only(args, "the denoiser", ("denoiser",), ("--config", args.config))
+    _only(args, "the denoiser and dip", ("denoiser", "dip"), ("--minutes", args.minutes))
+    _only(args, "dip", ("dip",), ("--image", args.image), ("--steps", args.steps),
+          ("--ema", args.ema))
+    if args.name == "dip":
+        if args.epochs is not None:
+            raise InputError("dip counts Adam steps, not epochs: use --steps N")
+        if args.resume is not None:
+            raise InputError("a dip run cannot be resumed (it keeps no checkpoint); start it again, "
+                             "or use --steps / --minutes to choose its length")
+        args.steps = _integer("--steps", args.steps, 1)
+        if args.ema is not None:
+            try:
+                ema = float(args.ema)
+            except ValueError:
+                raise InputError(f"--ema must be a number in [0, 1), got {args.ema!r}") from None
+            if not 0.0 <= ema < 1.0:
+                raise InputError(f"--ema must be in [0, 1) (0 = off; the paper uses 0.99), got "
+                                 f"{args.ema!r}")
+            args.ema = ema
     if args.config is not None:
         from autodiff_lab.studies.denoiser import CONFIGS
         if args.config not in CONFIGS:
@@ -110,7 +144,7 @@ def parse_options(args: argparse.Namespace) -> StudyOptions:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study; report the run folder and the main numbers on standard error."""
-    from autodiff_lab.studies import run_study
+    from autodiff_lab.studies import run_study, study_module
     try:
         options = parse_options(args)
     except InputError as exc:
@@ -121,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         folder = getattr(exc, "run_folder", None)
         message = str(exc.args[0]) if exc.args else "training interrupted"
-        again = f"; resume with: autodiff-lab train {args.name} --resume {folder}" if folder else ""
+        resumable = getattr(study_module(args.name), "RESUMABLE", True)
+        again = (f"; resume with: autodiff-lab train {args.name} --resume {folder}"
+                 if folder and resumable else "")
         print(f"autodiff-lab train: {message.split('; resume with')[0]}{again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt as exc:  # outside a training loop: before it, or while scoring
@@ -138,8 +174,10 @@ def run(args: argparse.Namespace) -> int:
     if not options.quiet:
         for line in result.notes:
             print(f"{args.name}: {line}", file=sys.stderr)
-    figures = len([p for p in result.files if p.suffix == ".png"])
-    print(f"{args.name}: wrote {result.folder} (model.npz, metrics.json, {figures} PNG figures with "
+    figures = len([p for p in result.files if p.suffix == ".png"
+                   and p.with_suffix(".svg") in result.files])
+    model = "model.npz, " if any(p.name == "model.npz" for p in result.files) else ""
+    print(f"{args.name}: wrote {result.folder} ({model}metrics.json, {figures} PNG figures with "
           "SVG twins)", file=sys.stderr)
     return 0
 

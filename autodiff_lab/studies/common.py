@@ -61,6 +61,9 @@ class StudyOptions:
     resume: Path | None = None       #: continue the run in this folder
     minutes: float | None = None     #: time budget of the training (denoiser)
     config: str | None = None        #: named configuration (denoiser: "default" | "long")
+    image: str | None = None         #: dip: the image (a built-in name or a file)
+    steps: int | None = None         #: dip: Adam steps
+    ema: float | None = None         #: dip: moving average of the outputs (0 = off)
 
     def saved(self) -> dict[str, Any]:
         """The settings recorded in run.json."""

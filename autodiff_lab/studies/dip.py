@@ -21,8 +21,9 @@ as the net starts reproducing the noise too. Stopping early (at the peak) denois
 The best step is chosen with the clean image (an oracle stopping time, as the paper's
 curves show it); the final PSNR is what running on without that oracle gives.
 
-From the shell: ``python -m autodiff_lab.studies.dip --quick`` (or, once registered,
-``autodiff-lab train dip``); ``add_arguments`` / ``main`` are the command-line layer.
+From the shell: ``autodiff-lab train dip`` (:mod:`autodiff_lab.studies.dip_train`, the
+shared options of the case studies) or ``python -m autodiff_lab.studies.dip`` (every setting
+of the network; ``add_arguments`` / ``main`` are its command-line layer).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,11 @@ class DIPConfig:
     """One Deep Image Prior run. Defaults: the 256×256 centre crop of ``camera``, σ = 25/255,
     a depth-4 U-Net with 8, 16, 32, 32 channels per level and a 32-channel bottleneck,
     4-channel skip connections, stride-2 convolutions down and bilinear up-sampling, an
-    8-channel code, Adam at lr 0.01."""
+    8-channel code with fresh noise of std 1/30 added at every step, Adam at lr 0.01, a
+    moving average (0.99) of the outputs (docs/dip.md has the search behind them)."""
 
-    image: str = "camera"          #: a name of ``data.load_gray_images`` or a PNG path
+    #: a name of ``data.load_gray_images``, an image file (grey or RGB), or an array
+    image: Any = "camera"
     crop: int | None = 256         #: side of the centre crop (None or 0: the whole image)
     sigma: float = 25 / 255        #: noise standard deviation on the [0, 1] scale
     steps: int = 2400              #: Adam steps (gradient evaluations)
@@ -65,13 +68,17 @@ class DIPConfig:
     width: int | tuple[int, ...] | None = None
     growth: int = 1                #: channel factor per level when width is one int
     skip_channels: int | None = 4  #: channels of each skip connection (None: all, the paper: 4)
-    code_channels: int = 8         #: channels of the random code z (the paper: 32)
+    #: channels of the random code z (the paper: 32; 8 costs a third less per step here for
+    #: about as much per step, docs/dip.md)
+    code_channels: int = 8
     code_scale: float = 0.1        #: z ~ U(0, code_scale), as the paper draws it
-    input_noise: float = 0.0       #: std of fresh noise added to z at every step (paper: 1/30)
+    #: std of fresh noise added to z at every step (as the paper: 1/30; 0 = off); the curve
+    #: then also records f(z) without it
+    input_noise: float = 1 / 30
     down: str = "conv"             #: "conv" (stride 2) or "maxpool"
     up: str = "bilinear"           #: "bilinear", "nearest" or "transpose"
     activation: str = "leaky_relu"
-    ema: float = 0.0               #: exponential moving average of the outputs (paper: 0.99); 0 = off
+    ema: float = 0.99              #: exponential moving average of the outputs (as the paper); 0 = off
     snapshots: tuple[int, ...] = ()  #: steps whose f(z) the panel shows (() = spread over the run)
     seed: int = 0                  #: seeds the noise, the code z and the weights
     dncnn: str | None = None       #: a trained DnCNN (nn.save file) to compare with
@@ -84,7 +91,7 @@ class DIPConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DIPConfig:
         """A run of a few seconds (64×64 crop, small net, 40 steps) that exercises everything."""
-        base = dict(crop=64, steps=40, every=5, depth=3, width=8, code_channels=8,
+        base = dict(crop=64, steps=40, every=5, depth=3, width=8, code_channels=8, ema=0.9,
                     out="runs/dip-quick", progress=False)
         base.update(overrides)
         return cls(**base)
@@ -151,33 +158,109 @@ def default_widths(depth: int) -> tuple[int, ...]:
 # the image
 # --------------------------------------------------------------------------------------
 
+def _as_unit_image(name: str, img: Any) -> np.ndarray:
+    """An image array as floats in [0, 1]: uint8 (÷ 255), uint16 (÷ 65535) or floats already
+    in [0, 1]; anything else (bool, complex, signed integers, NaN, values outside [0, 1]) is
+    our one-line error naming the image and what is expected."""
+    a = np.asarray(img)
+    if a.dtype == np.uint8:
+        return a.astype(np.float64) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float64) / 65535.0
+    if a.dtype.kind != "f":
+        raise InputError(f"image {name} has dtype {a.dtype}; the Deep Image Prior takes uint8, "
+                         "uint16 or floating-point images in [0, 1]")
+    if a.size and not np.all(np.isfinite(a)):
+        raise InputError(f"image {name} holds NaN or Inf; expected values in [0, 1]")
+    if a.size and (a.min() < 0.0 or a.max() > 1.0):
+        raise InputError(f"image {name} has values in [{a.min():.4g}, {a.max():.4g}]; a "
+                         "floating-point image must lie in [0, 1] (divide 8-bit values by 255)")
+    return a.astype(np.float64)
+
+
+def _to_chw(name: str, img: np.ndarray) -> np.ndarray:
+    """(H, W) grey or (H, W, 3) RGB as (C, H, W). An alpha channel that is opaque everywhere
+    carries nothing and is dropped (PNGs saved as RGBA / grey + alpha); a real one is refused,
+    as are other channel counts."""
+    if img.ndim == 3 and img.shape[2] in (2, 4):
+        alpha = img[..., -1]
+        if np.all(alpha == alpha.flat[0]) and alpha.size and alpha.flat[0] >= 1.0:
+            img = img[..., :-1] if img.shape[2] == 4 else img[..., 0]
+        else:
+            raise InputError(f"image {name} has {img.shape[2]} channels with a transparent alpha "
+                             "channel; the Deep Image Prior takes grey (H, W) or RGB (H, W, 3) "
+                             "images (flatten the transparency first)")
+    if img.ndim == 3 and img.shape[2] == 3:
+        return np.transpose(img, (2, 0, 1))
+    if img.ndim == 3 and img.shape[2] == 1:
+        return img[..., 0][None]
+    if img.ndim == 2:
+        return img[None]
+    what = f"{img.shape[2]} channels" if img.ndim == 3 else f"{img.ndim} dimensions"
+    raise InputError(f"image {name} has shape {img.shape} ({what}); the Deep Image Prior takes "
+                     "grey (H, W) or RGB (H, W, 3) images")
+
+
+def image_label(image: Any) -> str:
+    """How a run names its image: the built-in name or path, or ``array HxW[xC]``."""
+    if isinstance(image, np.ndarray):
+        return "array " + "×".join(map(str, image.shape))
+    return str(image)
+
+
 def load_clean_image(config: DIPConfig) -> np.ndarray:
     """The clean image as (C, H, W) floats in [0, 1] (C = 1 grey, 3 RGB), centre-cropped and
-    checked against the U-Net's size rule."""
+    checked against the U-Net's size rule. ``config.image`` is a built-in name, an image file
+    or an array (see :func:`_as_unit_image`)."""
+    name, chw = _read_image(config)
+    return _crop_and_check(config, name, chw)
+
+
+def builtin_images() -> tuple[str, ...]:
+    """The names of the built-in grey images (``data.load_gray_images``)."""
+    from autodiff_lab.data import load_gray_images
+    return tuple(load_gray_images())
+
+
+def fitting_crop(config: DIPConfig) -> int:
+    """The side of the largest centred square of the image that the U-Net takes (a multiple
+    of 2**depth), at most ``config.crop``: what ``autodiff-lab train dip`` uses for a user's
+    image, which has no --crop option."""
+    _, chw = _read_image(config)
+    side = min(chw.shape[1:]) // 2 ** config.depth * 2 ** config.depth
+    return min(side, int(config.crop)) if config.crop else side
+
+
+def _read_image(config: DIPConfig) -> tuple[str, np.ndarray]:
+    """(the image's name for messages, the image as (C, H, W) in [0, 1])."""
     from autodiff_lab.data import load_gray_images, read_image
 
-    name = str(config.image)
-    known = load_gray_images()
-    if name in known:
-        img = known[name]
-    elif Path(name).exists() or Path(name).suffix:
-        img = read_image(name)  # our InputError for missing files and non-images
+    if isinstance(config.image, np.ndarray):
+        name = f"({image_label(config.image)}, dtype {config.image.dtype})"
+        img = _as_unit_image(name, config.image)
+    elif not isinstance(config.image, (str, os.PathLike)):
+        raise InputError(f"image must be a built-in name, a path or an array, got "
+                         f"{type(config.image).__name__}")
     else:
-        raise InputError(f"image {name!r} is neither a built-in image ({', '.join(known)}) nor "
-                         "an image file")
-    if img.ndim == 3 and img.shape[2] == 3:
-        chw = np.transpose(img, (2, 0, 1))
-    elif img.ndim == 2:
-        chw = img[None]
-    else:
-        what = f"{img.shape[2]} channels (RGBA?)" if img.ndim == 3 else f"shape {img.shape}"
-        raise InputError(f"image {name!r} has {what}; the Deep Image Prior takes grey (H, W) or "
-                         "RGB (H, W, 3) images")
+        name = str(config.image)
+        known = load_gray_images()
+        if name in known:
+            img = known[name]
+        elif Path(name).exists() or Path(name).suffix:
+            img = read_image(name)  # our InputError for missing files, non-images, 16-bit files
+        else:
+            raise InputError(f"image {name!r} is neither a built-in image ({', '.join(known)}) "
+                             "nor an image file")
+        name = repr(name)
+    return name, _to_chw(name, img)
+
+
+def _crop_and_check(config: DIPConfig, name: str, chw: np.ndarray) -> np.ndarray:
     h, w = chw.shape[1:]
     if config.crop:
         c = int(config.crop)
         if c > min(h, w):
-            raise InputError(f"crop {c} is larger than the image {name!r} ({h}×{w}); use "
+            raise InputError(f"crop {c} is larger than the image {name} ({h}×{w}); use "
                              f"--crop {min(h, w)} or less")
         top, left = (h - c) // 2, (w - c) // 2
         chw = chw[:, top:top + c, left:left + c]
@@ -295,6 +378,9 @@ def run(config: DIPConfig) -> dict[str, Any]:
                                      "loss": []}
     if config.ema:
         curve["psnr_ema"] = []
+    if config.input_noise:
+        curve["psnr_code"] = []
+    code_best: tuple[float, int, np.ndarray | None] = (-np.inf, 0, None)
     snapshots: dict[int, np.ndarray] = {}
     best_psnr, best_step, best_img = -np.inf, 0, None
     ema_img = None
@@ -302,45 +388,68 @@ def run(config: DIPConfig) -> dict[str, Any]:
     loop_start = time.perf_counter()
     done = 0
     pred = None
-    for t in range(1, config.steps + 1):
-        x = z if not config.input_noise else \
-            z + noise_rng.normal(0.0, config.input_noise, z.shape).astype(np.float32)
-        result = step(x, target)
-        pred = np.asarray(result.outputs[OUTPUT_KEY][0], dtype=np.float64)
-        optimiser.step()
-        done = t
-        p_clean = float(psnr(pred, clean))
-        if config.ema:
-            ema_img = pred if ema_img is None else config.ema * ema_img + (1 - config.ema) * pred
-        if p_clean > best_psnr:
-            best_psnr, best_step, best_img = p_clean, t, pred
-        elapsed = time.perf_counter() - loop_start
-        if beat is None and p_clean >= gauss_psnr + TARGET_MARGIN_DB:
-            beat = {"margin_db": TARGET_MARGIN_DB, "step": t, "seconds": round(elapsed, 2)}
-        if t in snapshot_steps:
-            snapshots[t] = pred
-        out_of_time = config.max_seconds is not None and elapsed > config.max_seconds
-        if t % config.every == 0 or t == 1 or t == config.steps or out_of_time:
-            curve["step"].append(t)
-            curve["seconds"].append(round(elapsed, 3))
-            curve["psnr_clean"].append(round(p_clean, 4))
-            curve["psnr_noisy"].append(round(float(psnr(pred, noisy)), 4))
-            curve["loss"].append(float(result.loss))
+    stopped = "completed"
+    try:
+        for t in range(1, config.steps + 1):
+            x = z if not config.input_noise else \
+                z + noise_rng.normal(0.0, config.input_noise, z.shape).astype(np.float32)
+            result = step(x, target)
+            p_t = np.asarray(result.outputs[OUTPUT_KEY][0], dtype=np.float64)
+            optimiser.step()
+            pred, done = p_t, t
+            p_clean = float(psnr(pred, clean))
             if config.ema:
-                curve["psnr_ema"].append(round(float(psnr(ema_img, clean)), 4))
-        if config.progress and (t % max(1, config.steps // 10) == 0 or t == 1):
-            print(f"step {t:>6}/{config.steps}  PSNR {p_clean:6.2f} dB (best {best_psnr:.2f} at "
-                  f"{best_step})  vs noisy {curve['psnr_noisy'][-1]:6.2f} dB  "
-                  f"{t / max(elapsed, 1e-9):.2f} steps/s", flush=True)
-        if out_of_time:
-            break
+                ema_img = pred if ema_img is None else config.ema * ema_img + (1 - config.ema) * pred
+            if p_clean > best_psnr:
+                best_psnr, best_step, best_img = p_clean, t, pred
+            elapsed = time.perf_counter() - loop_start
+            if beat is None and p_clean >= gauss_psnr + TARGET_MARGIN_DB:
+                beat = {"margin_db": TARGET_MARGIN_DB, "step": t, "seconds": round(elapsed, 2)}
+            if t in snapshot_steps:
+                snapshots[t] = pred
+            out_of_time = config.max_seconds is not None and elapsed > config.max_seconds
+            if t % config.every == 0 or t == 1 or t == config.steps or out_of_time:
+                curve["step"].append(t)
+                curve["seconds"].append(round(elapsed, 3))
+                curve["psnr_clean"].append(round(p_clean, 4))
+                curve["psnr_noisy"].append(round(float(psnr(pred, noisy)), 4))
+                curve["loss"].append(float(result.loss))
+                if config.ema:
+                    curve["psnr_ema"].append(round(float(psnr(ema_img, clean)), 4))
+                if config.input_noise:
+                    # the output for the code itself, without the step's input noise (like
+                    # a network with dropout evaluated without it): one forward pass
+                    f_code = np.asarray(model(z), dtype=np.float64)[0]
+                    p_code = float(psnr(f_code, clean))
+                    curve["psnr_code"].append(round(p_code, 4))
+                    if p_code > code_best[0]:
+                        code_best = (p_code, t, f_code)
+            if config.progress and (t % max(1, config.steps // 10) == 0 or t == 1):
+                print(f"step {t:>6}/{config.steps}  PSNR {p_clean:6.2f} dB (best {best_psnr:.2f} "
+                      f"at {best_step})  vs noisy {curve['psnr_noisy'][-1]:6.2f} dB  "
+                      f"{t / max(elapsed, 1e-9):.2f} steps/s", flush=True)
+            if out_of_time:
+                stopped = "time limit"
+                break
+    except KeyboardInterrupt:
+        if pred is None:  # not one step done: nothing to show
+            raise
+        stopped = "interrupted"
+        n = min(len(v) for v in curve.values())  # a step cut short between two appends
+        for v in curve.values():
+            del v[n:]
+        if not curve["step"] or curve["step"][-1] != done:
+            _record_last(curve, done, time.perf_counter() - loop_start, pred, clean, noisy, ema_img)
+            if "psnr_code" in curve:
+                curve["psnr_code"].append(round(float(psnr(
+                    np.asarray(model(z), dtype=np.float64)[0], clean)), 4))
     train_seconds = time.perf_counter() - loop_start
     assert pred is not None and best_img is not None
     final_psnr = float(psnr(pred, clean))
 
     metrics: dict[str, Any] = {
-        "image": config.image, "shape": [c, h, w], "sigma": config.sigma,
-        "steps": done, "best_step": best_step, "best_psnr": round(best_psnr, 3),
+        "image": image_label(config.image), "shape": [c, h, w], "sigma": config.sigma,
+        "steps": done, "stopped": stopped, "best_step": best_step, "best_psnr": round(best_psnr, 3),
         "final_psnr": round(final_psnr, 3), "decline_db": round(best_psnr - final_psnr, 3),
         "noisy_psnr": round(noisy_psnr, 3), "gaussian_psnr": round(gauss_psnr, 3),
         "gaussian_sigma": gauss_sigma, "best_minus_gaussian_db": round(best_psnr - gauss_psnr, 3),
@@ -357,13 +466,43 @@ def run(config: DIPConfig) -> dict[str, Any]:
     if config.ema:
         metrics["ema_final_psnr"] = round(float(psnr(ema_img, clean)), 3)
         metrics["ema_best_psnr"] = round(max(curve["psnr_ema"]), 3)
+        metrics["ema_best_step"] = curve["step"][int(np.argmax(curve["psnr_ema"]))]
+    if curve.get("psnr_code"):
+        metrics["code_best_psnr"] = round(code_best[0], 3)
+        metrics["code_best_step"] = code_best[1]
+        metrics["code_final_psnr"] = curve["psnr_code"][-1]
+        metrics["code_best_minus_gaussian_db"] = round(code_best[0] - gauss_psnr, 3)
     _write_outputs(out_dir, config, metrics, curve, clean, noisy, gauss_img, dncnn_img, best_img,
-                   pred, ema_img, snapshots)
+                   pred, ema_img, snapshots, code_best[2])
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["curve"] = curve
-    metrics["config"] = {k: v for k, v in asdict(config).items()}
+    metrics["config"] = _config_record(config)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if stopped == "interrupted":
+        from autodiff_lab.errors import TrainingInterrupted
+        raise TrainingInterrupted(f"interrupted at step {done} of {config.steps}; the figures and "
+                                  f"metrics.json of the steps done are in {out_dir}")
     return metrics
+
+
+def _config_record(config: DIPConfig) -> dict[str, Any]:
+    """The configuration as JSON-ready values (an image array by its shape)."""
+    record = {f.name: getattr(config, f.name) for f in fields(config)}
+    record["image"] = image_label(config.image)
+    return json.loads(json.dumps(record, default=str))
+
+
+def _record_last(curve: dict[str, list[float]], t: int, elapsed: float, pred: np.ndarray,
+                 clean: np.ndarray, noisy: np.ndarray, ema_img: np.ndarray | None) -> None:
+    """Add step ``t`` to the curve (the last step done of an interrupted run)."""
+    from autodiff_lab.data import psnr
+    curve["step"].append(t)
+    curve["seconds"].append(round(elapsed, 3))
+    curve["psnr_clean"].append(round(float(psnr(pred, clean)), 4))
+    curve["psnr_noisy"].append(round(float(psnr(pred, noisy)), 4))
+    curve["loss"].append(float(0.5 * np.sum((pred - noisy) ** 2)))
+    if "psnr_ema" in curve and ema_img is not None:
+        curve["psnr_ema"].append(round(float(psnr(ema_img, clean)), 4))
 
 
 def _hwc(img: np.ndarray) -> np.ndarray:
@@ -379,8 +518,11 @@ def plot_curve(metrics: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
     from autodiff_lab import figures
 
     curve, config = metrics["curve"], metrics["config"]
-    histories = {"f(z) vs clean image": (curve["step"], curve["psnr_clean"]),
-                 "f(z) vs noisy target": (curve["step"], curve["psnr_noisy"])}
+    out = "f(z + n)" if curve.get("psnr_code") else "f(z)"  # with input noise n
+    histories = {f"{out} vs clean image": (curve["step"], curve["psnr_clean"]),
+                 f"{out} vs noisy target": (curve["step"], curve["psnr_noisy"])}
+    if curve.get("psnr_code"):
+        histories["f(z), the code without noise, vs clean"] = (curve["step"], curve["psnr_code"])
     if curve.get("psnr_ema"):
         histories[f"moving average ({config['ema']}) vs clean"] = (curve["step"], curve["psnr_ema"])
     refs = {"noisy input": metrics["noisy_psnr"],
@@ -400,23 +542,25 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
                    curve: dict[str, list[float]], clean: np.ndarray, noisy: np.ndarray,
                    gauss: np.ndarray, dncnn: np.ndarray | None, best: np.ndarray,
                    final: np.ndarray, ema: np.ndarray | None,
-                   snapshots: dict[int, np.ndarray]) -> None:
+                   snapshots: dict[int, np.ndarray], code: np.ndarray | None = None) -> None:
     from autodiff_lab import figures
     from autodiff_lab.data import psnr, write_image
 
     write_image(out_dir / "dip_best.png", _hwc(best))
     write_image(out_dir / "dip_final.png", _hwc(final))
     write_image(out_dir / "noisy.png", _hwc(noisy))
-    plot_curve({**metrics, "curve": curve, "config": asdict(config)}, out_dir / "dip_curve")
+    plot_curve({**metrics, "curve": curve, "config": _config_record(config)}, out_dir / "dip_curve")
     top = [("clean", clean, None), ("noisy", noisy, metrics["noisy_psnr"]),
            ("Gaussian", gauss, metrics["gaussian_psnr"])]
     if dncnn is not None:
         top.append(("DnCNN", dncnn, metrics["dncnn_psnr"]))
     top.append((f"DIP, step {metrics['best_step']}", best, metrics["best_psnr"]))
+    if code is not None:
+        top.append((f"f(z), step {metrics['code_best_step']}", code, metrics["code_best_psnr"]))
     if ema is not None:
-        top.append(("moving avg.", ema, metrics["ema_final_psnr"]))
+        top.append(("avg., end", ema, metrics["ema_final_psnr"]))
     bottom = [(f"step {s}", img, float(psnr(img, clean))) for s, img in sorted(snapshots.items())]
-    bottom.append((f"step {metrics['steps']} (final)", final, metrics["final_psnr"]))
+    bottom.append((f"step {metrics['steps']} (end)", final, metrics["final_psnr"]))
     ncols = max(len(top), len(bottom))
     rows, captions = [], []
     for row in (top, bottom):
@@ -424,11 +568,13 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
         rows.append(cells)
         captions.append([f"{label}\n{p:.2f} dB" if p is not None else label
                          for label, _, p in row] + [""] * (ncols - len(row)))
+    # captions of at most about 15 characters a line: six columns at slide size stay apart
     figures.image_panel(rows, out_dir / "dip_panel", captions=captions,
                         row_titles=["references", "f(z) during the fit"])
     # every image of the panel, to draw it again without running
     np.savez_compressed(out_dir / "images.npz", clean=clean, noisy=noisy, gaussian=gauss,
                         best=best, final=final, **({} if ema is None else {"ema": ema}),
+                        **({} if code is None else {"code_best": code}),
                         **({} if dncnn is None else {"dncnn": dncnn}),
                         **{f"step_{k}": v for k, v in snapshots.items()})
 
@@ -449,7 +595,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--every", type=int, metavar="K", help=f"record the PSNR every K steps (default {d.every})")
     add("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
     add("--ema", type=float, metavar="BETA",
-        help="also average the outputs exponentially with this factor (the paper: 0.99)")
+        help=f"also average the outputs exponentially with this factor, 0 = off (default {d.ema}, "
+             "as the paper)")
     add("--sigma", type=float, help="noise standard deviation on the 0-255 scale (default 25)")
     add("--depth", type=int, help=f"U-Net depth (default {d.depth})")
     add("--width", type=int, nargs="+", help="U-Net channels of the first level, or one count per "
@@ -458,7 +605,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--skip-channels", type=int, help=f"channels of each skip connection, 0 = the encoder's "
                                           f"features unprojected (default {d.skip_channels})")
     add("--code-channels", type=int, help=f"channels of the random input code (default {d.code_channels})")
-    add("--input-noise", type=float, help="std of noise added to the code every step (paper: 1/30)")
+    add("--input-noise", type=float, help=f"std of noise added to the code every step, 0 = off "
+                                          f"(default {d.input_noise:.4g} = 1/30, as the paper)")
     add("--up", choices=("bilinear", "nearest", "transpose"), help=f"up-sampling (default {d.up})")
     add("--down", choices=("conv", "maxpool"), help=f"down-sampling (default {d.down})")
     add("--snapshots", type=int, nargs="+", metavar="STEP", help="steps shown in the panel")
@@ -471,6 +619,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--quick", action="store_true",
         help="a few seconds: 64×64 crop, depth 3, width 8, 40 steps")
     add("--quiet", action="store_true", help="no progress lines")
+    add("--force", action="store_true", help="overwrite the run in --out (by default a folder that "
+                                             "holds a run is kept and DIR-YYYYmmdd-HHMMSS is used)")
 
 
 def config_from_args(args: argparse.Namespace) -> DIPConfig:
@@ -506,15 +656,35 @@ def summary(metrics: dict[str, Any]) -> str:
               f"({metrics['best_minus_gaussian_db']:+.2f} dB vs Gaussian)",
               f"  DIP final          {metrics['final_psnr']:6.2f} dB ({-metrics['decline_db']:+.2f} dB "
               "vs the peak)"]
+    if "code_best_psnr" in metrics:
+        lines.append(f"  f(z), no noise     {metrics['code_best_psnr']:6.2f} dB at step "
+                     f"{metrics['code_best_step']} ({metrics['code_best_minus_gaussian_db']:+.2f} dB "
+                     "vs Gaussian)")
     if "ema_final_psnr" in metrics:
-        lines.append(f"  moving average     {metrics['ema_final_psnr']:6.2f} dB at the end")
+        lines.append(f"  moving average     {metrics['ema_best_psnr']:6.2f} dB at best (step "
+                     f"{metrics['ema_best_step']}), {metrics['ema_final_psnr']:.2f} dB at the end")
     lines.append(f"  figures and metrics.json in {metrics['config']['out']}")
     return "\n".join(lines)
 
 
+def free_folder(config: DIPConfig, force: bool = False) -> DIPConfig:
+    """Point ``config.out`` at a folder that holds no run, by the studies' rule: a folder
+    holding one is kept and the run goes to ``DIR-YYYYmmdd-HHMMSS`` beside it (a note on
+    standard error), unless ``force``."""
+    import sys
+
+    from autodiff_lab.studies.common import StudyOptions, prepare_run_folder
+    folder = prepare_run_folder("dip", StudyOptions(out=Path(config.out), force=force))
+    if folder.note:
+        print(f"note: {folder.note}", file=sys.stderr)
+    config.out = str(folder.path)
+    return config
+
+
 def main(args: argparse.Namespace) -> int:
-    """``autodiff-lab train dip``: run with the parsed options and print the summary."""
-    metrics = run(config_from_args(args))
+    """``python -m autodiff_lab.studies.dip``: run with the parsed options (into a free run
+    folder, see :func:`free_folder`) and print the summary."""
+    metrics = run(free_folder(config_from_args(args), getattr(args, "force", False)))
     print(summary(metrics))
     return 0
 
@@ -529,6 +699,8 @@ def _cli(argv: Sequence[str] | None = None) -> int:
         return main(args)
     except AutodiffError as exc:
         parser.exit(2, f"error: {exc}\n")
+    except KeyboardInterrupt as exc:  # the steps done are written (TrainingInterrupted)
+        parser.exit(130, f"{exc.args[0] if exc.args else 'interrupted'}\n")
     return 1
 
 
