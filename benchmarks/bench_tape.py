@@ -699,7 +699,11 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     result["table"] = text
     path.write_text(json.dumps(result, indent=1, default=float))
-    print(f"\nwrote {path}")
+    # the flat records also as the benchmarks' shared CSV (same columns as every benchmark)
+    sys.path.insert(0, str(HERE))
+    from _table import from_records
+    _, csv_path = from_records("bench_tape", result["records"]).save(path.with_suffix(".table.json"))
+    print(f"\nwrote {path} and {csv_path}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ if __name__ == "__main__":
         os.environ.setdefault(_var, str(THREADS))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -189,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dncnn-steps", type=int, default=20, help="timed DnCNN steps")
     ap.add_argument("--threads", type=int, default=THREADS,
                     help="threads for BLAS, Numba and PyTorch (default 2; 1 on a busy machine)")
-    ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    ap.add_argument("--json", default=None,
+                    help="output JSON path (default: a new benchmarks/results/bench_train-<time>.json "
+                         "with the shared table's CSV beside it; committed results are never overwritten)")
     ap.add_argument("--share-only", action="store_true",
                     help="only the optimiser's share of a step (gradient and Adam timed apart)")
     args = ap.parse_args(argv)
@@ -220,9 +221,31 @@ def main(argv: list[str] | None = None) -> int:
     if not t:
         print(peer.NOT_INSTALLED)
     _print_shares(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+    table = _shared_table(results)
+    path, csv_path = table.save(args.json)
+    print(f"\nwrote {path} and {csv_path}")
     return 0
+
+
+def _shared_table(results: dict[str, Any]) -> Any:
+    """The run in the benchmarks' one table format (a peer that did not run is a row too)."""
+    from _table import Table
+    table = Table("bench_train", meta={k: v for k, v in results.items() if k != "ours"} |
+                  {"ours": results["ours"]})
+    t = results["torch"]
+    for workload, key, metric, unit in (("inpainting MLP epoch", "mlp", "time_per_epoch_s", "s"),
+                                        ("DnCNN-lite step", "dncnn", "time_per_step_ms", "ms")):
+        table.add(workload, "ours", metric, results["ours"][key][metric], unit)
+        if key in t:
+            table.add(workload, "torch", metric, t[key][metric], unit)
+        else:
+            table.not_installed(workload, "torch", metric, unit)
+    for name, r in results["optimiser_share"].items():
+        table.add(f"{name} Adam share", "ours", "optimiser / gradient", r["ours_share"], "ratio")
+        if "torch_share" in r:
+            table.add(f"{name} Adam share", "torch", "optimiser / gradient", r["torch_share"], "ratio")
+    table.fill_ratios()
+    return table
 
 
 def _print_shares(results: dict[str, Any]) -> None:

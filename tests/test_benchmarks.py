@@ -26,7 +26,7 @@ def test_targets_against_missing_peers_are_not_met():
 
 def test_benchmarks_do_not_overwrite_committed_results_by_default():
     for name in ("bench_tape.py", "bench_symbolic.py", "bench_unet.py", "bench_peers.py",
-                 "_table.py"):
+                 "bench_train.py", "_table.py"):
         text = (ROOT / "benchmarks" / name).read_text()
         # a timestamped name of its own, or the shared table's (benchmarks/_table.py)
         assert "%Y%m%d-%H%M%S" in text or "table.save(args.json)" in text, name
