@@ -62,6 +62,11 @@ class DIPConfig:
     steps: int = 2400              #: Adam steps (gradient evaluations)
     every: int = 10                #: record the curve every ``every`` steps
     lr: float = 0.01
+    #: step after which the learning rate decays (cosine) from ``lr`` to ``lr_final`` over
+    #: ``lr_decay_steps`` steps and then stays there; None = a constant ``lr``
+    lr_decay_start: int | None = None
+    lr_decay_steps: int = 500      #: length of that decay, in steps
+    lr_final: float = 0.001        #: the learning rate after the decay
     depth: int = 4                 #: U-Net depth (the image side must be a multiple of 2**depth)
     #: channels per level, the bottleneck last (or one int: the first level's, see growth);
     #: None: 8, 16, 32, 32, ... (:func:`default_widths`)
@@ -121,7 +126,10 @@ class DIPConfig:
         integer("seed", 0)
         if self.crop is not None:
             integer("crop", 0)
-        for name in ("lr", "code_scale"):
+        if self.lr_decay_start is not None:
+            integer("lr_decay_start", 0)
+        integer("lr_decay_steps", 1)
+        for name in ("lr", "code_scale", "lr_final"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
                 raise InputError(f"{name} must be a positive number, got {v!r}")
@@ -146,6 +154,18 @@ class DIPConfig:
                 raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}, got "
                                  f"{getattr(self, name)!r}")
         return self
+
+
+def learning_rate(config: DIPConfig, t: int) -> float:
+    """The learning rate of step ``t`` (1-based): ``config.lr`` up to ``lr_decay_start``,
+    then a half cosine down to ``lr_final`` over ``lr_decay_steps`` steps, then ``lr_final``.
+    A late decay shrinks Adam's step-to-step jitter of the weights once the fit has risen,
+    as averaging the weights would (docs/dip.md)."""
+    start = config.lr_decay_start
+    if start is None or t <= start:
+        return float(config.lr)
+    frac = min(1.0, (t - start) / config.lr_decay_steps)
+    return float(config.lr_final + (config.lr - config.lr_final) * (1 + np.cos(np.pi * frac)) / 2)
 
 
 def default_widths(depth: int) -> tuple[int, ...]:
@@ -375,7 +395,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
     snapshot_steps = sorted(set(config.snapshots)) or _default_snapshots(config.steps)
 
     curve: dict[str, list[float]] = {"step": [], "seconds": [], "psnr_clean": [], "psnr_noisy": [],
-                                     "loss": []}
+                                     "loss": [], "lr": []}
     if config.ema:
         curve["psnr_ema"] = []
     if config.input_noise:
@@ -395,6 +415,9 @@ def run(config: DIPConfig) -> dict[str, Any]:
                 z + noise_rng.normal(0.0, config.input_noise, z.shape).astype(np.float32)
             result = step(x, target)
             p_t = np.asarray(result.outputs[OUTPUT_KEY][0], dtype=np.float64)
+            lr_t = learning_rate(config, t)
+            for group in optimiser.param_groups:
+                group["lr"] = lr_t
             optimiser.step()
             pred, done = p_t, t
             p_clean = float(psnr(pred, clean))
@@ -414,6 +437,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
                 curve["psnr_clean"].append(round(p_clean, 4))
                 curve["psnr_noisy"].append(round(float(psnr(pred, noisy)), 4))
                 curve["loss"].append(float(result.loss))
+                curve["lr"].append(lr_t)
                 if config.ema:
                     curve["psnr_ema"].append(round(float(psnr(ema_img, clean)), 4))
                 if config.input_noise:
@@ -440,6 +464,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
             del v[n:]
         if not curve["step"] or curve["step"][-1] != done:
             _record_last(curve, done, time.perf_counter() - loop_start, pred, clean, noisy, ema_img)
+            curve["lr"].append(learning_rate(config, done))
             if "psnr_code" in curve:
                 curve["psnr_code"].append(round(float(psnr(
                     np.asarray(model(z), dtype=np.float64)[0], clean)), 4))
@@ -594,6 +619,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--steps", type=int, help=f"Adam steps (default {d.steps})")
     add("--every", type=int, metavar="K", help=f"record the PSNR every K steps (default {d.every})")
     add("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
+    add("--lr-decay-start", type=int, metavar="STEP",
+        help="decay the learning rate after this step (cosine, to --lr-final over "
+             f"--lr-decay-steps steps; default {d.lr_decay_start}: constant)")
+    add("--lr-decay-steps", type=int, metavar="N",
+        help=f"length of the decay in steps (default {d.lr_decay_steps})")
+    add("--lr-final", type=float, help=f"learning rate after the decay (default {d.lr_final})")
     add("--ema", type=float, metavar="BETA",
         help=f"also average the outputs exponentially with this factor, 0 = off (default {d.ema}, "
              "as the paper)")
