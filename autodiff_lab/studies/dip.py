@@ -80,6 +80,9 @@ class DIPConfig:
     #: std of fresh noise added to z at every step (as the paper: 1/30; 0 = off); the curve
     #: then also records f(z) without it
     input_noise: float = 1 / 30
+    #: the input noise's std after the learning-rate decay (it follows the same cosine);
+    #: None = ``input_noise`` throughout
+    input_noise_final: float | None = None
     down: str = "conv"             #: "conv" (stride 2) or "maxpool"
     up: str = "bilinear"           #: "bilinear", "nearest" or "transpose"
     activation: str = "leaky_relu"
@@ -133,7 +136,11 @@ class DIPConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
                 raise InputError(f"{name} must be a positive number, got {v!r}")
-        for name in ("sigma", "input_noise"):
+        if self.input_noise_final is not None and self.lr_decay_start is None:
+            raise InputError("input_noise_final needs lr_decay_start (the noise decays with the "
+                             "learning rate)")
+        for name in ("sigma", "input_noise") + (("input_noise_final",)
+                                                  if self.input_noise_final is not None else ()):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                 raise InputError(f"{name} must be a number >= 0, got {v!r}")
@@ -166,6 +173,16 @@ def learning_rate(config: DIPConfig, t: int) -> float:
         return float(config.lr)
     frac = min(1.0, (t - start) / config.lr_decay_steps)
     return float(config.lr_final + (config.lr - config.lr_final) * (1 + np.cos(np.pi * frac)) / 2)
+
+
+def input_noise_std(config: DIPConfig, t: int) -> float:
+    """The std of the noise added to the code at step ``t``: ``input_noise``, or with
+    ``input_noise_final`` set, moving from ``input_noise`` to it on the learning rate's cosine."""
+    if config.input_noise_final is None or config.lr_decay_start is None or t <= config.lr_decay_start:
+        return float(config.input_noise)
+    frac = min(1.0, (t - config.lr_decay_start) / config.lr_decay_steps)
+    return float(config.input_noise_final
+                 + (config.input_noise - config.input_noise_final) * (1 + np.cos(np.pi * frac)) / 2)
 
 
 def default_widths(depth: int) -> tuple[int, ...]:
@@ -411,8 +428,9 @@ def run(config: DIPConfig) -> dict[str, Any]:
     stopped = "completed"
     try:
         for t in range(1, config.steps + 1):
+            std_t = input_noise_std(config, t)
             x = z if not config.input_noise else \
-                z + noise_rng.normal(0.0, config.input_noise, z.shape).astype(np.float32)
+                z + noise_rng.normal(0.0, std_t, z.shape).astype(np.float32)
             result = step(x, target)
             p_t = np.asarray(result.outputs[OUTPUT_KEY][0], dtype=np.float64)
             lr_t = learning_rate(config, t)
@@ -625,6 +643,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--lr-decay-steps", type=int, metavar="N",
         help=f"length of the decay in steps (default {d.lr_decay_steps})")
     add("--lr-final", type=float, help=f"learning rate after the decay (default {d.lr_final})")
+    add("--input-noise-final", type=float, metavar="STD",
+        help="the input noise's std after the learning-rate decay, which it follows "
+             "(default: --input-noise throughout)")
     add("--ema", type=float, metavar="BETA",
         help=f"also average the outputs exponentially with this factor, 0 = off (default {d.ema}, "
              "as the paper)")

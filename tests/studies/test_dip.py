@@ -84,6 +84,8 @@ def _png(path, array, mode=None):
     (dict(lr_decay_start=2.5), "lr_decay_start must be an integer >= 0, got 2.5"),
     (dict(lr_decay_steps=0), "lr_decay_steps must be an integer >= 1, got 0"),
     (dict(lr_final=0.0), "lr_final must be a positive number, got 0.0"),
+    (dict(input_noise_final=0.01), "input_noise_final needs lr_decay_start"),
+    (dict(lr_decay_start=2, input_noise_final=-1.0), "input_noise_final must be a number >= 0"),
     (dict(lr_final=float("nan")), "lr_final must be a positive number, got nan"),
     (dict(snapshots=(0, 99)), r"snapshot steps must be integers in 1..6 .*\[0, 99\]"),
     (dict(width=(4, 8)), r"width needs depth \+ 1 = 4 counts"),
@@ -163,3 +165,9 @@ def test_late_learning_rate_decay(tmp_path):
                               "--lr-final", "0.0005"])
     c = dip.config_from_args(args)
     assert (c.lr_decay_start, c.lr_decay_steps, c.lr_final) == (5, 7, 0.0005)
+    noisy = dip.DIPConfig(input_noise=0.03, lr_decay_start=10, lr_decay_steps=4,
+                          input_noise_final=0.01)
+    stds = [dip.input_noise_std(noisy, t) for t in range(1, 17)]
+    assert stds[:10] == [0.03] * 10 and stds[11] == pytest.approx(0.02)
+    assert stds[13:] == [pytest.approx(0.01)] * 3
+    assert dip.input_noise_std(config, 16) == config.input_noise   # None: unchanged
