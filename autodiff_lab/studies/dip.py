@@ -62,6 +62,11 @@ class DIPConfig:
     steps: int = 2400              #: Adam steps (gradient evaluations)
     every: int = 10                #: record the curve every ``every`` steps
     lr: float = 0.01
+    #: step after which the learning rate decays (cosine) from ``lr`` to ``lr_final`` over
+    #: ``lr_decay_steps`` steps and then stays there; None = a constant ``lr``
+    lr_decay_start: int | None = None
+    lr_decay_steps: int = 500      #: length of that decay, in steps
+    lr_final: float = 0.001        #: the learning rate after the decay
     depth: int = 4                 #: U-Net depth (the image side must be a multiple of 2**depth)
     #: channels per level, the bottleneck last (or one int: the first level's, see growth);
     #: None: 8, 16, 32, 32, ... (:func:`default_widths`)
@@ -75,6 +80,9 @@ class DIPConfig:
     #: std of fresh noise added to z at every step (as the paper: 1/30; 0 = off); the curve
     #: then also records f(z) without it
     input_noise: float = 1 / 30
+    #: the input noise's std after the learning-rate decay (it follows the same cosine);
+    #: None = ``input_noise`` throughout
+    input_noise_final: float | None = None
     down: str = "conv"             #: "conv" (stride 2) or "maxpool"
     up: str = "bilinear"           #: "bilinear", "nearest" or "transpose"
     activation: str = "leaky_relu"
@@ -121,11 +129,18 @@ class DIPConfig:
         integer("seed", 0)
         if self.crop is not None:
             integer("crop", 0)
-        for name in ("lr", "code_scale"):
+        if self.lr_decay_start is not None:
+            integer("lr_decay_start", 0)
+        integer("lr_decay_steps", 1)
+        for name in ("lr", "code_scale", "lr_final"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
                 raise InputError(f"{name} must be a positive number, got {v!r}")
-        for name in ("sigma", "input_noise"):
+        if self.input_noise_final is not None and self.lr_decay_start is None:
+            raise InputError("input_noise_final needs lr_decay_start (the noise decays with the "
+                             "learning rate)")
+        for name in ("sigma", "input_noise") + (("input_noise_final",)
+                                                  if self.input_noise_final is not None else ()):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                 raise InputError(f"{name} must be a number >= 0, got {v!r}")
@@ -146,6 +161,28 @@ class DIPConfig:
                 raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}, got "
                                  f"{getattr(self, name)!r}")
         return self
+
+
+def learning_rate(config: DIPConfig, t: int) -> float:
+    """The learning rate of step ``t`` (1-based): ``config.lr`` up to ``lr_decay_start``,
+    then a half cosine down to ``lr_final`` over ``lr_decay_steps`` steps, then ``lr_final``.
+    A late decay shrinks Adam's step-to-step jitter of the weights once the fit has risen,
+    as averaging the weights would (docs/dip.md)."""
+    start = config.lr_decay_start
+    if start is None or t <= start:
+        return float(config.lr)
+    frac = min(1.0, (t - start) / config.lr_decay_steps)
+    return float(config.lr_final + (config.lr - config.lr_final) * (1 + np.cos(np.pi * frac)) / 2)
+
+
+def input_noise_std(config: DIPConfig, t: int) -> float:
+    """The std of the noise added to the code at step ``t``: ``input_noise``, or with
+    ``input_noise_final`` set, moving from ``input_noise`` to it on the learning rate's cosine."""
+    if config.input_noise_final is None or config.lr_decay_start is None or t <= config.lr_decay_start:
+        return float(config.input_noise)
+    frac = min(1.0, (t - config.lr_decay_start) / config.lr_decay_steps)
+    return float(config.input_noise_final
+                 + (config.input_noise - config.input_noise_final) * (1 + np.cos(np.pi * frac)) / 2)
 
 
 def default_widths(depth: int) -> tuple[int, ...]:
@@ -375,7 +412,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
     snapshot_steps = sorted(set(config.snapshots)) or _default_snapshots(config.steps)
 
     curve: dict[str, list[float]] = {"step": [], "seconds": [], "psnr_clean": [], "psnr_noisy": [],
-                                     "loss": []}
+                                     "loss": [], "lr": []}
     if config.ema:
         curve["psnr_ema"] = []
     if config.input_noise:
@@ -391,10 +428,14 @@ def run(config: DIPConfig) -> dict[str, Any]:
     stopped = "completed"
     try:
         for t in range(1, config.steps + 1):
+            std_t = input_noise_std(config, t)
             x = z if not config.input_noise else \
-                z + noise_rng.normal(0.0, config.input_noise, z.shape).astype(np.float32)
+                z + noise_rng.normal(0.0, std_t, z.shape).astype(np.float32)
             result = step(x, target)
             p_t = np.asarray(result.outputs[OUTPUT_KEY][0], dtype=np.float64)
+            lr_t = learning_rate(config, t)
+            for group in optimiser.param_groups:
+                group["lr"] = lr_t
             optimiser.step()
             pred, done = p_t, t
             p_clean = float(psnr(pred, clean))
@@ -414,6 +455,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
                 curve["psnr_clean"].append(round(p_clean, 4))
                 curve["psnr_noisy"].append(round(float(psnr(pred, noisy)), 4))
                 curve["loss"].append(float(result.loss))
+                curve["lr"].append(lr_t)
                 if config.ema:
                     curve["psnr_ema"].append(round(float(psnr(ema_img, clean)), 4))
                 if config.input_noise:
@@ -440,6 +482,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
             del v[n:]
         if not curve["step"] or curve["step"][-1] != done:
             _record_last(curve, done, time.perf_counter() - loop_start, pred, clean, noisy, ema_img)
+            curve["lr"].append(learning_rate(config, done))
             if "psnr_code" in curve:
                 curve["psnr_code"].append(round(float(psnr(
                     np.asarray(model(z), dtype=np.float64)[0], clean)), 4))
@@ -594,6 +637,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--steps", type=int, help=f"Adam steps (default {d.steps})")
     add("--every", type=int, metavar="K", help=f"record the PSNR every K steps (default {d.every})")
     add("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
+    add("--lr-decay-start", type=int, metavar="STEP",
+        help="decay the learning rate after this step (cosine, to --lr-final over "
+             f"--lr-decay-steps steps; default {d.lr_decay_start}: constant)")
+    add("--lr-decay-steps", type=int, metavar="N",
+        help=f"length of the decay in steps (default {d.lr_decay_steps})")
+    add("--lr-final", type=float, help=f"learning rate after the decay (default {d.lr_final})")
+    add("--input-noise-final", type=float, metavar="STD",
+        help="the input noise's std after the learning-rate decay, which it follows "
+             "(default: --input-noise throughout)")
     add("--ema", type=float, metavar="BETA",
         help=f"also average the outputs exponentially with this factor, 0 = off (default {d.ema}, "
              "as the paper)")

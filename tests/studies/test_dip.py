@@ -80,6 +80,13 @@ def _png(path, array, mode=None):
     (dict(every=0), "every must be an integer >= 1, got 0"),
     (dict(lr=0.0), "lr must be a positive number, got 0.0"),
     (dict(ema=1.0), r"ema must be in \[0, 1\)"),
+    (dict(lr_decay_start=-1), "lr_decay_start must be an integer >= 0, got -1"),
+    (dict(lr_decay_start=2.5), "lr_decay_start must be an integer >= 0, got 2.5"),
+    (dict(lr_decay_steps=0), "lr_decay_steps must be an integer >= 1, got 0"),
+    (dict(lr_final=0.0), "lr_final must be a positive number, got 0.0"),
+    (dict(input_noise_final=0.01), "input_noise_final needs lr_decay_start"),
+    (dict(lr_decay_start=2, input_noise_final=-1.0), "input_noise_final must be a number >= 0"),
+    (dict(lr_final=float("nan")), "lr_final must be a positive number, got nan"),
     (dict(snapshots=(0, 99)), r"snapshot steps must be integers in 1..6 .*\[0, 99\]"),
     (dict(width=(4, 8)), r"width needs depth \+ 1 = 4 counts"),
     (dict(up="bicubic"), "up must be one of 'nearest', 'bilinear', 'transpose', got 'bicubic'"),
@@ -136,3 +143,31 @@ def test_the_guide_example_runs():
     namespace: dict = {}
     exec(compile(blocks[0], "docs/dip.md", "exec"), namespace)
     assert namespace["model"].channels == [8, 16, 32, 64]
+
+
+def test_late_learning_rate_decay(tmp_path):
+    """lr up to lr_decay_start, a half cosine to lr_final over lr_decay_steps, then lr_final;
+    the run's Adam steps use it (the curve records the rate of each recorded step)."""
+    config = dip.DIPConfig(lr=0.01, lr_decay_start=10, lr_decay_steps=4, lr_final=0.001)
+    rates = [dip.learning_rate(config, t) for t in range(1, 17)]
+    assert rates[:10] == [0.01] * 10
+    assert rates[11] == pytest.approx(0.0055)         # halfway: the mean of the two rates
+    assert all(a > b for a, b in zip(rates[9:14], rates[10:14]))
+    assert rates[13:] == [pytest.approx(0.001)] * 3
+    assert dip.learning_rate(dip.DIPConfig(lr_decay_start=None), 10_000) == 0.01
+    m = dip.run(_quick(tmp_path, steps=8, every=1, lr=0.01, lr_decay_start=3, lr_decay_steps=2,
+                       lr_final=0.002))
+    assert m["curve"]["lr"] == pytest.approx([0.01, 0.01, 0.01, 0.006, 0.002, 0.002, 0.002, 0.002])
+    assert m["config"]["lr_decay_start"] == 3 and m["config"]["lr_final"] == 0.002
+    parser = argparse.ArgumentParser()
+    dip.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--lr-decay-start", "5", "--lr-decay-steps", "7",
+                              "--lr-final", "0.0005"])
+    c = dip.config_from_args(args)
+    assert (c.lr_decay_start, c.lr_decay_steps, c.lr_final) == (5, 7, 0.0005)
+    noisy = dip.DIPConfig(input_noise=0.03, lr_decay_start=10, lr_decay_steps=4,
+                          input_noise_final=0.01)
+    stds = [dip.input_noise_std(noisy, t) for t in range(1, 17)]
+    assert stds[:10] == [0.03] * 10 and stds[11] == pytest.approx(0.02)
+    assert stds[13:] == [pytest.approx(0.01)] * 3
+    assert dip.input_noise_std(config, 16) == config.input_noise   # None: unchanged
