@@ -562,7 +562,13 @@ def plot_curve(metrics: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
 
     curve, config = metrics["curve"], metrics["config"]
     out = "f(z + n)" if curve.get("psnr_code") else "f(z)"  # with input noise n
-    histories = {f"{out} vs clean image": (curve["step"], curve["psnr_clean"]),
+    # the curve is recorded every few steps, the peak at every step: draw the peak on it
+    steps, clean = list(curve["step"]), list(curve["psnr_clean"])
+    if metrics["best_step"] not in steps:
+        at = int(np.searchsorted(steps, metrics["best_step"]))
+        steps.insert(at, metrics["best_step"])
+        clean.insert(at, metrics["best_psnr"])
+    histories = {f"{out} vs clean image": (steps, clean),
                  f"{out} vs noisy target": (curve["step"], curve["psnr_noisy"])}
     if curve.get("psnr_code"):
         histories["f(z), the code without noise, vs clean"] = (curve["step"], curve["psnr_code"])
