@@ -11,27 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli, one_line
 
 from autodiff_lab import nn
 from autodiff_lab.cli import main
 from autodiff_lab.studies.common import finite_numbers
-
-
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """Run ``autodiff-lab ARGS``; (exit status, standard error)."""
-    try:
-        status = main(list(args))
-    except SystemExit as exc:  # argparse's usage errors
-        status = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return int(status), err
-
-
-def one_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def metrics_of(folder: Path) -> dict:

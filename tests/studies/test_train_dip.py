@@ -9,27 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli, one_line
 from PIL import Image
 
-from autodiff_lab.cli import main
 from autodiff_lab.errors import InputError
 from autodiff_lab.studies import dip
-
-
-def cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        status = main(list(args))
-    except SystemExit as exc:
-        status = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return int(status), err
-
-
-def one_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_quick_run_through_the_command_line(tmp_path, capsys, monkeypatch):
