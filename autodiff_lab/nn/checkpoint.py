@@ -35,6 +35,17 @@ from autodiff_lab.errors import CheckpointError
 
 FORMAT = "autodiff_lab.nn.checkpoint"
 VERSION = 1
+
+
+def check_format(fmt: str, expected: str, newest: int, where: str, unknown: str) -> None:
+    """Refuse a file whose ``"kind/version"`` stamp is not ``expected`` (with the message
+    ``unknown``) or is newer than ``newest``: one rule for checkpoints and model files."""
+    kind, _, version = fmt.partition("/")
+    if kind != expected:
+        raise CheckpointError(unknown)
+    if not version.isdigit() or int(version) > newest:
+        raise CheckpointError(f"{where}format version {version!r} is newer than this "
+                              f"autodiff_lab reads ({newest})")
 MODEL_PREFIX = "model/"
 _META_KEYS = ("__format__", "__architecture__", "__meta__")
 
@@ -225,12 +236,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 raise CheckpointError(f"{where}not a training checkpoint (no metadata entry); a model "
                                       "file of nn.save is read with nn.load")
             fmt = str(data["__format__"])
-            kind, _, version = fmt.partition("/")
-            if kind != FORMAT:
-                raise CheckpointError(f"{where}not a training checkpoint (format {fmt!r})")
-            if not version.isdigit() or int(version) > VERSION:
-                raise CheckpointError(f"{where}format version {version!r} is newer than this "
-                                      f"autodiff_lab reads ({VERSION})")
+            check_format(fmt, FORMAT, VERSION, where,
+                         f"{where}not a training checkpoint (format {fmt!r})")
             meta_text = str(data["__meta__"])
             architecture = str(data["__architecture__"]) if "__architecture__" in names else ""
             arrays = {k: data[k] for k in names if k not in _META_KEYS}

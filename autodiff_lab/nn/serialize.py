@@ -30,7 +30,7 @@ import numpy as np
 
 from autodiff_lab.errors import AutodiffError, CheckpointError
 from autodiff_lab.nn.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from autodiff_lab.nn.checkpoint import MODEL_PREFIX, atomic_write
+from autodiff_lab.nn.checkpoint import MODEL_PREFIX, atomic_write, check_format
 from autodiff_lab.nn.module import REGISTRY, Module
 
 FORMAT = "autodiff_lab.nn.model"
@@ -226,12 +226,7 @@ def load(path: str | os.PathLike) -> Module:
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise CheckpointError(f"{where}cannot be read: it is truncated or corrupt "
                               f"({type(exc).__name__}: {exc})") from None
-    kind, _, version = fmt.partition("/")
-    if kind != FORMAT:
-        raise CheckpointError(f"{where}unknown format {fmt!r}")
-    if not version.isdigit() or int(version) > VERSION:
-        raise CheckpointError(f"{where}format version {version!r} is newer than this "
-                              f"autodiff_lab reads ({VERSION})")
+    check_format(fmt, FORMAT, VERSION, where, f"{where}unknown format {fmt!r}")
     try:
         spec = json.loads(arch_text)
     except ValueError as exc:
