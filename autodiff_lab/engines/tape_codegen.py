@@ -55,6 +55,9 @@ SMALL_NODES = 200
 #: generated function; past that the per-op overhead it saves is small next to the work,
 #: and the general loop's freeing of values matters more
 SMALL_ELEMENTS = 1 << 15
+#: with ``anomaly`` on, the call from which the generated function tests its results with
+#: one compiled function instead of numpy sums (see :class:`GeneratedGradient`)
+COMPILED_CHECK_CALL = 16
 
 
 
@@ -149,17 +152,27 @@ class GeneratedGradient:
     """The generated gradient function of a program, written on its second call (or when
     ``source`` is read): a program run once, as ``adl.gradient`` does, does not pay the
     ~0.3 ms of writing and compiling it. Returns ``None`` where the general loop must take
-    the call (the first call, and see the module docstring)."""
+    the call (the first call, and see the module docstring).
+
+    With ``anomaly`` on, the first version tests the results with numpy sums; from call
+    :data:`COMPILED_CHECK_CALL` on (a program used in a loop) it is written again with one
+    compiled test over all of them (:mod:`autodiff_lab.kernels.finite`), which costs one
+    Numba compilation per combination of result types and machine, and about a tenth of
+    the sums on every call after."""
 
     def __init__(self, program: TapeProgram) -> None:
         self._program: TapeProgram | None = program
         self._fn: Callable[[Mapping[str, Any]], GradientResult | None] | None = None
+        self._first: Callable[[Mapping[str, Any]], GradientResult | None] | None = None
         self._calls = 0
 
     def function(self) -> Callable[[Mapping[str, Any]], GradientResult | None]:
+        """The final version (the compiled check where it applies), written now if needed."""
         if self._fn is None:
-            self._fn = _generate(self._program)
-            self._program = None
+            program = self._program
+            fn = _generate(program, compiled_check=True) if program.anomaly else None
+            self._fn = fn or self._first or _generate(program, compiled_check=False)
+            self._program = self._first = None
         return self._fn
 
     @property
@@ -172,7 +185,12 @@ class GeneratedGradient:
             self._calls += 1
             if self._calls < 2:
                 return None
-            fn = self.function()
+            if self._calls >= COMPILED_CHECK_CALL or not self._program.anomaly:
+                fn = self.function()
+            else:
+                fn = self._first
+                if fn is None:
+                    fn = self._first = _generate(self._program, compiled_check=False)
         return fn(values)
 
 
@@ -186,7 +204,27 @@ def build(program: TapeProgram) -> GeneratedGradient | None:
 _CODE: dict[str, Any] = {}
 
 
-def _generate(program: TapeProgram) -> Callable[[Mapping[str, Any]], GradientResult | None]:
+def _compiled_checkers(count: int) -> list[tuple[Callable[..., Any], int]] | None:
+    """(function, how many arrays it takes) testing ``count`` arrays in groups of at most
+    ``finite.MAX_ARRAYS`` (``None`` if Numba cannot be loaded: the sums then stay)."""
+    try:
+        from autodiff_lab.kernels import finite
+    except Exception:  # pragma: no cover - Numba missing or broken
+        return None
+    full, rest = divmod(count, finite.MAX_ARRAYS)
+    sizes = [finite.MAX_ARRAYS] * full + ([rest] if rest else [])
+    return [(finite.checker(n), n) for n in sizes]
+
+
+#: dtypes the compiled check takes (others keep the sums)
+_COMPILED_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
+
+
+def _generate(program: TapeProgram, compiled_check: bool = False
+              ) -> Callable[[Mapping[str, Any]], GradientResult | None] | None:
+    """The generated function of ``program``. ``compiled_check``: test the results with
+    one compiled function (:mod:`autodiff_lab.kernels.finite`); ``None`` if that does not
+    apply (numpy sums are the other way)."""
     p, g = program, program.graph
     w = _Writer()
     nd = w.const("_nd", np.ndarray)
@@ -289,21 +327,43 @@ def _generate(program: TapeProgram) -> Callable[[Mapping[str, Any]], GradientRes
                      f"and r{k}.flags.writeable){others}:")
         lines.append(f"        r{k} = {array}(r{k}, {dt})")
     lines.append(f"    value = v{out} if type(v{out}) is {nd} else {asarray}(v{out})")
+    aux = [v for v in dict.fromkeys(g.outputs.values()) if v != out]
+    for v in aux:
+        lines.append(f"    o{v} = v{v} if type(v{v}) is {nd} else {asarray}(v{v})")
     if p.anomaly:
-        # one sum per array: finite exactly when every element is (a NaN or an Inf makes
-        # it NaN or Inf; an overflow of finite values only sends the call to the general
-        # loop, which returns the same numbers)
-        total = w.const("_sum", np.add.reduce)
-        parts = ["value"] + [f"{total}(v{g.inputs[n]}, None)" for n in names
-                             if dtypes[n].kind == "f"]
-        parts += [f"{total}(r{k}, None)" for k in range(len(wanted))]
-        lines.append(f"    if not {w.const('_isfinite', math.isfinite)}("
-                     + "\n            + ".join(parts) + "):")
+        # the value, the auxiliary outputs and the gradients (the inputs are left to the
+        # general loop's diagnosis, as there: one that reaches none of these is not reported)
+        checked = [(f"o{v}", np.dtype(g.node(v)["dtype"])) for v in aux
+                   if np.dtype(g.node(v)["dtype"]).kind == "f"]
+        checked += [(f"r{k}", dtype) for k in range(len(wanted))]
+        isfinite = w.const("_isfinite", math.isfinite)
+        if compiled_check:
+            if any(dt not in _COMPILED_DTYPES for _e, dt in checked):
+                return None
+            fns = _compiled_checkers(len(checked)) if checked else []
+            if fns is None:
+                return None
+            # the value in Python (a scalar), the arrays in one call per group of up to
+            # eight: every element's x - x is 0 exactly when it is finite
+            calls, at = [f"{isfinite}(v{out})"], 0
+            for k, (fn, n) in enumerate(fns):
+                group = [e for e, _dt in checked[at:at + n]]
+                calls.append(f"{w.const(f'_finite{k}', fn)}({', '.join(group)})")
+                at += n
+            lines.append("    if not (" + "\n            and ".join(calls) + "):")
+        else:
+            # one sum per array: finite exactly when every element is (a NaN or an Inf
+            # makes it NaN or Inf; an overflow of finite values only sends the call to the
+            # general loop, which returns the same numbers)
+            total = w.const("_sum", np.add.reduce)
+            parts = ["value"] + [f"{total}({e}, None)" for e, _dt in checked]
+            lines.append(f"    if not {isfinite}(" + "\n            + ".join(parts) + "):")
         lines.append("        return None  # the general loop names the op")
+    elif compiled_check:
+        return None
     outputs = []
     for name, v in g.outputs.items():
-        outputs.append(f"{name!r}: value" if v == out else
-                       f"{name!r}: (v{v} if type(v{v}) is {nd} else {asarray}(v{v}))")
+        outputs.append(f"{name!r}: value" if v == out else f"{name!r}: o{v}")
     grads = ", ".join(f"{n!r}: r{k}" for k, (n, _v) in enumerate(wanted))
     lines.append(f"    return {w.const('_Result', GradientResult)}(value=value, grads={{{grads}}}, "
                  f"engine='tape', output={p.output!r}, info={{'path': 'generated'}}, "

@@ -131,3 +131,61 @@ def test_big_graphs_keep_the_general_loop():
     big = E.mlp(256, 64, 32)
     assert adl.engine("tape").compile(big.graph).source is None
     assert tape_codegen.SMALL_ELEMENTS < 256 * 64 * 2 + 256 * 32 * 4
+
+
+def _warm(program, values):
+    """Call ``program`` until its generated function tests results with the compiled check."""
+    for _ in range(tape_codegen.COMPILED_CHECK_CALL):
+        r = program(values)
+    assert r.info["path"] == "generated" and "_finite0(" in program.source
+    return r
+
+
+def test_the_compiled_check_sends_every_non_finite_result_to_the_general_loop():
+    # the value, an auxiliary output and a gradient each carry the NaN/Inf in turn; the
+    # general loop then names the op, exactly as with the sums of the first calls
+    g = adl.trace(lambda x, y: {"out": adl.sum(1.0 / adl.exp(x)) + adl.sum(y),
+                                "aux": adl.log(y)}, x=(2,), y=(2,))
+    program = adl.engine("tape").compile(g, wrt=["x", "y"], output="out")
+    ok = {"x": np.zeros(2), "y": np.ones(2)}
+    _warm(program, ok)
+    with pytest.raises(NonFiniteError, match="'exp'"):  # value 0 + ..., gradient NaN
+        program({"x": np.array([0.0, 1000.0]), "y": np.ones(2)})
+    with pytest.raises(NonFiniteError, match="'log'"):  # only the auxiliary output
+        program({"x": np.zeros(2), "y": np.array([1.0, -1.0])})
+    with pytest.raises(NonFiniteError, match="'y'"):  # a NaN input that reaches the value
+        program({"x": np.zeros(2), "y": np.array([np.nan, 1.0])})
+    r = program(ok)  # and back on the generated path
+    assert r.info["path"] == "generated" and r.value == 4.0
+
+
+def test_the_compiled_check_returns_what_the_general_loop_returns():
+    # a NaN/Inf only in an input that reaches no result, an infinite gradient of a finite
+    # forward: the general loop returns these (documented), so the generated path does too
+    g = adl.trace(lambda x, c: adl.sum(x) + adl.sum(adl.minimum(adl.exp(c), 1.0)),
+                  x=(2,), c=(2,))
+    program = adl.engine("tape").compile(g, wrt=["x"])
+    _warm(program, {"x": np.ones(2), "c": np.zeros(2)})
+    r = program({"x": np.ones(2), "c": np.array([0.0, np.inf])})
+    assert r.value == 4.0 and r.info.get("path") == "generated"
+    roots = adl.engine("tape").compile(adl.trace(lambda x: adl.sum(adl.sqrt(x)), x=(2,)))
+    _warm(roots, {"x": np.ones(2)})
+    r = roots({"x": np.array([0.0, 4.0])})  # d√x/dx at 0 is +Inf: the general loop's result
+    assert r.info.get("path") is None and r.grads["x"][0] == np.inf
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_compiled_check_over_many_gradients(dtype):
+    # more results than one compiled function takes (8): split over several calls
+    names = [f"a{i}" for i in range(11)]
+    g = adl.trace(lambda **xs: adl.sum(adl.log(sum(xs.values()))),
+                  **{n: adl.spec((2, 3) if i % 2 else (3,), dtype) for i, n in enumerate(names)})
+    program = adl.engine("tape").compile(g)
+    values = {n: np.full((2, 3) if i % 2 else (3,), 1.0, dtype) for i, n in enumerate(names)}
+    r = _warm(program, values)
+    assert program.source.count("_finite") == 2 and r.grads["a10"].dtype == dtype
+    for n in (names[0], names[-1]):
+        bad = dict(values, **{n: values[n].copy()})
+        bad[n].flat[1] = -20.0  # log of a negative sum
+        with pytest.raises(NonFiniteError, match="'log'"):
+            program(bad)
