@@ -216,6 +216,18 @@ class Optimizer:
     def _update(self, data: np.ndarray, grad: np.ndarray, group: Group, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _coefficients(self, key: tuple, make: Callable[[], tuple[float, ...]]) -> np.ndarray:
+        """The scalars of an update rule as one array of the parameter dtype (``key[-1]``),
+        made once per key (a group's parameters share them at each step): the kernels take
+        them as an array, which Numba's dispatcher types ~20 times faster than scalars."""
+        c = self._scalars.get(key)
+        if c is None:
+            if len(self._scalars) > 64:
+                self._scalars.clear()
+            c = self._scalars[key] = np.array(make(), dtype=key[-1])
+            c.flags.writeable = False
+        return c
+
     # -- checkpoints ---------------------------------------------------------------------------
     def _names(self) -> dict[str, Parameter]:
         names: dict[str, Parameter] = {}
@@ -328,19 +340,21 @@ class SGD(Optimizer):
         return group
 
     def _update(self, data: np.ndarray, grad: np.ndarray, group: Group, state: dict[str, Any]) -> None:
-        k = _kernels()
-        t = data.dtype.type
-        lr, wd, mu = t(group["lr"]), t(group["weight_decay"]), group["momentum"]
+        k = _OPTIM_FAST or _kernels()
+        lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
         if mu == 0:
-            k.sgd_plain(_flat(data), _flat(grad), lr, wd)
+            k.sgd_plain(data.reshape(-1), grad.reshape(-1), self._coefficients(
+                ("sgd", lr, wd, data.dtype), lambda: (lr, wd)))
             return
         first = "momentum_buffer" not in state
         if first:  # b ← g: b·0 + 1·g
             state["momentum_buffer"] = np.zeros_like(data)
-        keep_g, buf_factor = (1.0, mu) if group["nesterov"] else (0.0, 1.0)
-        k.sgd_momentum(_flat(data), _flat(grad), _flat(state["momentum_buffer"]), lr, wd,
-                       t(0.0 if first else mu), t(1.0 if first else 1.0 - group["dampening"]),
-                       t(keep_g), t(buf_factor))
+        nesterov, damp = group["nesterov"], group["dampening"]
+        keep_g, buf_factor = (1.0, mu) if nesterov else (0.0, 1.0)
+        c = self._coefficients(("momentum", first, lr, wd, mu, damp, nesterov, data.dtype),
+                               lambda: (lr, wd, 0.0 if first else mu,
+                                        1.0 if first else 1.0 - damp, keep_g, buf_factor))
+        k.sgd_momentum(data.reshape(-1), grad.reshape(-1), state["momentum_buffer"].reshape(-1), c)
 
 
 class Adam(Optimizer):
@@ -388,30 +402,25 @@ class Adam(Optimizer):
         step = state["step"]
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         b1, b2 = group["betas"]
-        # the parameters of a group share their scalars (in their dtype): made once a step
-        key = (step, lr, wd, eps, b1, b2, data.dtype)
-        args = self._scalars.get(key)
-        if args is None:
+
+        def coefficients() -> tuple[float, ...]:
             # the bias corrections in double precision, as PyTorch computes them
             step_size = lr / (1.0 - b1 ** step)
             bc2_sqrt = math.sqrt(1.0 - b2 ** step)
-            t = data.dtype.type
             if self._decoupled:  # θ ← θ(1 − γλ), the gradient left alone
-                coupled, decay = t(0.0), t(1.0 - lr * wd)
+                coupled, decay = 0.0, 1.0 - lr * wd
             else:  # g ← g + λθ, θ·1
-                coupled, decay = t(wd), t(1.0)
-            args = (coupled, decay, t(1.0 - b1), t(b2), t(1.0 - b2), t(step_size),
-                    t(bc2_sqrt), t(eps))
-            if len(self._scalars) > 64:
-                self._scalars.clear()
-            self._scalars[key] = args
-        k = _kernels()
+                coupled, decay = wd, 1.0
+            return (coupled, decay, 1.0 - b1, b2, 1.0 - b2, step_size, bc2_sqrt, eps)
+
+        c = self._coefficients((step, lr, wd, eps, b1, b2, data.dtype), coefficients)
+        k = _OPTIM_FAST or _kernels()
         p, g = data.reshape(-1), grad.reshape(-1)
         m, v = state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1)
         if group["amsgrad"]:
-            k.adam_amsgrad(p, g, m, v, state["max_exp_avg_sq"].reshape(-1), *args)
+            k.adam_amsgrad(p, g, m, v, state["max_exp_avg_sq"].reshape(-1), c)
         else:
-            k.adam(p, g, m, v, *args)
+            k.adam(p, g, m, v, c)
 
 
 class AdamW(Adam):
