@@ -130,8 +130,8 @@ def ours_dncnn_steps(steps: int = 20, batch: int = 16, size: int = 40, channels:
 
 def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
     """The optimiser's share of a training step, ours and PyTorch's side by side: the gradient
-    (``step(x, y)``; PyTorch: zero_grad, forward, ``loss.backward()``) and ``opt.step()`` (Adam)
-    timed separately in interleaved rounds (medians), for the inpainting MLP 784-256-784
+    (``step(x, y)``; PyTorch: zero_grad, forward, ``loss.backward()``) and ``opt.step()`` (Adam,
+    and SGD with momentum 0.9, whose step size is too small to move the weights) timed separately in interleaved rounds (medians), for the inpainting MLP 784-256-784
     (batch 64) and DnCNN-lite 5×32 with batch norm (16 × 40²), float32."""
     rng = np.random.default_rng(0)
     cases = {
@@ -145,18 +145,20 @@ def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
     for name, (model, loss, x) in cases.items():
         step = nn.compile_step(model, loss, engine="tape", anomaly=False)
         opt = nn.Adam(model.parameters(), lr=1e-6)
-        fns = {"ours_grad": lambda: step(x, x), "ours_opt": opt.step}
+        sgd = nn.SGD(model.parameters(), lr=1e-12, momentum=0.9)
+        fns = {"ours_grad": lambda: step(x, x), "ours_opt": opt.step, "ours_sgd": sgd.step}
         if torch is not None:
             tm = peer._dncnn_model(torch, 32, 5, peer.dncnn_initial_weights(32, 5, 0)).float() \
                 if name == "dncnn" else torch.nn.Sequential(
                     torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 784))
             topt = torch.optim.Adam(tm.parameters(), lr=1e-6)
+            tsgd = torch.optim.SGD(tm.parameters(), lr=1e-12, momentum=0.9)
             tx = torch.from_numpy(x)
 
             def torch_grad(tm=tm, topt=topt, tx=tx):
                 topt.zero_grad()
                 (0.5 * ((tm(tx) - tx) ** 2).mean()).backward()
-            fns.update(torch_grad=torch_grad, torch_opt=topt.step)
+            fns.update(torch_grad=torch_grad, torch_opt=topt.step, torch_sgd=tsgd.step)
         for fn in fns.values():  # compile, warm up, create the optimiser state
             fn()
         times: dict[str, list[float]] = {k: [] for k in fns}
@@ -167,10 +169,13 @@ def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
                 times[k].append(time.perf_counter() - start)
         med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
         row = {"ours_grad_ms": med["ours_grad"], "ours_opt_ms": med["ours_opt"],
-               "ours_share": med["ours_opt"] / med["ours_grad"]}
+               "ours_share": med["ours_opt"] / med["ours_grad"],
+               "ours_sgd_ms": med["ours_sgd"], "ours_sgd_share": med["ours_sgd"] / med["ours_grad"]}
         if torch is not None:
             row.update(torch_grad_ms=med["torch_grad"], torch_opt_ms=med["torch_opt"],
-                       torch_share=med["torch_opt"] / med["torch_grad"])
+                       torch_share=med["torch_opt"] / med["torch_grad"],
+                       torch_sgd_ms=med["torch_sgd"],
+                       torch_sgd_share=med["torch_sgd"] / med["torch_grad"])
         out[name] = row
     return out
 
@@ -244,6 +249,10 @@ def _shared_table(results: dict[str, Any]) -> Any:
         table.add(f"{name} Adam share", "ours", "optimiser / gradient", r["ours_share"], "ratio")
         if "torch_share" in r:
             table.add(f"{name} Adam share", "torch", "optimiser / gradient", r["torch_share"], "ratio")
+        table.add(f"{name} SGD share", "ours", "optimiser / gradient", r["ours_sgd_share"], "ratio")
+        if "torch_sgd_share" in r:
+            table.add(f"{name} SGD share", "torch", "optimiser / gradient", r["torch_sgd_share"],
+                      "ratio")
     table.fill_ratios()
     return table
 
@@ -251,13 +260,16 @@ def _shared_table(results: dict[str, Any]) -> Any:
 def _print_shares(results: dict[str, Any]) -> None:
     print("\noptimiser share of a step (Adam step / gradient, float32; target ≤ 5 %), load "
           f"average {', '.join(f'{v:.1f}' for v in os.getloadavg())}:")
-    print("| case | ours: gradient | Adam | share | PyTorch: gradient | Adam | share |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | ours: gradient | Adam | share | SGD+momentum | share "
+          "| PyTorch: gradient | Adam | share | SGD+momentum | share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results["optimiser_share"].items():
         theirs = (f"{r['torch_grad_ms']:.3g} ms | {r['torch_opt_ms']:.3g} ms | "
-                  f"{100 * r['torch_share']:.1f} %") if "torch_share" in r else "– | – | –"
+                  f"{100 * r['torch_share']:.1f} % | {r['torch_sgd_ms']:.3g} ms | "
+                  f"{100 * r['torch_sgd_share']:.1f} %") if "torch_share" in r else "– | – | – | – | –"
         print(f"| {name} | {r['ours_grad_ms']:.3g} ms | {r['ours_opt_ms']:.3g} ms | "
-              f"{100 * r['ours_share']:.1f} % | {theirs} |")
+              f"{100 * r['ours_share']:.1f} % | {r['ours_sgd_ms']:.3g} ms | "
+              f"{100 * r['ours_sgd_share']:.1f} % | {theirs} |")
 
 
 if __name__ == "__main__":
