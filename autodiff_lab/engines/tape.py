@@ -796,11 +796,11 @@ def _plain_float(v: Any) -> float:
 
 
 class TapeEngine(Engine):
-    """Reverse-mode AD. ``anomaly=True`` (the default) checks the inputs, the value, the
-    outputs and the gradients of each call for NaN/Inf and, if one is not finite, runs the
-    forward pass again checking every op, to name the first op that made one (an
-    intermediate NaN/Inf that reaches neither the value nor a gradient is not reported;
-    ``False`` skips the checks);
+    """Reverse-mode AD. ``anomaly=True`` (the default) checks the value, the outputs and
+    the gradients of each call for NaN/Inf and, if one is not finite, checks the inputs and
+    runs the forward pass again checking every op, to name the non-finite input or the
+    first op that made one (an input or intermediate NaN/Inf that reaches neither the value
+    nor an output or gradient is not reported; ``False`` skips the checks);
     ``keep_all=True`` keeps and returns every node's value and gradient (for drawing);
     ``generate=False`` runs small array graphs on the general loop too instead of their
     generated function (:mod:`autodiff_lab.engines.tape_codegen`; same numbers, slower)."""

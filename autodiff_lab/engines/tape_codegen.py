@@ -18,12 +18,13 @@ What stays with the general loop: anything but ``{name: ndarray of the input's s
 dtype}`` for exactly the graph's inputs (lists, Python numbers, other dtypes, ignorable
 names: the general loop converts, casts and names what is wrong), a ``seed``,
 ``keep_all``, and any exception a rule raises (the general loop raises it again with the
-node named). With ``anomaly=True`` the inputs, the output and the gradients are checked
-once at the end -- one sum per array, finite exactly when every element is -- and a
-non-finite one sends the call to the general loop, which names the op that produced it
-(or, for a NaN the checked values do not show, e.g. an infinite gradient of finite values,
-returns the same numbers). As in the general loop, numpy's warnings are silenced in the
-forward when ``anomaly`` is on.
+node named). With ``anomaly=True`` the value, the auxiliary outputs and the gradients are
+checked once at the end, as the general loop checks them -- first one sum per array,
+finite exactly when every element is, then (a program called often) one compiled test over
+all of them -- and a non-finite one sends the call to the general loop, which names the
+input or the op that produced it (or, for an infinite gradient of finite values, returns
+the same numbers). As in the general loop, numpy's warnings are silenced in the forward
+when ``anomaly`` is on.
 
 Values of shape ``()`` stay numpy scalars (``np.float64``) between steps instead of 0-d
 arrays: numpy's arithmetic on its scalars is about 30 times cheaper, with the same dtype
@@ -162,18 +163,21 @@ class GeneratedGradient:
 
     def __init__(self, program: TapeProgram) -> None:
         self._program: TapeProgram | None = program
+        self._anomaly = program.anomaly
         self._fn: Callable[[Mapping[str, Any]], GradientResult | None] | None = None
         self._first: Callable[[Mapping[str, Any]], GradientResult | None] | None = None
         self._calls = 0
 
     def function(self) -> Callable[[Mapping[str, Any]], GradientResult | None]:
         """The final version (the compiled check where it applies), written now if needed."""
-        if self._fn is None:
+        fn = self._fn
+        if fn is None:
             program = self._program
-            fn = _generate(program, compiled_check=True) if program.anomaly else None
-            self._fn = fn or self._first or _generate(program, compiled_check=False)
+            fn = _generate(program, compiled_check=True) if self._anomaly else None
+            fn = fn or self._first or _generate(program, compiled_check=False)
+            self._fn = fn
             self._program = self._first = None
-        return self._fn
+        return fn
 
     @property
     def source(self) -> str:
@@ -185,12 +189,11 @@ class GeneratedGradient:
             self._calls += 1
             if self._calls < 2:
                 return None
-            if self._calls >= COMPILED_CHECK_CALL or not self._program.anomaly:
+            fn = self._first
+            if self._calls >= COMPILED_CHECK_CALL or not self._anomaly:
                 fn = self.function()
-            else:
-                fn = self._first
-                if fn is None:
-                    fn = self._first = _generate(self._program, compiled_check=False)
+            elif fn is None:
+                fn = self._first = _generate(self._program, compiled_check=False)
         return fn(values)
 
 
