@@ -132,7 +132,8 @@ def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
     """The optimiser's share of a training step, ours and PyTorch's side by side: the gradient
     (``step(x, y)``; PyTorch: zero_grad, forward, ``loss.backward()``) and ``opt.step()`` (Adam,
     and SGD with momentum 0.9, whose step size is too small to move the weights) timed
-    separately in interleaved rounds (medians), for the inpainting MLP 784-256-784 (batch 64) and DnCNN-lite 5×32 with batch norm (16 × 40²), float32."""
+    separately in interleaved rounds (medians), for the inpainting MLP 784-256-784 (batch 64)
+    and DnCNN-lite 5×32 with batch norm (16 × 40²), float32."""
     rng = np.random.default_rng(0)
     cases = {
         "mlp": (nn.InpaintingMLP(784, 256, dtype=np.float32, rng=0), nn.MSELoss(),
