@@ -58,7 +58,7 @@ SMALL_NODES = 200
 SMALL_ELEMENTS = 1 << 15
 #: with ``anomaly`` on, the call from which the generated function tests its results with
 #: one compiled function instead of numpy sums (see :class:`GeneratedGradient`)
-COMPILED_CHECK_CALL = 16
+COMPILED_CHECK_CALL = 100
 
 
 
