@@ -197,6 +197,15 @@ def ensure_cache_dir() -> str | None:
     return str(chosen)
 
 
+def cache_location() -> str:
+    """Where compiled kernels are kept, in words (for messages and ``precompile``)."""
+    if not _CHECKED:
+        ensure_cache_dir()
+    if not caching_enabled:
+        return "none (caching is off in this process)"
+    return numba.config.CACHE_DIR or f"{Path(__file__).parent / '__pycache__'} (next to the kernels)"
+
+
 def prefer_workqueue() -> None:
     """Use Numba's ``workqueue`` threading layer unless the user chose one.
 
