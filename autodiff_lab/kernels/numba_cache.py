@@ -16,6 +16,10 @@ in this order:
    again in the next process);
 5. none: caching is switched off with a :class:`NumbaCacheWarning`, and the package still
    imports; kernels are compiled in every process.
+
+A kernel is compiled at its first call with new argument types (only those), then loaded
+from this directory by later processes; ``autodiff-lab precompile``
+(:mod:`.precompile`) fills it ahead of time. :func:`cache_location` says where it is.
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ def precompile(dtypes: Sequence[str] = DTYPES,
                echo: Callable[[str], None] | None = None) -> list[KernelCompile]:
     """Run the workloads of :func:`workloads` in each of ``dtypes`` and return the kernels
     that had to be compiled (those found in the cache are not listed). ``echo`` gets one
-    line per workload."""
+    line per workload. Meant for a process of its own (the command): while it runs, the
+    size thresholds of :mod:`.dispatch` are lowered for every thread of the process."""
     from numba.core import event
 
     from autodiff_lab.errors import InputError
