@@ -29,9 +29,10 @@ libraries, are paid once per process) and the growth from call 10 to 200.
 "ours" is the compiled tape program with ``anomaly=False`` (PyTorch does not check
 either); the default, anomaly on (the value, outputs and gradients checked for NaN/Inf once
 per call), is reported next to it with its cost in per cent. "cold" is the first
-call of a freshly compiled program in this process (Numba cache warm); "cold start" runs a
-fresh Python process from ``import`` to the first DnCNN gradient; "first-ever compile" does
-the same with an empty Numba cache directory.
+call of a freshly compiled program in this process (Numba cache warm); "cold start" times a
+fresh Python process from its start to the end of its first float32 DnCNN gradient (its exit
+afterwards reported apart), next to PyTorch doing the same; "first-ever compile" does the
+same with an empty Numba cache directory (medians of interleaved rounds, see cold_starts).
 """
 
 from __future__ import annotations
