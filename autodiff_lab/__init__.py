@@ -92,9 +92,20 @@ from autodiff_lab import render  # noqa: E402
 
 __all__ += ["render"]
 
-from autodiff_lab import compare  # noqa: E402  (adl.compare.step_sweep, the report harness)
+__all__ += ["compare"]  # adl.compare.step_sweep, the report harness: imported at first use
 
-__all__ += ["compare"]
+
+def __getattr__(name: str) -> object:
+    """``adl.compare`` is imported when first used: ``import autodiff_lab`` need not load
+    the comparison harness (and tqdm) for a gradient."""
+    if name == "compare":
+        import importlib
+        return importlib.import_module("autodiff_lab.compare")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"compare"})
 
 from autodiff_lab.formula import explain, formula  # noqa: E402  (derivatives as formulas)
 

@@ -156,6 +156,9 @@ COMMANDS: list[Command] = [
     Command.from_module("train", "run a case study (neuron, inpainting, denoiser, classifier, dip): "
                         "train, score, write model.npz, metrics.json and figures",
                         "autodiff_lab.studies.cli"),
+    Command.from_module("precompile", "compile the Numba kernels into the cache now, so the "
+                        "first gradient of a later run does not wait for them",
+                        "autodiff_lab.kernels.precompile"),
     Command.from_module("denoise", "denoise your own grey or colour PNG with a trained denoiser",
                         "autodiff_lab.studies.denoise_cli"),
 ]

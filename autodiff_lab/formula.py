@@ -22,17 +22,20 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-import sympy as sp
 
+from autodiff_lab._lazy import lazy_module
 from autodiff_lab.engines import matrix_expr as M
 from autodiff_lab.engines.base import resolve_output, resolve_wrt
-from autodiff_lab.engines.matrix_display import ACTIVATIONS, Display
 from autodiff_lab.engines.matrix_expr import SourceBuilder
 from autodiff_lab.engines.symbolic import DEFAULT_MAX_NODES
-from autodiff_lab.engines.symbolic_matrix import check_matrix_size, derive
 from autodiff_lab.errors import InputError, NotDifferentiableError, SymbolicSizeError
 from autodiff_lab.graph.graph import Graph
 from autodiff_lab.graph.optable import OPS
+
+# SymPy and the modules built on it are imported at the first formula, not with the package
+sp = lazy_module("sympy")
+_display = lazy_module("autodiff_lab.engines.matrix_display")
+_symbolic_matrix = lazy_module("autodiff_lab.engines.symbolic_matrix")
 
 _PRETTY_NAMES = {"yhat": "ŷ", "sigma": "σ"}
 
@@ -136,7 +139,7 @@ def _shown_nodes(graph: Graph, names: Mapping[int, str]) -> set[int]:
     shown = set(graph.inputs.values())
     for v in graph.order:
         d = graph.node(v)
-        if d["role"] == "op" and (d["op"] in ACTIVATIONS or names[v].startswith(("yhat", "sigma"))):
+        if d["role"] == "op" and (d["op"] in _display.ACTIVATIONS or names[v].startswith(("yhat", "sigma"))):
             shown.add(v)
     return shown
 
@@ -172,10 +175,10 @@ def formula(graph: Graph, wrt: Iterable[str] | str | None = None, output: str | 
     """
     output = resolve_output(graph, output)
     names_wrt = resolve_wrt(graph, wrt)
-    check_matrix_size(graph, output, DEFAULT_MAX_NODES)
-    dv = derive(graph, names_wrt, output)
+    _symbolic_matrix.check_matrix_size(graph, output, DEFAULT_MAX_NODES)
+    dv = _symbolic_matrix.derive(graph, names_wrt, output)
     shown = set(graph.inputs.values()) if expand else _shown_nodes(graph, dv.names)
-    display = Display(graph, dv.names, dv.forward_of, shown)
+    display = _display.Display(graph, dv.names, dv.forward_of, shown)
     exprs = {n: display(dv.grads[n]) for n in names_wrt}
     definitions: dict[sp.Basic, sp.Basic] = {}
     symbol_of = {display.symbol(v): v for v in shown if graph.node(v)["role"] == "op"}
@@ -314,7 +317,7 @@ def explain(graph: Graph, values: Mapping[str, Any], wrt: str, output: str | Non
             raise InputError(f"explain works on scalar graphs; {graph.describe(v)} on the way "
                              f"from {name!r} to {output!r} has shape {graph.node(v)['shape']}. "
                              "Use adl.formula for tensors.")
-    dv = derive(graph, [name], output)
+    dv = _symbolic_matrix.derive(graph, [name], output)
     node_vals = graph.evaluate(values, all_nodes=True)
     numeric = _evaluator(graph, dv)
     paths = []
@@ -336,7 +339,7 @@ def explain(graph: Graph, values: Mapping[str, Any], wrt: str, output: str | Non
                 term = rule(M, M.const(1.0), dv.values[v], *(dv.values[x] for x in args),
                             **graph.node(v)["attrs"])
                 local = term if local is None else local + term
-            display = Display(graph, dv.names, dv.forward_of, set(graph.order))
+            display = _display.Display(graph, dv.names, dv.forward_of, set(graph.order))
             factors.append(Factor(dv.names[v], dv.names[u], display(local),
                                   numeric(local, node_vals)))
         paths.append(factors)

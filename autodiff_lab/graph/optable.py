@@ -103,10 +103,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import sympy as sp
 
+from autodiff_lab._lazy import lazy_module
 from autodiff_lab.errors import LabelError, OpDefinitionError, UnknownOpError
 from autodiff_lab.kernels import dispatch as K  # Numba/BLAS for real floats, else conv_reference
+
+#: SymPy, imported at the first SymPy form evaluated: a tape or numeric gradient never is
+sp = lazy_module("sympy")
 
 Shape = tuple[int, ...]
 
@@ -415,45 +418,22 @@ def _re(x: np.ndarray) -> np.ndarray:
     return x.real if np.iscomplexobj(x) else x
 
 
-class relu_step(sp.Function):  # noqa: N801 - printed as SymPy prints functions
-    """1[x > 0] as a SymPy function: the derivative of relu, 0 at 0 (not Heaviside's 1/2)."""
-
-    is_real = True
-
-    @classmethod
-    def eval(cls, x: sp.Expr) -> sp.Expr | None:
-        if x.is_number and x.is_comparable:
-            return sp.S.One if x > 0 else sp.S.Zero
-        return None
-
-    def fdiff(self, argindex: int = 1) -> sp.Expr:
-        return sp.S.Zero
-
-    _imp_ = staticmethod(lambda x: (x > 0) * 1.0)  # numpy arrays, floats and mpmath numbers
+def __getattr__(name: str) -> Any:
+    """``relu`` and ``relu_step``, the SymPy functions of ReLU's form, live in
+    :mod:`autodiff_lab.graph.sympy_functions` (defining them imports SymPy)."""
+    if name in ("relu", "relu_step"):
+        from autodiff_lab.graph import sympy_functions
+        return getattr(sympy_functions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class relu(sp.Function):  # noqa: N801
-    """max(0, x) as a SymPy function with relu'(x) = 1[x > 0], so relu'(0) = 0.
-
-    Not Max (its derivative is Heaviside(x), 1/2 at 0) and not Piecewise (nested
-    Piecewise conditions make SymPy's canonicalisation blow up on a conv + relu stack).
-    """
-
-    is_real = True
-
-    @classmethod
-    def eval(cls, x: sp.Expr) -> sp.Expr | None:
-        if x.is_number and x.is_comparable:
-            return x if x > 0 else sp.S.Zero
-        return None
-
-    def fdiff(self, argindex: int = 1) -> sp.Expr:
-        return relu_step(self.args[0])
-
-    _imp_ = staticmethod(lambda x: x * (x > 0))
+def _sympy(name: str) -> Callable[[Any], Any]:
+    """The SymPy function ``sympy.<name>`` as a form, looked up when first applied."""
+    return lambda x: getattr(sp, name)(x)
 
 
 def _sp_relu(x: sp.Expr) -> sp.Expr:
+    from autodiff_lab.graph.sympy_functions import relu
     return relu(x)
 
 
@@ -670,19 +650,19 @@ _unary("neg", np.negative, lambda g, ans, x: -g, lambda x: -x, "−x",
 _unary("reciprocal", np.reciprocal, lambda g, ans, x: -g * ans * ans, lambda x: 1 / x, "1/x",
        uses=frozenset({"ans"}), doc="1 / x;  d(1/x) = −1/x²",
        matrix=lambda M, g, ans, x: -g / (x * x))
-_unary("exp", np.exp, lambda g, ans, x: g * ans, sp.exp, "exp",
+_unary("exp", np.exp, lambda g, ans, x: g * ans, _sympy("exp"), "exp",
        uses=frozenset({"ans"}), doc="eˣ;  d(eˣ) = eˣ",
        matrix=lambda M, g, ans, x: g * ans)
-_unary("log", np.log, lambda g, ans, x: g / x, sp.log, "log", doc="natural logarithm",
+_unary("log", np.log, lambda g, ans, x: g / x, _sympy("log"), "log", doc="natural logarithm",
        matrix=lambda M, g, ans, x: g / x)
-_unary("sqrt", np.sqrt, lambda g, ans, x: g * 0.5 / ans, sp.sqrt, "√",
+_unary("sqrt", np.sqrt, lambda g, ans, x: g * 0.5 / ans, _sympy("sqrt"), "√",
        kink=_at_zero, uses=frozenset({"ans"}), doc="√x (infinite slope at 0)",
        matrix=lambda M, g, ans, x: g / (2 * ans))
-_unary("sin", np.sin, lambda g, ans, x: g * np.cos(x), sp.sin, "sin", doc="sin x;  d sin = cos",
+_unary("sin", np.sin, lambda g, ans, x: g * np.cos(x), _sympy("sin"), "sin", doc="sin x;  d sin = cos",
        matrix=lambda M, g, ans, x: g * M.cos(x))
-_unary("cos", np.cos, lambda g, ans, x: -g * np.sin(x), sp.cos, "cos", doc="cos x;  d cos = −sin",
+_unary("cos", np.cos, lambda g, ans, x: -g * np.sin(x), _sympy("cos"), "cos", doc="cos x;  d cos = −sin",
        matrix=lambda M, g, ans, x: -(g * M.sin(x)))
-_unary("tanh", np.tanh, lambda g, ans, x: g * (1 - ans * ans), sp.tanh, "tanh",
+_unary("tanh", np.tanh, lambda g, ans, x: g * (1 - ans * ans), _sympy("tanh"), "tanh",
        uses=frozenset({"ans"}), doc="tanh;  d tanh = 1 − tanh²",
        matrix=lambda M, g, ans, x: g * (1 - ans * ans))
 _unary("sigmoid", _sigmoid, lambda g, ans, x: g * ans * (1 - ans),
@@ -699,7 +679,7 @@ _unary("leaky_relu", _leaky_relu, _leaky_relu_vjp,
        "leaky_relu", attrs={"alpha": 0.01}, kink=_at_zero, kink_convention="negative",
        doc="x for x > 0, else alpha·x (derivative alpha at 0)",
        matrix=lambda M, g, ans, x, alpha=0.01: g * (M.step(x) + alpha * (1 - M.step(x))))
-_unary("abs", _abs, lambda g, ans, x: g * np.sign(_re(x)).astype(x.dtype), sp.Abs, "|x|",
+_unary("abs", _abs, lambda g, ans, x: g * np.sign(_re(x)).astype(x.dtype), _sympy("Abs"), "|x|",
        kink=_at_zero, kink_convention="mean", doc="|x| (abs'(0) = 0)",
        matrix=lambda M, g, ans, x: g * M.sign(x))
 

@@ -16,6 +16,10 @@ in this order:
    again in the next process);
 5. none: caching is switched off with a :class:`NumbaCacheWarning`, and the package still
    imports; kernels are compiled in every process.
+
+A kernel is compiled at its first call with new argument types (only those), then loaded
+from this directory by later processes; ``autodiff-lab precompile``
+(:mod:`.precompile`) fills it ahead of time. :func:`cache_location` says where it is.
 """
 
 from __future__ import annotations
@@ -195,6 +199,15 @@ def ensure_cache_dir() -> str | None:
         return None
     numba.config.CACHE_DIR = str(chosen)
     return str(chosen)
+
+
+def cache_location() -> str:
+    """Where compiled kernels are kept, in words (for messages and ``precompile``)."""
+    if not _CHECKED:
+        ensure_cache_dir()
+    if not caching_enabled:
+        return "none (caching is off in this process)"
+    return numba.config.CACHE_DIR or f"{Path(__file__).parent / '__pycache__'} (next to the kernels)"
 
 
 def prefer_workqueue() -> None:
