@@ -35,6 +35,9 @@ if __name__ == "__main__":
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[_var] = str(THREADS)
     os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    # the checkout this file is in, not an installed copy: the script's own folder is what
+    # Python puts first on sys.path, so the package beside it would otherwise be skipped
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
