@@ -33,7 +33,6 @@ from numba import prange
 from autodiff_lab.kernels import memory
 from autodiff_lab.kernels.numba_cache import cached_njit
 
-
 # --------------------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------------------
