@@ -432,7 +432,8 @@ def _pointwise_forward(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     n, c, h, wd = x.shape
     f = w.shape[0]
     out = memory.empty((n, f, h * wd), x.dtype)
-    np.matmul(w.reshape(f, c), x.reshape(n, c, h * wd), out=out)
+    with blas.single_threaded():  # small products: OpenBLAS's hand-over costs more (see .blas)
+        np.matmul(w.reshape(f, c), x.reshape(n, c, h * wd), out=out)
     return out.reshape(n, f, h, wd)
 
 
@@ -444,19 +445,20 @@ def _pointwise_backward(g: np.ndarray, x: np.ndarray | None, w: np.ndarray | Non
     n, f, h, wd = g.shape
     g3 = g.reshape(n, f, h * wd)
     dx = dw = None
-    if want_x:
-        c = w.shape[1]
-        dx = memory.empty((n, c, h * wd), g.dtype)
-        np.matmul(w.reshape(f, c).T, g3, out=dx)
-        dx = dx.reshape(n, c, h, wd)
-    if want_w:
-        c = x.shape[1]
-        x3 = x.reshape(n, c, h * wd)
-        acc = np.empty((c, f), dtype=g.dtype)
-        np.matmul(x3[0], g3[0].T, out=acc)
-        for i in range(1, n):
-            acc += x3[i] @ g3[i].T
-        dw = np.ascontiguousarray(acc.T).reshape(f, c, 1, 1)
+    with blas.single_threaded():
+        if want_x:
+            c = w.shape[1]
+            dx = memory.empty((n, c, h * wd), g.dtype)
+            np.matmul(w.reshape(f, c).T, g3, out=dx)
+            dx = dx.reshape(n, c, h, wd)
+        if want_w:
+            c = x.shape[1]
+            x3 = x.reshape(n, c, h * wd)
+            acc = np.empty((c, f), dtype=g.dtype)
+            np.matmul(x3[0], g3[0].T, out=acc)
+            for i in range(1, n):
+                acc += x3[i] @ g3[i].T
+            dw = np.ascontiguousarray(acc.T).reshape(f, c, 1, 1)
     return dx, dw
 
 
@@ -517,13 +519,14 @@ def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...]
     g2 = _to_fnp(g)
     w2 = w.reshape(f, cg * kh * kw)
     dcols = scratch("cols", (c * kh * kw, g2.shape[1]), g.dtype)
-    if groups == 1:
-        np.matmul(w2.T, g2, out=dcols)
-    else:
-        fg, kg = f // groups, cg * kh * kw
-        for gi in range(groups):
-            np.matmul(w2[gi * fg:(gi + 1) * fg].T, g2[gi * fg:(gi + 1) * fg],
-                      out=dcols[gi * kg:(gi + 1) * kg])
+    with blas.single_threaded():  # thin products: two BLAS threads cost more than they save
+        if groups == 1:
+            np.matmul(w2.T, g2, out=dcols)
+        else:
+            fg, kg = f // groups, cg * kh * kw
+            for gi in range(groups):
+                np.matmul(w2[gi * fg:(gi + 1) * fg].T, g2[gi * fg:(gi + 1) * fg],
+                          out=dcols[gi * kg:(gi + 1) * kg])
     return col2im_rows(dcols, tuple(x_shape), (kh, kw), stride, padding, dilation, ho, wo)
 
 
