@@ -35,6 +35,9 @@ if __name__ == "__main__":
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[_var] = str(THREADS)
     os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    # the checkout this file is in, not an installed copy: the script's own folder is what
+    # Python puts first on sys.path, so the package beside it would otherwise be skipped
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -167,20 +170,26 @@ def measure(name: str, rounds: int) -> dict[str, Any]:
 
     first_ours = ours()  # compiles; batch-norm statistics move in both from here on
     times: dict[str, list[float]] = {"ours": []}
+    cpu: dict[str, list[float]] = {"ours": []}
     if net is not None:
         first_theirs = theirs()
         out["loss_relative_difference"] = abs(first_ours - first_theirs) / abs(first_theirs)
-        times["pytorch"] = []
+        times["pytorch"], cpu["pytorch"] = [], []
     for _ in range(rounds):
         for label, fn in (("ours", ours), ("pytorch", theirs)):
             if label in times:
-                t = time.perf_counter()
+                c, t = time.process_time(), time.perf_counter()
                 fn()
                 times[label].append(time.perf_counter() - t)
+                cpu[label].append(time.process_time() - c)
     out["ours_seconds"] = statistics.median(times["ours"])
+    # CPU time of the process (every thread, spinning ones included): on a busy machine
+    # the wall times include waits for a core, which this does not
+    out["ours_cpu_seconds"] = statistics.median(cpu["ours"])
     if net is not None:
         out["pytorch_seconds"] = statistics.median(times["pytorch"])
         out["ratio_ours_over_pytorch"] = out["ours_seconds"] / out["pytorch_seconds"]
+        out["pytorch_cpu_seconds"] = statistics.median(cpu["pytorch"])
     else:
         out["pytorch_seconds"] = NOT_INSTALLED
     return out
@@ -202,7 +211,8 @@ def main() -> None:
     results = []
     print(f"U-Net step (forward + backward), float32, {THREADS} threads, load average {load:.1f} "
           f"on {os.cpu_count()} cores, median of {rounds} interleaved rounds")
-    print(f"{'workload':<8} {'input':<18} {'params':>8} {'ours (s)':>9} {'PyTorch (s)':>12} {'ratio':>6}")
+    print(f"{'workload':<8} {'input':<18} {'params':>8} {'ours (s)':>9} {'PyTorch (s)':>12} "
+          f"{'ratio':>6}  {'CPU s: ours':>11} {'PyTorch':>8}")
     for name in names:
         r = measure(name, rounds)
         results.append(r)
@@ -210,7 +220,8 @@ def main() -> None:
         torch_text = f"{torch_s:12.3f}" if isinstance(torch_s, float) else f"{torch_s:>12}"
         ratio = f"{r['ratio_ours_over_pytorch']:6.2f}" if "ratio_ours_over_pytorch" in r else "     -"
         print(f"{name:<8} {'×'.join(map(str, r['batch'])):<18} {r['parameters']:>8} "
-              f"{r['ours_seconds']:9.3f} {torch_text} {ratio}", flush=True)
+              f"{r['ours_seconds']:9.3f} {torch_text} {ratio}  {r['ours_cpu_seconds']:11.3f} "
+              f"{r.get('pytorch_cpu_seconds', float('nan')):8.3f}", flush=True)
     table = Table("bench_unet", meta={"threads": THREADS, "rounds": rounds, "results": results})
     for r in results:
         what = f"{'×'.join(map(str, r['batch']))}, {r['parameters']} parameters"

@@ -1,8 +1,9 @@
 """Batch normalisation (training and evaluation) for real float arrays.
 
 Arrays are viewed as ``(N, C, S)`` (``S = H·W``, or 1 for ``(N, C)`` input); statistics
-are per channel over N and S. The kernels run in parallel over channels, accumulate in
-float64 (a float32 mean over 10⁵ values loses digits otherwise) and compute the variance
+are per channel over N and S. The kernels loop over channels (serially with one Numba
+thread for the call, the default; in parallel otherwise, see :data:`PARALLEL_MIN`),
+accumulate in float64 (a float32 mean over 10⁵ values loses digits otherwise) and compute the variance
 with two passes (mean first), the numerically safe way.
 
 Each kernel does all of one channel's work in one go: the forward takes the mean, the
@@ -16,6 +17,7 @@ NaN and Inf go through as in the numpy rules.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -25,64 +27,78 @@ from autodiff_lab.kernels.numba_cache import cached_njit
 _SUMS = {"reassoc", "contract"}
 
 
-@cached_njit(parallel=True, fastmath=_SUMS)
-def _channel_stats(x, mean, var):  # pragma: no cover - numba
-    """Per channel: the mean and the biased variance (two passes, the second from cache)."""
-    n, c, s = x.shape
+@cached_njit(nogil=True, fastmath=_SUMS)
+def _mean_var(x, ch):  # pragma: no cover - numba
+    """The mean and the biased variance of channel ``ch`` of ``x`` (N, C, S), in float64
+    (two passes, the second from cache)."""
+    n, s = x.shape[0], x.shape[2]
     m = n * s
-    for ch in prange(c):
-        acc = 0.0
-        for i in range(n):
-            for k in range(s):
-                acc += x[i, ch, k]
-        mu = acc / m
-        acc2 = 0.0
-        for i in range(n):
-            for k in range(s):
-                d = x[i, ch, k] - mu
-                acc2 += d * d
-        mean[ch] = mu
-        var[ch] = acc2 / m
+    acc = 0.0
+    for i in range(n):
+        for k in range(s):
+            acc += x[i, ch, k]
+    mu = acc / m
+    acc2 = 0.0
+    for i in range(n):
+        for k in range(s):
+            d = x[i, ch, k] - mu
+            acc2 += d * d
+    return mu, acc2 / m
 
 
-@cached_njit(parallel=True, fastmath=_SUMS)
-def _forward(x, gamma, beta, eps, training, relu, mean, var, par, out):  # pragma: no cover
-    """Normalise each channel (then apply ReLU if ``relu``); with ``training`` take (and
+@cached_njit(nogil=True)
+def _channel_stats_serial(x, mean, var):  # pragma: no cover - numba
+    for ch in range(x.shape[1]):
+        mean[ch], var[ch] = _mean_var(x, ch)
+
+
+@cached_njit(parallel=True)
+def _channel_stats_parallel(x, mean, var):  # pragma: no cover - numba
+    for ch in prange(x.shape[1]):
+        mean[ch], var[ch] = _mean_var(x, ch)
+
+
+@cached_njit(nogil=True, fastmath=_SUMS)
+def _forward_channel(ch, x, gamma, beta, eps, training, relu, mean, var, par, out
+                     ):  # pragma: no cover - numba
+    """Normalise channel ``ch`` (then apply ReLU if ``relu``); with ``training`` take (and
     write) its batch statistics into ``mean``/``var`` first, else read them from there.
     ``par`` (C, 3), of x's dtype, holds each channel's μ, scale and shift rounded to that
     dtype, so a float32 array is normalised in float32 arithmetic (twice the lanes; the
     statistics stay float64)."""
-    n, c, s = x.shape
-    m = n * s
-    for ch in prange(c):
-        if training:
-            acc = 0.0
-            for i in range(n):
-                for k in range(s):
-                    acc += x[i, ch, k]
-            mu = acc / m
-            acc2 = 0.0
-            for i in range(n):
-                for k in range(s):
-                    d = x[i, ch, k] - mu
-                    acc2 += d * d
-            mean[ch] = mu
-            var[ch] = acc2 / m
-        par[ch, 0] = mean[ch]
-        par[ch, 1] = gamma[ch] / np.sqrt(var[ch] + eps)
-        par[ch, 2] = beta[ch]
-        mu_t, scale, shift = par[ch, 0], par[ch, 1], par[ch, 2]
-        # (x − μ)·scale + β, not x·scale + (β − μ·scale): with an infinite scale the
-        # latter is Inf − Inf = NaN where the numpy rule gives ±Inf
+    n, s = x.shape[0], x.shape[2]
+    if training:
+        mean[ch], var[ch] = _mean_var(x, ch)
+    par[ch, 0] = mean[ch]
+    par[ch, 1] = gamma[ch] / np.sqrt(var[ch] + eps)
+    par[ch, 2] = beta[ch]
+    mu_t, scale, shift = par[ch, 0], par[ch, 1], par[ch, 2]
+    # (x − μ)·scale + β, not x·scale + (β − μ·scale): with an infinite scale the latter is
+    # Inf − Inf = NaN where the numpy rule gives ±Inf
+    for i in range(n):
+        src = x[i, ch]
+        dst = out[i, ch]
         if relu:
-            for i in range(n):
-                for k in range(s):
-                    v = (x[i, ch, k] - mu_t) * scale + shift
-                    out[i, ch, k] = 0 if v <= 0 else v  # a NaN stays NaN, as in relu
+            for k in range(s):
+                v = (src[k] - mu_t) * scale + shift
+                dst[k] = 0 if v <= 0 else v  # a NaN stays NaN, as in relu
         else:
-            for i in range(n):
-                for k in range(s):
-                    out[i, ch, k] = (x[i, ch, k] - mu_t) * scale + shift
+            for k in range(s):
+                dst[k] = (src[k] - mu_t) * scale + shift
+
+
+@cached_njit(nogil=True)
+def _forward_serial(x, gamma, beta, eps, training, relu, mean, var, par, out
+                    ):  # pragma: no cover - numba
+    for ch in range(x.shape[1]):
+        _forward_channel(ch, x, gamma, beta, eps, training, relu, mean, var, par, out)
+
+
+@cached_njit(parallel=True)
+def _forward_parallel(x, gamma, beta, eps, training, relu, mean, var, par, out
+                      ):  # pragma: no cover - numba
+    for ch in prange(x.shape[1]):
+        _forward_channel(ch, x, gamma, beta, eps, training, relu, mean, var, par, out)
 
 
 @cached_njit
@@ -93,84 +109,90 @@ def _through_relu(gv, rv):  # pragma: no cover - numba
     return d if rv == rv else rv
 
 
-@cached_njit(parallel=True, fastmath=_SUMS)
-def _backward(g, x, mean, var, gamma, eps, training, want_x, par, sum_g, sum_gx, out
-              ):  # pragma: no cover - numba
-    """Per channel: Σg and Σg·x̂ into ``sum_g``/``sum_gx`` (float64 sums); with ``want_x``
-    the gradient of x into ``out``: γ·inv·(g − Σg/m − (x − μ)·inv·Σ(g·x̂)/m) in training,
-    γ·inv·g in evaluation, in x's dtype (``par`` (C, 4) as in :func:`_forward`)."""
-    n, c, s = x.shape
-    m = n * s
-    for ch in prange(c):
-        inv = 1.0 / np.sqrt(var[ch] + eps)
-        par[ch, 0] = mean[ch]
-        mu_t = par[ch, 0]
-        a = 0.0
-        b = 0.0
-        for i in range(n):
-            for k in range(s):
-                gv = g[i, ch, k]
-                a += gv
-                b += gv * (x[i, ch, k] - mu_t)
-        b = b * inv
-        sum_g[ch] = a
-        sum_gx[ch] = b
-        if not want_x:
-            continue
-        par[ch, 1] = gamma[ch] * inv
-        scale = par[ch, 1]
-        if training:
-            par[ch, 2] = a / m
-            par[ch, 3] = inv * b / m
-            a_t, b_t = par[ch, 2], par[ch, 3]
-            for i in range(n):
-                for k in range(s):
-                    out[i, ch, k] = scale * (g[i, ch, k] - a_t - (x[i, ch, k] - mu_t) * b_t)
-        else:
-            for i in range(n):
-                for k in range(s):
-                    out[i, ch, k] = scale * g[i, ch, k]
+@cached_njit(nogil=True, fastmath=_SUMS)
+def _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, relu, r, par,
+                      sum_g, sum_gx, out):  # pragma: no cover - numba
+    """Channel ``ch``: Σg and Σg·x̂ into ``sum_g``/``sum_gx`` (float64 sums); with
+    ``want_x`` the gradient of x into ``out``: γ·inv·(g − Σg/m − (x − μ)·inv·Σ(g·x̂)/m) in
+    training, γ·inv·g in evaluation, in x's dtype (``par`` (C, 4) as in
+    :func:`_forward_channel`).
 
-
-@cached_njit(parallel=True, fastmath=_SUMS)
-def _backward_relu(g, x, mean, var, gamma, eps, training, want_x, r, par, sum_g, sum_gx,
-                   out):  # pragma: no cover - numba
-    """:func:`_backward` of relu(batch_norm(x)): ``g`` is the gradient of ``r``, the ReLU's
-    result. The first pass takes relu's rule and, when the gradient of x is wanted, keeps
-    it in ``out``, which the second pass then turns into that gradient in place."""
-    n, c, s = x.shape
+    With ``relu``, ``g`` is the gradient of ``r`` = relu(batch_norm(x)): the first pass
+    takes relu's rule and, when the gradient of x is wanted, keeps it in ``out``, which the
+    second pass then turns into that gradient in place."""
+    n, s = x.shape[0], x.shape[2]
     m = n * s
-    for ch in prange(c):
-        inv = 1.0 / np.sqrt(var[ch] + eps)
-        par[ch, 0] = mean[ch]
-        mu_t = par[ch, 0]
-        a = 0.0
-        b = 0.0
-        for i in range(n):
+    inv = 1.0 / np.sqrt(var[ch] + eps)
+    par[ch, 0] = mean[ch]
+    mu_t = par[ch, 0]
+    a = 0.0
+    b = 0.0
+    for i in range(n):
+        gi = g[i, ch]
+        xi = x[i, ch]
+        if relu:
+            ri = r[i, ch]
             for k in range(s):
-                gv = _through_relu(g[i, ch, k], r[i, ch, k])
+                gv = _through_relu(gi[k], ri[k])
                 if want_x:
                     out[i, ch, k] = gv
                 a += gv
-                b += gv * (x[i, ch, k] - mu_t)
-        b = b * inv
-        sum_g[ch] = a
-        sum_gx[ch] = b
-        if not want_x:
-            continue
-        par[ch, 1] = gamma[ch] * inv
-        scale = par[ch, 1]
-        if training:
-            par[ch, 2] = a / m
-            par[ch, 3] = inv * b / m
-            a_t, b_t = par[ch, 2], par[ch, 3]
-            for i in range(n):
-                for k in range(s):
-                    out[i, ch, k] = scale * (out[i, ch, k] - a_t - (x[i, ch, k] - mu_t) * b_t)
+                b += gv * (xi[k] - mu_t)
         else:
-            for i in range(n):
-                for k in range(s):
-                    out[i, ch, k] = scale * out[i, ch, k]
+            for k in range(s):
+                gv = gi[k]
+                a += gv
+                b += gv * (xi[k] - mu_t)
+    b = b * inv
+    sum_g[ch] = a
+    sum_gx[ch] = b
+    if not want_x:
+        return
+    par[ch, 1] = gamma[ch] * inv
+    scale = par[ch, 1]
+    a_t = b_t = mu_t  # (read only in training)
+    if training:
+        par[ch, 2] = a / m
+        par[ch, 3] = inv * b / m
+        a_t, b_t = par[ch, 2], par[ch, 3]
+    for i in range(n):
+        src = out[i, ch] if relu else g[i, ch]
+        xi = x[i, ch]
+        dst = out[i, ch]
+        if training:
+            for k in range(s):
+                dst[k] = scale * (src[k] - a_t - (xi[k] - mu_t) * b_t)
+        else:
+            for k in range(s):
+                dst[k] = scale * src[k]
+
+
+@cached_njit(nogil=True)
+def _backward_serial(g, x, mean, var, gamma, eps, training, want_x, relu, r, par, sum_g,
+                     sum_gx, out):  # pragma: no cover - numba
+    for ch in range(x.shape[1]):
+        _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, relu, r, par,
+                          sum_g, sum_gx, out)
+
+
+@cached_njit(parallel=True)
+def _backward_parallel(g, x, mean, var, gamma, eps, training, want_x, relu, r, par, sum_g,
+                       sum_gx, out):  # pragma: no cover - numba
+    for ch in prange(x.shape[1]):
+        _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, relu, r, par,
+                          sum_g, sum_gx, out)
+
+
+#: arrays of at least this many elements, with two or more channels, run their channels
+#: in parallel when Numba has more than one thread for the call; below, or with one thread
+#: (the default, :data:`.dispatch.kernel_threads`), one serial loop: a parallel launch of
+#: Numba's ``workqueue`` layer costs 140-180 µs even on one thread, about what batch norm
+#: of a 2 MB U-Net activation takes.
+PARALLEL_MIN = 1 << 18
+
+
+def _parallel(x3: np.ndarray) -> bool:
+    return x3.shape[1] > 1 and x3.size >= PARALLEL_MIN and numba.get_num_threads() > 1
 
 
 def _as3(a: np.ndarray) -> np.ndarray:
@@ -194,8 +216,9 @@ def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     else:
         mu, v = mean.astype(np.float64), var.astype(np.float64)
     out = memory.empty(x3.shape, x3.dtype)
-    _forward(x3, gamma.astype(np.float64), beta.astype(np.float64), float(eps), bool(training),
-             bool(relu), mu, v, np.empty((c, 3), x3.dtype), out)
+    run = _forward_parallel if _parallel(x3) else _forward_serial
+    run(x3, gamma.astype(np.float64), beta.astype(np.float64), float(eps), bool(training),
+        bool(relu), mu, v, np.empty((c, 3), x3.dtype), out)
     return out.reshape(x.shape), ((mu, v) if training else None)
 
 
@@ -205,7 +228,7 @@ def batch_stats(x: np.ndarray) -> np.ndarray:
     x3 = _as3(x)
     n, c, s = x3.shape
     mu, v = np.empty(c), np.empty(c)
-    _channel_stats(x3, mu, v)
+    (_channel_stats_parallel if _parallel(x3) else _channel_stats_serial)(x3, mu, v)
     count = n * s
     return np.stack([mu, v * (count / (count - 1))]).astype(x.dtype, copy=False)
 
@@ -233,16 +256,14 @@ def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
         mu, v = stats
     else:
         mu, v = np.empty(c), np.empty(c)
-        _channel_stats(x3, mu, v)
+        (_channel_stats_parallel if _parallel(x3) else _channel_stats_serial)(x3, mu, v)
     want_x = bool(wanted[0])
     out = memory.empty(x3.shape, x3.dtype) if want_x else np.empty((0, c, 0), x3.dtype)
     sum_g, sum_gx = np.empty(c), np.empty(c)
-    args = (x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x)
-    if relu_ans is None:
-        _backward(g3, *args, np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
-    else:
-        _backward_relu(g3, *args, _as3(relu_ans), np.empty((c, 4), x3.dtype), sum_g, sum_gx,
-                       out)
+    relu = relu_ans is not None
+    run = _backward_parallel if _parallel(x3) else _backward_serial
+    run(g3, x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x, relu,
+        _as3(relu_ans) if relu else x3, np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
     return (out.reshape(x.shape) if want_x else None,
             sum_gx.astype(x.dtype) if wanted[1] else None,
             sum_g.astype(x.dtype) if wanted[2] else None)

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -63,6 +64,19 @@ def scratch_bytes() -> int:
     return sum(b.nbytes for b in getattr(_scratch, "pool", {}).values())
 
 
+#: loops over at least this much work (elements or multiply-adds) run in parallel over
+#: planes when Numba has more than one thread for the call; otherwise, and with one thread
+#: (the default, :data:`.dispatch.kernel_threads`), a serial loop: a parallel launch of
+#: Numba's ``workqueue`` layer was measured at 140-180 µs even on one thread (a serial
+#: call: under 1 µs), more than many of these loops take.
+PARALLEL_MIN = 1 << 18
+
+
+def _loop(serial: Callable, parallel: Callable, work: int) -> Callable:
+    """The serial or the parallel version of a kernel, for ``work`` (see :data:`PARALLEL_MIN`)."""
+    return parallel if work >= PARALLEL_MIN and numba.get_num_threads() > 1 else serial
+
+
 # --------------------------------------------------------------------------------------
 # patch matrices
 # --------------------------------------------------------------------------------------
@@ -94,8 +108,17 @@ def _im2col_plane(x, n, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # prag
                             out[r, n, base + ow] = 0
 
 
+@cached_njit(nogil=True)
+def _im2col_rows_serial(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover
+    """The patch matrix of a whole batch, one (image, channel) plane after the other."""
+    n_img, n_ch = x.shape[0], x.shape[1]
+    for nc in range(n_img * n_ch):
+        n = nc // n_ch
+        _im2col_plane(x, n, nc - n * n_ch, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out)
+
+
 @cached_njit(parallel=True)
-def _im2col_rows(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover - numba
+def _im2col_rows_parallel(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover
     """The patch matrix of a whole batch, in parallel over (image, channel) planes."""
     n_img, n_ch = x.shape[0], x.shape[1]
     for nc in prange(n_img * n_ch):
@@ -113,26 +136,45 @@ def _im2col_block(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no
             _im2col_plane(x, n, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out)
 
 
+@cached_njit(nogil=True)
+def _col2im_plane(cols, n, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover
+    """Adjoint of ``_im2col_plane``: set plane (n, c) of ``out`` to the sum of the patch
+    entries read from each of its pixels (0 for a pixel no window reads)."""
+    h, w = out.shape[2], out.shape[3]
+    plane = out[n, c]
+    plane[:] = 0
+    for i in range(kh):
+        for j in range(kw):
+            r = (c * kh + i) * kw + j
+            off_w = j * dw - pw
+            for oh in range(ho):
+                ih = oh * sh + i * dh - ph
+                if ih < 0 or ih >= h:
+                    continue
+                base = oh * wo
+                for ow in range(wo):
+                    iw = ow * sw + off_w
+                    if iw >= 0 and iw < w:
+                        plane[ih, iw] += cols[r, n, base + ow]
+
+
+@cached_njit(nogil=True)
+def _col2im_rows_serial(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover
+    """Adjoint of ``_im2col_rows_serial``: every patch entry added back to its pixel."""
+    n_img, n_ch = out.shape[0], out.shape[1]
+    for nc in range(n_img * n_ch):
+        n = nc // n_ch
+        _col2im_plane(cols, n, nc - n * n_ch, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out)
+
+
 @cached_njit(parallel=True)
-def _col2im_rows(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover
-    """Adjoint of ``_im2col_rows``: add every patch entry back to its pixel of ``out``."""
-    n_img, n_ch, h, w = out.shape
+def _col2im_rows_parallel(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out):  # pragma: no cover
+    """:func:`_col2im_rows_serial` in parallel over (image, channel) planes, so no two
+    threads add to the same pixel."""
+    n_img, n_ch = out.shape[0], out.shape[1]
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
-        c = nc - n * n_ch
-        for i in range(kh):
-            for j in range(kw):
-                r = (c * kh + i) * kw + j
-                off_w = j * dw - pw
-                for oh in range(ho):
-                    ih = oh * sh + i * dh - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    base = oh * wo
-                    for ow in range(wo):
-                        iw = ow * sw + off_w
-                        if iw >= 0 and iw < w:
-                            out[n, c, ih, iw] += cols[r, n, base + ow]
+        _col2im_plane(cols, n, nc - n * n_ch, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out)
 
 
 def im2col_rows(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair
@@ -143,8 +185,9 @@ def im2col_rows(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair, dilati
     ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     wo = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
     out = scratch("cols", (c * kh * kw, n, ho * wo), x.dtype)
-    _im2col_rows(x, kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                 dilation[1], ho, wo, out)
+    run = _loop(_im2col_rows_serial, _im2col_rows_parallel, out.size)
+    run(x, kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        ho, wo, out)
     return out.reshape(c * kh * kw, n * ho * wo)
 
 
@@ -152,10 +195,10 @@ def col2im_rows(cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride
                 padding: Pair, dilation: Pair, ho: int, wo: int) -> np.ndarray:
     """Adjoint of :func:`im2col_rows`: an image of ``x_shape`` from a patch matrix."""
     n, c, h, w = x_shape
-    out = memory.zeros(tuple(x_shape), cols.dtype)
-    _col2im_rows(np.ascontiguousarray(cols).reshape(-1, n, ho * wo), kernel[0], kernel[1],
-                 stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                 ho, wo, out)
+    out = memory.empty(tuple(x_shape), cols.dtype)  # each plane is zeroed by its kernel
+    run = _loop(_col2im_rows_serial, _col2im_rows_parallel, cols.size)
+    run(np.ascontiguousarray(cols).reshape(-1, n, ho * wo), kernel[0], kernel[1], stride[0],
+        stride[1], padding[0], padding[1], dilation[0], dilation[1], ho, wo, out)
     return out
 
 
@@ -264,56 +307,85 @@ def _to_fnp(a: np.ndarray) -> np.ndarray:
 # convolution and its two adjoints
 # --------------------------------------------------------------------------------------
 
-@cached_njit(parallel=True)
-def _direct_conv(x, w, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - numba
-    """out[n, f] = Σ_c,i,j w[f, c, i, j] · x_padded[n, c, oh·sh + i·dh, ow·sw + j·dw]."""
-    n_img, n_ch, h, wd = x.shape
+@cached_njit(nogil=True)
+def _direct_conv_plane(nf, x, w, sh, sw, ph, pw, dh, dw, acc, out):  # pragma: no cover - numba
+    """out[n, f] = Σ_c,i,j w[f, c, i, j] · x_padded[n, c, oh·sh + i·dh, ow·sw + j·dw] for
+    the plane nf = n·F + f, accumulated in ``acc`` (Ho, Wo)."""
+    n_ch, h, wd = x.shape[1], x.shape[2], x.shape[3]
     n_f, _, kh, kw = w.shape
     ho, wo = out.shape[2], out.shape[3]
-    for nf in prange(n_img * n_f):
-        n = nf // n_f
-        f = nf - n * n_f
-        acc = np.zeros((ho, wo), dtype=out.dtype)
-        for c in range(n_ch):
-            for i in range(kh):
-                for j in range(kw):
-                    wv = w[f, c, i, j]
-                    for oh in range(ho):
-                        ih = oh * sh + i * dh - ph
-                        if ih < 0 or ih >= h:
-                            continue
-                        for ow in range(wo):
-                            iw = ow * sw + j * dw - pw
-                            if iw >= 0 and iw < wd:
-                                acc[oh, ow] += wv * x[n, c, ih, iw]
-        for oh in range(ho):
-            for ow in range(wo):
-                out[n, f, oh, ow] = acc[oh, ow]
+    n = nf // n_f
+    f = nf - n * n_f
+    acc[:] = 0
+    for c in range(n_ch):
+        for i in range(kh):
+            for j in range(kw):
+                wv = w[f, c, i, j]
+                for oh in range(ho):
+                    ih = oh * sh + i * dh - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for ow in range(wo):
+                        iw = ow * sw + j * dw - pw
+                        if iw >= 0 and iw < wd:
+                            acc[oh, ow] += wv * x[n, c, ih, iw]
+    for oh in range(ho):
+        for ow in range(wo):
+            out[n, f, oh, ow] = acc[oh, ow]
+
+
+@cached_njit(nogil=True)
+def _direct_conv_serial(x, w, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - numba
+    acc = np.empty((out.shape[2], out.shape[3]), dtype=out.dtype)
+    for nf in range(out.shape[0] * out.shape[1]):
+        _direct_conv_plane(nf, x, w, sh, sw, ph, pw, dh, dw, acc, out)
+
+
+@cached_njit(parallel=True)
+def _direct_conv_parallel(x, w, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover - numba
+    for nf in prange(out.shape[0] * out.shape[1]):
+        acc = np.empty((out.shape[2], out.shape[3]), dtype=out.dtype)
+        _direct_conv_plane(nf, x, w, sh, sw, ph, pw, dh, dw, acc, out)
 
 
 # reassociation lets LLVM vectorise the sum; no "nnan"/"ninf" (fastmath=True), which would
 # let it assume x holds no NaN or Inf
-@cached_njit(parallel=True, fastmath={"reassoc", "contract"})
-def _direct_conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw, dh, dw, out):  # pragma: no cover
-    """out[f, c, i, j] = Σ_n,oh,ow g[n, f, oh, ow] · x_padded[n, c, oh·sh + i·dh, ow·sw + j·dw]."""
+@cached_njit(nogil=True, fastmath={"reassoc", "contract"})
+def _direct_conv_weight_grad_plane(fc, g, x, kh, kw, sh, sw, ph, pw, dh, dw, out
+                                   ):  # pragma: no cover - numba
+    """out[f, c, i, j] = Σ_n,oh,ow g[n, f, oh, ow] · x_padded[n, c, oh·sh + i·dh, ow·sw + j·dw]
+    for the pair fc = f·C + c."""
     n_img, n_ch, h, wd = x.shape
-    n_f, ho, wo = g.shape[1], g.shape[2], g.shape[3]
-    for fc in prange(n_f * n_ch):
-        f = fc // n_ch
-        c = fc - f * n_ch
-        for i in range(kh):
-            for j in range(kw):
-                acc = 0.0  # float64 only (see conv2d_backward_weight); x may be empty
-                for n in range(n_img):
-                    for oh in range(ho):
-                        ih = oh * sh + i * dh - ph
-                        if ih < 0 or ih >= h:
-                            continue
-                        for ow in range(wo):
-                            iw = ow * sw + j * dw - pw
-                            if iw >= 0 and iw < wd:
-                                acc += g[n, f, oh, ow] * x[n, c, ih, iw]
-                out[f, c, i, j] = acc
+    ho, wo = g.shape[2], g.shape[3]
+    f = fc // n_ch
+    c = fc - f * n_ch
+    for i in range(kh):
+        for j in range(kw):
+            acc = 0.0  # float64 only (see conv2d_backward_weight); x may be empty
+            for n in range(n_img):
+                for oh in range(ho):
+                    ih = oh * sh + i * dh - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for ow in range(wo):
+                        iw = ow * sw + j * dw - pw
+                        if iw >= 0 and iw < wd:
+                            acc += g[n, f, oh, ow] * x[n, c, ih, iw]
+            out[f, c, i, j] = acc
+
+
+@cached_njit(nogil=True)
+def _direct_conv_weight_grad_serial(g, x, kh, kw, sh, sw, ph, pw, dh, dw, out
+                                    ):  # pragma: no cover - numba
+    for fc in range(g.shape[1] * x.shape[1]):
+        _direct_conv_weight_grad_plane(fc, g, x, kh, kw, sh, sw, ph, pw, dh, dw, out)
+
+
+@cached_njit(parallel=True)
+def _direct_conv_weight_grad_parallel(g, x, kh, kw, sh, sw, ph, pw, dh, dw, out
+                                      ):  # pragma: no cover - numba
+    for fc in prange(g.shape[1] * x.shape[1]):
+        _direct_conv_weight_grad_plane(fc, g, x, kh, kw, sh, sw, ph, pw, dh, dw, out)
 
 
 #: a convolution with at most this many output channels runs as a direct loop: its matrix
@@ -341,6 +413,55 @@ def _all_finite(a: np.ndarray) -> bool:
 # the col2im path) never multiply by those zeros, so it too needs finite weights.
 
 
+#: 1×1 convolutions with stride 1, no padding and one group as plain matrix products per
+#: image (no patch matrix, which would be a copy of the input); False: the general paths
+POINTWISE = True
+
+
+def _pointwise(w_shape: tuple[int, ...], stride: Pair, padding: Pair, groups: int) -> bool:
+    """Whether a convolution is a matrix product over channels at each pixel: 1×1 kernel,
+    stride 1, no padding, one group (dilation does not matter for a 1×1 kernel). Its sums
+    have exactly the reference's terms (there is no padding to multiply), so NaN and Inf
+    land where the reference puts them."""
+    return (tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1)
+            and tuple(padding) == (0, 0) and groups == 1)
+
+
+def _pointwise_forward(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """out[n] = W (F, C) @ x[n] (C, H·W)."""
+    n, c, h, wd = x.shape
+    f = w.shape[0]
+    out = memory.empty((n, f, h * wd), x.dtype)
+    with blas.single_threaded():  # small products: OpenBLAS's hand-over costs more (see .blas)
+        np.matmul(w.reshape(f, c), x.reshape(n, c, h * wd), out=out)
+    return out.reshape(n, f, h, wd)
+
+
+def _pointwise_backward(g: np.ndarray, x: np.ndarray | None, w: np.ndarray | None,
+                        want_x: bool, want_w: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The gradients of :func:`_pointwise_forward`: dx[n] = Wᵀ @ g[n] and
+    dW = Σ_n g[n] @ x[n]ᵀ (as (x[n] @ g[n]ᵀ)ᵀ: the long sum is the inner dimension of a
+    product whose result is small, the orientation OpenBLAS runs fast)."""
+    n, f, h, wd = g.shape
+    g3 = g.reshape(n, f, h * wd)
+    dx = dw = None
+    with blas.single_threaded():
+        if want_x:
+            c = w.shape[1]
+            dx = memory.empty((n, c, h * wd), g.dtype)
+            np.matmul(w.reshape(f, c).T, g3, out=dx)
+            dx = dx.reshape(n, c, h, wd)
+        if want_w:
+            c = x.shape[1]
+            x3 = x.reshape(n, c, h * wd)
+            acc = np.empty((c, f), dtype=g.dtype)
+            np.matmul(x3[0], g3[0].T, out=acc)
+            for i in range(1, n):
+                acc += x3[i] @ g3[i].T
+            dw = np.ascontiguousarray(acc.T).reshape(f, c, 1, 1)
+    return dx, dw
+
+
 def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
                    groups: int = 1) -> np.ndarray:
     """Cross-correlation of ``x`` (N, C, H, W) with ``w`` (F, C/groups, kh, kw)."""
@@ -348,10 +469,12 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, di
     f, cg, kh, kw = w.shape
     ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     wo = conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
+    if POINTWISE and _pointwise(w.shape, stride, padding, groups):
+        return _pointwise_forward(x, w)
     if _thin(f, cg, groups) and _all_finite(w):
         out = memory.empty((n, f, ho, wo), x.dtype)
-        _direct_conv(x, w, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                     dilation[1], out)
+        run = _loop(_direct_conv_serial, _direct_conv_parallel, out.size * c * kh * kw)
+        run(x, w, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], out)
         return out
     # block by block, so each patch matrix is still in cache for its products, which write
     # straight into (N, F, Ho·Wo): one per image and group
@@ -383,6 +506,8 @@ def flipped_weight(w: np.ndarray, groups: int) -> np.ndarray:
 def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], stride: Pair,
                           padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
     """Gradient of :func:`conv2d_forward` with respect to its input."""
+    if POINTWISE and _pointwise(w.shape, stride, padding, groups):
+        return _pointwise_backward(g, None, w, True, False)[0]
     n, c, h, wd = x_shape
     f, cg, kh, kw = w.shape
     ho, wo = g.shape[2:]
@@ -394,26 +519,31 @@ def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...]
     g2 = _to_fnp(g)
     w2 = w.reshape(f, cg * kh * kw)
     dcols = scratch("cols", (c * kh * kw, g2.shape[1]), g.dtype)
-    if groups == 1:
-        np.matmul(w2.T, g2, out=dcols)
-    else:
-        fg, kg = f // groups, cg * kh * kw
-        for gi in range(groups):
-            np.matmul(w2[gi * fg:(gi + 1) * fg].T, g2[gi * fg:(gi + 1) * fg],
-                      out=dcols[gi * kg:(gi + 1) * kg])
+    with blas.single_threaded():  # thin products: two BLAS threads cost more than they save
+        if groups == 1:
+            np.matmul(w2.T, g2, out=dcols)
+        else:
+            fg, kg = f // groups, cg * kh * kw
+            for gi in range(groups):
+                np.matmul(w2[gi * fg:(gi + 1) * fg].T, g2[gi * fg:(gi + 1) * fg],
+                          out=dcols[gi * kg:(gi + 1) * kg])
     return col2im_rows(dcols, tuple(x_shape), (kh, kw), stride, padding, dilation, ho, wo)
 
 
 def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...], stride: Pair,
                            padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray:
     """Gradient of :func:`conv2d_forward` with respect to the weights."""
+    if POINTWISE and _pointwise(tuple(w_shape), stride, padding, groups):
+        return _pointwise_backward(g, x, None, False, True)[1]
     f, cg, kh, kw = w_shape
     # direct only in float64: measured on the last DnCNN layer, 2.6 ms direct against 11 ms
     # through im2col in float64, but 2.4 against 1.5 ms in float32 (sgemv is fast enough)
     if _thin(f, cg, groups) and g.dtype == np.float64 and _all_finite(g):
         out = np.empty(tuple(w_shape), dtype=g.dtype)
-        _direct_conv_weight_grad(g, x, kh, kw, stride[0], stride[1], padding[0], padding[1],
-                                 dilation[0], dilation[1], out)
+        run = _loop(_direct_conv_weight_grad_serial, _direct_conv_weight_grad_parallel,
+                    g.size * x.shape[1] * kh * kw)
+        run(g, x, kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0],
+            dilation[1], out)
         return out
     # Σ over blocks of cols (C·k, rows·Wo) @ g (F, rows·Wo)ᵀ per image and group, as
     # (cols @ g2ᵀ)ᵀ: OpenBLAS's threaded gemm was measured up to 50x slower on the other
@@ -476,6 +606,8 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, p
     entry of ``cols_g``; every ``g`` meets a pixel, see :func:`_shares_patches`): the weight
     gradient is then computed again the reference's way.
     """
+    if POINTWISE and _pointwise(w.shape, stride, padding, groups):
+        return _pointwise_backward(g, x, w, want_x, want_w)
     if not (want_x and want_w and _shares_patches(g, x, w, stride, padding, dilation)):
         return (conv2d_backward_input(g, w, x.shape, stride, padding, dilation, groups)
                 if want_x else None,
@@ -530,102 +662,146 @@ def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pair,
 # pooling
 # --------------------------------------------------------------------------------------
 
-@cached_njit(parallel=True)
-def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+@cached_njit(nogil=True)
+def _max_pool_forward_plane(nc, x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
     n_img, n_ch, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    for nc in prange(n_img * n_ch):
-        n = nc // n_ch
-        c = nc - n * n_ch
-        for oh in range(ho):
-            for ow in range(wo):
-                best = -np.inf
-                for i in range(kh):
-                    ih = oh * sh + i - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    for j in range(kw):
-                        iw = ow * sw + j - pw
-                        if iw >= 0 and iw < w:
-                            v = x[n, c, ih, iw]
-                            # a NaN is the maximum (numpy's max and PyTorch propagate it)
-                            if v > best or (v != v and best == best):
-                                best = v
-                out[n, c, oh, ow] = best
+    n = nc // n_ch
+    c = nc - n * n_ch
+    for oh in range(ho):
+        for ow in range(wo):
+            best = -np.inf
+            for i in range(kh):
+                ih = oh * sh + i - ph
+                if ih < 0 or ih >= h:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw + j - pw
+                    if iw >= 0 and iw < w:
+                        v = x[n, c, ih, iw]
+                        # a NaN is the maximum (numpy's max and PyTorch propagate it)
+                        if v > best or (v != v and best == best):
+                            best = v
+            out[n, c, oh, ow] = best
+
+
+@cached_njit(nogil=True)
+def _max_pool_forward_serial(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    for nc in range(x.shape[0] * x.shape[1]):
+        _max_pool_forward_plane(nc, x, kh, kw, sh, sw, ph, pw, out)
 
 
 @cached_njit(parallel=True)
-def _max_pool_backward(g, x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+def _max_pool_forward_parallel(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    for nc in prange(x.shape[0] * x.shape[1]):
+        _max_pool_forward_plane(nc, x, kh, kw, sh, sw, ph, pw, out)
+
+
+@cached_njit(nogil=True)
+def _max_pool_backward_plane(nc, g, x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
     n_img, n_ch, h, w = x.shape
     ho, wo = g.shape[2], g.shape[3]
-    for nc in prange(n_img * n_ch):
-        n = nc // n_ch
-        c = nc - n * n_ch
-        for oh in range(ho):
-            for ow in range(wo):
-                best = -np.inf
-                bi = -1
-                bj = -1
-                for i in range(kh):
-                    ih = oh * sh + i - ph
-                    if ih < 0 or ih >= h:
+    n = nc // n_ch
+    c = nc - n * n_ch
+    for oh in range(ho):
+        for ow in range(wo):
+            best = -np.inf
+            bi = -1
+            bj = -1
+            for i in range(kh):
+                ih = oh * sh + i - ph
+                if ih < 0 or ih >= h:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw + j - pw
+                    if iw < 0 or iw >= w:
                         continue
-                    for j in range(kw):
-                        iw = ow * sw + j - pw
-                        if iw < 0 or iw >= w:
-                            continue
-                        v = x[n, c, ih, iw]
-                        # strict '>' keeps the first maximum (PyTorch's convention at ties);
-                        # the first NaN is the maximum, and no later value replaces it
-                        if bi < 0 or v > best or (v != v and best == best):
-                            best = v
-                            bi = ih
-                            bj = iw
-                if bi >= 0:
-                    out[n, c, bi, bj] += g[n, c, oh, ow]
+                    v = x[n, c, ih, iw]
+                    # strict '>' keeps the first maximum (PyTorch's convention at ties);
+                    # the first NaN is the maximum, and no later value replaces it
+                    if bi < 0 or v > best or (v != v and best == best):
+                        best = v
+                        bi = ih
+                        bj = iw
+            if bi >= 0:
+                out[n, c, bi, bj] += g[n, c, oh, ow]
+
+
+@cached_njit(nogil=True)
+def _max_pool_backward_serial(g, x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    for nc in range(x.shape[0] * x.shape[1]):
+        _max_pool_backward_plane(nc, g, x, kh, kw, sh, sw, ph, pw, out)
 
 
 @cached_njit(parallel=True)
-def _avg_pool_forward(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+def _max_pool_backward_parallel(g, x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    for nc in prange(x.shape[0] * x.shape[1]):
+        _max_pool_backward_plane(nc, g, x, kh, kw, sh, sw, ph, pw, out)
+
+
+@cached_njit(nogil=True)
+def _avg_pool_forward_plane(nc, x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
     n_img, n_ch, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
     inv = 1.0 / (kh * kw)
-    for nc in prange(n_img * n_ch):
-        n = nc // n_ch
-        c = nc - n * n_ch
-        for oh in range(ho):
-            for ow in range(wo):
-                acc = 0.0  # not x[..] * 0, which is NaN when that pixel is NaN or ±Inf
-                for i in range(kh):
-                    ih = oh * sh + i - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    for j in range(kw):
-                        iw = ow * sw + j - pw
-                        if iw >= 0 and iw < w:
-                            acc += x[n, c, ih, iw]
-                out[n, c, oh, ow] = acc * inv
+    n = nc // n_ch
+    c = nc - n * n_ch
+    for oh in range(ho):
+        for ow in range(wo):
+            acc = 0.0  # not x[..] * 0, which is NaN when that pixel is NaN or ±Inf
+            for i in range(kh):
+                ih = oh * sh + i - ph
+                if ih < 0 or ih >= h:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw + j - pw
+                    if iw >= 0 and iw < w:
+                        acc += x[n, c, ih, iw]
+            out[n, c, oh, ow] = acc * inv
+
+
+@cached_njit(nogil=True)
+def _avg_pool_forward_serial(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    for nc in range(x.shape[0] * x.shape[1]):
+        _avg_pool_forward_plane(nc, x, kh, kw, sh, sw, ph, pw, out)
 
 
 @cached_njit(parallel=True)
-def _avg_pool_backward(g, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+def _avg_pool_forward_parallel(x, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    for nc in prange(x.shape[0] * x.shape[1]):
+        _avg_pool_forward_plane(nc, x, kh, kw, sh, sw, ph, pw, out)
+
+
+@cached_njit(nogil=True)
+def _avg_pool_backward_plane(nc, g, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
     n_img, n_ch, h, w = out.shape
     ho, wo = g.shape[2], g.shape[3]
     inv = 1.0 / (kh * kw)
-    for nc in prange(n_img * n_ch):
-        n = nc // n_ch
-        c = nc - n * n_ch
-        for oh in range(ho):
-            for ow in range(wo):
-                share = g[n, c, oh, ow] * inv
-                for i in range(kh):
-                    ih = oh * sh + i - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    for j in range(kw):
-                        iw = ow * sw + j - pw
-                        if iw >= 0 and iw < w:
-                            out[n, c, ih, iw] += share
+    n = nc // n_ch
+    c = nc - n * n_ch
+    for oh in range(ho):
+        for ow in range(wo):
+            share = g[n, c, oh, ow] * inv
+            for i in range(kh):
+                ih = oh * sh + i - ph
+                if ih < 0 or ih >= h:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw + j - pw
+                    if iw >= 0 and iw < w:
+                        out[n, c, ih, iw] += share
+
+
+@cached_njit(nogil=True)
+def _avg_pool_backward_serial(g, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    for nc in range(out.shape[0] * out.shape[1]):
+        _avg_pool_backward_plane(nc, g, kh, kw, sh, sw, ph, pw, out)
+
+
+@cached_njit(parallel=True)
+def _avg_pool_backward_parallel(g, kh, kw, sh, sw, ph, pw, out):  # pragma: no cover - numba
+    for nc in prange(out.shape[0] * out.shape[1]):
+        _avg_pool_backward_plane(nc, g, kh, kw, sh, sw, ph, pw, out)
 
 
 def _pool_out(x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair
@@ -634,11 +810,17 @@ def _pool_out(x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pai
             conv_output_size(x_shape[3], kernel[1], stride[1], padding[1], 1))
 
 
+def _pool_args(kernel: Pair, stride: Pair, padding: Pair) -> tuple[int, ...]:
+    return (kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1])
+
+
 def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
     """Maximum over each window (padding counts as -inf; a NaN in the window gives NaN)."""
     ho, wo = _pool_out(x.shape, kernel, stride, padding)
     out = memory.empty(x.shape[:2] + (ho, wo), x.dtype)
-    _max_pool_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out)
+    run = _loop(_max_pool_forward_serial, _max_pool_forward_parallel,
+                out.size * kernel[0] * kernel[1])
+    run(x, *_pool_args(kernel, stride, padding), out)
     return out
 
 
@@ -646,8 +828,9 @@ def max_pool2d_backward(g: np.ndarray, x: np.ndarray, kernel: Pair, stride: Pair
                         padding: Pair) -> np.ndarray:
     """Each window's gradient goes to its first maximum (its first NaN, if it has one)."""
     out = memory.zeros(x.shape, g.dtype)
-    _max_pool_backward(g, x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
-                       out)
+    run = _loop(_max_pool_backward_serial, _max_pool_backward_parallel,
+                g.size * kernel[0] * kernel[1])
+    run(g, x, *_pool_args(kernel, stride, padding), out)
     return out
 
 
@@ -655,7 +838,9 @@ def avg_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair)
     """Mean over each window (padded zeros count: ``count_include_pad=True``)."""
     ho, wo = _pool_out(x.shape, kernel, stride, padding)
     out = memory.empty(x.shape[:2] + (ho, wo), x.dtype)
-    _avg_pool_forward(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out)
+    run = _loop(_avg_pool_forward_serial, _avg_pool_forward_parallel,
+                out.size * kernel[0] * kernel[1])
+    run(x, *_pool_args(kernel, stride, padding), out)
     return out
 
 
@@ -663,5 +848,7 @@ def avg_pool2d_backward(g: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, s
                         padding: Pair) -> np.ndarray:
     """Spread each window's gradient evenly over the window."""
     out = memory.zeros(tuple(x_shape), g.dtype)
-    _avg_pool_backward(g, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], out)
+    run = _loop(_avg_pool_backward_serial, _avg_pool_backward_parallel,
+                g.size * kernel[0] * kernel[1])
+    run(g, *_pool_args(kernel, stride, padding), out)
     return out

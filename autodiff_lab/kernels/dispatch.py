@@ -269,6 +269,31 @@ def avg_pool2d_backward(g: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, s
     return ref.avg_pool2d_backward(g, x_shape, kernel, stride, padding)
 
 
+# --- up-sampling: None means "use the numpy rule" -----------------------------------------
+
+def _bilinear_fast_ok(a: np.ndarray, scale: Any) -> bool:
+    return (a.ndim >= 2 and a.size > 0 and real_float(a)
+            and all(s in (1, 2) for s in scale) and tuple(scale) != (1, 1))
+
+
+def upsample_bilinear_forward(x: np.ndarray, scale: Pair) -> np.ndarray | None:
+    """Bilinear up-sampling by 1 or 2 per axis in one pass for real arrays, else ``None``."""
+    if _bilinear_fast_ok(x, scale):
+        return _fast("upsample_fast").upsample_bilinear2d(x, tuple(scale))
+    return None
+
+
+def upsample_bilinear_backward(g: np.ndarray, x_shape: tuple[int, ...], scale: Pair
+                               ) -> np.ndarray | None:
+    """Its adjoint for real arrays (scales 1 or 2), else ``None``."""
+    if (_bilinear_fast_ok(g, scale) and len(x_shape) == g.ndim
+            and tuple(g.shape) == tuple(x_shape[:-2]) + (x_shape[-2] * scale[0],
+                                                         x_shape[-1] * scale[1])):
+        return _fast("upsample_fast").upsample_bilinear2d_backward(g, tuple(x_shape),
+                                                                   tuple(scale))
+    return None
+
+
 # --- element-wise, batch norm, softmax cross-entropy: None means "use the numpy rule" ----
 
 def relu_forward(x: np.ndarray) -> np.ndarray | None:
@@ -282,6 +307,14 @@ def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray | None:
     """g·relu'(x) fused (NaN where x is NaN), for big real arrays of one shape, else ``None``."""
     if x.size >= ELEMENTWISE_MIN_SIZE and g.shape == x.shape and real_float(g, x):
         return _fast("elementwise").relu_backward(g, _c(x))
+    return None
+
+
+def leaky_relu_forward(x: np.ndarray, alpha: float) -> np.ndarray | None:
+    """x where x > 0, else alpha·x, in one pass for big real arrays (NaN stays NaN), else
+    ``None``."""
+    if x.size >= ELEMENTWISE_MIN_SIZE and real_float(x):
+        return _fast("elementwise").leaky_relu_forward(x, alpha)
     return None
 
 

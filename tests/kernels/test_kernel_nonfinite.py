@@ -69,15 +69,20 @@ def _conv_variants():
             dict(f=6, stride=(1, 1), padding=(1, 1), groups=1),
             dict(f=2, stride=(2, 1), padding=(1, 0), groups=1),
             dict(f=6, stride=(2, 2), padding=(1, 1), groups=2),
-            dict(f=8, stride=(1, 1), padding=(0, 2), groups=1, c=8)]
+            dict(f=8, stride=(1, 1), padding=(0, 2), groups=1, c=8),
+            # 1×1 as plain matrix products (thin and wide), and a 1×1 that is not (padding)
+            dict(f=2, stride=(1, 1), padding=(0, 0), groups=1, k=1),
+            dict(f=6, stride=(1, 1), padding=(0, 0), groups=1, k=1),
+            dict(f=6, stride=(1, 1), padding=(1, 0), groups=1, k=1)]
 
 
 def _conv_operands(dtype, v, rng):
     c = v.get("c", 4)
     x = rng.standard_normal((3, c, 7, 6)).astype(dtype)
-    w = rng.standard_normal((v["f"], c // v["groups"], 3, 3)).astype(dtype)
-    ho, wo = (conv_reference.conv_output_size(7, 3, v["stride"][0], v["padding"][0], 1),
-              conv_reference.conv_output_size(6, 3, v["stride"][1], v["padding"][1], 1))
+    k = v.get("k", 3)
+    w = rng.standard_normal((v["f"], c // v["groups"], k, k)).astype(dtype)
+    ho, wo = (conv_reference.conv_output_size(7, k, v["stride"][0], v["padding"][0], 1),
+              conv_reference.conv_output_size(6, k, v["stride"][1], v["padding"][1], 1))
     g = rng.standard_normal((3, v["f"], ho, wo)).astype(dtype)
     return {"x": x, "w": w, "g": g}
 
@@ -155,7 +160,8 @@ def _(dtype, rng):
         dil = v.get("dilation", (1, 1))
         c = v.get("c", 4)
         x = rng.standard_normal((3, c, 7, 6)).astype(dtype)
-        w = rng.standard_normal((v["f"], c // v["groups"], 3, 3)).astype(dtype)
+        k = v.get("k", 3)
+        w = rng.standard_normal((v["f"], c // v["groups"], k, k)).astype(dtype)
         g = conv_reference.conv2d_forward(x, w, v["stride"], v["padding"], dil, v["groups"])
         ops = {"x": x, "w": w, "g": rng.standard_normal(g.shape).astype(dtype)}
         args = (v["stride"], v["padding"], dil, v["groups"])
@@ -240,6 +246,16 @@ def _(dtype, rng):
             (lambda o: _ref_rule("relu", 0, o["g"], o["x"]))
         yield ops, (lambda o: OPS["relu"].vjp_for(0)(o["g"], None, o["x"])), \
             (lambda o: _ref_rule("relu", 0, o["g"], o["x"]))
+
+
+@case("leaky_relu_forward")
+def _(dtype, rng):
+    for ops in _elementwise_sizes(dtype, rng, False):
+        for alpha in (0.2, 0.0, -0.5):  # alpha·(−Inf) is NaN at alpha = 0, as in the rule
+            yield ops, (lambda o, a=alpha: fast("elementwise").leaky_relu_forward(o["x"], a)), \
+                (lambda o, a=alpha: _ref_rule("leaky_relu", None, o["x"], alpha=a))
+            yield ops, (lambda o, a=alpha: OPS["leaky_relu"].forward(o["x"], alpha=a)), \
+                (lambda o, a=alpha: _ref_rule("leaky_relu", None, o["x"], alpha=a))
 
 
 @case("leaky_relu_backward")
@@ -352,6 +368,30 @@ def _(dtype, rng):
                 t, 1e-5, (True, True, True), _bn_saved(o, t))[i]), \
                 (lambda o, t=training, i=i: _ref_rule("batch_norm", i, _ref_bn_relu(o, t)[1],
                                                       *_bn_args(o, t), training=t))
+
+
+#: (input shape, scale): both axes, one axis, a length-one axis, odd sizes, a 3-D input
+UPSAMPLE_VARIANTS = [((2, 3, 5, 7), (2, 2)), ((1, 2, 4, 3), (1, 2)), ((2, 1, 3, 1), (2, 1)),
+                     ((1, 1, 1, 2), (2, 2)), ((3, 4, 6), (2, 2))]
+
+
+@case("upsample_bilinear_forward")
+def _(dtype, rng):
+    for shape, scale in UPSAMPLE_VARIANTS:
+        ops = {"x": rng.standard_normal(shape).astype(dtype)}
+        yield ops, (lambda o, s=scale: dispatch.upsample_bilinear_forward(o["x"], s)), \
+            (lambda o, s=scale: _ref_rule("upsample_bilinear", None, o["x"], scale=s))
+
+
+@case("upsample_bilinear_backward")
+def _(dtype, rng):
+    for shape, scale in UPSAMPLE_VARIANTS:
+        up = shape[:-2] + (shape[-2] * scale[0], shape[-1] * scale[1])
+        ops = {"g": rng.standard_normal(up).astype(dtype)}
+        x = np.zeros(shape, dtype)
+        yield ops, (lambda o, s=scale, x=x: dispatch.upsample_bilinear_backward(
+            o["g"], x.shape, s)), \
+            (lambda o, s=scale, x=x: _ref_rule("upsample_bilinear", 0, o["g"], x, scale=s))
 
 
 def _ce_operands(dtype, rng):
