@@ -264,6 +264,107 @@ def _gradient_transform(g, n0, n1, ty0, ty1, tw, out):  # pragma: no cover - num
     return check
 
 
+@cached_njit(nogil=True)
+def _input_adjoint(dv, n0, n1, ty0, ty1, ph, pw, tw, last, dx, spill):  # pragma: no cover
+    """The adjoint of :func:`_input_transform`: dx_pad[2·ty + r, 2·tx + s] = Σ over the tiles
+    holding that pixel of (B dv_t Bᵀ)[r, s], written to the pixels of dx (the padding is
+    dropped). The padded rows 2·ty0 .. 2·ty1 − 1 of the block are written (=); the two rows
+    2·ty1, 2·ty1 + 1, which the next block of the image adds to, are written too when
+    ``last`` (the block ends the image), else stored in spill[c, 0:2, :] for the caller to
+    add. Returns 0 when every value written to dx is finite, else NaN."""
+    n_ch, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
+    sr = tw + 1
+    nty = ty1 - ty0
+    size = nty * sr
+    plane = size + sr               # plane rows 0 .. nty
+    # dq[a, b, t]: the column adjoint of row a for column phase b, zero beyond t = size
+    dq = np.zeros((4, 2, plane + 1), dtype=dx.dtype)
+    dp4 = np.empty((2, 2, nty + 1, sr), dtype=dx.dtype)
+    dp = dp4.reshape((2, 2, plane))
+    first = max(0, ph - 2 * ty0)
+    rows = 2 * nty + 2 if last else 2 * nty
+    stop = min(rows, h + ph - 2 * ty0)
+    even_phase = pw % 2
+    even_off = pw // 2
+    odd_off = (pw + 1) // 2
+    half = w // 2
+    dxf = dx.reshape(-1)
+    check = dxf[0] - dxf[0]
+    for n in range(n0, n1):
+        base = ((n - n0) * nty) * sr
+        for c in range(n_ch):
+            for a in range(4):
+                # columns of the tile: e = v0 − v2 at s = 0, d + e1 ... (see the forward):
+                # phase 0 gets v0[t] and (−v0 + v1 + v2)[t − 1], phase 1 (v1 − v2 + v3)[t]
+                # and −v3[t − 1]
+                v0 = dv[4 * a, c, base:base + size]
+                v1 = dv[4 * a + 1, c, base:base + size]
+                v2 = dv[4 * a + 2, c, base:base + size]
+                v3 = dv[4 * a + 3, c, base:base + size]
+                o = dq[a, 0, 0:size]
+                for t in range(size):
+                    o[t] = v0[t]
+                dq[a, 0, size] = 0
+                o = dq[a, 0, 1:size + 1]
+                for t in range(size):
+                    o[t] += v1[t] + v2[t] - v0[t]
+                o = dq[a, 1, 0:size]
+                for t in range(size):
+                    o[t] = v1[t] - v2[t] + v3[t]
+                dq[a, 1, size] = 0
+                o = dq[a, 1, 1:size + 1]
+                for t in range(size):
+                    o[t] -= v3[t]
+            for b in range(2):
+                # rows: phase 0 gets q0[t] and (−q0 + q1 + q2)[t − sr], phase 1
+                # (q1 − q2 + q3)[t] and −q3[t − sr]
+                q0 = dq[0, b]
+                q1 = dq[1, b]
+                q2 = dq[2, b]
+                q3 = dq[3, b]
+                o = dp[0, b]
+                for t in range(sr):
+                    o[t] = q0[t]
+                o = dp[0, b, sr:plane]
+                q0s = dq[0, b, sr:plane]
+                for t in range(size):
+                    o[t] = q0s[t] - q0[t] + q1[t] + q2[t]
+                o = dp[1, b]
+                for t in range(sr):
+                    o[t] = q1[t] - q2[t] + q3[t]
+                o = dp[1, b, sr:plane]
+                q1s = dq[1, b, sr:plane]
+                q2s = dq[2, b, sr:plane]
+                q3s = dq[3, b, sr:plane]
+                for t in range(size):
+                    o[t] = q1s[t] - q2s[t] + q3s[t] - q3[t]
+            for k in range(first, 2 * nty + 2):
+                a = k % 2
+                i = k // 2
+                if k >= rows:
+                    # a row the next block adds to (or beyond x: the caller skips it)
+                    for j in range(half):
+                        spill[c, k - 2 * nty, 2 * j] = dp4[a, even_phase, i, even_off + j]
+                        spill[c, k - 2 * nty, 2 * j + 1] = dp4[a, 1 - even_phase, i,
+                                                               odd_off + j]
+                    if w % 2:
+                        spill[c, k - 2 * nty, w - 1] = dp4[a, even_phase, i, even_off + half]
+                    continue
+                if k >= stop:
+                    continue
+                ih = 2 * ty0 + k - ph
+                for j in range(half):
+                    dx[n, c, ih, 2 * j] = dp4[a, even_phase, i, even_off + j]
+                    dx[n, c, ih, 2 * j + 1] = dp4[a, 1 - even_phase, i, odd_off + j]
+                if w % 2:
+                    dx[n, c, ih, w - 1] = dp4[a, even_phase, i, even_off + half]
+            if stop > first:
+                xb = (n * n_ch + c) * h * w
+                check += _nonfinite(dxf, xb + (2 * ty0 + first - ph) * w,
+                                    xb + (2 * ty0 + stop - ph) * w)
+    return check
+
+
 # --------------------------------------------------------------------------------------
 # weights, blocks
 # --------------------------------------------------------------------------------------
@@ -392,12 +493,15 @@ def _weight_blocks(g: np.ndarray, x: np.ndarray, blocks: list[Block], ph: int, p
     return acc, bad
 
 
-def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pair,
+def conv2d_backward(g: np.ndarray, x: np.ndarray | None, w: np.ndarray, padding: Pair,
                     want_x: bool, want_w: bool
                     ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
     """Both gradients of :func:`conv2d_forward` (``None`` where not wanted), or ``None``
-    when an operand or a result is not finite. The input gradient is the Winograd
-    convolution of ``g`` with the flipped weights, padded by ``2 − padding``."""
+    when an operand or a result is not finite. Both together come from one transformed
+    ``g`` (:func:`_shared_backward`); the input gradient alone is the Winograd convolution
+    of ``g`` with the flipped weights, padded by ``2 − padding``."""
+    if want_x and want_w and x is not None:
+        return _shared_backward(g, x, w, padding)
     dx = dw = None
     if want_x:
         flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
@@ -409,3 +513,71 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pair,
         if dw is None:
             return None
     return dx, dw
+
+
+def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pair
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both gradients from one gradient transform ``E = A g Aᵀ`` per block: the weight
+    gradient ``dU[ξ] = Σ E[ξ] @ V[ξ]ᵀ`` (as :func:`conv2d_backward_weight`) and the input
+    gradient as the adjoint of the forward in the transformed domain, ``dV[ξ] = U[ξ]ᵀ @
+    E[ξ]``, taken back to pixels by the adjoint of the input transform (``B dV Bᵀ`` added
+    over the overlapping 4×4 windows). ``None`` when an operand or a result is not finite."""
+    n, c = x.shape[:2]
+    f, ho, wo = g.shape[1:]
+    ph, pw = padding
+    th, tw = -(-ho // 2), -(-wo // 2)
+    if not _finite(w):
+        return None
+    ut = np.ascontiguousarray(transform_weights(w).transpose(0, 2, 1))  # (16, C, F)
+    dx = memory.empty(x.shape, x.dtype)
+
+    def work(blocks: list[Block]) -> tuple[np.ndarray, float, list]:
+        with np.errstate(all="ignore"):  # an overflow is seen below, and declined
+            return _backward_blocks(g, x, ut, dx, blocks, ph, pw, tw, th)
+
+    parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * (c + f) // 2))
+    if not np.isfinite(sum(b for _, b, _ in parts)):
+        return None
+    h = x.shape[2]
+    for _, _, spills in parts:  # the rows two blocks of one image share
+        for i, row, spill in spills:
+            for k in range(2):
+                if 0 <= row + k < h:
+                    dx[i, :, row + k] += spill[:, k]
+                    if not _finite(dx[i, :, row + k]):
+                        return None
+    du = sum(a for a, _, _ in parts)
+    dw = weights_from_transformed(du, x.dtype)
+    return (dx, dw) if _finite(dw) else None
+
+
+def _backward_blocks(g: np.ndarray, x: np.ndarray, ut: np.ndarray, dx: np.ndarray,
+                     blocks: list[Block], ph: int, pw: int, tw: int, th: int
+                     ) -> tuple[np.ndarray, float, list]:
+    """The shared backward's blocks: the weight gradient in the transformed domain (float64
+    between blocks), 0 or NaN (see the transforms), and the rows of dx each block leaves to
+    the caller, ``(image, row, values (C, 2, W))``."""
+    c, f = x.shape[1], g.shape[1]
+    acc = np.zeros((16, f, c), dtype=np.float64)
+    part = np.empty((16, f, c), dtype=x.dtype)
+    bad = 0.0
+    spills = []
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
+    e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
+    no_spill = np.empty((c, 2, x.shape[3]), dtype=x.dtype)
+    for n0, n1, ty0, ty1 in blocks:
+        tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
+        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
+        e = e_buf[:16 * f * tiles].reshape(16, f, tiles)
+        bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
+        bad += _gradient_transform(g, n0, n1, ty0, ty1, tw, e)
+        np.matmul(e, v.transpose(0, 2, 1), out=part)
+        acc += part  # blocks summed in float64
+        np.matmul(ut, e, out=v)  # dV, in V's place
+        last = ty1 == th
+        spill = no_spill if last else np.empty_like(no_spill)
+        bad += _input_adjoint(v, n0, n1, ty0, ty1, ph, pw, tw, last, dx, spill)
+        if not last:
+            spills.append((n0, 2 * ty1 - ph, spill))
+    return acc, bad, spills
