@@ -17,7 +17,8 @@ Winograd convolution of ``g`` with the flipped, channel-swapped weights.
 
 Tiles are processed in blocks (a few images, or a few tile rows of one image) whose
 transformed arrays stay in the core's cache, on the threads of
-:func:`autodiff_lab.kernels.conv_fast._run_blocks`.
+:func:`autodiff_lab.kernels.conv_fast._run_blocks`, each taking the next block from one
+queue when done with its last (:class:`_Queue`).
 
 NaN and Inf: a transform mixes the 16 pixels of a tile, so one NaN or Inf would reach
 outputs whose window does not hold it. Every function here therefore returns ``None``
@@ -27,6 +28,9 @@ pattern. float64 never comes here: its convolutions stay exact sums of products.
 """
 
 from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -428,6 +432,28 @@ def tile_blocks(n: int, th: int, tw: int, floats_per_tile: int) -> list[Block]:
     return [(i, i + 1, r0, min(th, r0 + rows)) for i in range(n) for r0 in range(0, th, rows)]
 
 
+class _Queue:
+    """The blocks of one call, taken one at a time by whichever thread is free: a thread
+    that another process holds back from its core (or that starts late) does not hold back
+    a fixed share of the blocks. ``deque.popleft`` is atomic, so no lock is needed."""
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self.blocks = blocks
+        self._left = collections.deque(blocks)
+
+    def __iter__(self) -> Iterator[Block]:
+        while True:
+            try:
+                yield self._left.popleft()
+            except IndexError:
+                return
+
+    def run(self, work: Callable[[_Queue], object]) -> list:
+        """``work(self)`` on the threads of :func:`conv_fast._run_blocks` (as many as there
+        are blocks, at most); each part's result."""
+        return conv_fast._run_blocks(lambda _part: work(self), self.blocks)
+
+
 def _finite(a: np.ndarray) -> bool:
     return bool(np.isfinite(a.sum()))
 
@@ -457,21 +483,21 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair, bias: np.ndarray
     u = transform_weights(w)
     y = memory.empty((n, f, ho, wo), x.dtype)
 
-    def work(blocks: list[Block]) -> float:
+    def work(blocks: _Queue) -> float:
         with np.errstate(all="ignore"):  # an overflow is seen below, and declined
             return _forward_blocks(x, u, bias, bool(relu), y, blocks, ph, pw, tw)
 
-    parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * max(c, f)))
+    parts = _Queue(tile_blocks(n, th, tw + 1, 16 * max(c, f))).run(work)
     return y if np.isfinite(sum(parts)) else None
 
 
 def _forward_blocks(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool, y: np.ndarray,
-                    blocks: list[Block], ph: int, pw: int, tw: int) -> float:
+                    blocks: _Queue, ph: int, pw: int, tw: int) -> float:
     """The forward's blocks: transform, 16 products, transform back; 0 or NaN (see the
     transforms)."""
     c, f = x.shape[1], y.shape[1]
     bad = 0.0
-    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks.blocks) * (tw + 1)
     v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
     m_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
     for n0, n1, ty0, ty1 in blocks:
@@ -534,11 +560,11 @@ def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, padding
     masked = relu_out is not None
     r = relu_out if masked else g
 
-    def work(blocks: list[Block]) -> tuple[np.ndarray | None, float, list]:
+    def work(blocks: _Queue) -> tuple[np.ndarray | None, float, list]:
         with np.errstate(all="ignore"):  # an overflow is seen below, and declined
             return _backward_blocks(g, x, ut, dx, masked, r, blocks, ph, pw, tw, th, want_w)
 
-    parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * (c + f) // 2))
+    parts = _Queue(tile_blocks(n, th, tw + 1, 16 * (c + f) // 2)).run(work)
     if not np.isfinite(sum(b for _, b, _ in parts)):
         return None
     h = x.shape[2]
@@ -558,7 +584,7 @@ def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, padding
 
 
 def _backward_blocks(g: np.ndarray, x: np.ndarray, ut: np.ndarray | None,
-                     dx: np.ndarray | None, masked: bool, r: np.ndarray, blocks: list[Block],
+                     dx: np.ndarray | None, masked: bool, r: np.ndarray, blocks: _Queue,
                      ph: int, pw: int, tw: int, th: int, want_w: bool
                      ) -> tuple[np.ndarray | None, float, list]:
     """The shared backward's blocks: the weight gradient in the transformed domain (float64
@@ -569,7 +595,7 @@ def _backward_blocks(g: np.ndarray, x: np.ndarray, ut: np.ndarray | None,
     part = np.empty((16, f, c), dtype=x.dtype)
     bad = 0.0
     spills = []
-    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks.blocks) * (tw + 1)
     v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
     e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
     no_spill = np.empty((c, 2, x.shape[3]), dtype=x.dtype)
