@@ -318,3 +318,18 @@ def test_conv_relu_fusion_keeps_nan_pattern_in_the_tape():
     for k in wrt:
         np.testing.assert_array_equal(np.isnan(fused[k]), np.isnan(plain[k]), err_msg=k)
         np.testing.assert_allclose(fused[k], plain[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_a_nan_left_in_a_recycled_output_buffer_is_not_read(monkeypatch):
+    # the outputs come from the memory pool uninitialised: a NaN left there by an earlier
+    # array must not make the kernels decline finite operands
+    from autodiff_lab.kernels import memory
+
+    def poisoned(shape, dtype):
+        return np.full(shape, np.nan, dtype=dtype)
+    monkeypatch.setattr(memory, "empty", poisoned)
+    x, wt, g = (a.astype(np.float32) for a in _operands(2, 8, 6, 5, 8, (1, 1)))
+    assert winograd.conv2d_forward(x, wt, (1, 1)) is not None
+    assert winograd.conv2d_forward(x, wt, (1, 1), None, True) is not None
+    both = winograd.conv2d_backward(g, x, wt, (1, 1), True, True)
+    assert both is not None and np.isfinite(both[0]).all()
