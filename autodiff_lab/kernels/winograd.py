@@ -530,8 +530,8 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray | None, w: np.ndarray, padding:
     convolution of ``g`` with the flipped weights, padded by ``2 − padding``."""
     if x is not None and (want_x or want_w):
         return _shared_backward(g, x, w, padding, want_x, want_w, relu_out)
-    if relu_out is not None:
-        raise ValueError("the ReLU rule needs the input x (for its shape)")
+    if x is None and (relu_out is not None or want_w):
+        raise ValueError("the weight gradient and the ReLU rule need the input x")
     dx = dw = None
     if want_x:
         flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
