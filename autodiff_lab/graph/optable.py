@@ -1276,6 +1276,34 @@ _register(Op(
 ))
 
 
+def _conv_relu_forward_saving(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                              groups=1):
+    fast = K.conv2d_relu_forward(x, w, b, stride, padding, dilation, groups)
+    if fast is not None:
+        return fast, None
+    return _relu(_conv2d(x, w, b, stride, padding, dilation, groups)), None
+
+
+def _conv_relu_fused_vjp(wanted, saved, g, ans, x, w, b=None, stride=(1, 1), padding=(0, 0),
+                         dilation=(1, 1), groups=1):
+    """relu's rule (read from its result) applied as the convolution's kernels read g, and
+    the convolution's rules, in one pass where the kernels can; else one after the other."""
+    fast = None
+    if wanted[0] or wanted[1]:
+        fast = K.conv2d_relu_backward(g, ans, x, w, stride, padding, dilation, groups,
+                                      (bool(wanted[0]), bool(wanted[1])))
+    if fast is None:
+        return _conv2d_fused_vjp(wanted, None, _relu_vjp(g, ans, None), None, x, w, b, stride,
+                                 padding, dilation, groups)
+    if b is None:
+        return fast
+    # the kernels took finite g and ans: relu's rule is plain masking here
+    return fast + ((np.where(ans > 0, g, 0).sum(axis=(0, 2, 3)) if wanted[2] else None),)
+
+
+_register_fusion(Fusion("conv2d", "relu", _conv_relu_forward_saving, _conv_relu_fused_vjp))
+
+
 def _convT_shape(x: Shape, w: Shape, b: Shape | None = None, stride=(1, 1), padding=(0, 0),
                  output_padding=(0, 0), dilation=(1, 1), groups=1) -> Shape:
     if len(x) != 4 or len(w) != 4:

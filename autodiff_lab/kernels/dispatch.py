@@ -237,6 +237,36 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, p
             if want_w else None)
 
 
+def conv2d_relu_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair,
+                        padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray | None:
+    """``relu(conv2d(x, w) + b)`` in one pass where the Winograd kernels take the
+    convolution (bias and ReLU in their output transform); ``None`` elsewhere, or for a
+    NaN or Inf: the caller then runs the two ops' own forwards."""
+    if real_float(x, w) and (b is None or real_float(x, b)) and _winograd_ok(
+            x.dtype, x.shape, w.shape, stride, padding, dilation, groups):
+        return _fast("winograd").conv2d_forward(_c(x), _c(w), tuple(padding),
+                                                None if b is None else _c(b), True)
+    return None
+
+
+def conv2d_relu_backward(g: np.ndarray, r: np.ndarray, x: np.ndarray, w: np.ndarray,
+                         stride: Pair, padding: Pair, dilation: Pair, groups: int,
+                         wanted: tuple[bool, bool]
+                         ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """The input and weight gradients of ``r = relu(conv2d(x, w) + b)`` from the gradient
+    ``g`` of ``r``, ReLU's rule applied as the Winograd kernels read ``g``; ``None`` where
+    they do not apply, or for a NaN or Inf: the caller then composes the two ops' rules."""
+    _check_conv_gradient(g.shape, x.shape, w.shape[0], w.shape[2:], stride, padding, dilation)
+    if tuple(r.shape) != tuple(g.shape):
+        raise ShapeError(f"convolution+relu gradient kernel: result of shape {tuple(r.shape)} "
+                         f"for an upstream gradient of shape {tuple(g.shape)}")
+    if real_float(g, r, x, w) and _winograd_ok(x.dtype, x.shape, w.shape, stride, padding,
+                                               dilation, groups):
+        return _fast("winograd").conv2d_backward(_c(g), _c(x), _c(w), tuple(padding),
+                                                 bool(wanted[0]), bool(wanted[1]), _c(r))
+    return None
+
+
 # --- pooling ----------------------------------------------------------------------------
 
 def max_pool2d_forward(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:

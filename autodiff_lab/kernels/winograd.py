@@ -17,7 +17,8 @@ Winograd convolution of ``g`` with the flipped, channel-swapped weights.
 
 Tiles are processed in blocks (a few images, or a few tile rows of one image) whose
 transformed arrays stay in the core's cache, on the threads of
-:func:`autodiff_lab.kernels.conv_fast._run_blocks`.
+:func:`autodiff_lab.kernels.conv_fast._run_blocks`, each taking the next block from one
+queue when done with its last (:class:`_Queue`).
 
 NaN and Inf: a transform mixes the 16 pixels of a tile, so one NaN or Inf would reach
 outputs whose window does not hold it. Every function here therefore returns ``None``
@@ -27,6 +28,9 @@ pattern. float64 never comes here: its convolutions stay exact sums of products.
 """
 
 from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -149,9 +153,10 @@ def _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, out):  # pragma: no cover 
 
 
 @cached_njit(nogil=True)
-def _output_transform(m, n0, n1, ty0, ty1, tw, y):  # pragma: no cover - numba
-    """y[n, f, 2·ty + i, 2·tx + j] = (Aᵀ m_t A)[i, j] (clipped to y's size) for the tiles of
-    the block, m[4a + b, f, t]. Returns 0 when every output is finite, else NaN."""
+def _output_transform(m, n0, n1, ty0, ty1, tw, bias, relu, y):  # pragma: no cover - numba
+    """y[n, f, 2·ty + i, 2·tx + j] = (Aᵀ m_t A)[i, j] + bias[f] (clipped to y's size) for
+    the tiles of the block, m[4a + b, f, t], then max(·, 0) when ``relu``. Returns 0 when
+    every output is finite, else NaN."""
     n_f, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     sr = tw + 1
     nty = ty1 - ty0
@@ -160,7 +165,7 @@ def _output_transform(m, n0, n1, ty0, ty1, tw, y):  # pragma: no cover - numba
     yy4 = np.empty((2, 2, nty, sr), dtype=y.dtype)
     yy = yy4.reshape((2, 2, size))
     yf = y.reshape(-1)
-    check = yf[0] - yf[0]
+    check = 0.0  # (not yf[0] − yf[0]: y is not written yet, and may hold a NaN)
     half = wo // 2  # tiles whose both columns are inside y
     rows = min(ho, 2 * ty1) - 2 * ty0
     for n in range(n0, n1):
@@ -177,14 +182,21 @@ def _output_transform(m, n0, n1, ty0, ty1, tw, y):  # pragma: no cover - numba
                 o = r[1, b]
                 for t in range(size):
                     o[t] = m1[t] - m2[t] - m3[t]
+            bf = bias[f]
             for i in range(2):
                 r0, r1, r2, r3 = r[i, 0], r[i, 1], r[i, 2], r[i, 3]
                 o = yy[i, 0]
                 for t in range(size):
-                    o[t] = r0[t] + r1[t] + r2[t]
+                    o[t] = r0[t] + r1[t] + r2[t] + bf
                 o = yy[i, 1]
                 for t in range(size):
-                    o[t] = r1[t] - r2[t] - r3[t]
+                    o[t] = r1[t] - r2[t] - r3[t] + bf
+                if relu:  # v − v: 0, or NaN for ±Inf and NaN, which the check declines
+                    for j in range(2):
+                        o = yy[i, j]
+                        for t in range(size):
+                            v = o[t]
+                            o[t] = v if v > 0 else v - v
             for k in range(rows):
                 oh = 2 * ty0 + k
                 i = k % 2
@@ -200,10 +212,12 @@ def _output_transform(m, n0, n1, ty0, ty1, tw, y):  # pragma: no cover - numba
 
 
 @cached_njit(nogil=True)
-def _gradient_transform(g, n0, n1, ty0, ty1, tw, out):  # pragma: no cover - numba
+def _gradient_transform(g, n0, n1, ty0, ty1, tw, masked, r, out):  # pragma: no cover - numba
     """out[4a + b, f, t] = (A e Aᵀ)[a, b] for the 2×2 block e of g at (2·ty, 2·tx) (zeros
     beyond g, and for the extra column of tiles), A = [[1, 0], [1, 1], [1, −1], [0, −1]]:
-    the adjoint of the output transform. Returns 0 when g's entries are finite, else NaN."""
+    the adjoint of the output transform. With ``masked``, e is g where r > 0 and 0
+    elsewhere (ReLU's rule, r its result, of g's shape). Returns 0 when g's entries (and
+    r's) are finite, else NaN."""
     n_f, ho, wo = g.shape[1], g.shape[2], g.shape[3]
     sr = tw + 1
     nty = ty1 - ty0
@@ -213,6 +227,8 @@ def _gradient_transform(g, n0, n1, ty0, ty1, tw, out):  # pragma: no cover - num
     p4 = np.zeros((2, 2, nty, sr), dtype=g.dtype)
     p = p4.reshape((2, 2, size))
     gf = g.reshape(-1)
+    rf = r.reshape(-1)
+    row = np.empty(wo, dtype=g.dtype)
     c = np.empty((4, 2, size), dtype=g.dtype)
     check = gf[0] - gf[0]
     half = wo // 2
@@ -222,10 +238,23 @@ def _gradient_transform(g, n0, n1, ty0, ty1, tw, out):  # pragma: no cover - num
             base = ((n - n0) * nty) * sr
             gb = ((n * n_f + f) * ho + 2 * ty0) * wo
             check += _nonfinite(gf, gb, gb + rows * wo)
+            if masked:
+                check += _nonfinite(rf, gb, gb + rows * wo)
             for k in range(rows):
                 oh = 2 * ty0 + k
                 i = k % 2
                 r_ = k // 2
+                if masked:  # the row masked first, contiguously (vectorised), then split
+                    gr = g[n, f, oh]
+                    rr = r[n, f, oh]
+                    for j in range(wo):
+                        row[j] = gr[j] if rr[j] > 0 else 0
+                    for tx in range(half):
+                        p4[i, 0, r_, tx] = row[2 * tx]
+                        p4[i, 1, r_, tx] = row[2 * tx + 1]
+                    if wo % 2:
+                        p4[i, 0, r_, half] = row[wo - 1]
+                    continue
                 for tx in range(half):
                     p4[i, 0, r_, tx] = g[n, f, oh, 2 * tx]
                     p4[i, 1, r_, tx] = g[n, f, oh, 2 * tx + 1]
@@ -261,6 +290,107 @@ def _gradient_transform(g, n0, n1, ty0, ty1, tw, out):  # pragma: no cover - num
                 o = out[4 * a + 3, f, base:base + size]
                 for t in range(size):
                     o[t] = -e1[t]
+    return check
+
+
+@cached_njit(nogil=True)
+def _input_adjoint(dv, n0, n1, ty0, ty1, ph, pw, tw, last, dx, spill):  # pragma: no cover
+    """The adjoint of :func:`_input_transform`: dx_pad[2·ty + r, 2·tx + s] = Σ over the tiles
+    holding that pixel of (B dv_t Bᵀ)[r, s], written to the pixels of dx (the padding is
+    dropped). The padded rows 2·ty0 .. 2·ty1 − 1 of the block are written (=); the two rows
+    2·ty1, 2·ty1 + 1, which the next block of the image adds to, are written too when
+    ``last`` (the block ends the image), else stored in spill[c, 0:2, :] for the caller to
+    add. Returns 0 when every value written to dx is finite, else NaN."""
+    n_ch, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
+    sr = tw + 1
+    nty = ty1 - ty0
+    size = nty * sr
+    plane = size + sr               # plane rows 0 .. nty
+    # dq[a, b, t]: the column adjoint of row a for column phase b, zero beyond t = size
+    dq = np.zeros((4, 2, plane + 1), dtype=dx.dtype)
+    dp4 = np.empty((2, 2, nty + 1, sr), dtype=dx.dtype)
+    dp = dp4.reshape((2, 2, plane))
+    first = max(0, ph - 2 * ty0)
+    rows = 2 * nty + 2 if last else 2 * nty
+    stop = min(rows, h + ph - 2 * ty0)
+    even_phase = pw % 2
+    even_off = pw // 2
+    odd_off = (pw + 1) // 2
+    half = w // 2
+    dxf = dx.reshape(-1)
+    check = 0.0  # (dx is not written yet, and may hold a NaN)
+    for n in range(n0, n1):
+        base = ((n - n0) * nty) * sr
+        for c in range(n_ch):
+            for a in range(4):
+                # columns of the tile: e = v0 − v2 at s = 0, d + e1 ... (see the forward):
+                # phase 0 gets v0[t] and (−v0 + v1 + v2)[t − 1], phase 1 (v1 − v2 + v3)[t]
+                # and −v3[t − 1]
+                v0 = dv[4 * a, c, base:base + size]
+                v1 = dv[4 * a + 1, c, base:base + size]
+                v2 = dv[4 * a + 2, c, base:base + size]
+                v3 = dv[4 * a + 3, c, base:base + size]
+                o = dq[a, 0, 0:size]
+                for t in range(size):
+                    o[t] = v0[t]
+                dq[a, 0, size] = 0
+                o = dq[a, 0, 1:size + 1]
+                for t in range(size):
+                    o[t] += v1[t] + v2[t] - v0[t]
+                o = dq[a, 1, 0:size]
+                for t in range(size):
+                    o[t] = v1[t] - v2[t] + v3[t]
+                dq[a, 1, size] = 0
+                o = dq[a, 1, 1:size + 1]
+                for t in range(size):
+                    o[t] -= v3[t]
+            for b in range(2):
+                # rows: phase 0 gets q0[t] and (−q0 + q1 + q2)[t − sr], phase 1
+                # (q1 − q2 + q3)[t] and −q3[t − sr]
+                q0 = dq[0, b]
+                q1 = dq[1, b]
+                q2 = dq[2, b]
+                q3 = dq[3, b]
+                o = dp[0, b]
+                for t in range(sr):
+                    o[t] = q0[t]
+                o = dp[0, b, sr:plane]
+                q0s = dq[0, b, sr:plane]
+                for t in range(size):
+                    o[t] = q0s[t] - q0[t] + q1[t] + q2[t]
+                o = dp[1, b]
+                for t in range(sr):
+                    o[t] = q1[t] - q2[t] + q3[t]
+                o = dp[1, b, sr:plane]
+                q1s = dq[1, b, sr:plane]
+                q2s = dq[2, b, sr:plane]
+                q3s = dq[3, b, sr:plane]
+                for t in range(size):
+                    o[t] = q1s[t] - q2s[t] + q3s[t] - q3[t]
+            for k in range(first, 2 * nty + 2):
+                a = k % 2
+                i = k // 2
+                if k >= rows:
+                    # a row the next block adds to (or beyond x: the caller skips it)
+                    for j in range(half):
+                        spill[c, k - 2 * nty, 2 * j] = dp4[a, even_phase, i, even_off + j]
+                        spill[c, k - 2 * nty, 2 * j + 1] = dp4[a, 1 - even_phase, i,
+                                                               odd_off + j]
+                    if w % 2:
+                        spill[c, k - 2 * nty, w - 1] = dp4[a, even_phase, i, even_off + half]
+                    continue
+                if k >= stop:
+                    continue
+                ih = 2 * ty0 + k - ph
+                for j in range(half):
+                    dx[n, c, ih, 2 * j] = dp4[a, even_phase, i, even_off + j]
+                    dx[n, c, ih, 2 * j + 1] = dp4[a, 1 - even_phase, i, odd_off + j]
+                if w % 2:
+                    dx[n, c, ih, w - 1] = dp4[a, even_phase, i, even_off + half]
+            if stop > first:
+                xb = (n * n_ch + c) * h * w
+                check += _nonfinite(dxf, xb + (2 * ty0 + first - ph) * w,
+                                    xb + (2 * ty0 + stop - ph) * w)
     return check
 
 
@@ -302,6 +432,28 @@ def tile_blocks(n: int, th: int, tw: int, floats_per_tile: int) -> list[Block]:
     return [(i, i + 1, r0, min(th, r0 + rows)) for i in range(n) for r0 in range(0, th, rows)]
 
 
+class _Queue:
+    """The blocks of one call, taken one at a time by whichever thread is free: a thread
+    that another process holds back from its core (or that starts late) does not hold back
+    a fixed share of the blocks. ``deque.popleft`` is atomic, so no lock is needed."""
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self.blocks = blocks
+        self._left = collections.deque(blocks)
+
+    def __iter__(self) -> Iterator[Block]:
+        while True:
+            try:
+                yield self._left.popleft()
+            except IndexError:
+                return
+
+    def run(self, work: Callable[[_Queue], object]) -> list:
+        """``work(self)`` on the threads of :func:`conv_fast._run_blocks` (as many as there
+        are blocks, at most); each part's result."""
+        return conv_fast._run_blocks(lambda _part: work(self), self.blocks)
+
+
 def _finite(a: np.ndarray) -> bool:
     return bool(np.isfinite(a.sum()))
 
@@ -310,34 +462,42 @@ def _finite(a: np.ndarray) -> bool:
 # convolution and its gradients
 # --------------------------------------------------------------------------------------
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair) -> np.ndarray | None:
+def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair, bias: np.ndarray | None = None,
+                   relu: bool = False) -> np.ndarray | None:
     """The 3×3 stride-1 cross-correlation of float32 ``x`` (N, C, H, W) with ``w`` (F, C, 3,
-    3), zero padding ``padding``; ``None`` when an operand or the result is not finite."""
+    3), zero padding ``padding``, plus ``bias`` (F,) and through a ReLU when asked (both
+    in the output transform: no extra pass); ``None`` when an operand or the result before
+    the ReLU is not finite."""
     n, c, h, wd = x.shape
     f = w.shape[0]
     ph, pw = padding
     ho, wo = h + 2 * ph - 2, wd + 2 * pw - 2
     if not _finite(w):
         return None
+    if bias is None:
+        bias = np.zeros(f, dtype=x.dtype)
+    elif not _finite(bias):
+        return None
+    bias = np.ascontiguousarray(bias, dtype=x.dtype)
     th, tw = -(-ho // 2), -(-wo // 2)
     u = transform_weights(w)
     y = memory.empty((n, f, ho, wo), x.dtype)
 
-    def work(blocks: list[Block]) -> float:
+    def work(blocks: _Queue) -> float:
         with np.errstate(all="ignore"):  # an overflow is seen below, and declined
-            return _forward_blocks(x, u, y, blocks, ph, pw, tw)
+            return _forward_blocks(x, u, bias, bool(relu), y, blocks, ph, pw, tw)
 
-    parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * max(c, f)))
+    parts = _Queue(tile_blocks(n, th, tw + 1, 16 * max(c, f))).run(work)
     return y if np.isfinite(sum(parts)) else None
 
 
-def _forward_blocks(x: np.ndarray, u: np.ndarray, y: np.ndarray, blocks: list[Block],
-                    ph: int, pw: int, tw: int) -> float:
+def _forward_blocks(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool, y: np.ndarray,
+                    blocks: _Queue, ph: int, pw: int, tw: int) -> float:
     """The forward's blocks: transform, 16 products, transform back; 0 or NaN (see the
     transforms)."""
     c, f = x.shape[1], y.shape[1]
     bad = 0.0
-    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks.blocks) * (tw + 1)
     v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
     m_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
     for n0, n1, ty0, ty1 in blocks:
@@ -346,66 +506,113 @@ def _forward_blocks(x: np.ndarray, u: np.ndarray, y: np.ndarray, blocks: list[Bl
         m = m_buf[:16 * f * tiles].reshape(16, f, tiles)
         bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
         np.matmul(u, v, out=m)
-        bad += _output_transform(m, n0, n1, ty0, ty1, tw, y)
+        bad += _output_transform(m, n0, n1, ty0, ty1, tw, bias, relu, y)
     return bad
 
 
 def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, padding: Pair) -> np.ndarray | None:
     """The weight gradient of :func:`conv2d_forward` for the upstream gradient ``g`` (N, F,
     Ho, Wo); ``None`` when an operand or the result is not finite."""
-    n, c = x.shape[:2]
-    f, ho, wo = g.shape[1:]
-    ph, pw = padding
-    th, tw = -(-ho // 2), -(-wo // 2)
-
-    def work(blocks: list[Block]) -> tuple[np.ndarray, float]:
-        with np.errstate(all="ignore"):  # an overflow is seen below, and declined
-            return _weight_blocks(g, x, blocks, ph, pw, tw)
-
-    parts = conv_fast._run_blocks(work, tile_blocks(n, th, tw + 1, 16 * (c + f) // 2))
-    if not np.isfinite(sum(b for _, b in parts)):
-        return None
-    du = sum(a for a, _ in parts)
-    dw = weights_from_transformed(du, x.dtype)
-    return dw if _finite(dw) else None
+    both = _shared_backward(g, x, None, padding, False, True, None)
+    return None if both is None else both[1]
 
 
-def _weight_blocks(g: np.ndarray, x: np.ndarray, blocks: list[Block], ph: int, pw: int,
-                   tw: int) -> tuple[np.ndarray, float]:
-    """The weight gradient's blocks: Σ (A g Aᵀ) @ (Bᵀ x B)ᵀ in the transformed domain
-    (float64 between blocks), and 0 or NaN (see the transforms)."""
-    c, f = x.shape[1], g.shape[1]
-    acc = np.zeros((16, f, c), dtype=np.float64)
-    part = np.empty((16, f, c), dtype=x.dtype)
-    bad = 0.0
-    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks) * (tw + 1)
-    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
-    e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
-    for n0, n1, ty0, ty1 in blocks:
-        tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
-        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
-        e = e_buf[:16 * f * tiles].reshape(16, f, tiles)
-        bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
-        bad += _gradient_transform(g, n0, n1, ty0, ty1, tw, e)
-        np.matmul(e, v.transpose(0, 2, 1), out=part)
-        acc += part  # blocks summed in float64
-    return acc, bad
-
-
-def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, padding: Pair,
-                    want_x: bool, want_w: bool
+def conv2d_backward(g: np.ndarray, x: np.ndarray | None, w: np.ndarray, padding: Pair,
+                    want_x: bool, want_w: bool, relu_out: np.ndarray | None = None
                     ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
     """Both gradients of :func:`conv2d_forward` (``None`` where not wanted), or ``None``
-    when an operand or a result is not finite. The input gradient is the Winograd
+    when an operand or a result is not finite. With ``relu_out`` (the result of a ReLU
+    after the convolution, of ``g``'s shape), ``g`` is that ReLU's upstream gradient:
+    ReLU's rule (``g`` where ``relu_out > 0``, else 0) is applied as ``g`` is read.
+
+    With ``x`` given, every gradient comes from one transformed ``g``
+    (:func:`_shared_backward`); the input gradient alone (``x`` None) is the Winograd
     convolution of ``g`` with the flipped weights, padded by ``2 − padding``."""
+    if x is not None and (want_x or want_w):
+        return _shared_backward(g, x, w, padding, want_x, want_w, relu_out)
+    if x is None and (relu_out is not None or want_w):
+        raise ValueError("the weight gradient and the ReLU rule need the input x")
     dx = dw = None
     if want_x:
         flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         dx = conv2d_forward(g, flipped, (2 - padding[0], 2 - padding[1]))
         if dx is None:
             return None
+    return dx, dw
+
+
+def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, padding: Pair,
+                     want_x: bool, want_w: bool, relu_out: np.ndarray | None
+                     ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """The wanted gradients from one gradient transform ``E = A g Aᵀ`` per block: the
+    weight gradient ``dU[ξ] = Σ E[ξ] @ V[ξ]ᵀ`` (V the input transform of x) and the input
+    gradient as the adjoint of the forward in the transformed domain, ``dV[ξ] = U[ξ]ᵀ @
+    E[ξ]``, taken back to pixels by the adjoint of the input transform (``B dV Bᵀ`` added
+    over the overlapping 4×4 windows). ``None`` when an operand or a result is not finite."""
+    n, c = x.shape[:2]
+    f, ho, wo = g.shape[1:]
+    ph, pw = padding
+    th, tw = -(-ho // 2), -(-wo // 2)
+    if want_x and not _finite(w):
+        return None
+    ut = np.ascontiguousarray(transform_weights(w).transpose(0, 2, 1)) if want_x else None
+    dx = memory.empty(x.shape, x.dtype) if want_x else None
+    masked = relu_out is not None
+    r = relu_out if masked else g
+
+    def work(blocks: _Queue) -> tuple[np.ndarray | None, float, list]:
+        with np.errstate(all="ignore"):  # an overflow is seen below, and declined
+            return _backward_blocks(g, x, ut, dx, masked, r, blocks, ph, pw, tw, th, want_w)
+
+    parts = _Queue(tile_blocks(n, th, tw + 1, 16 * (c + f) // 2)).run(work)
+    if not np.isfinite(sum(b for _, b, _ in parts)):
+        return None
+    h = x.shape[2]
+    for _, _, spills in parts:  # the rows two blocks of one image share
+        for i, row, spill in spills:
+            for k in range(2):
+                if 0 <= row + k < h:
+                    dx[i, :, row + k] += spill[:, k]
+                    if not _finite(dx[i, :, row + k]):
+                        return None
+    dw = None
     if want_w:
-        dw = conv2d_backward_weight(g, x, padding)
-        if dw is None:
+        dw = weights_from_transformed(sum(a for a, _, _ in parts), x.dtype)
+        if not _finite(dw):
             return None
     return dx, dw
+
+
+def _backward_blocks(g: np.ndarray, x: np.ndarray, ut: np.ndarray | None,
+                     dx: np.ndarray | None, masked: bool, r: np.ndarray, blocks: _Queue,
+                     ph: int, pw: int, tw: int, th: int, want_w: bool
+                     ) -> tuple[np.ndarray | None, float, list]:
+    """The shared backward's blocks: the weight gradient in the transformed domain (float64
+    between blocks; None when not wanted), 0 or NaN (see the transforms), and the rows of
+    dx each block leaves to the caller, ``(image, row, values (C, 2, W))``."""
+    c, f = x.shape[1], g.shape[1]
+    acc = np.zeros((16, f, c), dtype=np.float64) if want_w else None
+    part = np.empty((16, f, c), dtype=x.dtype)
+    bad = 0.0
+    spills = []
+    most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks.blocks) * (tw + 1)
+    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
+    e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
+    no_spill = np.empty((c, 2, x.shape[3]), dtype=x.dtype)
+    for n0, n1, ty0, ty1 in blocks:
+        tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
+        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
+        e = e_buf[:16 * f * tiles].reshape(16, f, tiles)
+        bad += _gradient_transform(g, n0, n1, ty0, ty1, tw, masked, r, e)
+        if acc is not None:
+            bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
+            np.matmul(e, v.transpose(0, 2, 1), out=part)
+            acc += part  # blocks summed in float64
+        if dx is not None:
+            np.matmul(ut, e, out=v)  # dV, in V's place
+            last = ty1 == th
+            spill = no_spill if last else np.empty_like(no_spill)
+            bad += _input_adjoint(v, n0, n1, ty0, ty1, ph, pw, tw, last, dx, spill)
+            if not last:
+                spills.append((n0, 2 * ty1 - ph, spill))
+    return acc, bad, spills

@@ -362,6 +362,11 @@ def test_fused_vjp_agrees_with_the_per_input_rules(name, k, dtype, fast):
 # op pair -> cases, as FUSED_CASES (operands of the first op)
 FUSION_CASES = {
     ("batch_norm", "relu"): FUSED_CASES["batch_norm"],
+    # the last two are big enough for the Winograd kernels (16 channels, 512 tiles in f32),
+    # which apply the ReLU in their transforms
+    ("conv2d", "relu"): FUSED_CASES["conv2d"] + [
+        _conv_case((2, 16, 31, 32), (16, 16, 3, 3), True, padding=(1, 1)),
+        _conv_case((2, 16, 33, 33), (16, 16, 3, 3), False, padding=(0, 2))],
 }
 
 

@@ -174,6 +174,48 @@ def _(dtype, rng):
                     o["g"], o["x"], o["w"].shape, *a))[i])
 
 
+def _conv_relu_variants(dtype, rng):
+    # relu(conv2d(x, w) + b) as the tape's fused step runs it: Winograd (float32, 8
+    # channels) with the bias and ReLU in its transforms, and im2col composed with relu
+    for v in (_conv_variants()[1], _conv_variants()[4]):
+        ops = _conv_operands(dtype, v, rng)
+        ops["b"] = rng.standard_normal(v["f"]).astype(dtype)
+        yield v, ops
+
+
+def _ref_conv_relu(o, v):
+    z = conv_reference.conv2d_forward(o["x"], o["w"], *_conv_args(v)) + o["b"][:, None, None]
+    return _ref_rule("relu", None, z)
+
+
+@case("conv2d_relu_forward")
+def _(dtype, rng):
+    from autodiff_lab.graph.optable import FUSIONS
+    fusion = FUSIONS[("conv2d", "relu")]
+    for v, ops in _conv_relu_variants(dtype, rng):
+        del ops["g"]
+        attrs = dict(zip(("stride", "padding", "dilation", "groups"), _conv_args(v)))
+        yield ops, (lambda o, a=attrs: fusion.forward_saving(o["x"], o["w"], o["b"], **a)[0]), \
+            (lambda o, v=v: _ref_conv_relu(o, v))
+
+
+@case("conv2d_relu_backward")
+def _(dtype, rng):
+    # g is the gradient of the ReLU's result r (from the reference forward)
+    from autodiff_lab.graph.optable import FUSIONS
+    fusion = FUSIONS[("conv2d", "relu")]
+    for v, ops in _conv_relu_variants(dtype, rng):
+        attrs = dict(zip(("stride", "padding", "dilation", "groups"), _conv_args(v)))
+        for i in range(3):
+            yield ops, (lambda o, a=attrs, v=v, i=i: fusion.fused_vjp(
+                (True, True, True), None, o["g"], _ref_conv_relu(o, v), o["x"], o["w"], o["b"],
+                **a)[i]), \
+                (lambda o, v=v, i=i: _ref_rule(
+                    "conv2d", i, _ref_rule("relu", 0, o["g"], _ref_conv_relu(o, v)), o["x"],
+                    o["w"], o["b"], **dict(zip(("stride", "padding", "dilation", "groups"),
+                                               _conv_args(v)))))
+
+
 POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 2), (1, 1)), ((3, 2), (2, 1), (1, 0))]
 
 

@@ -217,3 +217,119 @@ def test_dncnn_float32_gradient_stays_accurate(batch_norm, calls):
     for k in wrt:
         err = np.abs(got[k] - want[k]).max() / np.abs(want[k]).max()
         assert err < 1e-5, (k, err)
+
+
+def _relu_reference(x, wt, b, g, padding):
+    """relu(conv(x, w) + b) and the gradients of x, w from the gradient g of its result,
+    with the float64 reference kernels (relu'(0) = 0)."""
+    args = ((1, 1), padding, (1, 1), 1)
+    z = conv_reference.conv2d_forward(x, wt, *args) + b[:, None, None]
+    r = np.maximum(z, 0)
+    dz = g * (z > 0)
+    return (r, conv_reference.conv2d_backward_input(dz, wt, x.shape, *args),
+            conv_reference.conv2d_backward_weight(dz, x, wt.shape, *args))
+
+
+def _relu_fused(x, wt, b, g, padding, wanted=(True, True)):
+    x, wt, b, g = (a.astype(np.float32) for a in (x, wt, b, g))
+    args = ((1, 1), padding, (1, 1), 1)
+    r = dispatch.conv2d_relu_forward(x, wt, b, *args)
+    assert r is not None
+    return r, dispatch.conv2d_relu_backward(g, r, x, wt, *args, wanted)
+
+
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+def test_conv_relu_kernels_match_the_reference(padding, monkeypatch):
+    # bias and ReLU in the output transform, ReLU's rule in the gradient transform
+    monkeypatch.setattr(dispatch, "WINOGRAD_MIN_CHANNELS", 1)
+    for (h, w), (c, f) in itertools.product(SIZES, [(1, 3), (3, 1), (2, 5)]):
+        if h + 2 * padding[0] < 3 or w + 2 * padding[1] < 3:
+            continue
+        x, wt, g = _operands(2, c, h, w, f, padding)
+        b = RNG.standard_normal(f)
+        want = _relu_reference(x, wt, b, g, padding)
+        for wanted in [(True, True), (True, False), (False, True)]:
+            r, (dx, dw) = _relu_fused(x, wt, b, g, padding, wanted)
+            label = f"{(h, w)} c={c} f={f} padding={padding} {wanted}"
+            _close(r, want[0], f"{label} forward")
+            assert (dx is not None) == wanted[0] and (dw is not None) == wanted[1], label
+            if wanted[0]:
+                _close(dx, want[1], f"{label} input gradient")
+            if wanted[1]:
+                _close(dw, want[2], f"{label} weight gradient")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_conv_relu_kernels_in_blocks_of_one_tile_row(workers, monkeypatch):
+    # the input gradient's rows shared by two blocks of one image are added once
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(conv_fast, "BLOCK_WORKERS", workers)
+    for padding, (h, w) in [((1, 1), (9, 8)), ((0, 1), (7, 7)), ((2, 0), (5, 6)),
+                            ((0, 0), (8, 9))]:
+        x, wt, g = _operands(3, 8, h, w, 8, padding)
+        b = RNG.standard_normal(8)
+        want = _relu_reference(x, wt, b, g, padding)
+        r, (dx, dw) = _relu_fused(x, wt, b, g, padding)
+        for k, (a, ref) in enumerate(zip((r, dx, dw), want)):
+            _close(a, ref, f"{padding} {(h, w)} workers={workers} result {k}")
+
+
+def test_conv_relu_kernels_decline_nan_and_inf():
+    # a NaN or Inf in x, w, b, g or the ReLU's result: None, and the op table composes the
+    # two ops' own rules (the reference's NaN and Inf pattern)
+    x, wt, g = (a.astype(np.float32) for a in _operands(2, 8, 6, 5, 8, (1, 1)))
+    b = np.zeros(8, np.float32)
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    r = dispatch.conv2d_relu_forward(x, wt, b, *args)
+    for name, special in itertools.product(["x", "w", "b", "g", "r"], [np.nan, np.inf, -np.inf]):
+        ops = {"x": x.copy(), "w": wt.copy(), "b": b.copy(), "g": g.copy(), "r": r.copy()}
+        ops[name].reshape(-1)[3] = special
+        with np.errstate(all="ignore"):
+            if name in "xwb":
+                assert dispatch.conv2d_relu_forward(ops["x"], ops["w"], ops["b"], *args) is None
+            if name != "b":
+                assert dispatch.conv2d_relu_backward(ops["g"], ops["r"], ops["x"], ops["w"],
+                                                     *args, (True, True)) is None, name
+    # an overflow to -Inf before the ReLU is declined too, not clipped to 0
+    big = np.full((1, 8, 4, 4), 3e37, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        assert dispatch.conv2d_relu_forward(big, -np.ones((8, 8, 3, 3), np.float32), None,
+                                            *args) is None
+    with pytest.raises(adl.errors.ShapeError):
+        dispatch.conv2d_relu_backward(g, r[:, :, :-1], x, wt, *args, (True, True))
+
+
+def test_conv_relu_fusion_keeps_nan_pattern_in_the_tape():
+    # a NaN in the input of a fused conv+relu: the same gradients as the unfused ops give
+    from autodiff_lab.graph import optable
+    ex = adl.examples.dncnn(batch=2, size=12, channels=16, depth=4, batch_norm=False,
+                            dtype="float32")
+    values = {k: np.array(v) for k, v in ex.values.items()}
+    values["noisy"].reshape(-1)[5] = np.nan
+    wrt = list(ex.graph.parameters)
+    tape = adl.engine("tape", anomaly=False)
+    with np.errstate(all="ignore"):
+        fused = tape.compile(ex.graph, wrt=wrt)(values).grads
+        pair = optable.FUSIONS.pop(("conv2d", "relu"))
+        try:
+            plain = tape.compile(ex.graph, wrt=wrt)(values).grads
+        finally:
+            optable.FUSIONS[("conv2d", "relu")] = pair
+    for k in wrt:
+        np.testing.assert_array_equal(np.isnan(fused[k]), np.isnan(plain[k]), err_msg=k)
+        np.testing.assert_allclose(fused[k], plain[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_a_nan_left_in_a_recycled_output_buffer_is_not_read(monkeypatch):
+    # the outputs come from the memory pool uninitialised: a NaN left there by an earlier
+    # array must not make the kernels decline finite operands
+    from autodiff_lab.kernels import memory
+
+    def poisoned(shape, dtype):
+        return np.full(shape, np.nan, dtype=dtype)
+    monkeypatch.setattr(memory, "empty", poisoned)
+    x, wt, g = (a.astype(np.float32) for a in _operands(2, 8, 6, 5, 8, (1, 1)))
+    assert winograd.conv2d_forward(x, wt, (1, 1)) is not None
+    assert winograd.conv2d_forward(x, wt, (1, 1), None, True) is not None
+    both = winograd.conv2d_backward(g, x, wt, (1, 1), True, True)
+    assert both is not None and np.isfinite(both[0]).all()
