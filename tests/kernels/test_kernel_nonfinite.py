@@ -428,6 +428,25 @@ def _(dtype, rng):
             (lambda o, s=scale, x=x: _ref_rule("upsample_bilinear", 0, o["g"], x, scale=s))
 
 
+@case("upsample_nearest_forward")
+def _(dtype, rng):
+    for shape, scale in UPSAMPLE_VARIANTS + [((2, 2, 3, 4), (3, 5))]:
+        ops = {"x": rng.standard_normal(shape).astype(dtype)}
+        yield ops, (lambda o, s=scale: dispatch.upsample_nearest_forward(o["x"], s)), \
+            (lambda o, s=scale: _ref_rule("upsample", None, o["x"], scale=s))
+
+
+@case("upsample_nearest_backward")
+def _(dtype, rng):
+    for shape, scale in UPSAMPLE_VARIANTS + [((2, 2, 3, 4), (3, 5))]:
+        up = shape[:-2] + (shape[-2] * scale[0], shape[-1] * scale[1])
+        ops = {"g": rng.standard_normal(up).astype(dtype)}
+        x = np.zeros(shape, dtype)
+        yield ops, (lambda o, s=scale, x=x: OPS["upsample"].vjp_for(0)(
+            o["g"], None, x, scale=s)), \
+            (lambda o, s=scale, x=x: _ref_rule("upsample", 0, o["g"], x, scale=s))
+
+
 def _ce_operands(dtype, rng):
     for shape in ((5, 4), (2, 3, 6)):
         logits = rng.standard_normal(shape).astype(dtype)
