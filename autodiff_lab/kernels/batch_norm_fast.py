@@ -136,7 +136,8 @@ def _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, act, al
 
     With ``act`` :data:`RELU` (:data:`LEAKY`), ``g`` is the gradient of ``r`` =
     relu(batch_norm(x)) (leaky_relu, slope ``alpha``): the first pass takes that rule and,
-    when the gradient of x is wanted, keeps it in ``out``, which the second pass then turns into that gradient in place."""
+    when the gradient of x is wanted, keeps it in ``out``, which the second pass then turns
+    into that gradient in place."""
     n, s = x.shape[0], x.shape[2]
     m = n * s
     inv = 1.0 / np.sqrt(var[ch] + eps)

@@ -299,6 +299,16 @@ def upsample_bilinear_backward(g: np.ndarray, x_shape: tuple[int, ...], scale: P
 NEAREST_MAX_SW = 7
 
 
+def _c_ordered(a: np.ndarray) -> bool:
+    """Whether ``a``'s last axis is contiguous and its strides decrease (C order, gaps
+    allowed): numpy's reductions then visit it as they visit a C-contiguous copy."""
+    if a.flags.c_contiguous:
+        return True
+    strides = [st for st, n in zip(a.strides, a.shape) if n > 1]
+    return (a.strides[-1] == a.itemsize and all(st > 0 for st in strides)
+            and all(p > q for p, q in zip(strides, strides[1:])))
+
+
 def upsample_nearest_forward(x: np.ndarray, scale: Pair) -> np.ndarray | None:
     """Nearest-neighbour up-sampling in one pass for real arrays, else ``None``."""
     if x.ndim >= 2 and x.size > 0 and real_float(x) and tuple(scale) != (1, 1):
@@ -308,10 +318,11 @@ def upsample_nearest_forward(x: np.ndarray, scale: Pair) -> np.ndarray | None:
 
 def upsample_nearest_backward(g: np.ndarray, x_shape: tuple[int, ...], scale: Pair
                               ) -> np.ndarray | None:
-    """Its adjoint (the sum over each block) for real C-contiguous gradients with W ≥ 2 and
-    a factor from 2 to :data:`NEAREST_MAX_SW` along W -- where numpy's sum has the order
-    the kernel follows -- else ``None``."""
-    if (g.ndim >= 2 and g.size > 0 and real_float(g) and g.flags.c_contiguous
+    """Its adjoint (the sum over each block) for real gradients laid out in C order (rows
+    contiguous, strides positive and decreasing: C-contiguous arrays and slices of them),
+    with W ≥ 2 and a factor from 2 to :data:`NEAREST_MAX_SW` along W -- where numpy's sum
+    adds in the order the kernel follows -- else ``None``."""
+    if (g.ndim >= 2 and g.size > 0 and real_float(g) and _c_ordered(g)
             and len(x_shape) == g.ndim and x_shape[-1] >= 2 and 2 <= scale[1] <= NEAREST_MAX_SW
             and tuple(g.shape) == tuple(x_shape[:-2]) + (x_shape[-2] * scale[0],
                                                          x_shape[-1] * scale[1])):

@@ -203,7 +203,7 @@ def upsample_bilinear2d_backward(g: np.ndarray, x_shape: tuple[int, ...],
 # --------------------------------------------------------------------------------------
 # The op table's rule repeats each pixel sh × sw times (np.repeat, twice) and sums the
 # gradient over each sh × sw block (a reshape and numpy's sum over two axes). For a
-# C-contiguous gradient with W ≥ 2, numpy's sum adds each block as
+# gradient in C order with W ≥ 2 and 2 ≤ sw < 8, numpy's sum adds each block as
 #     0 + (g[r=0, 0] + g[0, 1] + …) + (g[1, 0] + g[1, 1] + …) + …
 # (the row sums left to right, then the rows top to bottom onto a zero), which the adjoint
 # here follows to the bit, ±0, NaN and ±Inf included (see :mod:`.dispatch` for the cases
@@ -292,11 +292,11 @@ def upsample_nearest2d(x: np.ndarray, scale: tuple[int, int]) -> np.ndarray:
 
 def upsample_nearest2d_backward(g: np.ndarray, x_shape: tuple[int, ...],
                                 scale: tuple[int, int]) -> np.ndarray:
-    """The adjoint of :func:`upsample_nearest2d`: each sh × sw block of ``g`` (C-contiguous,
-    W ≥ 2) summed in numpy's order."""
+    """The adjoint of :func:`upsample_nearest2d`: each sh × sw block of ``g`` (W ≥ 2)
+    summed in the order numpy's sum takes for a C-contiguous ``g``."""
     sh, sw = int(scale[0]), int(scale[1])
     *lead, h, w = x_shape
-    g3 = g.reshape(-1, sh * h, sw * w)
+    g3 = np.ascontiguousarray(g).reshape(-1, sh * h, sw * w)
     out = memory.empty((g3.shape[0], h, w), g.dtype)
     if _parallel(g3.size, g3.shape[0]):
         _nearest_adjoint_parallel(g3, sh, sw, g.dtype.type(0), out)

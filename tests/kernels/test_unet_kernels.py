@@ -154,6 +154,26 @@ def test_nearest_kernels_are_the_rule_bit_for_bit(dtype, shape, scale):
                              _reference("upsample", 0, grad, x, scale=scale))
 
 
+@pytest.mark.parametrize("scale", [(2, 2), (3, 2)])
+def test_nearest_backward_of_a_slice_is_the_rule_bit_for_bit(dtype, scale):
+    # a skip connection's gradient is a channel slice of the concatenation's: C order with
+    # gaps, which numpy's sum visits as a contiguous copy
+    whole = (RNG.standard_normal((3, 8, 6 * scale[0], 5 * scale[1]))
+             * 10.0 ** RNG.integers(-20, 20, (3, 8, 6 * scale[0], 5 * scale[1]))).astype(dtype)
+    for g in (whole[:, 2:6], whole[:, ::2], whole[1:], whole[:, :, :, :]):
+        x = np.zeros(g.shape[:2] + (6, 5), dtype)
+        assert dispatch.upsample_nearest_backward(g, x.shape, scale) is not None
+        assert_identical(OPS["upsample"].vjp_for(0)(g, None, x, scale=scale),
+                         _reference("upsample", 0, g, x, scale=scale))
+    # other layouts (transposed, reversed, broadcast) keep the rule
+    x = np.zeros((3, 8, 6, 5), dtype)
+    for g in (np.ascontiguousarray(whole.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3),
+              whole[:, ::-1], np.broadcast_to(whole[:1], whole.shape)):
+        assert dispatch.upsample_nearest_backward(g, x.shape, scale) is None
+        assert_identical(OPS["upsample"].vjp_for(0)(g, None, x, scale=scale),
+                         _reference("upsample", 0, g, x, scale=scale))
+
+
 def test_nearest_dispatch_takes_real_arrays_only():
     x = RNG.standard_normal((1, 2, 3, 4))
     g = np.ones((1, 2, 6, 8))
