@@ -81,8 +81,9 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
 
 Fusions (:data:`FUSIONS`, for speed only, read by the tape alone): a pair of ops the tape
 may run as one step -- a one-input op ``second`` applied to the result of ``first`` when
-nothing else reads that result (ReLU after batch norm: the normalised values are never
-stored and re-read). A :class:`Fusion` gives the pair's ``forward_saving`` and
+nothing else reads that result (ReLU or leaky ReLU after batch norm: the normalised values
+are never stored and re-read; the second op's attributes, such as the slope, are passed to
+the fused rules under keywords of their own). A :class:`Fusion` gives the pair's ``forward_saving`` and
 ``fused_vjp`` (the gradients of ``first``'s inputs from the gradient of ``second``'s
 result), as in an op entry; the two entries stay the definition, and
 ``tests/graph/test_optable.py`` checks each fusion against their composition.
@@ -296,14 +297,15 @@ def get_op(name: str) -> Op:
 @dataclass(frozen=True)
 class Fusion:
     """``second(first(*xs))`` as one op, for the tape (see the module docstring):
-    ``forward_saving(*xs, **first_attrs) -> (result, saved)`` and
-    ``fused_vjp(wanted, saved, g, ans, *xs, **first_attrs)`` -> the gradients of ``first``'s
+    ``forward_saving(*xs, **attrs) -> (result, saved)`` and
+    ``fused_vjp(wanted, saved, g, ans, *xs, **attrs)`` -> the gradients of ``first``'s
     inputs, ``g`` and ``ans`` being the gradient and the value of ``second``'s result.
     ``vjp_uses`` as for an op (``"inputs"``: ``first``'s inputs).
 
-    ``second_attrs`` names every attribute of ``second`` as ``(attribute, keyword)``: the
-    fused rules take it as that keyword, next to ``first``'s attributes (so the keyword is
-    none of them), e.g. leaky ReLU's slope ``alpha`` as ``leaky_alpha``."""
+    ``attrs`` are ``first``'s attributes and, under their own keywords, ``second``'s:
+    ``second_attrs`` names every attribute of ``second`` as ``(attribute, keyword)``, the
+    keyword none of ``first``'s attributes (leaky ReLU's slope ``alpha`` as
+    ``leaky_alpha``); :meth:`step_attrs` makes them for a pair of steps."""
 
     first: str
     second: str
@@ -313,7 +315,7 @@ class Fusion:
     second_attrs: tuple[tuple[str, str], ...] = ()
 
     def step_attrs(self, first_attrs: dict[str, Any], second_attrs: dict[str, Any]
-              ) -> dict[str, Any] | None:
+                   ) -> dict[str, Any] | None:
         """The keywords of the fused rules for a ``first`` step with ``first_attrs`` and a
         ``second`` step with ``second_attrs`` (its defaults where not given), or ``None``
         when ``second_attrs`` has an attribute the fusion does not take."""

@@ -135,40 +135,33 @@ def _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, act, al
     :func:`_forward_channel`).
 
     With ``act`` :data:`RELU` (:data:`LEAKY`), ``g`` is the gradient of ``r`` =
-    relu(batch_norm(x)) (leaky_relu, slope ``alpha``): the first pass takes that rule and,
-    when the gradient of x is wanted, keeps it in ``out``, which the second pass then turns
-    into that gradient in place."""
+    relu(batch_norm(x)) (leaky_relu, slope ``alpha``): a first pass writes that rule's
+    result into ``out`` (which then has x's shape even when the gradient of x is not
+    wanted), the sums read it back from cache, and the last pass turns it into the
+    gradient of x in place."""
     n, s = x.shape[0], x.shape[2]
     m = n * s
     inv = 1.0 / np.sqrt(var[ch] + eps)
     par[ch, 0] = mean[ch]
     mu_t = par[ch, 0]
+    if act != NONE:  # the activation's rule into out: a loop of its own vectorises
+        for i in range(n):
+            gi, ri, oi = g[i, ch], r[i, ch], out[i, ch]
+            if act == RELU:
+                for k in range(s):
+                    oi[k] = _through_relu(gi[k], ri[k])
+            else:
+                for k in range(s):
+                    oi[k] = _through_leaky(gi[k], ri[k], alpha)
     a = 0.0
     b = 0.0
     for i in range(n):
-        gi = g[i, ch]
+        gi = out[i, ch] if act != NONE else g[i, ch]
         xi = x[i, ch]
-        if act == RELU:
-            ri = r[i, ch]
-            for k in range(s):
-                gv = _through_relu(gi[k], ri[k])
-                if want_x:
-                    out[i, ch, k] = gv
-                a += gv
-                b += gv * (xi[k] - mu_t)
-        elif act == LEAKY:
-            ri = r[i, ch]
-            for k in range(s):
-                gv = _through_leaky(gi[k], ri[k], alpha)
-                if want_x:
-                    out[i, ch, k] = gv
-                a += gv
-                b += gv * (xi[k] - mu_t)
-        else:
-            for k in range(s):
-                gv = gi[k]
-                a += gv
-                b += gv * (xi[k] - mu_t)
+        for k in range(s):
+            gv = gi[k]
+            a += gv
+            b += gv * (xi[k] - mu_t)
     b = b * inv
     sum_g[ch] = a
     sum_gx[ch] = b
@@ -296,9 +289,10 @@ def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
         mu, v = np.empty(c), np.empty(c)
         (_channel_stats_parallel if _parallel(x3) else _channel_stats_serial)(x3, mu, v)
     want_x = bool(wanted[0])
-    out = memory.empty(x3.shape, x3.dtype) if want_x else np.empty((0, c, 0), x3.dtype)
-    sum_g, sum_gx = np.empty(c), np.empty(c)
     act = _ACTS[activation]
+    out = (memory.empty(x3.shape, x3.dtype) if want_x or act != NONE
+           else np.empty((0, c, 0), x3.dtype))
+    sum_g, sum_gx = np.empty(c), np.empty(c)
     run = _backward_parallel if _parallel(x3) else _backward_serial
     run(g3, x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x, act,
         _slope(alpha, x3.dtype), _as3(act_ans) if act != NONE else x3,
