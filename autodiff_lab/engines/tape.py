@@ -88,12 +88,13 @@ def _fuse(steps: list[Step], outputs: set[int]) -> list[Step]:
     by_node = {s.node: s for s in steps}
     merged: dict[int, Step] = {}
     for s in steps:
-        first = by_node.get(s.args[0]) if len(s.args) == 1 and not s.attrs else None
+        first = by_node.get(s.args[0]) if len(s.args) == 1 else None
         if first is None or first.node in outputs or readers[first.node] != 1:
             continue
         fusion = FUSIONS.get((first.op.name, s.op.name))
-        if fusion is not None:
-            merged[s.node] = Step(s.node, _fused_op(fusion), first.args, first.attrs,
+        attrs = fusion.step_attrs(first.attrs, s.attrs) if fusion is not None else None
+        if attrs is not None:  # the second op's attributes under the fusion's keywords
+            merged[s.node] = Step(s.node, _fused_op(fusion), first.args, attrs,
                                   first.needs_grad)
     gone = {by_node[s.args[0]].node for s in steps if s.node in merged}
     return [merged.get(s.node, s) for s in steps if s.node not in gone]

@@ -81,8 +81,9 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
 
 Fusions (:data:`FUSIONS`, for speed only, read by the tape alone): a pair of ops the tape
 may run as one step -- a one-input op ``second`` applied to the result of ``first`` when
-nothing else reads that result (ReLU after batch norm: the normalised values are never
-stored and re-read). A :class:`Fusion` gives the pair's ``forward_saving`` and
+nothing else reads that result (ReLU or leaky ReLU after batch norm: the normalised values
+are never stored and re-read; the second op's attributes, such as the slope, are passed to
+the fused rules under keywords of their own). A :class:`Fusion` gives the pair's ``forward_saving`` and
 ``fused_vjp`` (the gradients of ``first``'s inputs from the gradient of ``second``'s
 result), as in an op entry; the two entries stay the definition, and
 ``tests/graph/test_optable.py`` checks each fusion against their composition.
@@ -296,16 +297,34 @@ def get_op(name: str) -> Op:
 @dataclass(frozen=True)
 class Fusion:
     """``second(first(*xs))`` as one op, for the tape (see the module docstring):
-    ``forward_saving(*xs, **first_attrs) -> (result, saved)`` and
-    ``fused_vjp(wanted, saved, g, ans, *xs, **first_attrs)`` -> the gradients of ``first``'s
+    ``forward_saving(*xs, **attrs) -> (result, saved)`` and
+    ``fused_vjp(wanted, saved, g, ans, *xs, **attrs)`` -> the gradients of ``first``'s
     inputs, ``g`` and ``ans`` being the gradient and the value of ``second``'s result.
-    ``vjp_uses`` as for an op (``"inputs"``: ``first``'s inputs)."""
+    ``vjp_uses`` as for an op (``"inputs"``: ``first``'s inputs).
+
+    ``attrs`` are ``first``'s attributes and, under their own keywords, ``second``'s:
+    ``second_attrs`` names every attribute of ``second`` as ``(attribute, keyword)``, the
+    keyword none of ``first``'s attributes (leaky ReLU's slope ``alpha`` as
+    ``leaky_alpha``); :meth:`step_attrs` makes them for a pair of steps."""
 
     first: str
     second: str
     forward_saving: Callable[..., tuple[np.ndarray, Any]]
     fused_vjp: Callable[..., tuple[np.ndarray | None, ...]]
     vjp_uses: frozenset[str] = frozenset({"inputs", "ans"})
+    second_attrs: tuple[tuple[str, str], ...] = ()
+
+    def step_attrs(self, first_attrs: dict[str, Any], second_attrs: dict[str, Any]
+                   ) -> dict[str, Any] | None:
+        """The keywords of the fused rules for a ``first`` step with ``first_attrs`` and a
+        ``second`` step with ``second_attrs`` (its defaults where not given), or ``None``
+        when ``second_attrs`` has an attribute the fusion does not take."""
+        names = dict(self.second_attrs)
+        if not set(second_attrs) <= set(names):
+            return None
+        defaults = OPS[self.second].attrs
+        return {**first_attrs, **{kw: second_attrs.get(name, defaults[name])
+                                  for name, kw in names.items()}}
 
     def as_op(self) -> Op:
         """The pair as an :class:`Op` the tape can put on its tape (not in :data:`OPS`)."""
@@ -322,7 +341,8 @@ class Fusion:
                   forward=lambda *xs, **attrs: self.forward_saving(*xs, **attrs)[0],
                   vjp=tuple(rule(i) for i in range(n)), sympy=None,
                   label=f"{first.label}+{second.label}", n_args=first.n_args,
-                  attrs=dict(first.attrs), vjp_uses=self.vjp_uses, fused_vjp=self.fused_vjp,
+                  attrs=self.step_attrs(dict(first.attrs), {}), vjp_uses=self.vjp_uses,
+                  fused_vjp=self.fused_vjp,
                   forward_saving=self.forward_saving,
                   doc=f"{self.second} of {self.first}, as one step")
 
@@ -335,6 +355,12 @@ def _register_fusion(fusion: Fusion) -> Fusion:
     key = (fusion.first, fusion.second)
     if key in FUSIONS or fusion.first not in OPS or fusion.second not in OPS:
         raise ValueError(f"fusion {key} is defined twice or names an unknown op")
+    names = [name for name, _ in fusion.second_attrs]
+    keywords = [kw for _, kw in fusion.second_attrs]
+    if (sorted(names) != sorted(OPS[fusion.second].attrs) or len(set(keywords)) != len(keywords)
+            or set(keywords) & set(OPS[fusion.first].attrs)):
+        raise ValueError(f"fusion {key} must name each attribute of {fusion.second!r} once, "
+                         f"under a keyword that is not an attribute of {fusion.first!r}")
     FUSIONS[key] = fusion
     return fusion
 
@@ -1517,10 +1543,16 @@ def _upsample_shape(x: Shape, scale=(2, 2), name: str = "upsample") -> Shape:
 
 
 def _upsample(x, scale=(2, 2)):
+    fast = K.upsample_nearest_forward(x, scale)
+    if fast is not None:
+        return fast
     return np.repeat(np.repeat(x, scale[0], axis=-2), scale[1], axis=-1)
 
 
 def _upsample_vjp(g, ans, x, scale=(2, 2)):
+    fast = K.upsample_nearest_backward(g, x.shape, scale)
+    if fast is not None:
+        return fast
     h, w = x.shape[-2:]
     return g.reshape(g.shape[:-2] + (h, scale[0], w, scale[1])).sum(axis=(-3, -1))
 
@@ -1906,25 +1938,57 @@ def _bn_relu_forward_saving(x, gamma, beta, mean=None, var=None, training=True, 
     return _relu(_batch_norm(x, gamma, beta, mean, var, training, eps)), None
 
 
+def _bn_act_vjps(fast, act_vjp, wanted, g, ans, x, gamma, beta, mean, var, training, eps):
+    """The gradients of act(batch_norm(x)) from the fused kernels' x, γ and β gradients
+    ``fast`` (``None``: none, then the two entries' own rules, one after the other) and the
+    running statistics' rules as they are; ``act_vjp(g, ans, y)`` is the activation's rule."""
+    if fast is None:
+        y = _batch_norm(x, gamma, beta, mean, var, training, eps)
+        return OPS["batch_norm"].per_input_vjps(wanted, act_vjp(g, ans, y), y, x, gamma,
+                                                beta, mean, var, training=training, eps=eps)
+    if not any(wanted[3:]):
+        return tuple(fast) + (None,) * len(wanted[3:])
+    dy = act_vjp(g, ans, _batch_norm(x, gamma, beta, mean, var, training, eps))
+    rest = [(_bn_vjp_mean, _bn_vjp_var)[i - 3](dy, ans, x, gamma, beta, mean, var, training, eps)
+            if want else None for i, want in enumerate(wanted[3:], start=3)]
+    return tuple(fast) + tuple(rest)
+
+
 def _bn_relu_fused_vjp(wanted, saved, g, ans, x, gamma, beta, mean=None, var=None,
                        training=True, eps=1e-5):
     """relu's rule (read from its result: r > 0 exactly where the normalised value is) and
     batch norm's x, γ and β rules in one pass; the running statistics' rules as they are."""
     fast = K.batch_norm_relu_backward_all(g, ans, x, gamma, beta, mean, var, training, eps,
                                           tuple(wanted[:3]), saved)
-    if fast is None:  # the two entries' own rules, one after the other
-        y = _batch_norm(x, gamma, beta, mean, var, training, eps)
-        return OPS["batch_norm"].per_input_vjps(wanted, _relu_vjp(g, ans, y), y, x, gamma,
-                                                beta, mean, var, training=training, eps=eps)
-    if not any(wanted[3:]):
-        return tuple(fast) + (None,) * len(wanted[3:])
-    dy = _relu_vjp(g, ans, _batch_norm(x, gamma, beta, mean, var, training, eps))
-    rest = [(_bn_vjp_mean, _bn_vjp_var)[i - 3](dy, ans, x, gamma, beta, mean, var, training, eps)
-            if want else None for i, want in enumerate(wanted[3:], start=3)]
-    return tuple(fast) + tuple(rest)
+    return _bn_act_vjps(fast, _relu_vjp, wanted, g, ans, x, gamma, beta, mean, var,
+                        training, eps)
 
 
 _register_fusion(Fusion("batch_norm", "relu", _bn_relu_forward_saving, _bn_relu_fused_vjp))
+
+
+def _bn_leaky_relu_forward_saving(x, gamma, beta, mean=None, var=None, training=True,
+                                  eps=1e-5, leaky_alpha=0.01):
+    fast = K.batch_norm_leaky_relu_forward_saving(x, gamma, beta, mean, var, training, eps,
+                                                  leaky_alpha)
+    if fast is not None:
+        return fast
+    return _leaky_relu(_batch_norm(x, gamma, beta, mean, var, training, eps), leaky_alpha), None
+
+
+def _bn_leaky_relu_fused_vjp(wanted, saved, g, ans, x, gamma, beta, mean=None, var=None,
+                             training=True, eps=1e-5, leaky_alpha=0.01):
+    """leaky_relu's rule (read from its result when the slope is positive and finite: then
+    r > 0 exactly where the normalised value is) and batch norm's x, γ and β rules in one
+    pass; other slopes take the two entries' rules."""
+    fast = K.batch_norm_leaky_relu_backward_all(g, ans, x, gamma, beta, mean, var, training,
+                                                eps, leaky_alpha, tuple(wanted[:3]), saved)
+    return _bn_act_vjps(fast, lambda g, ans, y: _leaky_relu_vjp(g, ans, y, leaky_alpha),
+                        wanted, g, ans, x, gamma, beta, mean, var, training, eps)
+
+
+_register_fusion(Fusion("batch_norm", "leaky_relu", _bn_leaky_relu_forward_saving,
+                        _bn_leaky_relu_fused_vjp, second_attrs=(("alpha", "leaky_alpha"),)))
 
 
 # --------------------------------------------------------------------------------------

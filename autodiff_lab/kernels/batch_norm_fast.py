@@ -26,6 +26,9 @@ from autodiff_lab.kernels.numba_cache import cached_njit
 
 _SUMS = {"reassoc", "contract"}
 
+#: the activation applied after the normalisation (``act`` in the kernels)
+NONE, RELU, LEAKY = 0, 1, 2
+
 
 @cached_njit(nogil=True, fastmath=_SUMS)
 def _mean_var(x, ch):  # pragma: no cover - numba
@@ -59,9 +62,10 @@ def _channel_stats_parallel(x, mean, var):  # pragma: no cover - numba
 
 
 @cached_njit(nogil=True, fastmath=_SUMS)
-def _forward_channel(ch, x, gamma, beta, eps, training, relu, mean, var, par, out
+def _forward_channel(ch, x, gamma, beta, eps, training, act, alpha, mean, var, par, out
                      ):  # pragma: no cover - numba
-    """Normalise channel ``ch`` (then apply ReLU if ``relu``); with ``training`` take (and
+    """Normalise channel ``ch``, then apply the activation ``act`` (:data:`NONE`,
+    :data:`RELU` or :data:`LEAKY`, slope ``alpha`` in x's dtype); with ``training`` take (and
     write) its batch statistics into ``mean``/``var`` first, else read them from there.
     ``par`` (C, 3), of x's dtype, holds each channel's μ, scale and shift rounded to that
     dtype, so a float32 array is normalised in float32 arithmetic (twice the lanes; the
@@ -78,27 +82,31 @@ def _forward_channel(ch, x, gamma, beta, eps, training, relu, mean, var, par, ou
     for i in range(n):
         src = x[i, ch]
         dst = out[i, ch]
-        if relu:
+        if act == RELU:
             for k in range(s):
                 v = (src[k] - mu_t) * scale + shift
                 dst[k] = 0 if v <= 0 else v  # a NaN stays NaN, as in relu
+        elif act == LEAKY:
+            for k in range(s):
+                v = (src[k] - mu_t) * scale + shift
+                dst[k] = v if v > 0 else alpha * v  # as leaky_relu: NaN stays NaN
         else:
             for k in range(s):
                 dst[k] = (src[k] - mu_t) * scale + shift
 
 
 @cached_njit(nogil=True)
-def _forward_serial(x, gamma, beta, eps, training, relu, mean, var, par, out
+def _forward_serial(x, gamma, beta, eps, training, act, alpha, mean, var, par, out
                     ):  # pragma: no cover - numba
     for ch in range(x.shape[1]):
-        _forward_channel(ch, x, gamma, beta, eps, training, relu, mean, var, par, out)
+        _forward_channel(ch, x, gamma, beta, eps, training, act, alpha, mean, var, par, out)
 
 
 @cached_njit(parallel=True)
-def _forward_parallel(x, gamma, beta, eps, training, relu, mean, var, par, out
+def _forward_parallel(x, gamma, beta, eps, training, act, alpha, mean, var, par, out
                       ):  # pragma: no cover - numba
     for ch in prange(x.shape[1]):
-        _forward_channel(ch, x, gamma, beta, eps, training, relu, mean, var, par, out)
+        _forward_channel(ch, x, gamma, beta, eps, training, act, alpha, mean, var, par, out)
 
 
 @cached_njit
@@ -109,40 +117,51 @@ def _through_relu(gv, rv):  # pragma: no cover - numba
     return d if rv == rv else rv
 
 
+@cached_njit
+def _through_leaky(gv, rv, alpha):  # pragma: no cover - numba
+    """leaky_relu's rule from its result r = leaky_relu(y) for a slope 0 < alpha < ∞ (then
+    r > 0 exactly where y > 0, and r is NaN exactly where y is): g where r > 0, alpha·g
+    where r ≤ 0, NaN where r is NaN -- what leaky_relu's rule gives from y."""
+    s = alpha * gv
+    return gv if rv > 0 else (s if rv <= 0 else rv)
+
+
 @cached_njit(nogil=True, fastmath=_SUMS)
-def _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, relu, r, par,
-                      sum_g, sum_gx, out):  # pragma: no cover - numba
+def _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, act, alpha, r,
+                      par, sum_g, sum_gx, out):  # pragma: no cover - numba
     """Channel ``ch``: Σg and Σg·x̂ into ``sum_g``/``sum_gx`` (float64 sums); with
     ``want_x`` the gradient of x into ``out``: γ·inv·(g − Σg/m − (x − μ)·inv·Σ(g·x̂)/m) in
     training, γ·inv·g in evaluation, in x's dtype (``par`` (C, 4) as in
     :func:`_forward_channel`).
 
-    With ``relu``, ``g`` is the gradient of ``r`` = relu(batch_norm(x)): the first pass
-    takes relu's rule and, when the gradient of x is wanted, keeps it in ``out``, which the
-    second pass then turns into that gradient in place."""
+    With ``act`` :data:`RELU` (:data:`LEAKY`), ``g`` is the gradient of ``r`` =
+    relu(batch_norm(x)) (leaky_relu, slope ``alpha``): a first pass writes that rule's
+    result into ``out`` (which then has x's shape even when the gradient of x is not
+    wanted), the sums read it back from cache, and the last pass turns it into the
+    gradient of x in place."""
     n, s = x.shape[0], x.shape[2]
     m = n * s
     inv = 1.0 / np.sqrt(var[ch] + eps)
     par[ch, 0] = mean[ch]
     mu_t = par[ch, 0]
+    if act != NONE:  # the activation's rule into out: a loop of its own vectorises
+        for i in range(n):
+            gi, ri, oi = g[i, ch], r[i, ch], out[i, ch]
+            if act == RELU:
+                for k in range(s):
+                    oi[k] = _through_relu(gi[k], ri[k])
+            else:
+                for k in range(s):
+                    oi[k] = _through_leaky(gi[k], ri[k], alpha)
     a = 0.0
     b = 0.0
     for i in range(n):
-        gi = g[i, ch]
+        gi = out[i, ch] if act != NONE else g[i, ch]
         xi = x[i, ch]
-        if relu:
-            ri = r[i, ch]
-            for k in range(s):
-                gv = _through_relu(gi[k], ri[k])
-                if want_x:
-                    out[i, ch, k] = gv
-                a += gv
-                b += gv * (xi[k] - mu_t)
-        else:
-            for k in range(s):
-                gv = gi[k]
-                a += gv
-                b += gv * (xi[k] - mu_t)
+        for k in range(s):
+            gv = gi[k]
+            a += gv
+            b += gv * (xi[k] - mu_t)
     b = b * inv
     sum_g[ch] = a
     sum_gx[ch] = b
@@ -156,7 +175,7 @@ def _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, relu, r
         par[ch, 3] = inv * b / m
         a_t, b_t = par[ch, 2], par[ch, 3]
     for i in range(n):
-        src = out[i, ch] if relu else g[i, ch]
+        src = out[i, ch] if act != NONE else g[i, ch]
         xi = x[i, ch]
         dst = out[i, ch]
         if training:
@@ -168,19 +187,19 @@ def _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, relu, r
 
 
 @cached_njit(nogil=True)
-def _backward_serial(g, x, mean, var, gamma, eps, training, want_x, relu, r, par, sum_g,
-                     sum_gx, out):  # pragma: no cover - numba
+def _backward_serial(g, x, mean, var, gamma, eps, training, want_x, act, alpha, r, par,
+                     sum_g, sum_gx, out):  # pragma: no cover - numba
     for ch in range(x.shape[1]):
-        _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, relu, r, par,
-                          sum_g, sum_gx, out)
+        _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, act, alpha, r,
+                          par, sum_g, sum_gx, out)
 
 
 @cached_njit(parallel=True)
-def _backward_parallel(g, x, mean, var, gamma, eps, training, want_x, relu, r, par, sum_g,
-                       sum_gx, out):  # pragma: no cover - numba
+def _backward_parallel(g, x, mean, var, gamma, eps, training, want_x, act, alpha, r, par,
+                       sum_g, sum_gx, out):  # pragma: no cover - numba
     for ch in prange(x.shape[1]):
-        _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, relu, r, par,
-                          sum_g, sum_gx, out)
+        _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, act, alpha, r,
+                          par, sum_g, sum_gx, out)
 
 
 #: arrays of at least this many elements, with two or more channels, run their channels
@@ -200,15 +219,23 @@ def _as3(a: np.ndarray) -> np.ndarray:
 
 
 Stats = tuple[np.ndarray, np.ndarray]
+_ACTS = {None: NONE, "relu": RELU, "leaky_relu": LEAKY}
+
+
+def _slope(alpha: float, dtype: np.dtype) -> np.generic:
+    """``alpha`` rounded to ``dtype`` (to ±Inf past its range), as numpy's ``alpha * x``."""
+    with np.errstate(over="ignore"):
+        return dtype.type(alpha)
 
 
 def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                               mean: np.ndarray | None, var: np.ndarray | None, training: bool,
-                              eps: float, relu: bool = False
+                              eps: float, activation: str | None = None, alpha: float = 0.0
                               ) -> tuple[np.ndarray, Stats | None]:
-    """(x − μ)/√(σ² + ε)·γ + β per channel (batch statistics when ``training``; then
-    ReLU if ``relu``), and the batch statistics (float64 mean and biased variance; ``None``
-    in evaluation mode)."""
+    """(x − μ)/√(σ² + ε)·γ + β per channel (batch statistics when ``training``; then the
+    ``activation`` "relu" or "leaky_relu" (slope ``alpha``, rounded to x's dtype as numpy's
+    ``alpha * x`` rounds it) if given), and the batch statistics (float64 mean and biased
+    variance; ``None`` in evaluation mode)."""
     x3 = _as3(x)
     c = x3.shape[1]
     if training:
@@ -218,7 +245,7 @@ def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     out = memory.empty(x3.shape, x3.dtype)
     run = _forward_parallel if _parallel(x3) else _forward_serial
     run(x3, gamma.astype(np.float64), beta.astype(np.float64), float(eps), bool(training),
-        bool(relu), mu, v, np.empty((c, 3), x3.dtype), out)
+        _ACTS[activation], _slope(alpha, x3.dtype), mu, v, np.empty((c, 3), x3.dtype), out)
     return out.reshape(x.shape), ((mu, v) if training else None)
 
 
@@ -243,11 +270,15 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
                             mean: np.ndarray | None, var: np.ndarray | None, training: bool,
                             eps: float, wanted: tuple[bool, bool, bool],
-                            stats: Stats | None = None, relu_ans: np.ndarray | None = None
+                            stats: Stats | None = None, activation: str | None = None,
+                            act_ans: np.ndarray | None = None, alpha: float = 0.0
                             ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """The gradients with respect to x, γ and β (``None`` where ``wanted`` says no) from one
     pass. ``stats``: the forward's batch statistics (training only), else computed here.
-    ``relu_ans``: the result of relu(batch_norm(x)), whose gradient ``g`` then is."""
+    With ``activation`` ("relu", or "leaky_relu" with a slope ``alpha`` that is positive and
+    finite in x's dtype), ``g`` is the gradient of ``act_ans``, the result of the
+    activation of batch_norm(x), which the activation's rule reads instead of the
+    normalised values."""
     x3, g3 = _as3(x), _as3(g)
     c = x3.shape[1]
     if not training:
@@ -258,12 +289,14 @@ def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
         mu, v = np.empty(c), np.empty(c)
         (_channel_stats_parallel if _parallel(x3) else _channel_stats_serial)(x3, mu, v)
     want_x = bool(wanted[0])
-    out = memory.empty(x3.shape, x3.dtype) if want_x else np.empty((0, c, 0), x3.dtype)
+    act = _ACTS[activation]
+    out = (memory.empty(x3.shape, x3.dtype) if want_x or act != NONE
+           else np.empty((0, c, 0), x3.dtype))
     sum_g, sum_gx = np.empty(c), np.empty(c)
-    relu = relu_ans is not None
     run = _backward_parallel if _parallel(x3) else _backward_serial
-    run(g3, x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x, relu,
-        _as3(relu_ans) if relu else x3, np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
+    run(g3, x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x, act,
+        _slope(alpha, x3.dtype), _as3(act_ans) if act != NONE else x3,
+        np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
     return (out.reshape(x.shape) if want_x else None,
             sum_gx.astype(x.dtype) if wanted[1] else None,
             sum_g.astype(x.dtype) if wanted[2] else None)

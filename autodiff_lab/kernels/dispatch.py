@@ -324,6 +324,43 @@ def upsample_bilinear_backward(g: np.ndarray, x_shape: tuple[int, ...], scale: P
     return None
 
 
+#: the largest factor along the last axis whose block sums numpy adds left to right (its
+#: pairwise summation unrolls from 8 terms on)
+NEAREST_MAX_SW = 7
+
+
+def _c_ordered(a: np.ndarray) -> bool:
+    """Whether ``a``'s last axis is contiguous and its strides decrease (C order, gaps
+    allowed): numpy's reductions then visit it as they visit a C-contiguous copy."""
+    if a.flags.c_contiguous:
+        return True
+    strides = [st for st, n in zip(a.strides, a.shape) if n > 1]
+    return (a.strides[-1] == a.itemsize and all(st > 0 for st in strides)
+            and all(p > q for p, q in zip(strides, strides[1:])))
+
+
+def upsample_nearest_forward(x: np.ndarray, scale: Pair) -> np.ndarray | None:
+    """Nearest-neighbour up-sampling in one pass for real arrays, else ``None``."""
+    if x.ndim >= 2 and x.size > 0 and real_float(x) and tuple(scale) != (1, 1):
+        return _fast("upsample_fast").upsample_nearest2d(x, tuple(scale))
+    return None
+
+
+def upsample_nearest_backward(g: np.ndarray, x_shape: tuple[int, ...], scale: Pair
+                              ) -> np.ndarray | None:
+    """Its adjoint (the sum over each block) for real gradients laid out in C order (rows
+    contiguous, strides positive and decreasing: C-contiguous arrays and slices of them),
+    with W ≥ 2 and a factor from 2 to :data:`NEAREST_MAX_SW` along W -- where numpy's sum
+    adds in the order the kernel follows -- else ``None``."""
+    if (g.ndim >= 2 and g.size > 0 and real_float(g) and _c_ordered(g)
+            and len(x_shape) == g.ndim and x_shape[-1] >= 2 and 2 <= scale[1] <= NEAREST_MAX_SW
+            and tuple(g.shape) == tuple(x_shape[:-2]) + (x_shape[-2] * scale[0],
+                                                         x_shape[-1] * scale[1])):
+        return _fast("upsample_fast").upsample_nearest2d_backward(g, tuple(x_shape),
+                                                                  tuple(scale))
+    return None
+
+
 # --- element-wise, batch norm, softmax cross-entropy: None means "use the numpy rule" ----
 
 def relu_forward(x: np.ndarray) -> np.ndarray | None:
@@ -414,7 +451,7 @@ def batch_norm_relu_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.nd
     ``None``."""
     if _bn_ok(x, gamma, beta, mean, var):
         return _fast("batch_norm_fast").batch_norm_forward_saving(x, gamma, beta, mean, var,
-                                                                  training, eps, relu=True)
+                                                                  training, eps, "relu")
     return None
 
 
@@ -428,7 +465,42 @@ def batch_norm_relu_backward_all(g: np.ndarray, ans: np.ndarray, x: np.ndarray,
             and _bn_ok(x, gamma, beta, mean, var)):
         return _fast("batch_norm_fast").batch_norm_backward_all(
             g, x, gamma, mean, var, training, eps, tuple(bool(w) for w in wanted), stats,
-            relu_ans=ans)
+            "relu", ans)
+    return None
+
+
+def batch_norm_leaky_relu_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                                         mean: Any, var: Any, training: bool, eps: float,
+                                         alpha: float) -> tuple[np.ndarray, Any] | None:
+    """leaky_relu(batch_norm(x), alpha) in one pass, and the batch statistics, for real
+    arrays; else ``None``."""
+    if _bn_ok(x, gamma, beta, mean, var):
+        return _fast("batch_norm_fast").batch_norm_forward_saving(
+            x, gamma, beta, mean, var, training, eps, "leaky_relu", alpha)
+    return None
+
+
+def _slope_read_from_result(alpha: float, dtype: np.dtype) -> bool:
+    """Whether leaky_relu's rule can be read from its result: a slope positive and finite
+    in the dtype keeps r > 0 exactly where y > 0 and r NaN exactly where y is NaN."""
+    with np.errstate(over="ignore"):
+        a = dtype.type(alpha)
+    return bool(0 < a < np.inf)
+
+
+def batch_norm_leaky_relu_backward_all(g: np.ndarray, ans: np.ndarray, x: np.ndarray,
+                                       gamma: np.ndarray, beta: np.ndarray, mean: Any,
+                                       var: Any, training: bool, eps: float, alpha: float,
+                                       wanted: tuple[bool, bool, bool], stats: Any = None
+                                       ) -> tuple[np.ndarray | None, ...] | None:
+    """The gradients of leaky_relu(batch_norm(x), alpha) (result ``ans``, upstream gradient
+    ``g``) with respect to x, gamma and beta in one pass, for real arrays and a slope
+    positive and finite in their dtype; else ``None``."""
+    if (g.shape == x.shape == ans.shape and real_float(g, ans)
+            and _bn_ok(x, gamma, beta, mean, var) and _slope_read_from_result(alpha, x.dtype)):
+        return _fast("batch_norm_fast").batch_norm_backward_all(
+            g, x, gamma, mean, var, training, eps, tuple(bool(w) for w in wanted), stats,
+            "leaky_relu", ans, alpha)
     return None
 
 

@@ -196,3 +196,110 @@ def upsample_bilinear2d_backward(g: np.ndarray, x_shape: tuple[int, ...],
     else:
         _adjoint_serial(g3, sh, sw, c, q, zero, out)
     return out.reshape(tuple(x_shape))
+
+
+# --------------------------------------------------------------------------------------
+# nearest-neighbour up-sampling and its adjoint
+# --------------------------------------------------------------------------------------
+# The op table's rule repeats each pixel sh × sw times (np.repeat, twice) and sums the
+# gradient over each sh × sw block (a reshape and numpy's sum over two axes). For a
+# gradient in C order with W ≥ 2 and 2 ≤ sw < 8, numpy's sum adds each block as
+#     0 + (g[r=0, 0] + g[0, 1] + …) + (g[1, 0] + g[1, 1] + …) + …
+# (the row sums left to right, then the rows top to bottom onto a zero), which the adjoint
+# here follows to the bit, ±0, NaN and ±Inf included (see :mod:`.dispatch` for the cases
+# that keep the numpy rule).
+
+@cached_njit(nogil=True)
+def _nearest_plane(x, p, sh, sw, out):  # pragma: no cover - numba
+    h, w = x.shape[1], x.shape[2]
+    for i in range(h):
+        src = x[p, i]
+        first = out[p, i * sh]
+        if sw == 1:
+            for k in range(w):
+                first[k] = src[k]
+        else:
+            for k in range(w):
+                v = src[k]
+                for c in range(sw):
+                    first[k * sw + c] = v
+        for r in range(1, sh):
+            dst = out[p, i * sh + r]
+            for k in range(w * sw):
+                dst[k] = first[k]
+
+
+@cached_njit(nogil=True)
+def _nearest_serial(x, sh, sw, out):  # pragma: no cover - numba
+    for p in range(x.shape[0]):
+        _nearest_plane(x, p, sh, sw, out)
+
+
+@cached_njit(parallel=True)
+def _nearest_parallel(x, sh, sw, out):  # pragma: no cover - numba
+    for p in prange(x.shape[0]):
+        _nearest_plane(x, p, sh, sw, out)
+
+
+@cached_njit(nogil=True)
+def _nearest_adjoint_plane(g, p, sh, sw, zero, out):  # pragma: no cover - numba
+    h, w = out.shape[1], out.shape[2]
+    for i in range(h):
+        o = out[p, i]
+        for k in range(w):
+            o[k] = zero
+        for r in range(sh):
+            src = g[p, i * sh + r]
+            if sw == 1:
+                for k in range(w):
+                    o[k] = o[k] + src[k]
+            elif sw == 2:
+                for k in range(w):
+                    o[k] = o[k] + (src[2 * k] + src[2 * k + 1])
+            else:
+                for k in range(w):
+                    s = src[k * sw]
+                    for c in range(1, sw):
+                        s = s + src[k * sw + c]
+                    o[k] = o[k] + s
+
+
+@cached_njit(nogil=True)
+def _nearest_adjoint_serial(g, sh, sw, zero, out):  # pragma: no cover - numba
+    for p in range(g.shape[0]):
+        _nearest_adjoint_plane(g, p, sh, sw, zero, out)
+
+
+@cached_njit(parallel=True)
+def _nearest_adjoint_parallel(g, sh, sw, zero, out):  # pragma: no cover - numba
+    for p in prange(g.shape[0]):
+        _nearest_adjoint_plane(g, p, sh, sw, zero, out)
+
+
+def upsample_nearest2d(x: np.ndarray, scale: tuple[int, int]) -> np.ndarray:
+    """``x`` (..., H, W) with each pixel repeated ``scale`` = (sh, sw) times, as the op
+    table's ``upsample`` rule."""
+    sh, sw = int(scale[0]), int(scale[1])
+    *lead, h, w = x.shape
+    x3 = np.ascontiguousarray(x).reshape(-1, h, w)
+    out = memory.empty((x3.shape[0], sh * h, sw * w), x.dtype)
+    if _parallel(out.size, x3.shape[0]):
+        _nearest_parallel(x3, sh, sw, out)
+    else:
+        _nearest_serial(x3, sh, sw, out)
+    return out.reshape(tuple(lead) + (sh * h, sw * w))
+
+
+def upsample_nearest2d_backward(g: np.ndarray, x_shape: tuple[int, ...],
+                                scale: tuple[int, int]) -> np.ndarray:
+    """The adjoint of :func:`upsample_nearest2d`: each sh × sw block of ``g`` (W ≥ 2)
+    summed in the order numpy's sum takes for a C-contiguous ``g``."""
+    sh, sw = int(scale[0]), int(scale[1])
+    *lead, h, w = x_shape
+    g3 = np.ascontiguousarray(g).reshape(-1, sh * h, sw * w)
+    out = memory.empty((g3.shape[0], h, w), g.dtype)
+    if _parallel(g3.size, g3.shape[0]):
+        _nearest_adjoint_parallel(g3, sh, sw, g.dtype.type(0), out)
+    else:
+        _nearest_adjoint_serial(g3, sh, sw, g.dtype.type(0), out)
+    return out.reshape(tuple(x_shape))

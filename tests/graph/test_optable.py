@@ -367,6 +367,13 @@ FUSION_CASES = {
     ("conv2d", "relu"): FUSED_CASES["conv2d"] + [
         _conv_case((2, 16, 31, 32), (16, 16, 3, 3), True, padding=(1, 1)),
         _conv_case((2, 16, 33, 33), (16, 16, 3, 3), False, padding=(0, 2))],
+    ("batch_norm", "leaky_relu"): FUSED_CASES["batch_norm"],
+}
+# op pair -> attributes of the second op to try (default: its defaults only); slopes the
+# fused kernels read from the result (positive, finite) and ones they leave to the entries
+FUSION_SECOND_ATTRS = {
+    ("batch_norm", "leaky_relu"): [{}, {"alpha": 0.3}, {"alpha": 0.0}, {"alpha": -0.5},
+                                   {"alpha": 1e-60}],
 }
 
 
@@ -384,32 +391,39 @@ def test_fusion_agrees_with_the_two_entries(pair, k, dtype, fast):
     from autodiff_lab.kernels import dispatch
     fusion = FUSIONS[pair]
     first, second = OPS[pair[0]], OPS[pair[1]]
-    make, attrs = FUSION_CASES[pair][k]
+    make, first_attrs = FUSION_CASES[pair][k]
     args = make(dtype)
-    attrs = {**first.attrs, **attrs}
     tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
     before = dispatch.enabled
     dispatch.enabled = fast
     try:
-        y = first.forward(*args, **attrs)
-        ans = second.forward(y)
-        got_ans, saved = fusion.forward_saving(*args, **attrs)
-        np.testing.assert_allclose(got_ans, ans, **tol)
-        g = r(*ans.shape).astype(dtype)
-        dy = second.vjp_for(0)(g, ans, y)
-        want = first.per_input_vjps((True,) * len(args), dy, y, *args, **attrs)
-        op = fusion.as_op()
-        for wanted in _wanted_subsets(len(args)):
-            for s in (saved, None):
-                got = op.fused_vjp(wanted, s, g, ans, *args, **attrs)
-                for i, (on, a, b) in enumerate(zip(wanted, got, want)):
-                    if not on:
-                        assert a is None
-                        continue
-                    assert a.dtype == dtype
-                    np.testing.assert_allclose(a, b, **tol, err_msg=f"{pair} input {i}")
-        # the one-rule-per-input view of the pair agrees too
-        for i in range(len(args)):
-            np.testing.assert_allclose(op.vjp_for(i)(g, ans, *args, **attrs), want[i], **tol)
+        for second_attrs in FUSION_SECOND_ATTRS.get(pair, [{}]):
+            attrs = fusion.step_attrs({**first.attrs, **first_attrs}, second_attrs)
+            _check_fusion(fusion, first, second, args, {**first.attrs, **first_attrs},
+                          {**second.attrs, **second_attrs}, attrs, dtype, tol)
     finally:
         dispatch.enabled = before
+
+
+def _check_fusion(fusion, first, second, args, first_attrs, second_attrs, attrs, dtype, tol):
+    """The fusion (keywords ``attrs``) against ``first`` then ``second`` with their own."""
+    y = first.forward(*args, **first_attrs)
+    ans = second.forward(y, **second_attrs)
+    got_ans, saved = fusion.forward_saving(*args, **attrs)
+    np.testing.assert_allclose(got_ans, ans, **tol)
+    g = r(*ans.shape).astype(dtype)
+    dy = second.vjp_for(0)(g, ans, y, **second_attrs)
+    want = first.per_input_vjps((True,) * len(args), dy, y, *args, **first_attrs)
+    op = fusion.as_op()
+    for wanted in _wanted_subsets(len(args)):
+        for s in (saved, None):
+            got = op.fused_vjp(wanted, s, g, ans, *args, **attrs)
+            for i, (on, a, b) in enumerate(zip(wanted, got, want)):
+                if not on:
+                    assert a is None
+                    continue
+                assert a.dtype == dtype
+                np.testing.assert_allclose(a, b, **tol, err_msg=f"{op.name} {attrs} input {i}")
+    # the one-rule-per-input view of the pair agrees too
+    for i in range(len(args)):
+        np.testing.assert_allclose(op.vjp_for(i)(g, ans, *args, **attrs), want[i], **tol)

@@ -412,6 +412,40 @@ def _(dtype, rng):
                                                       *_bn_args(o, t), training=t))
 
 
+def _ref_bn_leaky(o, t, alpha):
+    """leaky_relu(batch_norm(...), alpha) and its gradient with the reference rules."""
+    y = _ref_rule("batch_norm", None, *_bn_args(o, t), training=t)
+    r = _ref_rule("leaky_relu", None, y, alpha=alpha)
+    dy = _ref_rule("leaky_relu", 0, o["g"], y, alpha=alpha) if "g" in o else None
+    return r, dy
+
+
+@case("batch_norm_leaky_relu_forward_saving")
+def _(dtype, rng):
+    for training, ops in _bn_variants(dtype, rng):
+        del ops["g"]
+        for alpha in (0.01, 0.0, -0.5):
+            yield ops, (lambda o, t=training, a=alpha: dispatch.batch_norm_leaky_relu_forward_saving(
+                *_bn_args(o, t) + ((None, None) if t else ()), t, 1e-5, a)[0]), \
+                (lambda o, t=training, a=alpha: _ref_bn_leaky(o, t, a)[0])
+
+
+@case("batch_norm_leaky_relu_backward_all")
+def _(dtype, rng):
+    # g is the gradient of the leaky ReLU's result; its value (ans) from the reference
+    for training, ops in _bn_variants(dtype, rng):
+        for i in range(3):
+            for alpha in (0.01, 0.5):
+                yield ops, (lambda o, t=training, i=i, a=alpha:
+                            dispatch.batch_norm_leaky_relu_backward_all(
+                                o["g"], _ref_bn_leaky(o, t, a)[0],
+                                *_bn_args(o, t) + ((None, None) if t else ()), t, 1e-5, a,
+                                (True, True, True), _bn_saved(o, t))[i]), \
+                    (lambda o, t=training, i=i, a=alpha: _ref_rule(
+                        "batch_norm", i, _ref_bn_leaky(o, t, a)[1], *_bn_args(o, t),
+                        training=t))
+
+
 #: (input shape, scale): both axes, one axis, a length-one axis, odd sizes, a 3-D input
 UPSAMPLE_VARIANTS = [((2, 3, 5, 7), (2, 2)), ((1, 2, 4, 3), (1, 2)), ((2, 1, 3, 1), (2, 1)),
                      ((1, 1, 1, 2), (2, 2)), ((3, 4, 6), (2, 2))]
@@ -434,6 +468,25 @@ def _(dtype, rng):
         yield ops, (lambda o, s=scale, x=x: dispatch.upsample_bilinear_backward(
             o["g"], x.shape, s)), \
             (lambda o, s=scale, x=x: _ref_rule("upsample_bilinear", 0, o["g"], x, scale=s))
+
+
+@case("upsample_nearest_forward")
+def _(dtype, rng):
+    for shape, scale in UPSAMPLE_VARIANTS + [((2, 2, 3, 4), (3, 5))]:
+        ops = {"x": rng.standard_normal(shape).astype(dtype)}
+        yield ops, (lambda o, s=scale: dispatch.upsample_nearest_forward(o["x"], s)), \
+            (lambda o, s=scale: _ref_rule("upsample", None, o["x"], scale=s))
+
+
+@case("upsample_nearest_backward")
+def _(dtype, rng):
+    for shape, scale in UPSAMPLE_VARIANTS + [((2, 2, 3, 4), (3, 5))]:
+        up = shape[:-2] + (shape[-2] * scale[0], shape[-1] * scale[1])
+        ops = {"g": rng.standard_normal(up).astype(dtype)}
+        x = np.zeros(shape, dtype)
+        yield ops, (lambda o, s=scale, x=x: OPS["upsample"].vjp_for(0)(
+            o["g"], None, x, scale=s)), \
+            (lambda o, s=scale, x=x: _ref_rule("upsample", 0, o["g"], x, scale=s))
 
 
 def _ce_operands(dtype, rng):

@@ -267,6 +267,87 @@ def test_tape_does_not_fuse_a_batch_norm_whose_result_is_read_elsewhere():
     assert _step_ops(p2) == ["batch_norm+relu"]
 
 
+def _bn_leaky_net(alpha, training=True):
+    """conv → batch norm → leaky ReLU twice (the second with the default slope), then a sum
+    of squares: two batch_norm+leaky_relu pairs for the tape to fuse."""
+    def net(x, w, gamma, beta, mean, var):
+        def bn(h):
+            if training:
+                return adl.batch_norm(h, gamma, beta)
+            return adl.batch_norm(h, gamma, beta, mean, var, training=False)
+        h = adl.leaky_relu(bn(adl.conv2d(x, w, padding=1)), alpha)
+        h = adl.leaky_relu(bn(adl.conv2d(h, w, padding=1)))
+        return adl.sum(h * h)
+    return net
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("alpha", [0.2, 0.0, -0.3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_tape_fuses_leaky_relu_after_batch_norm_and_gets_the_same_gradients(dtype, alpha,
+                                                                           training):
+    rng = np.random.default_rng(5)
+    vals = {"x": rng.standard_normal((3, 4, 6, 5)), "w": rng.standard_normal((4, 4, 3, 3)),
+            "gamma": rng.standard_normal(4), "beta": rng.standard_normal(4),
+            "mean": rng.standard_normal(4), "var": rng.random(4) + 0.5}
+    vals = {k: v.astype(dtype) for k, v in vals.items()}
+    g = adl.trace(_bn_leaky_net(alpha, training), **vals)
+    fused = adl.engine("tape", anomaly=False).compile(g)
+    unfused = adl.engine("tape", anomaly=False, keep_all=True).compile(g)
+    assert _step_ops(fused).count("batch_norm+leaky_relu") == 2
+    assert "batch_norm+leaky_relu" not in _step_ops(unfused)
+    assert "leaky_relu" not in _step_ops(fused)
+    got, want = fused(vals), unfused(vals)
+    np.testing.assert_allclose(got.value, want.value, **TOL[dtype])
+    for k in vals:
+        np.testing.assert_allclose(got.grads[k], want.grads[k], **TOL[dtype], err_msg=k)
+
+
+def test_fused_batch_norm_leaky_relu_is_the_two_kernels_bit_for_bit(dtype):
+    # the fused kernels against the unfused ones run one after the other (train mode, the
+    # forward's statistics reused), with NaN and ±Inf in some channels
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 5, 9, 7)).astype(dtype)
+    x[0, 1, 2, 3], x[1, 2, 0, 0], x[3, 3, 1, 1] = np.nan, np.inf, -np.inf
+    gamma, beta = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    g[2, 0, 0, 0] = np.nan
+    g[2, 4, 1, 1] = np.inf
+    with np.errstate(all="ignore"):
+        for alpha in (0.2, 0.01, 1e-30):
+            y, stats = BN.batch_norm_forward_saving(x, gamma, beta, None, None, True, 1e-5)
+            want_ans = OPS["leaky_relu"].forward(y, alpha=alpha)
+            ans, stats2 = BN.batch_norm_forward_saving(x, gamma, beta, None, None, True, 1e-5,
+                                                       "leaky_relu", alpha)
+            np.testing.assert_array_equal(ans, want_ans)
+            dy = OPS["leaky_relu"].vjp_for(0)(g, want_ans, y, alpha=alpha)
+            want = BN.batch_norm_backward_all(dy, x, gamma, None, None, True, 1e-5,
+                                              (True, True, True), stats)
+            got = BN.batch_norm_backward_all(g, x, gamma, None, None, True, 1e-5,
+                                             (True, True, True), stats2, "leaky_relu", ans, alpha)
+            for a, b in zip(got, want):
+                assert a.dtype == dtype
+                np.testing.assert_array_equal(a, b)
+
+
+def test_fusions_name_every_attribute_of_the_second_op(monkeypatch):
+    from autodiff_lab.graph import optable
+    from autodiff_lab.graph.optable import Fusion, _register_fusion
+    monkeypatch.setattr(optable, "FUSIONS", dict(optable.FUSIONS))
+
+    def fwd(*a, **k):
+        return None, None
+    # none, one clashing with batch norm's eps, one attribute twice
+    for bad in ((), (("exponent", "eps"),), (("exponent", "a"), ("exponent", "b"))):
+        with pytest.raises(ValueError, match="attribute"):
+            _register_fusion(Fusion("batch_norm", "pow", fwd, fwd, second_attrs=bad))
+    assert ("batch_norm", "pow") not in optable.FUSIONS
+    fusion = Fusion("batch_norm", "leaky_relu", fwd, fwd, second_attrs=(("alpha", "slope"),))
+    assert fusion.step_attrs({"eps": 1e-3}, {}) == {"eps": 1e-3, "slope": 0.01}
+    assert fusion.step_attrs({"eps": 1e-3}, {"alpha": 0.5}) == {"eps": 1e-3, "slope": 0.5}
+    assert fusion.step_attrs({}, {"other": 1}) is None
+
+
 @pytest.mark.parametrize("fast", [True, False], ids=["kernels", "reference"])
 def test_fused_batch_norm_relu_keeps_relu_prime_zero_at_zero(fast):
     # evaluation mode with x equal to the running mean and β = 0: the normalised value is

@@ -130,6 +130,68 @@ def test_bilinear_dispatch_keeps_other_scales_and_kinds_on_the_rule():
 
 
 # --------------------------------------------------------------------------------------
+# nearest-neighbour up-sampling
+# --------------------------------------------------------------------------------------
+
+NEAREST = BILINEAR + [((2, 3, 4, 5), (3, 2)), ((1, 2, 3, 4), (2, 5)), ((2, 2, 3, 2), (4, 7)),
+                      ((1, 2, 3, 1), (2, 2)), ((2, 2, 3, 4), (1, 8)), ((2, 3, 5, 33), (5, 1))]
+
+
+@pytest.mark.parametrize("shape,scale", NEAREST)
+def test_nearest_kernels_are_the_rule_bit_for_bit(dtype, shape, scale):
+    # shapes and scales the backward kernel leaves to numpy (W = 1, a factor 1 or ≥ 8
+    # along W) are here too: through the op table they give the rule's result all the same
+    x = _with_specials(RNG.standard_normal(shape).astype(dtype), count=1)
+    got = OPS["upsample"].forward(x, scale=scale)
+    assert_identical(got, _reference("upsample", None, x, scale=scale))
+    assert_identical(U.upsample_nearest2d(x, scale), got)
+    g = _with_specials(RNG.standard_normal(got.shape).astype(dtype), count=2)
+    big = (RNG.standard_normal(got.shape) * 10.0 ** RNG.integers(-30, 30, got.shape)
+           ).astype(dtype)  # sums whose rounding depends on their order
+    with np.errstate(invalid="ignore", over="ignore"):
+        for grad in (g, big, -np.zeros_like(g), np.full_like(g, np.finfo(dtype).max)):
+            assert_identical(OPS["upsample"].vjp_for(0)(grad, None, x, scale=scale),
+                             _reference("upsample", 0, grad, x, scale=scale))
+
+
+@pytest.mark.parametrize("scale", [(2, 2), (3, 2)])
+def test_nearest_backward_of_a_slice_is_the_rule_bit_for_bit(dtype, scale):
+    # a skip connection's gradient is a channel slice of the concatenation's: C order with
+    # gaps, which numpy's sum visits as a contiguous copy
+    whole = (RNG.standard_normal((3, 8, 6 * scale[0], 5 * scale[1]))
+             * 10.0 ** RNG.integers(-20, 20, (3, 8, 6 * scale[0], 5 * scale[1]))).astype(dtype)
+    for g in (whole[:, 2:6], whole[:, ::2], whole[1:], whole[:, :, :, :]):
+        x = np.zeros(g.shape[:2] + (6, 5), dtype)
+        assert dispatch.upsample_nearest_backward(g, x.shape, scale) is not None
+        assert_identical(OPS["upsample"].vjp_for(0)(g, None, x, scale=scale),
+                         _reference("upsample", 0, g, x, scale=scale))
+    # other layouts (transposed, reversed, broadcast) keep the rule
+    x = np.zeros((3, 8, 6, 5), dtype)
+    for g in (np.ascontiguousarray(whole.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3),
+              whole[:, ::-1], np.broadcast_to(whole[:1], whole.shape)):
+        assert dispatch.upsample_nearest_backward(g, x.shape, scale) is None
+        assert_identical(OPS["upsample"].vjp_for(0)(g, None, x, scale=scale),
+                         _reference("upsample", 0, g, x, scale=scale))
+
+
+def test_nearest_dispatch_takes_real_arrays_only():
+    x = RNG.standard_normal((1, 2, 3, 4))
+    g = np.ones((1, 2, 6, 8))
+    assert dispatch.upsample_nearest_forward(x, (1, 1)) is None
+    assert dispatch.upsample_nearest_forward(x.astype(np.complex128), (2, 2)) is None
+    assert dispatch.upsample_nearest_forward(x.astype(np.int64), (2, 2)) is None
+    assert dispatch.upsample_nearest_forward(x.astype(object), (2, 2)) is None
+    assert dispatch.upsample_nearest_backward(g.astype(np.complex128), x.shape, (2, 2)) is None
+    assert dispatch.upsample_nearest_backward(np.asfortranarray(g), x.shape, (2, 2)) is None
+    assert dispatch.upsample_nearest_backward(np.ones((1, 2, 6, 9)), x.shape, (2, 2)) is None
+    assert dispatch.upsample_nearest_backward(g, x.shape, (2, 2)) is not None
+    # a complex step through the op table keeps numpy's rule
+    z = x + 1e-20j
+    np.testing.assert_array_equal(OPS["upsample"].forward(z, scale=(2, 2)),
+                                  np.repeat(np.repeat(z, 2, axis=-2), 2, axis=-1))
+
+
+# --------------------------------------------------------------------------------------
 # 1×1 convolutions
 # --------------------------------------------------------------------------------------
 
@@ -205,7 +267,17 @@ def _all_results(dtype):
         out["bn'"] = fast("batch_norm_fast").batch_norm_backward_all(
             g, x, gam, None, None, True, 1e-5, (True, True, True))
         out["bn relu'"] = fast("batch_norm_fast").batch_norm_backward_all(
-            g, x, gam, None, None, True, 1e-5, (True, True, True), relu_ans=np.maximum(y, 0))
+            g, x, gam, None, None, True, 1e-5, (True, True, True), None, "relu",
+            np.maximum(y, 0))
+        leaky, _ = fast("batch_norm_fast").batch_norm_forward_saving(
+            x, gam, bet, None, None, True, 1e-5, "leaky_relu", 0.2)
+        out["bn leaky"] = leaky
+        out["bn leaky'"] = fast("batch_norm_fast").batch_norm_backward_all(
+            g, x, gam, None, None, True, 1e-5, (True, True, True), None, "leaky_relu", leaky,
+            0.2)
+        out["nearest"] = fast("upsample_fast").upsample_nearest2d(x, (2, 2))
+        out["nearest'"] = fast("upsample_fast").upsample_nearest2d_backward(
+            rng.standard_normal((2, 3, 18, 16)).astype(dtype), x.shape, (2, 2))
         out["stats"] = fast("batch_norm_fast").batch_stats(x)
         out["up"] = fast("upsample_fast").upsample_bilinear2d(x, (2, 2))
         out["up'"] = fast("upsample_fast").upsample_bilinear2d_backward(
