@@ -53,6 +53,8 @@ enabled: bool | None = None
 CHECK_INTERVAL = 0.25
 #: the background compile ends itself after this many seconds
 BACKGROUND_TIMEOUT = 600
+#: the dtypes the background compile fills the cache for (the one that asked first, first)
+background_dtypes: tuple[str, ...] = ("float32", "float64")
 
 _DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 #: dtypes whose calls take the Numba kernels (all of them when tiers are off)
@@ -208,7 +210,7 @@ def _start_background(first: str) -> None:
     package_root = str(Path(autodiff_lab.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]]
                                                           if env.get("PYTHONPATH") else []))
-    others = [d for d in _DTYPES.values() if d != first]
+    others = [d for d in background_dtypes if d != first]
     # lowest CPU priority first thing: the reference path in this process keeps the cores
     boot = ("import os, sys\ntry:\n    os.nice(19)\nexcept (AttributeError, OSError):\n"
             "    pass\nfrom autodiff_lab.kernels.tiered import run_background\n"
