@@ -13,6 +13,11 @@ step, in each dtype asked for, with the size thresholds of :mod:`.dispatch` lowe
 the small inputs take the same fast kernels as full-size ones. Kernels that only other
 graphs reach (pooling, transpose convolution, leaky ReLU, ...) still compile at their first
 use. Each kernel is reported as compiled (with its time) or loaded from the cache.
+
+When a dtype's workloads have run, :func:`precompile` writes the stamp :mod:`.tiered`
+looks for, so later processes take the Numba kernels at once instead of the reference
+path. :mod:`.tiered` runs this in a background process when a process finds the cache
+empty; ``python -m autodiff_lab.kernels.precompile`` is the command without the CLI.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ _active = False
 _last_check: dict[np.dtype, float] = {}
 _proc: subprocess.Popen[bytes] | None = None
 _started_at: float | None = None
+_start_lock = threading.Lock()  # one background start even when threads race to it
 
 
 def _env_on() -> bool:
@@ -195,9 +197,10 @@ def _lock_busy(folder: Path) -> bool:
 def _start_background(first: str) -> None:
     """Start the one background compile of this process (``first`` dtype first)."""
     global _proc, _started_at
-    if _started_at is not None:
-        return
-    _started_at = time.monotonic()
+    with _start_lock:
+        if _started_at is not None:
+            return
+        _started_at = time.monotonic()
     folder = stamp_dir()
     if folder is None or _lock_busy(folder):
         return
