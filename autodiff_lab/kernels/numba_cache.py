@@ -42,6 +42,8 @@ _CHECKED = False
 #: the directory :func:`ensure_cache_dir` picked for Numba (None: the user's or Numba's own)
 _CHOSEN: str | None = None
 _APPLIED = False  # _CHOSEN and the threading layer handed to Numba
+#: True when the cache is a fresh directory removed at exit: nothing outlives the process
+ephemeral = False
 #: False when no safe writable directory was found: kernels are compiled without caching
 caching_enabled = True
 
@@ -138,6 +140,7 @@ def fallback_cache_dir() -> Path | None:
 
 def _fresh_dir() -> Path | None:
     """A new private temporary directory, removed when the process exits."""
+    global ephemeral
     try:
         path = Path(tempfile.mkdtemp(prefix=f"{CACHE_NAME}-"))
     except OSError:
@@ -150,6 +153,7 @@ def _fresh_dir() -> Path | None:
         shutil.rmtree(path, ignore_errors=True)
         return None
     atexit.register(shutil.rmtree, str(path), ignore_errors=True)
+    ephemeral = True
     return path
 
 

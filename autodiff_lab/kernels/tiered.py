@@ -23,8 +23,8 @@ every later call of that dtype takes the Numba kernels, which then *load* from t
   start many compilers.
 * Off: ``ADL_BACKGROUND_COMPILE=0`` in the environment, or ``tiered.enabled = False``
   (the test suite does this); also whenever no cache directory could be used
-  (:data:`.numba_cache.caching_enabled` False) -- then kernels compile in the foreground
-  as before.
+  (:data:`.numba_cache.caching_enabled` False) or only a temporary one removed at exit
+  -- then kernels compile in the foreground as before.
 * The stamp names the Numba and Python versions and the size and modification time of
   every kernel source file, as Numba's own cache index does; kernels the precompile
   workloads do not reach (pooling, transpose convolution, ...) still compile at their
@@ -80,10 +80,12 @@ def is_on() -> bool:
 
 def stamp_dir() -> Path | None:
     """Where the stamps live: a folder in the Numba cache directory this process uses, or
-    ``None`` when there is none (caching off)."""
+    ``None`` when there is none (caching off) or it is removed when this process exits."""
     from autodiff_lab.kernels import numba_cache
     root = numba_cache.cache_root()
-    return None if root is None else root / "autodiff_lab-tiers"
+    if root is None or numba_cache.ephemeral:  # no cache a background process could fill
+        return None
+    return root / "autodiff_lab-tiers"
 
 
 _FINGERPRINT: str | None = None

@@ -158,3 +158,21 @@ def test_cache_root_does_not_import_numba():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True", "False"]
     assert numba_cache.cache_root() is not None
+
+
+@pytest.mark.parametrize("state", ["caching off", "cache removed at exit"])
+def test_no_lasting_cache_means_no_tiers(monkeypatch, state):
+    started: list[str] = []
+    monkeypatch.setattr(tiered, "enabled", True)
+    monkeypatch.setattr(tiered, "_start_background", started.append)
+    monkeypatch.setattr(numba_cache, "_CHECKED", True)
+    if state == "caching off":
+        monkeypatch.setattr(numba_cache, "caching_enabled", False)
+    else:
+        monkeypatch.setattr(numba_cache, "ephemeral", True)
+    tiered.reset()
+    try:
+        assert tiered.stamp_dir() is None
+        assert dispatch.real_float(np.ones(3, np.float32)) and started == []
+    finally:
+        tiered.reset()
