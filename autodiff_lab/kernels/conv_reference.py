@@ -71,10 +71,11 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair,
     cols = im2col(x, w.shape[2:], stride, padding, dilation)
     outs = []
     for cg, wg in zip(_group_split(cols, 1, groups), _group_split(w, 0, groups)):
-        # (N, Cg, kh, kw, Ho, Wo) x (Fg, Cg, kh, kw) -> (N, Ho, Wo, Fg)
-        outs.append(np.tensordot(cg, wg, axes=([1, 2, 3], [1, 2, 3])))
-    out = np.concatenate(outs, axis=-1) if groups > 1 else outs[0]
-    return np.moveaxis(out, -1, 1)
+        # (Fg, Cg, kh, kw) x (N, Cg, kh, kw, Ho, Wo) -> (Fg, N, Ho, Wo); patches on the right,
+        # so tensordot's copy of them keeps (Ho, Wo) innermost (the other order is ~20x slower)
+        outs.append(np.tensordot(wg, cg, axes=([1, 2, 3], [1, 2, 3])))
+    out = np.concatenate(outs, axis=0) if groups > 1 else outs[0]
+    return np.moveaxis(out, 0, 1)
 
 
 def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], stride: Pair,
@@ -82,10 +83,11 @@ def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...]
     """Gradient of :func:`conv2d_forward` with respect to ``x``, given upstream ``g`` (N, F, Ho, Wo)."""
     cols = []
     for gg, wg in zip(_group_split(g, 1, groups), _group_split(w, 0, groups)):
-        # (N, Fg, Ho, Wo) x (Fg, Cg, kh, kw) -> (N, Ho, Wo, Cg, kh, kw)
-        cols.append(np.tensordot(gg, wg, axes=([1], [0])))
-    col = np.concatenate(cols, axis=3) if groups > 1 else cols[0]
-    col = np.transpose(col, (0, 3, 4, 5, 1, 2))
+        # (Fg, Cg, kh, kw) x (N, Fg, Ho, Wo) -> (Cg, kh, kw, N, Ho, Wo) (g on the right keeps
+        # its (Ho, Wo) innermost in tensordot's copy)
+        cols.append(np.tensordot(wg, gg, axes=([0], [1])))
+    col = np.concatenate(cols, axis=0) if groups > 1 else cols[0]
+    col = np.transpose(col, (3, 0, 1, 2, 4, 5))
     return col2im(col, x_shape, stride, padding, dilation)
 
 
@@ -95,8 +97,9 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
     cols = im2col(x, w_shape[2:], stride, padding, dilation)
     parts = []
     for gg, cg in zip(_group_split(g, 1, groups), _group_split(cols, 1, groups)):
-        # (N, Fg, Ho, Wo) x (N, Cg, kh, kw, Ho, Wo) -> (Fg, Cg, kh, kw)
-        parts.append(np.tensordot(gg, cg, axes=([0, 2, 3], [0, 4, 5])))
+        # (N, Cg, kh, kw, Ho, Wo) x (N, Fg, Ho, Wo) -> (Cg, kh, kw, Fg): patches on the left,
+        # so tensordot's copy of them keeps (Ho, Wo) innermost (the other order is ~20x slower)
+        parts.append(np.moveaxis(np.tensordot(cg, gg, axes=([0, 4, 5], [0, 2, 3])), -1, 0))
     return np.concatenate(parts, axis=0) if groups > 1 else parts[0]
 
 

@@ -8,6 +8,8 @@ the complex step, ``object`` arrays of SymPy expressions, integer arrays -- to
 table keeps saying *what* each op computes, once, and speed is a detail of this module.
 
 The fast modules are imported on first use: importing autodiff_lab does not pay for Numba.
+While a dtype's kernels are neither compiled nor in Numba's cache, :func:`real_float` says
+no and the reference runs, as :mod:`.tiered` explains (a background process compiles them).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from autodiff_lab.errors import ShapeError
 from autodiff_lab.kernels import conv_reference as ref
+from autodiff_lab.kernels import tiered
 from autodiff_lab.kernels.conv_reference import (  # noqa: F401 - re-exported for the op table
     col2im,
     conv_output_size,
@@ -115,7 +118,8 @@ def real_float(*arrays: Any) -> bool:
             dtype = a.dtype
         elif a.dtype != dtype:
             return False
-    return True
+    # tiers: the reference path while the kernels of this dtype are not compiled yet
+    return dtype is None or dtype in tiered.ready_dtypes or tiered.ready(dtype)
 
 
 def _c(a: np.ndarray) -> np.ndarray:

@@ -28,18 +28,22 @@ import atexit
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numba
-
 #: the name of our private cache directory (with ``-<uid>`` in the shared temporary folder)
 CACHE_NAME = "autodiff_lab-numba-cache"
 
 _CHECKED = False
+#: the directory :func:`ensure_cache_dir` picked for Numba (None: the user's or Numba's own)
+_CHOSEN: str | None = None
+_APPLIED = False  # _CHOSEN and the threading layer handed to Numba
+#: True when the cache is a fresh directory removed at exit: nothing outlives the process
+ephemeral = False
 #: False when no safe writable directory was found: kernels are compiled without caching
 caching_enabled = True
 
@@ -136,6 +140,7 @@ def fallback_cache_dir() -> Path | None:
 
 def _fresh_dir() -> Path | None:
     """A new private temporary directory, removed when the process exits."""
+    global ephemeral
     try:
         path = Path(tempfile.mkdtemp(prefix=f"{CACHE_NAME}-"))
     except OSError:
@@ -148,6 +153,7 @@ def _fresh_dir() -> Path | None:
         shutil.rmtree(path, ignore_errors=True)
         return None
     atexit.register(shutil.rmtree, str(path), ignore_errors=True)
+    ephemeral = True
     return path
 
 
@@ -167,13 +173,44 @@ def _private_candidate() -> Path | None:
     return _fresh_dir()
 
 
+def configured_dir() -> str:
+    """Numba's cache directory setting ("" for its in-tree default), without importing
+    Numba when it is not imported yet (then it is ``NUMBA_CACHE_DIR`` or our choice)."""
+    numba = sys.modules.get("numba")
+    config = getattr(numba, "config", None)
+    if config is not None:
+        return config.CACHE_DIR
+    return _CHOSEN or os.environ.get("NUMBA_CACHE_DIR", "")
+
+
+def cache_root() -> Path | None:
+    """The folder Numba's cache files go to (``None``: caching is off); does not import
+    Numba, so the tiers (:mod:`.tiered`) can look at it before any kernel is needed."""
+    if not _CHECKED:
+        ensure_cache_dir()
+    if not caching_enabled:
+        return None
+    return Path(configured_dir() or Path(__file__).parent / "__pycache__")
+
+
+def _apply() -> None:
+    """Hand our choice of directory (and of threading layer) to Numba, importing it."""
+    global _APPLIED
+    import numba
+    _APPLIED = True
+    if _CHOSEN is not None:
+        numba.config.CACHE_DIR = _CHOSEN
+    prefer_workqueue()
+
+
 def ensure_cache_dir() -> str | None:
     """Make sure Numba has a safe writable cache directory; returns the one chosen here
     (``None`` when Numba's own choice, the in-tree ``__pycache__``, is writable, or when
-    caching had to be switched off)."""
-    global _CHECKED, caching_enabled
+    caching had to be switched off). Numba gets it when it is imported here, else at the
+    first kernel (:func:`cached_njit`)."""
+    global _CHECKED, caching_enabled, _CHOSEN
     _CHECKED = True
-    user_dir = numba.config.CACHE_DIR
+    user_dir = configured_dir()
     if user_dir:
         path = Path(user_dir)
         try:
@@ -197,8 +234,11 @@ def ensure_cache_dir() -> str | None:
                       "NUMBA_CACHE_DIR to one); they are compiled again in every process",
                       NumbaCacheWarning, stacklevel=3)
         return None
-    numba.config.CACHE_DIR = str(chosen)
-    return str(chosen)
+    _CHOSEN = str(chosen)
+    numba = sys.modules.get("numba")
+    if getattr(numba, "config", None) is not None:
+        numba.config.CACHE_DIR = _CHOSEN
+    return _CHOSEN
 
 
 def cache_location() -> str:
@@ -207,7 +247,7 @@ def cache_location() -> str:
         ensure_cache_dir()
     if not caching_enabled:
         return "none (caching is off in this process)"
-    return numba.config.CACHE_DIR or f"{Path(__file__).parent / '__pycache__'} (next to the kernels)"
+    return configured_dir() or f"{Path(__file__).parent / '__pycache__'} (next to the kernels)"
 
 
 def prefer_workqueue() -> None:
@@ -221,15 +261,18 @@ def prefer_workqueue() -> None:
     is not thread-safe: :mod:`.dispatch` launches one parallel kernel at a time under it.
     """
     if not os.environ.get("NUMBA_THREADING_LAYER"):
+        import numba
         numba.config.THREADING_LAYER = "workqueue"
 
 
 def cached_njit(*args: Any, **options: Any) -> Callable[..., Any]:
     """``numba.njit(cache=True, **options)``, after :func:`ensure_cache_dir`; without a safe
     cache location the kernel is compiled without caching instead of failing."""
+    import numba
     if not _CHECKED:
         ensure_cache_dir()
-        prefer_workqueue()
+    if not _APPLIED:
+        _apply()
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not caching_enabled:

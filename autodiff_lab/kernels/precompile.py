@@ -13,6 +13,11 @@ step, in each dtype asked for, with the size thresholds of :mod:`.dispatch` lowe
 the small inputs take the same fast kernels as full-size ones. Kernels that only other
 graphs reach (pooling, transpose convolution, leaky ReLU, ...) still compile at their first
 use. Each kernel is reported as compiled (with its time) or loaded from the cache.
+
+When a dtype's workloads have run, :func:`precompile` writes the stamp :mod:`.tiered`
+looks for, so later processes take the Numba kernels at once instead of the reference
+path. :mod:`.tiered` runs this in a background process when a process finds the cache
+empty; ``python -m autodiff_lab.kernels.precompile`` is the command without the CLI.
 """
 
 from __future__ import annotations
@@ -105,37 +110,46 @@ def precompile(dtypes: Sequence[str] = DTYPES,
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise InputError(f"precompile: unknown dtype {bad[0]!r} (choose from {', '.join(DTYPES)})")
+    from autodiff_lab.kernels import tiered
     compiled: list[KernelCompile] = []
-    with _fast_paths_for_small_inputs():
-        for dtype in dtypes:
-            for name, call in workloads(dtype):
-                t0 = time.perf_counter()
-                with event.install_recorder("numba:compile") as rec:
-                    call()
-                starts: dict[int, float] = {}
-                open_kernels = 0  # ours being compiled: a kernel called by another is nested
-                mine = []
-                for stamp, ev in rec.buffer:
-                    disp = ev.data["dispatcher"]
-                    if not getattr(disp.py_func, "__module__", "").startswith("autodiff_lab"):
-                        continue  # Numba's own helpers, compiled inside our kernels
-                    if ev.is_start:
-                        starts[id(ev.data)] = stamp
-                        open_kernels += 1
-                        continue
-                    open_kernels -= 1
-                    sig = ", ".join(str(a) for a in ev.data["args"])
-                    mine.append(KernelCompile(_kernel_name(disp), sig,
-                                              stamp - starts.pop(id(ev.data), stamp), name,
-                                              nested=open_kernels > 0))
-                compiled.extend(mine)
-                if echo is not None:
-                    spent = time.perf_counter() - t0
-                    echo(f"{name:<20} {spent:6.2f} s, {len(mine)} kernel(s) compiled"
-                         + (": " + ", ".join(f"{k.kernel} {k.seconds:.2f} s"
-                                            + (" (inside the next)" if k.nested else "")
-                                            for k in mine)
-                            if mine else ""))
+    saved_tiers = tiered.enabled
+    tiered.enabled = False  # compile here and now: no reference path while warming up
+    tiered.reset()
+    try:
+        with _fast_paths_for_small_inputs():
+            for dtype in dtypes:
+                for name, call in workloads(dtype):
+                    t0 = time.perf_counter()
+                    with event.install_recorder("numba:compile") as rec:
+                        call()
+                    starts: dict[int, float] = {}
+                    open_kernels = 0  # ours being compiled: a kernel called by another is nested
+                    mine = []
+                    for stamp, ev in rec.buffer:
+                        disp = ev.data["dispatcher"]
+                        if not getattr(disp.py_func, "__module__", "").startswith("autodiff_lab"):
+                            continue  # Numba's own helpers, compiled inside our kernels
+                        if ev.is_start:
+                            starts[id(ev.data)] = stamp
+                            open_kernels += 1
+                            continue
+                        open_kernels -= 1
+                        sig = ", ".join(str(a) for a in ev.data["args"])
+                        mine.append(KernelCompile(_kernel_name(disp), sig,
+                                                  stamp - starts.pop(id(ev.data), stamp), name,
+                                                  nested=open_kernels > 0))
+                    compiled.extend(mine)
+                    if echo is not None:
+                        spent = time.perf_counter() - t0
+                        echo(f"{name:<20} {spent:6.2f} s, {len(mine)} kernel(s) compiled"
+                             + (": " + ", ".join(f"{k.kernel} {k.seconds:.2f} s"
+                                                + (" (inside the next)" if k.nested else "")
+                                                for k in mine)
+                                if mine else ""))
+                tiered.write_stamp(dtype)
+    finally:
+        tiered.enabled = saved_tiers
+        tiered.reset()
     return compiled
 
 
@@ -158,3 +172,11 @@ def run(args: argparse.Namespace) -> int:
               "process (set NUMBA_CACHE_DIR to a writable directory)")
         return 1
     return 0
+
+
+if __name__ == "__main__":  # ``python -m autodiff_lab.kernels.precompile``
+    import sys
+    _parser = argparse.ArgumentParser(prog="python -m autodiff_lab.kernels.precompile",
+                                      description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

@@ -53,3 +53,14 @@ def test_cold_start_records_and_children(bench):
     for code in (bench._COLD_OURS, bench._COLD_TORCH):
         compile(code, "<child>", "exec")  # a syntax error would only show in a full run
     assert "set_num_threads(2)" in bench._COLD_TORCH
+
+
+def test_cold_start_reports_the_background_compile_and_waits_for_it(bench):
+    result = dict(_result(0.95, 1.5, None), first_ever_background_done_s=17.94)
+    assert "background compile filled the cache 17.9 s after the start" in bench.table(result)
+    assert "background compile" not in bench.table(_result(0.95, 1.5, None))
+    assert '"background_pid": tiered.background_pid()' in bench._COLD_OURS
+    import subprocess
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert bench._wait_gone(proc.pid, 5)  # ended and reaped: gone
