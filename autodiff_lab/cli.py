@@ -164,6 +164,11 @@ COMMANDS: list[Command] = [
 ]
 
 
+#: commands that run long or time their calls: they compile kernels in the foreground
+#: (see :mod:`autodiff_lab.kernels.tiered`)
+_TIMED_COMMANDS = frozenset({"compare", "train", "denoise"})
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, naming what is wrong and where the choices are listed."""
 
@@ -194,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:  # reported by the subcommand's parser, in its own words
             getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command in _TIMED_COMMANDS:
+            from autodiff_lab.kernels import tiered
+            tiered.foreground()
         status = args.run(args)
     except AutodiffError as exc:
         print(f"autodiff-lab {args.command}: error: {exc}", file=sys.stderr)

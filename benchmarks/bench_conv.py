@@ -189,6 +189,8 @@ def _torch_step(torch, values: dict[str, np.ndarray], bn: bool) -> Callable[[], 
 
 
 def main() -> None:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     try:
         import torch
         torch.set_num_threads(ARGS.threads)

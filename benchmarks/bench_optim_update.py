@@ -37,6 +37,8 @@ def median_ms(fn: Callable[[], object], repeats: int = 60) -> float:
 
 
 def main() -> None:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     try:
         import torch
         torch.set_num_threads(2)

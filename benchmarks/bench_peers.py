@@ -380,6 +380,8 @@ def check_targets(table: Table, peers: dict[str, tuple[Any, str]]) -> list[dict[
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller networks")

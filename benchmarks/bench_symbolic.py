@@ -128,6 +128,8 @@ def matrix_vs_tape(example: examples.Example, wrt: list[str], repeats: int) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[2, 4, 8, 16])
     parser.add_argument("--json", default=None,

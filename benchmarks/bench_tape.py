@@ -813,6 +813,8 @@ def records(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     args = ARGS or _early_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child)))

@@ -188,6 +188,8 @@ def _row(name: str, unit: str, ours: float, theirs: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 MLP steps, 5 DnCNN steps")
     ap.add_argument("--epochs", type=int, default=3, help="MLP epochs (the median is reported)")

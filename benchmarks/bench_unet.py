@@ -196,6 +196,8 @@ def measure(name: str, rounds: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 rounds of the small workload only")
     ap.add_argument("--rounds", type=int, default=7)

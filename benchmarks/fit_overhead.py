@@ -46,6 +46,8 @@ def compare(make_model, X: np.ndarray, Y: np.ndarray, label: str, repeats: int =
 
 
 def main() -> None:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     rng = np.random.default_rng(0)
     X = rng.random((300 * BATCH, 784), dtype=np.float32)
     compare(lambda: nn.InpaintingMLP(784, 256, dtype=np.float32, rng=0), X, X,

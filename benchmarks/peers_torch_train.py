@@ -214,6 +214,8 @@ def torch_dncnn_steps(steps: int = 30, batch: int = 16, size: int = 40, channels
 
 
 def main() -> int:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch of 20 steps, 5 DnCNN steps")
     ap.add_argument("--epochs", type=int, default=5, help="MLP epochs")

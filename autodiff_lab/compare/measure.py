@@ -42,6 +42,7 @@ from autodiff_lab.compare.reference import Reference, compute_reference, given_r
 from autodiff_lab.compare.results import ResultTable
 from autodiff_lab.errors import AutodiffError, InputError, SymbolicSizeError
 from autodiff_lab.graph.graph import Graph
+from autodiff_lab.kernels import tiered
 
 #: seconds a single gradient may take before finite differences are refused (projected)
 DEFAULT_BUDGET_S = 30.0
@@ -209,6 +210,7 @@ def run_engine(graph: Graph, values: Mapping[str, Any], wrt: Sequence[str], conf
                memory: bool = True) -> tuple[AccuracyRow, SpeedRow]:
     """Compile and run one configuration: its accuracy row and its speed row (without a
     ``reference`` the accuracy row has no errors: timing only)."""
+    tiered.foreground()  # time the compiled kernels, never the reference path
     key, label = config.key or config.title, config.title
     params = parameter_count(graph, wrt)
     scale = scale_of(reference) if reference is not None else 1.0

@@ -22,7 +22,8 @@ every later call of that dtype takes the Numba kernels, which then *load* from t
   Only one runs per cache directory at a time (a lock file), so many short scripts do not
   start many compilers.
 * Off: ``ADL_BACKGROUND_COMPILE=0`` in the environment, or ``tiered.enabled = False``
-  (the test suite does this); also whenever no cache directory could be used
+  (the test suite does this; :func:`foreground` does it for the report, training and the
+  benchmarks, which time their calls); also whenever no cache directory could be used
   (:data:`.numba_cache.caching_enabled` False) or only a temporary one removed at exit
   -- then kernels compile in the foreground as before.
 * The stamp names the Numba and Python versions and the size and modification time of
@@ -144,6 +145,15 @@ def reset() -> None:
     _decided = _active = False
     ready_dtypes.clear()
     _last_check.clear()
+
+
+def foreground() -> None:
+    """Compile kernels in this process from now on, as without tiers. For long jobs and for
+    anything that times its calls (the comparison report, training, benchmarks): a call on
+    the reference path is several times slower, and a job that runs longer than the
+    background compile gains nothing from it."""
+    global enabled
+    enabled = False
 
 
 def ready(dtype: np.dtype) -> bool:

@@ -54,6 +54,7 @@ from autodiff_lab.errors import (
     TrainingDiverged,
     TrainingInterrupted,
 )
+from autodiff_lab.kernels import tiered
 from autodiff_lab.nn.checkpoint import (
     atomic_write,
     generator_state,
@@ -750,6 +751,7 @@ def fit(model: Module, loss: Callable[[Any, Any], Any], optimizer: Optimizer, tr
     :class:`~autodiff_lab.errors.EvaluationLimitError` for a too costly numeric engine and
     :class:`~autodiff_lab.errors.CheckpointError` for a checkpoint that cannot be used.
     """
+    tiered.foreground()  # a training run outlasts a background compile: compile now
     if not isinstance(model, Module):
         raise InputError(f"fit needs a nn.Module, got {type(model).__name__}")
     if not callable(loss):

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from autodiff_lab.errors import InputError
+from autodiff_lab.kernels import tiered
 
 #: the auxiliary output through which the traced loss hands back f(z) at every step
 OUTPUT_KEY = "dip.output"
@@ -381,6 +382,7 @@ def build_model(config: DIPConfig, channels: int) -> Any:
 def run(config: DIPConfig) -> dict[str, Any]:
     """Fit the U-Net to the noisy image (see the module docstring); returns the metrics
     (also written to ``<out>/metrics.json``)."""
+    tiered.foreground()  # a fit of minutes: compile the kernels now
     from autodiff_lab import nn
     from autodiff_lab.data import psnr
     from autodiff_lab.nn.optim import Adam

@@ -8,6 +8,7 @@ compile in a few seconds) and in this process with the background start replaced
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -176,3 +177,50 @@ def test_no_lasting_cache_means_no_tiers(monkeypatch, state):
         assert dispatch.real_float(np.ones(3, np.float32)) and started == []
     finally:
         tiered.reset()
+
+
+def _tiers_on(monkeypatch):
+    monkeypatch.setenv(tiered.ENV, "1")
+    monkeypatch.setattr(tiered, "enabled", True)
+    assert tiered.is_on()
+
+
+def test_training_and_the_timed_commands_compile_in_the_foreground(monkeypatch):
+    """Training and everything that times its calls must not run on the reference path."""
+    from autodiff_lab import cli, nn
+
+    _tiers_on(monkeypatch)
+    model = nn.Linear(2, 1, rng=0)
+    data = (np.ones((4, 2)), np.ones((4, 1)))
+    nn.fit(model, nn.MSELoss(), nn.SGD(model.parameters(), lr=0.1), data, epochs=1,
+           batch_size=4, progress=False)
+    assert not tiered.is_on()
+
+    ran: list[bool] = []
+    for command in ("compare", "train", "denoise", "summary"):
+        _tiers_on(monkeypatch)
+        args = argparse.Namespace(command=command)
+        monkeypatch.setattr(cli, "build_parser", lambda args=args: _FixedParser(args, ran))
+        cli.main([])
+        assert tiered.is_on() == (command == "summary"), command
+    assert len(ran) == 4
+
+
+class _FixedParser:
+    """Stands in for the CLI's parser: returns the given arguments with a run that records."""
+
+    def __init__(self, args, ran):
+        self.args, self.ran = args, ran
+
+    def parse_known_args(self, argv):
+        self.args.run = lambda a: self.ran.append(True)
+        return self.args, []
+
+
+def test_timing_a_configuration_compiles_in_the_foreground(monkeypatch):
+    import autodiff_lab as adl
+
+    _tiers_on(monkeypatch)
+    g = adl.trace(lambda x: adl.exp(x).sum(), x=(3,))
+    adl.compare.speed(g, {"x": np.ones(3)}, engines="tape")
+    assert not tiered.is_on()
