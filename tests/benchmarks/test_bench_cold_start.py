@@ -2,26 +2,15 @@
 its targets (1 s with a warm Numba cache, 3 s with an empty one), with PyTorch next to it,
 and its children are valid programs. (The fresh processes themselves are not run here.)"""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from bench_loader import load
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_tape", BENCH / "bench_tape.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_tape"] = module
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load("bench_tape")
 
 
 def _result(warm, empty, torch):

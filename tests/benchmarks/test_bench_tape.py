@@ -1,0 +1,45 @@
+"""benchmarks/bench_tape.py's effective GFLOP/s and its targets."""
+
+import pytest
+from bench_loader import load
+
+from autodiff_lab import examples as E
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load("bench_tape")
+
+
+def test_conv_flops_of_the_dncnn_step(bench):
+    # 16×40×40 outputs: the 1→32 layer 14.7 MFLOP forward (no input gradient: its input is
+    # the data), three 32→32 layers 471.9 MFLOP each, the 32→1 layer 14.7 MFLOP; forward
+    # 1.445 GFLOP, backward 2.875, 4.32 in all
+    ex = E.dncnn(batch_norm=False, dtype="float32")
+    flops = bench.conv_flops(ex.graph, list(ex.graph.parameters))
+    assert flops == pytest.approx(2 * 16 * 1600 * 9 * (32 * 2 + 3 * 32 * 32 * 3 + 32 * 3))
+    assert flops / 1e9 == pytest.approx(4.32, abs=0.005)
+    assert bench.conv_flops(E.mlp().graph, ["W1"]) == 0
+
+
+def test_targets_are_the_speed_goals_and_need_their_peer(bench):
+    texts = {(w, d, t) for w, d, t, _, _ in bench.TARGETS}
+    assert ("dncnn", "float32", "≤ 1.0× torch") in texts
+    assert ("dncnn", "float32", "≥ 150 GFLOP/s effective") in texts
+    assert ("mlp", "float64", "≤ 0.8× torch with anomaly on") in texts
+    assert ("dncnn", "float64", "≤ 0.8× jax") in texts
+    row = {"ours_ms": 30.0, "ours_anomaly_ms": 31.0, "gflops": 144.0}
+    for w, d, _, peer, ok in bench.TARGETS:
+        if (w, d) == ("dncnn", "float32") and peer is None:
+            assert bench.target_verdict(row, peer, ok) == "MISSED"
+        if peer == "torch":
+            assert bench.target_verdict(row, peer, ok) == "not checked: torch not installed"
+    fast = {**row, "torch_ms": 40.0, "ours_over_torch": 0.75}
+    mlp = [(p, ok) for w, d, _, p, ok in bench.TARGETS if (w, d, p) == ("mlp", "float64", "torch")]
+    assert bench.target_verdict(fast, *mlp[0]) == "met"  # 31 / 40 ≤ 0.8 with the check on
+    assert bench.target_verdict({**fast, "ours_anomaly_ms": 33.0}, *mlp[0]) == "MISSED"
+
+
+def test_a_peer_that_is_not_installed_gets_no_process(bench, monkeypatch):
+    monkeypatch.setattr(bench, "_installed", lambda name: False)
+    assert bench.peer_process("torch", None) == {}
