@@ -212,15 +212,16 @@ BLOCK_BYTES = 1 << 20
 Block = tuple[int, int, int, int]
 
 
-def _blocks(n: int, ho: int, bytes_per_row: int) -> list[Block]:
+def _blocks(n: int, ho: int, bytes_per_row: int, limit: int | None = None) -> list[Block]:
     """Blocks ``(n0, n1, r0, r1)`` of the output -- images n0..n1, rows r0..r1 -- whose patch
-    matrix fits :data:`BLOCK_BYTES`: several whole images when one is small, else rows of
-    one image in blocks of about equal size (at least one row)."""
+    matrix fits ``limit`` bytes (default :data:`BLOCK_BYTES`): several whole images when one
+    is small, else rows of one image in blocks of about equal size (at least one row)."""
+    limit = BLOCK_BYTES if limit is None else limit
     per_image = max(bytes_per_row, 1) * ho
-    if per_image <= BLOCK_BYTES:
-        step = max(1, BLOCK_BYTES // per_image)
+    if per_image <= limit:
+        step = max(1, limit // per_image)
         return [(n0, min(n, n0 + step), 0, ho) for n0 in range(0, n, step)]
-    count = -(-per_image // BLOCK_BYTES)
+    count = -(-per_image // limit)
     rows = -(-ho // count)
     return [(i, i + 1, r0, min(ho, r0 + rows)) for i in range(n) for r0 in range(0, ho, rows)]
 

@@ -422,14 +422,9 @@ Block = tuple[int, int, int, int]
 def tile_blocks(n: int, th: int, tw: int, floats_per_tile: int) -> list[Block]:
     """Blocks ``(n0, n1, ty0, ty1)`` of tiles -- images n0..n1, tile rows ty0..ty1 -- whose
     transformed arrays take about :data:`BLOCK_BYTES`: several whole images when one is
-    small, else tile rows of one image (at least one)."""
-    per_image = max(1, floats_per_tile * 4 * th * tw)
-    if per_image <= BLOCK_BYTES:
-        step = max(1, BLOCK_BYTES // per_image)
-        return [(n0, min(n, n0 + step), 0, th) for n0 in range(0, n, step)]
-    count = -(-per_image // BLOCK_BYTES)
-    rows = -(-th // count)
-    return [(i, i + 1, r0, min(th, r0 + rows)) for i in range(n) for r0 in range(0, th, rows)]
+    small, else tile rows of one image (at least one); the im2col kernels' blocking, with
+    a row of tiles for a row of outputs."""
+    return conv_fast._blocks(n, th, floats_per_tile * 4 * tw, BLOCK_BYTES)
 
 
 class _Queue:
