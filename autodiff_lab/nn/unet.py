@@ -170,16 +170,33 @@ class UNet(Module):
         if skip_channels is None:
             skip = list(c[:self.depth])
         else:
-            k = positive(skip_channels, "UNet skip_channels")
-            skip = [k] * self.depth
+            skip = self._skip_widths(skip_channels)
             self.skips = ModuleList(SkipProjection(c[lvl], k, activation, negative_slope,
                                                     batch_norm, dtype=dtype, rng=gen)
-                                    for lvl in range(self.depth))
-        self.skip_channels = skip_channels
+                                    if k else Identity() for lvl, k in enumerate(skip))
+        self.skip_channels = skip_channels if not isinstance(skip_channels, (tuple, list)) \
+            else tuple(skip)
         self.decoders = ModuleList(ConvBlock(skip[lvl] + up_channels[lvl], c[lvl], **block)
                                    for lvl in range(self.depth))
         self.head = Conv2d(c[0], out_channels, 1, dtype=dtype, rng=gen)
         self.final = Sigmoid() if output == "sigmoid" else Identity()
+
+    def _skip_widths(self, skip_channels: int | tuple[int, ...]) -> list[int]:
+        """Channels of each level's skip connection: one count for every level, or a tuple of
+        ``depth`` counts, the full-resolution level first, where 0 means no skip connection
+        at that level (the Deep Image Prior's denoising net: 0, 0, 0, 4, 4)."""
+        if not isinstance(skip_channels, (tuple, list)):
+            return [positive(skip_channels, "UNet skip_channels")] * self.depth
+        if len(skip_channels) != self.depth:
+            raise InputError(f"UNet skip_channels as a tuple needs depth = {self.depth} counts "
+                             f"(one per level, full resolution first), got {len(skip_channels)}: "
+                             f"{tuple(skip_channels)}")
+        bad = [k for k in skip_channels
+               if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0]
+        if bad:
+            raise InputError(f"UNet skip_channels must be integers >= 0 (0: no skip at that "
+                             f"level), got {tuple(skip_channels)}")
+        return [int(k) for k in skip_channels]
 
     @property
     def channels(self) -> list[int]:
@@ -187,6 +204,9 @@ class UNet(Module):
         if isinstance(self.width, tuple):
             return list(self.width)
         return [self.width * self.growth ** lvl for lvl in range(self.depth + 1)]
+
+    def _has_skip(self, lvl: int) -> bool:
+        return not isinstance(self.skip_channels, tuple) or self.skip_channels[lvl] > 0
 
     @property
     def divisor(self) -> int:
@@ -220,7 +240,9 @@ class UNet(Module):
         h = self.bottleneck(h)
         for lvl in reversed(range(self.depth)):
             h = self.ups[lvl](h)
-            h = self.decoders[lvl](F.concatenate([skips[lvl], h], axis=1))
+            if self._has_skip(lvl):
+                h = F.concatenate([skips[lvl], h], axis=1)
+            h = self.decoders[lvl](h)
         return self.final(self.head(h))
 
     def extra_repr(self) -> str:

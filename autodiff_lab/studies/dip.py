@@ -73,7 +73,9 @@ class DIPConfig:
     #: None: 8, 16, 32, 32, ... (:func:`default_widths`)
     width: int | tuple[int, ...] | None = None
     growth: int = 1                #: channel factor per level when width is one int
-    skip_channels: int | None = 4  #: channels of each skip connection (None: all, the paper: 4)
+    #: channels of each skip connection (None: all, the paper: 4), or one count per level
+    #: (full resolution first; 0: no skip at that level)
+    skip_channels: int | tuple[int, ...] | None = 4
     #: channels of the random code z (the paper: 32; 8 costs a third less per step here for
     #: about as much per step, docs/dip.md)
     code_channels: int = 8
@@ -88,6 +90,9 @@ class DIPConfig:
     up: str = "bilinear"           #: "bilinear", "nearest" or "transpose"
     activation: str = "leaky_relu"
     ema: float = 0.99              #: exponential moving average of the outputs (as the paper); 0 = off
+    #: exponential moving average of the weights (Polyak averaging), 0 = off: the curve then
+    #: also records f(z) of the averaged network, one forward pass of one network
+    weight_ema: float = 0.0
     snapshots: tuple[int, ...] = ()  #: steps whose f(z) the panel shows (() = spread over the run)
     seed: int = 0                  #: seeds the noise, the code z and the weights
     dncnn: str | None = None       #: a trained DnCNN (nn.save file) to compare with
@@ -125,7 +130,14 @@ class DIPConfig:
                              f"bottleneck last), got {len(self.width)}: {tuple(self.width)}")
         integer("growth", 1)
         integer("code_channels", 1)
-        if self.skip_channels is not None:
+        if isinstance(self.skip_channels, (tuple, list)):
+            if len(self.skip_channels) != self.depth or any(
+                    isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0
+                    for k in self.skip_channels):
+                raise InputError(f"skip_channels needs one integer >= 0 per level (depth = "
+                                 f"{self.depth}), got {tuple(self.skip_channels)}")
+            self.skip_channels = tuple(int(k) for k in self.skip_channels)
+        elif self.skip_channels is not None:
             integer("skip_channels", 1)
         integer("seed", 0)
         if self.crop is not None:
@@ -148,6 +160,8 @@ class DIPConfig:
         if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise InputError(f"ema must be in [0, 1) (0 = off; the paper uses 0.99), got "
                              f"{self.ema!r}")
+        if not (isinstance(self.weight_ema, (int, float)) and 0 <= self.weight_ema < 1):
+            raise InputError(f"weight_ema must be in [0, 1) (0 = off), got {self.weight_ema!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise InputError(f"max_seconds must be positive, got {self.max_seconds!r}")
         bad = [s for s in self.snapshots if isinstance(s, bool) or not isinstance(s, (int, np.integer))
@@ -419,6 +433,11 @@ def run(config: DIPConfig) -> dict[str, Any]:
         curve["psnr_ema"] = []
     if config.input_noise:
         curve["psnr_code"] = []
+    params = model.parameters()
+    averaged = [p.data.copy() for p in params] if config.weight_ema else None
+    if averaged is not None:
+        curve["psnr_wavg"] = []
+    wavg_best: tuple[float, int, np.ndarray | None] = (-np.inf, 0, None)
     code_best: tuple[float, int, np.ndarray | None] = (-np.inf, 0, None)
     snapshots: dict[int, np.ndarray] = {}
     best_psnr, best_step, best_img = -np.inf, 0, None
@@ -439,6 +458,11 @@ def run(config: DIPConfig) -> dict[str, Any]:
             for group in optimiser.param_groups:
                 group["lr"] = lr_t
             optimiser.step()
+            if averaged is not None:
+                beta = config.weight_ema
+                for a, p in zip(averaged, params):
+                    a *= beta
+                    a += (1 - beta) * p.data
             pred, done = p_t, t
             p_clean = float(psnr(pred, clean))
             if config.ema:
@@ -468,6 +492,12 @@ def run(config: DIPConfig) -> dict[str, Any]:
                     curve["psnr_code"].append(round(p_code, 4))
                     if p_code > code_best[0]:
                         code_best = (p_code, t, f_code)
+                if averaged is not None:
+                    f_avg = _averaged_output(model, params, averaged, z)
+                    p_avg = float(psnr(f_avg, clean))
+                    curve["psnr_wavg"].append(round(p_avg, 4))
+                    if p_avg > wavg_best[0]:
+                        wavg_best = (p_avg, t, f_avg)
             if config.progress and (t % max(1, config.steps // 10) == 0 or t == 1):
                 print(f"step {t:>6}/{config.steps}  PSNR {p_clean:6.2f} dB (best {best_psnr:.2f} "
                       f"at {best_step})  vs noisy {curve['psnr_noisy'][-1]:6.2f} dB  "
@@ -512,6 +542,11 @@ def run(config: DIPConfig) -> dict[str, Any]:
         metrics["ema_final_psnr"] = round(float(psnr(ema_img, clean)), 3)
         metrics["ema_best_psnr"] = round(max(curve["psnr_ema"]), 3)
         metrics["ema_best_step"] = curve["step"][int(np.argmax(curve["psnr_ema"]))]
+    if curve.get("psnr_wavg"):
+        metrics["wavg_best_psnr"] = round(wavg_best[0], 3)
+        metrics["wavg_best_step"] = wavg_best[1]
+        metrics["wavg_final_psnr"] = curve["psnr_wavg"][-1]
+        metrics["wavg_best_minus_gaussian_db"] = round(wavg_best[0] - gauss_psnr, 3)
     if curve.get("psnr_code"):
         metrics["code_best_psnr"] = round(code_best[0], 3)
         metrics["code_best_step"] = code_best[1]
@@ -528,6 +563,21 @@ def run(config: DIPConfig) -> dict[str, Any]:
         raise TrainingInterrupted(f"interrupted at step {done} of {config.steps}; the figures and "
                                   f"metrics.json of the steps done are in {out_dir}")
     return metrics
+
+
+def _averaged_output(model: Any, params: list[Any], averaged: list[np.ndarray],
+                     z: np.ndarray) -> np.ndarray:
+    """f(z) of the network with the averaged weights: copied into the parameters for one
+    forward pass and the trained weights put back (in place, so whatever holds the
+    parameter arrays keeps seeing them)."""
+    trained = [p.data.copy() for p in params]
+    try:
+        for p, a in zip(params, averaged):
+            np.copyto(p.data, a)
+        return np.asarray(model(z), dtype=np.float64)[0]
+    finally:
+        for p, w in zip(params, trained):
+            np.copyto(p.data, w)
 
 
 def _config_record(config: DIPConfig) -> dict[str, Any]:
@@ -574,6 +624,9 @@ def plot_curve(metrics: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
                  f"{out} vs noisy target": (curve["step"], curve["psnr_noisy"])}
     if curve.get("psnr_code"):
         histories["f(z), the code without noise, vs clean"] = (curve["step"], curve["psnr_code"])
+    if curve.get("psnr_wavg"):
+        histories[f"f(z), averaged weights ({config['weight_ema']})"] = (curve["step"],
+                                                                      curve["psnr_wavg"])
     if curve.get("psnr_ema"):
         histories[f"moving average ({config['ema']}) vs clean"] = (curve["step"], curve["psnr_ema"])
     refs = {"noisy input": metrics["noisy_psnr"],
@@ -657,13 +710,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ema", type=float, metavar="BETA",
         help=f"also average the outputs exponentially with this factor, 0 = off (default {d.ema}, "
              "as the paper)")
+    add("--weight-ema", type=float, metavar="BETA",
+        help="also average the weights exponentially with this factor and record f(z) of the "
+             "averaged network, 0 = off (default 0)")
     add("--sigma", type=float, help="noise standard deviation on the 0-255 scale (default 25)")
     add("--depth", type=int, help=f"U-Net depth (default {d.depth})")
     add("--width", type=int, nargs="+", help="U-Net channels of the first level, or one count per "
                                              "level, bottleneck last (default 8 16 32 32 ..., 32 at most)")
     add("--growth", type=int, help=f"channel factor per level (default {d.growth})")
-    add("--skip-channels", type=int, help=f"channels of each skip connection, 0 = the encoder's "
-                                          f"features unprojected (default {d.skip_channels})")
+    add("--skip-channels", type=int, nargs="+",
+        help=f"channels of each skip connection, 0 = the encoder's features unprojected "
+             f"(default {d.skip_channels}); or one count per level, full resolution first, "
+             "0 = no skip there")
     add("--code-channels", type=int, help=f"channels of the random input code (default {d.code_channels})")
     add("--input-noise", type=float, help=f"std of noise added to the code every step, 0 = off "
                                           f"(default {d.input_noise:.4g} = 1/30, as the paper)")
@@ -690,8 +748,9 @@ def config_from_args(args: argparse.Namespace) -> DIPConfig:
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "sigma" in given:
         given["sigma"] = given["sigma"] / 255.0
-    if given.get("skip_channels") == 0:
-        given["skip_channels"] = None
+    if "skip_channels" in given:
+        k = tuple(given["skip_channels"])
+        given["skip_channels"] = (None if k[0] == 0 else k[0]) if len(k) == 1 else k
     if "width" in given:
         w = tuple(given["width"])
         given["width"] = w[0] if len(w) == 1 else w
