@@ -330,3 +330,26 @@ def test_module_graph_of_residual_blocks_and_render(tmp_path):
         nn.render_modules(model, (1, 2, 6, 6), tmp_path / "x.pdf")
     with pytest.raises(InputError, match="level must be"):
         nn.module_graph(model, (1, 2, 6, 6), level=-1)
+
+
+def test_skip_channels_per_level():
+    """A tuple gives each level's skip width, full resolution first; 0 drops that level's
+    skip connection, so its decoder reads the up-sampled features alone and the encoder of
+    that level reaches the output only through the deeper levels."""
+    model = nn.UNet(1, 1, depth=3, width=(2, 3, 4, 5), up="bilinear", skip_channels=(0, 0, 2),
+                    rng=0)
+    assert model.skip_channels == (0, 0, 2)
+    assert [m.conv1.weight.shape[1] for m in model.decoders] == [3, 4, 2 + 5]
+    x, y = RNG.random((2, 1, 16, 16)), RNG.random((2, 1, 16, 16))
+    assert model(x).shape == (2, 1, 16, 16)
+    g = adl.trace(_loss(model), x=x, y=y)
+    names = [p.name for p in model.parameters()]
+    r = adl.gradient(g, {**model.state_dict(), "x": x, "y": y}, engine="tape", wrt=names)
+    used = {n for n in names if np.abs(r.grads[n]).max() > 0}
+    assert not any(n.startswith(("skips.0.", "skips.1.")) for n in names)  # no projection
+    assert any(n.startswith("skips.2.") for n in used)
+    assert any(n.startswith("encoders.0.") for n in used)  # through the deeper levels
+    with pytest.raises(InputError, match=r"skip_channels as a tuple needs depth = 3 counts"):
+        nn.UNet(1, 1, 3, 2, skip_channels=(0, 2))
+    with pytest.raises(InputError, match=r"integers >= 0 \(0: no skip at that level\)"):
+        nn.UNet(1, 1, 2, 2, skip_channels=(-1, 2))

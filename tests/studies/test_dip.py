@@ -171,3 +171,32 @@ def test_late_learning_rate_decay(tmp_path):
     assert stds[:10] == [0.03] * 10 and stds[11] == pytest.approx(0.02)
     assert stds[13:] == [pytest.approx(0.01)] * 3
     assert dip.input_noise_std(config, 16) == config.input_noise   # None: unchanged
+
+
+def test_weight_averaging_and_skips_per_level(tmp_path):
+    """--weight-ema records f(z) of the weight-averaged network at every recorded step and
+    leaves the trained weights as they were; --skip-channels takes one count per level."""
+    parser = argparse.ArgumentParser()
+    dip.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--steps", "6", "--every", "2", "--weight-ema", "0.5",
+                              "--skip-channels", "0", "0", "4", "--out", str(tmp_path / "w"),
+                              "--quiet"])
+    config = dip.config_from_args(args)
+    assert config.weight_ema == 0.5 and config.skip_channels == (0, 0, 4)
+    m = dip.run(config)
+    assert len(m["curve"]["psnr_wavg"]) == len(m["curve"]["step"]) == 4
+    assert m["wavg_best_psnr"] == pytest.approx(max(m["curve"]["psnr_wavg"]), abs=1e-3)
+    assert 1 <= m["wavg_best_step"] <= 6
+    # the averaged weights are put back: f(z) of the trained network is unchanged by it
+    model = dip.build_model(config, 1)
+    params = model.parameters()
+    before = [p.data.copy() for p in params]
+    z = np.random.default_rng(0).random((1, 8, 64, 64)).astype(np.float32)
+    averaged = [np.zeros_like(p.data) for p in params]
+    dip._averaged_output(model, params, averaged, z)
+    assert all(np.array_equal(a, p.data) for a, p in zip(before, params))
+    assert dip.config_from_args(parser.parse_args(["--skip-channels", "0"])).skip_channels is None
+    with pytest.raises(InputError, match=r"skip_channels needs one integer >= 0 per level"):
+        dip.run(_quick(tmp_path, skip_channels=(4, 4)))
+    with pytest.raises(InputError, match=r"weight_ema must be in \[0, 1\)"):
+        dip.run(_quick(tmp_path, weight_ema=1.0))
