@@ -39,6 +39,7 @@ from autodiff_lab.nn.module import (
 from autodiff_lab.nn.norm import BatchNorm1d, BatchNorm2d
 from autodiff_lab.nn.parameter import Parameter
 from autodiff_lab.nn.pooling import AvgPool2d, MaxPool2d, Upsample
+from autodiff_lab.nn.hourglass import Hourglass
 from autodiff_lab.nn.residual import ResidualBlock
 from autodiff_lab.nn.serialize import load, save
 from autodiff_lab.nn.step import CompiledStep, StepOutput, compile_step, evaluate, predict
@@ -46,7 +47,7 @@ from autodiff_lab.nn.unet import ConvBlock, UNet
 
 __all__ = [
     "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "CheckpointError", "CompiledStep", "Conv2d",
-    "ConvBlock", "ResidualBlock", "UNet",
+    "ConvBlock", "Hourglass", "ResidualBlock", "UNet",
     "ConvTranspose2d", "CrossEntropyLoss", "DnCNN", "Dropout", "Flatten", "Identity",
     "InpaintingMLP", "L1Loss", "LeakyReLU", "Linear", "LinearClassifier", "LoadResult",
     "MLPClassifier", "MSELoss", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",

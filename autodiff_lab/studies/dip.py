@@ -44,6 +44,8 @@ from autodiff_lab.kernels import tiered
 
 #: the auxiliary output through which the traced loss hands back f(z) at every step
 OUTPUT_KEY = "dip.output"
+#: the networks a run can fit
+ARCHITECTURES = ("unet", "hourglass")
 #: how far above the best Gaussian filter a run is expected to get (metrics record when)
 TARGET_MARGIN_DB = 1.5
 
@@ -73,6 +75,9 @@ class DIPConfig:
     #: None: 8, 16, 32, 32, ... (:func:`default_widths`)
     width: int | tuple[int, ...] | None = None
     growth: int = 1                #: channel factor per level when width is one int
+    #: "unet" (:class:`nn.UNet`) or "hourglass" (:class:`nn.Hourglass`, the paper's network:
+    #: ``depth`` levels that each start by halving, widths 8, 16, 32, 64, 128 by default)
+    architecture: str = "unet"
     #: channels of each skip connection (None: all, the paper: 4), or one count per level
     #: (full resolution first; 0: no skip at that level)
     skip_channels: int | tuple[int, ...] | None = 4
@@ -119,15 +124,25 @@ class DIPConfig:
         integer("steps", 1)
         integer("every", 1)
         integer("depth", 1)
+        if self.architecture not in ARCHITECTURES:
+            raise InputError(f"architecture must be one of {', '.join(map(repr, ARCHITECTURES))}, "
+                             f"got {self.architecture!r}")
+        hourglass = self.architecture == "hourglass"
+        levels = self.depth if hourglass else self.depth + 1
         if self.width is None:
-            self.width = default_widths(self.depth)
+            self.width = default_widths(self.depth) if not hourglass else \
+                tuple(min(8 * 2 ** lvl, 128) for lvl in range(self.depth))
+        if hourglass and not isinstance(self.width, (tuple, list)):
+            self.width = (self.width,) * self.depth
         widths = self.width if isinstance(self.width, (tuple, list)) else (self.width,)
         if not widths or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
                              for v in widths):
             raise InputError(f"width must be a positive integer or one per level, got {self.width!r}")
-        if isinstance(self.width, (tuple, list)) and len(self.width) != self.depth + 1:
-            raise InputError(f"width needs depth + 1 = {self.depth + 1} counts (one per level, the "
-                             f"bottleneck last), got {len(self.width)}: {tuple(self.width)}")
+        if isinstance(self.width, (tuple, list)) and len(self.width) != levels:
+            which = "depth = " if hourglass else "depth + 1 = "
+            raise InputError(f"width needs {which}{levels} counts (one per level"
+                             f"{'' if hourglass else ', the bottleneck last'}), got "
+                             f"{len(self.width)}: {tuple(self.width)}")
         integer("growth", 1)
         integer("code_channels", 1)
         if isinstance(self.skip_channels, (tuple, list)):
@@ -386,6 +401,13 @@ def _default_snapshots(steps: int) -> list[int]:
 def build_model(config: DIPConfig, channels: int) -> Any:
     """The U-Net of the run (float32), its weights drawn from the run's seed."""
     from autodiff_lab import nn
+    if config.architecture == "hourglass":
+        skips = config.skip_channels if isinstance(config.skip_channels, tuple) else \
+            (config.skip_channels or 0,) * config.depth
+        return nn.Hourglass(config.code_channels, channels, tuple(config.width), skips,
+                            up=config.up if config.up != "transpose" else "bilinear",
+                            activation=config.activation, output="sigmoid", dtype=np.float32,
+                            rng=np.random.default_rng([config.seed, 2]))
     return nn.UNet(config.code_channels, channels, config.depth, config.width,
                    growth=config.growth, down=config.down, up=config.up,
                    skip_channels=config.skip_channels,
@@ -717,6 +739,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--depth", type=int, help=f"U-Net depth (default {d.depth})")
     add("--width", type=int, nargs="+", help="U-Net channels of the first level, or one count per "
                                              "level, bottleneck last (default 8 16 32 32 ..., 32 at most)")
+    add("--architecture", choices=ARCHITECTURES,
+        help="the network: the U-Net, or the paper's hourglass (each level starts by halving; "
+             "default unet)")
     add("--growth", type=int, help=f"channel factor per level (default {d.growth})")
     add("--skip-channels", type=int, nargs="+",
         help=f"channels of each skip connection, 0 = the encoder's features unprojected "
