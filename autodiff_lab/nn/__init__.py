@@ -25,6 +25,7 @@ from autodiff_lab.nn.container import ModuleList, Sequential
 from autodiff_lab.nn.conv import Conv2d, ConvTranspose2d
 from autodiff_lab.nn.diagram import ModuleTrace, module_graph, render_modules, trace_modules
 from autodiff_lab.nn.dropout import Dropout
+from autodiff_lab.nn.hourglass import Hourglass
 from autodiff_lab.nn.linear import Identity, Linear
 from autodiff_lab.nn.losses import CrossEntropyLoss, L1Loss, MSELoss
 from autodiff_lab.nn.models import DnCNN, InpaintingMLP, LinearClassifier, MLPClassifier, SigmoidNeuron
@@ -39,7 +40,6 @@ from autodiff_lab.nn.module import (
 from autodiff_lab.nn.norm import BatchNorm1d, BatchNorm2d
 from autodiff_lab.nn.parameter import Parameter
 from autodiff_lab.nn.pooling import AvgPool2d, MaxPool2d, Upsample
-from autodiff_lab.nn.hourglass import Hourglass
 from autodiff_lab.nn.residual import ResidualBlock
 from autodiff_lab.nn.serialize import load, save
 from autodiff_lab.nn.step import CompiledStep, StepOutput, compile_step, evaluate, predict
