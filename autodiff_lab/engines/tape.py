@@ -853,9 +853,11 @@ class _ScalarCodegen:
         grads = ", ".join(f"g{v}" if v in has_grad else "0.0" for _, v in names)
         lines.append(f"    grads = ({grads},)" if names else "    grads = ()")
         if p.anomaly:
-            checks = " and ".join([f"_isfinite(v{p.out_node})"] +
-                                  [f"_isfinite(g{v})" for _, v in names if v in has_grad])
-            lines += [f"    if not ({checks}):", "        return None  # the array path names the op"]
+            # one test of the sum: a NaN or an Inf makes it NaN or Inf; an overflow of
+            # finite numbers only sends the call to the array path, which returns them
+            total = " + ".join([f"v{p.out_node}"] + [f"g{v}" for _, v in names if v in has_grad])
+            lines += [f"    if not _isfinite({total}):",
+                      "        return None  # the array path names the op"]
         dict_items = ", ".join(f"{n!r}: _f64(grads[{k}])" for k, (n, _) in enumerate(names))
         lines.append(f"    value = _f64(v{p.out_node})")
         lines.append(f"    return _Result(value=value, grads={{{dict_items}}}, "
