@@ -23,8 +23,11 @@ checked once at the end, as the general loop checks them -- first one sum per ar
 finite exactly when every element is, then (a program called often) one compiled test over
 all of them -- and a non-finite one sends the call to the general loop, which names the
 input or the op that produced it (or, for an infinite gradient of finite values, returns
-the same numbers). As in the general loop, numpy's warnings are silenced in the forward
-when ``anomaly`` is on.
+the same numbers). A gradient made only of index steps' float64 scalar gradients at
+distinct positions (the vector neuron's ``w`` and ``x``) holds exactly those scalars and
+zeros, so its scalars are tested with ``math.isfinite`` instead. Unlike the general loop,
+the generated forward does not silence numpy's warnings (:data:`QUIET_FORWARD`): setting
+numpy's error state on every call cost 2-3 % of these graphs' time.
 
 Values of shape ``()`` stay numpy scalars (``np.float64``) between steps instead of 0-d
 arrays: numpy's arithmetic on its scalars is about 30 times cheaper, with the same dtype
