@@ -84,6 +84,8 @@ def measure(ex: Any, wrt: list[str], inner: int, rounds: int) -> dict[str, float
 
 
 def main() -> None:
+    from autodiff_lab.kernels import tiered
+    tiered.foreground()  # time the Numba kernels, not the reference path of a cold cache
     groups = [a for a in sys.argv[1:] if not a.startswith("--")] or ["small", "mlp", "dncnn"]
     print(f"{'workload':<22}{'off':>12}{'on':>12}{'cost':>8}{'paired':>8}   "
           f"({'CPU time, 1 thread' if CPU else 'wall time, 2 threads'}; load average "
