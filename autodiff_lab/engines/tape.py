@@ -653,9 +653,9 @@ class TapeProgram(Program):
         ``early_check`` (the compiled check loaded), whether the gradients tested during the
         pass are finite and the names of those it did not test: a float32/float64 gradient
         is tested right after its last contribution, while it is still in the cache
-        (on the float32 784-256-784 MLP the test of W2's gradient, 0.8 MB, took 2-4 times
-        as long at the end of the pass); the others, and one that the end copies to another
-        dtype, are the caller's to test."""
+        (on the float32 784-256-784 MLP the test of W2's gradient, 0.8 MB, took ~30 µs after
+        the next backward step and ~20 µs right after the product that made it); the
+        others, and one that the end copies to another dtype, are the caller's to test."""
         g, dtype = self.graph, state.dtype
         vals = state.vals if not retain else list(state.vals)
         state.used = not retain
