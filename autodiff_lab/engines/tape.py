@@ -70,7 +70,7 @@ _SMALL_CHECK_SIZE = 32
 #: one call for up to eight arrays) once a program has been checked
 #: ``tape_codegen.COMPILED_CHECK_CALL`` times or numpy has tested this many elements of its
 #: results: a program run a few times compiles nothing
-_COMPILED_CHECK_ELEMENTS = 1 << 23
+_COMPILED_CHECK_ELEMENTS = 1 << 21
 #: the dtypes the compiled check takes (other arrays keep numpy's checks)
 _COMPILED_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
 
