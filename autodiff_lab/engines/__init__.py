@@ -80,8 +80,9 @@ def gradient(graph: Graph, values: Mapping[str, Any], engine: str = "tape",
     Engines and their options:
 
     * ``"tape"`` -- reverse mode (backpropagation) on a tape of Numba/BLAS kernels; the
-      default and the fastest. ``anomaly=True``: check every forward value for NaN/Inf and
-      name the first op that made one (``False`` skips the checks for speed);
+      default and the fastest. ``anomaly=True``: check each call's value, outputs and
+      gradients for NaN/Inf and name the input or the first op that made one (``False``
+      skips the checks, a few per cent of a call);
       ``keep_all=False``: ``True`` keeps every node's value and gradient
       (``result.node_values``, ``result.node_grads``, what drawings use);
       ``generate=True``: small array graphs run as one generated function of the op

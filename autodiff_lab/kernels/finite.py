@@ -12,7 +12,7 @@ test is exact (no sum that could overflow) and has no branch in the loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from autodiff_lab.kernels.numba_cache import cached_njit
@@ -80,3 +80,13 @@ _BY_COUNT: dict[int, Callable[..., Any]] = {
 def checker(count: int) -> Callable[..., Any]:
     """The function that tests ``count`` arrays (1 ≤ count ≤ :data:`MAX_ARRAYS`)."""
     return _BY_COUNT[count]
+
+
+def all_finite(arrays: Sequence[Any]) -> bool:
+    """Whether every element of every array in ``arrays`` (real float32/float64 ndarrays of
+    any shape and layout) is finite: one compiled call per :data:`MAX_ARRAYS` of them."""
+    n = len(arrays)
+    if n <= MAX_ARRAYS:
+        return n == 0 or _BY_COUNT[n](*arrays)
+    return all(_BY_COUNT[len(arrays[i:i + MAX_ARRAYS])](*arrays[i:i + MAX_ARRAYS])
+               for i in range(0, n, MAX_ARRAYS))

@@ -107,7 +107,9 @@ def test_anomaly_names_the_op_and_inputs_fall_back_to_the_general_checks():
     program = adl.engine("tape").compile(g)
     assert program.generated_path and program.source
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the forward's numpy warnings are silenced
+        # a numpy warning raised as an error sends the call to the general loop too, whose
+        # forward is silenced: the error is ours, naming the op
+        warnings.simplefilter("error")
         with pytest.raises(NonFiniteError, match="'log'"):
             program({"x": np.array([1.0, -1.0, 2.0]), "y": np.ones(3)})
     with pytest.raises(NonFiniteError, match="'y'"):  # a NaN input the output does not show
