@@ -26,8 +26,11 @@ input or the op that produced it (or, for an infinite gradient of finite values,
 the same numbers). A gradient made only of index steps' float64 scalar gradients at
 distinct positions (the vector neuron's ``w`` and ``x``) holds exactly those scalars and
 zeros, so its scalars are tested with ``math.isfinite`` instead. Unlike the general loop,
-the generated forward does not silence numpy's warnings (:data:`QUIET_FORWARD`): setting
-numpy's error state on every call cost 2-3 % of these graphs' time.
+numpy's warnings in the generated forward are kept quiet by a warnings filter on the
+module name the checked functions run under (:data:`CHECKED_MODULE`), installed once:
+setting numpy's error state on every call, as the general loop does, cost 2-3 % of these
+graphs' time (:data:`QUIET_FORWARD` switches that back on). With ``anomaly=False`` the
+functions run under another name and numpy's warnings show, as in the general loop.
 
 Values of shape ``()`` stay numpy scalars (``np.float64``) between steps instead of 0-d
 arrays: numpy's arithmetic on its scalars is about 30 times cheaper, with the same dtype
@@ -41,6 +44,8 @@ Numba was not used for these functions: compiling one costs
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +73,14 @@ COMPILED_CHECK_CALL = 100
 #: check costs there). A NaN/Inf made by the forward can then show numpy's RuntimeWarning
 #: once before the general loop, which runs silenced, raises the error naming the op.
 QUIET_FORWARD = False
+#: the module name (``__name__``) the generated functions of programs with ``anomaly`` on
+#: run under: numpy attributes its RuntimeWarnings (overflow in exp, 0/0 ...) to the
+#: calling frame's module, and one filter installed at import ignores them there, at no
+#: cost per call. The check that follows the forward then raises our error naming the op.
+CHECKED_MODULE = "autodiff_lab.engines.tape_generated"
+#: the module name of the generated functions of programs with ``anomaly`` off (not filtered)
+UNCHECKED_MODULE = "autodiff_lab.engines.tape_generated_unchecked"
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=re.escape(CHECKED_MODULE) + "$")
 
 
 def _quiet_hooks() -> tuple[Callable, Any, Callable] | None:
@@ -413,6 +426,7 @@ def _generate(program: TapeProgram, compiled_check: bool = False
         if len(_CODE) >= 256:
             _CODE.clear()
         code = _CODE[source] = compile(source, "<tape generated gradient>", "exec")
+    w.namespace["__name__"] = CHECKED_MODULE if p.anomaly else UNCHECKED_MODULE
     exec(code, w.namespace)
     fn = w.namespace["generated_gradient"]
     fn.source = source
