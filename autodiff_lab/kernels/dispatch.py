@@ -188,6 +188,11 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, di
                                                tile=winograd_tile(x.shape, padding))
         if out is not None:  # None: a NaN or Inf, whose pattern im2col reproduces
             return out
+    if real_float(x, w) and w.shape[0] == 1 and _direct_ok(x.shape, w.shape, stride, padding,
+                                                          dilation, groups):
+        out = _fast("conv_direct").conv2d_forward_to_one(_c(x), _c(w), tuple(padding))
+        if out is not None:  # None: a NaN or Inf (im2col reproduces the reference's)
+            return out
     if real_float(x, w):
         return _fast("conv_fast").conv2d_forward(_c(x), _c(w), tuple(stride), tuple(padding),
                                                  tuple(dilation), groups)
@@ -265,17 +270,18 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, p
             if want_w else None)
 
 
-#: the direct kernel (:mod:`.conv_direct`) for conv+ReLU of a one-channel input; False:
-#: im2col, then the bias and the ReLU
+#: the direct kernels (:mod:`.conv_direct`) for conv+ReLU of a one-channel input and for a
+#: convolution to one channel; False: im2col (then the bias and the ReLU)
 CONV_DIRECT = True
 
 
 def _direct_ok(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Pair,
                padding: Pair, dilation: Pair, groups: int) -> bool:
-    """Whether :mod:`.conv_direct` takes the convolution: one input channel, 3×3 kernels,
-    stride 1, no dilation, padding 0..2, at least one output pixel."""
-    return (CONV_DIRECT and len(x_shape) == 4 and len(w_shape) == 4 and x_shape[1] == 1
-            and tuple(w_shape[1:]) == (1, 3, 3) and tuple(stride) == (1, 1)
+    """Whether :mod:`.conv_direct` takes the convolution: one input channel or one output
+    channel, 3×3 kernels, stride 1, no dilation, padding 0..2, at least one output pixel."""
+    return (CONV_DIRECT and len(x_shape) == 4 and len(w_shape) == 4
+            and (x_shape[1] == 1 or w_shape[0] == 1) and w_shape[1] == x_shape[1]
+            and tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
             and tuple(dilation) == (1, 1) and groups == 1
             and all(0 <= p <= 2 for p in padding)
             and x_shape[2] + 2 * padding[0] >= 3 and x_shape[3] + 2 * padding[1] >= 3)
@@ -292,7 +298,7 @@ def conv2d_relu_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stri
         return _fast("winograd").conv2d_forward(_c(x), _c(w), tuple(padding),
                                                 None if b is None else _c(b), True,
                                                 tile=winograd_tile(x.shape, padding))
-    if real_float(x, w) and (b is None or real_float(x, b)) and _direct_ok(
+    if real_float(x, w) and (b is None or real_float(x, b)) and x.shape[1] == 1 and _direct_ok(
             x.shape, w.shape, stride, padding, dilation, groups):
         return _fast("conv_direct").conv2d_forward(_c(x), _c(w), tuple(padding),
                                                    None if b is None else _c(b), True)

@@ -1,7 +1,7 @@
-"""The direct kernel of conv+bias+ReLU for a one-channel input (:mod:`autodiff_lab.kernels.
-conv_direct`): equal to the reference over odd sizes, paddings, batches, output channels,
-with and without bias and ReLU, in float32 and float64; reached only where it applies; NaN,
-Inf and overflow handed to the ops' own rules."""
+"""The direct kernels (:mod:`autodiff_lab.kernels.conv_direct`) -- conv+bias+ReLU of a
+one-channel input, convolution to one output channel: equal to the reference over odd sizes,
+paddings, batches, channels, with and without bias and ReLU, in float32 and float64; reached
+only where they apply; NaN, Inf and overflow handed to the ops' own rules."""
 
 from __future__ import annotations
 
@@ -135,3 +135,49 @@ def test_direct_kernel_matches_torch():
             torch.tensor(b, dtype=torch.float64), padding=padding)).numpy()
         got = conv_direct.conv2d_forward(x, w, padding, b, True)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+def test_direct_kernel_to_one_channel_matches_the_reference(dtype, padding):
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for (h, w), (n, c) in itertools.product(SIZES, [(1, 1), (2, 3), (3, 4), (2, 9), (1, 33)]):
+        if h + 2 * padding[0] < 3 or w + 2 * padding[1] < 3:
+            continue
+        x = RNG.standard_normal((n, c, h, w))
+        wt = RNG.standard_normal((1, c, 3, 3))
+        want = _reference(x, wt, None, padding, False)
+        got = conv_direct.conv2d_forward_to_one(x.astype(dtype), wt.astype(dtype), padding)
+        label = f"{(n, c, h, w)} padding={padding}"
+        assert got.dtype == dtype and got.shape == want.shape, label
+        np.testing.assert_allclose(got, want, **tol, err_msg=label)
+
+
+def test_dispatch_takes_the_kernel_to_one_channel_only_where_it_applies(monkeypatch):
+    seen = []
+    real = conv_direct.conv2d_forward_to_one
+    monkeypatch.setattr(conv_direct, "conv2d_forward_to_one",
+                        lambda *a, **k: seen.append(a[0].shape) or real(*a, **k))
+    x = RNG.standard_normal((2, 5, 7, 6)).astype(np.float32)
+    w1 = RNG.standard_normal((1, 5, 3, 3)).astype(np.float32)
+    want = conv_reference.conv2d_forward(x, w1, (1, 1), (1, 1), (1, 1), 1)
+    got = dispatch.conv2d_forward(x, w1, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert len(seen) == 1
+    w2 = RNG.standard_normal((2, 5, 3, 3)).astype(np.float32)
+    for w, stride, padding, dilation in [(w2, (1, 1), (1, 1), (1, 1)),  # 2 output channels
+                                         (w1, (2, 2), (1, 1), (1, 1)),  # stride 2
+                                         (w1, (1, 1), (1, 1), (2, 1))]:  # dilation
+        dispatch.conv2d_forward(x, w, stride, padding, dilation, 1)
+    assert len(seen) == 1
+    # a NaN: declined, and im2col gives the reference's pattern
+    bad = x.copy()
+    bad[1, 2, 3, 4] = np.nan
+    with np.errstate(all="ignore"):
+        assert conv_direct.conv2d_forward_to_one(bad, w1, (1, 1)) is None
+        np.testing.assert_array_equal(
+            np.isnan(dispatch.conv2d_forward(bad, w1, (1, 1), (1, 1), (1, 1), 1)),
+            np.isnan(conv_reference.conv2d_forward(bad, w1, (1, 1), (1, 1), (1, 1), 1)))
+        big = np.full((1, 4, 4, 4), 3e38, dtype=np.float32)
+        assert conv_direct.conv2d_forward_to_one(big, np.ones((1, 4, 3, 3), np.float32),
+                                                 (1, 1)) is None

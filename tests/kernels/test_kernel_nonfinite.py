@@ -64,12 +64,16 @@ def _ref_rule(name, which, *args, **attrs):
 def _conv_variants():
     # thin (direct loop) and wide (im2col + BLAS) filters, stride 1 (the input gradient as a
     # convolution) and 2 (col2im), groups, padding (zeros multiplied in the im2col products)
-    # ... and (float32, 8 channels, stride 1) Winograd, with the padding it takes
+    # ... and (float32, 8 channels, stride 1) Winograd, with the padding it takes, and the
+    # direct kernels of one input or one output channel
     return [dict(f=2, stride=(1, 1), padding=(1, 1), groups=1),
             dict(f=6, stride=(1, 1), padding=(1, 1), groups=1),
             dict(f=2, stride=(2, 1), padding=(1, 0), groups=1),
             dict(f=6, stride=(2, 2), padding=(1, 1), groups=2),
             dict(f=8, stride=(1, 1), padding=(0, 2), groups=1, c=8),
+            # one input channel, one output channel: the direct kernels (conv_direct)
+            dict(f=3, stride=(1, 1), padding=(1, 1), groups=1, c=1),
+            dict(f=1, stride=(1, 1), padding=(2, 0), groups=1),
             # 1×1 as plain matrix products (thin and wide), and a 1×1 that is not (padding)
             dict(f=2, stride=(1, 1), padding=(0, 0), groups=1, k=1),
             dict(f=6, stride=(1, 1), padding=(0, 0), groups=1, k=1),
