@@ -465,3 +465,28 @@ def test_winograd_matches_torch(tile):
     r, (dx, dw) = _relu_fused(x, wt, b, g, (1, 1))
     for got, ref in ((r, ty), (dx, tx.grad), (dw, tw_.grad)):
         _close(got, ref.detach().numpy(), f"tile={tile}")
+
+
+def test_conv_relu_fusion_with_a_bias_gives_the_unfused_gradients(tile, calls):
+    # a Winograd conv+bias+ReLU in the tape: the bias gradient (ReLU's rule, summed) and
+    # the others equal those of the two ops' own rules
+    from autodiff_lab.graph import optable
+    rng = np.random.default_rng(4)
+    from autodiff_lab.graph.graph import spec
+    shapes = dict(x=(2, 8, 7, 6), w=(8, 8, 3, 3), b=(8,), v=(2, 8, 7, 6))
+    g = adl.trace(lambda x, w, b, v: adl.sum(adl.relu(adl.conv2d(x, w, b, padding=1)) * v),
+                  **{k: spec(s, "float32") for k, s in shapes.items()})
+    values = {"x": rng.standard_normal((2, 8, 7, 6)), "w": rng.standard_normal((8, 8, 3, 3)),
+              "b": rng.standard_normal(8), "v": rng.standard_normal((2, 8, 7, 6))}
+    values = {k: v.astype(np.float32) for k, v in values.items()}
+    tape = adl.engine("tape", anomaly=False, generate=False)  # the step loop, not codegen
+    fused = tape.compile(g, wrt=["x", "w", "b"])(values).grads
+    assert calls == ["conv2d_forward", "conv2d_backward"]  # the fused kernels ran
+    pair = optable.FUSIONS.pop(("conv2d", "relu"))
+    try:
+        plain = tape.compile(g, wrt=["x", "w", "b"])(values).grads
+    finally:
+        optable.FUSIONS[("conv2d", "relu")] = pair
+    for k in ("x", "w", "b"):
+        np.testing.assert_allclose(fused[k], plain[k], rtol=1e-5,
+                                   atol=1e-5 * np.abs(plain[k]).max(), err_msg=k)
