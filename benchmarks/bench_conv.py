@@ -6,13 +6,14 @@
     python benchmarks/bench_conv.py --cpu        # CPU time instead of wall time
 
 For each layer shape, float32: the forward and the backward (input and weight gradients)
-with the im2col kernels, with Winograd F(2×2, 3×3) (where it applies), with Winograd and a
+with the im2col kernels, with Winograd F(2×2, 3×3) (where it applies), with F(4×4, 3×3)
+("wino4"), with Winograd F(2×2) and a
 ReLU after the convolution fused into its transforms ("+relu": the forward clips in its
 output transform, the backward applies ReLU's rule as it reads g) and with PyTorch
 (``torch.nn.functional.conv2d`` and ``torch.autograd.grad``), medians of interleaved rounds.
 GFLOP/s count the direct convolution's 2·N·F·C·9·Ho·Wo per product, whatever the
 algorithm. ``--step`` times the tape program of ``examples.dncnn`` (with and without batch
-norm; with Winograd, without the conv+relu fusion, and with im2col only) and the same
+norm; with Winograd, with F(4×4), without the conv+relu fusion, and with im2col only) and the same
 network in PyTorch, and prints
 the gradient's largest error against float64, relative to each parameter's largest entry.
 """
@@ -71,8 +72,9 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
 def layer_rows(torch, rounds: int) -> None:
     rng = np.random.default_rng(0)
     shapes = [(16, 1, 40, 40, 32), (16, 32, 40, 40, 32), (16, 32, 40, 40, 1)]
-    print(f"{'layer':>18} {'pass':>4} {'im2col':>9} {'winograd':>9} {'+relu':>9} {'torch':>9} "
-          f"{'GF/s im2col':>11} {'GF/s wino':>9} {'GF/s +relu':>10} {'GF/s torch':>10}")
+    print(f"{'layer':>18} {'pass':>4} {'im2col':>9} {'winograd':>9} {'wino4':>9} {'+relu':>9} "
+          f"{'torch':>9} {'GF/s im2col':>11} {'GF/s wino':>9} {'GF/s wino4':>10} "
+          f"{'GF/s +relu':>10} {'GF/s torch':>10}")
     for n, c, h, w, f in shapes:
         x = rng.standard_normal((n, c, h, w)).astype(np.float32)
         wt = (rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
@@ -84,6 +86,9 @@ def layer_rows(torch, rounds: int) -> None:
         if c > 1 and f > 1:
             fns["wino fwd"] = lambda: winograd.conv2d_forward(x, wt, (1, 1))
             fns["wino bwd"] = lambda: winograd.conv2d_backward(g, x, wt, (1, 1), True, True)
+            fns["wino4 fwd"] = lambda: winograd.conv2d_forward(x, wt, (1, 1), tile=4)
+            fns["wino4 bwd"] = lambda: winograd.conv2d_backward(g, x, wt, (1, 1), True, True,
+                                                                tile=4)
             r = winograd.conv2d_forward(x, wt, (1, 1), None, True)
             fns["relu fwd"] = lambda: winograd.conv2d_forward(x, wt, (1, 1), None, True)
             fns["relu bwd"] = lambda: winograd.conv2d_backward(g, x, wt, (1, 1), True, True, r)
@@ -102,7 +107,7 @@ def layer_rows(torch, rounds: int) -> None:
         if "torch bwd" in t:  # torch's backward timed with its forward: take it out
             t["torch bwd"] = max(t["torch bwd"] - t["torch fwd"], 1e-9)
         for pas, mult in (("fwd", 1), ("bwd", 2)):
-            cell = [t.get(f"{k} {pas}") for k in ("im2col", "wino", "relu", "torch")]
+            cell = [t.get(f"{k} {pas}") for k in ("im2col", "wino", "wino4", "relu", "torch")]
             ms = " ".join(f"{v * 1e3:9.2f}" if v else f"{'—':>9}" for v in cell)
             gf = " ".join(f"{mult * flop / v / 1e9:10.0f}" if v else f"{'—':>10}" for v in cell)
             print(f"{f'{c}->{f} {n}x{h}x{w}':>18} {pas:>4} {ms} {gf}")
@@ -120,6 +125,7 @@ def step_rows(torch, rounds: int) -> None:
         prog64 = adl.engine("tape", anomaly=False).compile(ex64.graph, wrt=wrt)
         unfused = _without_conv_relu_fusion(wrt, ex.graph)
         fns = {"ours": lambda p=prog, v=ex.values: p(v),
+               "F4": lambda p=prog, v=ex.values: _with_tile(p, v, 4),
                "unfused": lambda p=unfused, v=ex.values: p(v),
                "im2col": lambda p=prog, v=ex.values: _without_winograd(p, v)}
         if torch is not None:
@@ -132,7 +138,8 @@ def step_rows(torch, rounds: int) -> None:
         got = prog(ex.values).grads
         err = max(float(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in wrt)
         line = (f"dncnn float32 bn={bn!s:5}: ours {t['ours'] * 1e3:6.1f} ms "
-                f"({4.32 / t['ours']:4.0f} GF/s), gradient error {err:.1e} | conv+relu unfused "
+                f"({4.32 / t['ours']:4.0f} GF/s), gradient error {err:.1e} | F(4x4) "
+                f"{t['F4'] * 1e3:6.1f} ms | conv+relu unfused "
                 f"{t['unfused'] * 1e3:6.1f} ms | im2col only {t['im2col'] * 1e3:6.1f} ms")
         if "torch" in t:
             tg = fns["torch"].grads()
@@ -152,6 +159,16 @@ def _without_conv_relu_fusion(wrt: list[str], graph) -> object:
         return adl.engine("tape", anomaly=False).compile(graph, wrt=wrt)
     finally:
         optable.FUSIONS[("conv2d", "relu")] = pair
+
+
+def _with_tile(program, values: dict[str, np.ndarray], tile: int) -> object:
+    """The program with Winograd F(tile×tile, 3×3) (dispatch.WINOGRAD_TILE)."""
+    saved = dispatch.WINOGRAD_TILE
+    dispatch.WINOGRAD_TILE = tile
+    try:
+        return program(values)
+    finally:
+        dispatch.WINOGRAD_TILE = saved
 
 
 def _without_winograd(program, values: dict[str, np.ndarray]) -> object:

@@ -2,7 +2,8 @@
 
 Arrays are viewed as ``(N, C, S)`` (``S = H·W``, or 1 for ``(N, C)`` input); statistics
 are per channel over N and S. The kernels loop over channels (serially with one Numba
-thread for the call, the default; in parallel otherwise, see :data:`PARALLEL_MIN`),
+thread for the call, the default -- over channel ranges on the convolution kernels'
+Python threads for large arrays; in parallel otherwise, see :data:`PARALLEL_MIN`),
 accumulate in float64 (a float32 mean over 10⁵ values loses digits otherwise) and compute the variance
 with two passes (mean first), the numerically safe way.
 
@@ -17,11 +18,14 @@ NaN and Inf go through as in the numpy rules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numba
 import numpy as np
 from numba import prange
 
-from autodiff_lab.kernels import memory
+from autodiff_lab.kernels import blas, conv_fast, memory
 from autodiff_lab.kernels.numba_cache import cached_njit
 
 _SUMS = {"reassoc", "contract"}
@@ -50,8 +54,8 @@ def _mean_var(x, ch):  # pragma: no cover - numba
 
 
 @cached_njit(nogil=True)
-def _channel_stats_serial(x, mean, var):  # pragma: no cover - numba
-    for ch in range(x.shape[1]):
+def _channel_stats_serial(x, mean, var, ch0, ch1):  # pragma: no cover - numba
+    for ch in range(ch0, ch1):
         mean[ch], var[ch] = _mean_var(x, ch)
 
 
@@ -96,9 +100,9 @@ def _forward_channel(ch, x, gamma, beta, eps, training, act, alpha, mean, var, p
 
 
 @cached_njit(nogil=True)
-def _forward_serial(x, gamma, beta, eps, training, act, alpha, mean, var, par, out
+def _forward_serial(x, gamma, beta, eps, training, act, alpha, mean, var, par, out, ch0, ch1
                     ):  # pragma: no cover - numba
-    for ch in range(x.shape[1]):
+    for ch in range(ch0, ch1):
         _forward_channel(ch, x, gamma, beta, eps, training, act, alpha, mean, var, par, out)
 
 
@@ -188,8 +192,8 @@ def _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, act, al
 
 @cached_njit(nogil=True)
 def _backward_serial(g, x, mean, var, gamma, eps, training, want_x, act, alpha, r, par,
-                     sum_g, sum_gx, out):  # pragma: no cover - numba
-    for ch in range(x.shape[1]):
+                     sum_g, sum_gx, out, ch0, ch1):  # pragma: no cover - numba
+    for ch in range(ch0, ch1):
         _backward_channel(ch, g, x, mean, var, gamma, eps, training, want_x, act, alpha, r,
                           par, sum_g, sum_gx, out)
 
@@ -212,6 +216,27 @@ PARALLEL_MIN = 1 << 18
 
 def _parallel(x3: np.ndarray) -> bool:
     return x3.shape[1] > 1 and x3.size >= PARALLEL_MIN and numba.get_num_threads() > 1
+
+
+def _run(serial: Callable, parallel: Callable, x3: np.ndarray, *args: Any) -> None:
+    """One of the kernels over every channel of ``x3``: Numba's parallel loop when it has
+    threads for the call (:func:`_parallel`); else the serial loop over channel ranges on
+    the Python threads of the convolution kernels (:func:`.conv_fast._run_blocks`, as many
+    as numpy's BLAS has threads) when the array takes at least :data:`PARALLEL_MIN`
+    elements; else in this thread. The serial kernels release the GIL, so two threads run
+    on two cores without a Numba launch (140-180 µs)."""
+    c = x3.shape[1]
+    if _parallel(x3):
+        parallel(*args)
+        return
+    count = conv_fast.BLOCK_WORKERS if conv_fast.BLOCK_WORKERS is not None else blas.threads()
+    count = min(int(count), c)
+    if count <= 1 or x3.size < PARALLEL_MIN:
+        serial(*args, 0, c)
+        return
+    bounds = [c * i // count for i in range(count + 1)]
+    conv_fast._run_blocks(lambda part: [serial(*args, a, b) for a, b in part],
+                          list(zip(bounds[:-1], bounds[1:])))
 
 
 def _as3(a: np.ndarray) -> np.ndarray:
@@ -243,9 +268,9 @@ def batch_norm_forward_saving(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     else:
         mu, v = mean.astype(np.float64), var.astype(np.float64)
     out = memory.empty(x3.shape, x3.dtype)
-    run = _forward_parallel if _parallel(x3) else _forward_serial
-    run(x3, gamma.astype(np.float64), beta.astype(np.float64), float(eps), bool(training),
-        _ACTS[activation], _slope(alpha, x3.dtype), mu, v, np.empty((c, 3), x3.dtype), out)
+    _run(_forward_serial, _forward_parallel, x3, x3, gamma.astype(np.float64),
+         beta.astype(np.float64), float(eps), bool(training), _ACTS[activation],
+         _slope(alpha, x3.dtype), mu, v, np.empty((c, 3), x3.dtype), out)
     return out.reshape(x.shape), ((mu, v) if training else None)
 
 
@@ -255,7 +280,7 @@ def batch_stats(x: np.ndarray) -> np.ndarray:
     x3 = _as3(x)
     n, c, s = x3.shape
     mu, v = np.empty(c), np.empty(c)
-    (_channel_stats_parallel if _parallel(x3) else _channel_stats_serial)(x3, mu, v)
+    _run(_channel_stats_serial, _channel_stats_parallel, x3, x3, mu, v)
     count = n * s
     return np.stack([mu, v * (count / (count - 1))]).astype(x.dtype, copy=False)
 
@@ -287,16 +312,15 @@ def batch_norm_backward_all(g: np.ndarray, x: np.ndarray, gamma: np.ndarray,
         mu, v = stats
     else:
         mu, v = np.empty(c), np.empty(c)
-        (_channel_stats_parallel if _parallel(x3) else _channel_stats_serial)(x3, mu, v)
+        _run(_channel_stats_serial, _channel_stats_parallel, x3, x3, mu, v)
     want_x = bool(wanted[0])
     act = _ACTS[activation]
     out = (memory.empty(x3.shape, x3.dtype) if want_x or act != NONE
            else np.empty((0, c, 0), x3.dtype))
     sum_g, sum_gx = np.empty(c), np.empty(c)
-    run = _backward_parallel if _parallel(x3) else _backward_serial
-    run(g3, x3, mu, v, gamma.astype(np.float64), float(eps), bool(training), want_x, act,
-        _slope(alpha, x3.dtype), _as3(act_ans) if act != NONE else x3,
-        np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
+    _run(_backward_serial, _backward_parallel, x3, g3, x3, mu, v, gamma.astype(np.float64),
+         float(eps), bool(training), want_x, act, _slope(alpha, x3.dtype),
+         _as3(act_ans) if act != NONE else x3, np.empty((c, 4), x3.dtype), sum_g, sum_gx, out)
     return (out.reshape(x.shape) if want_x else None,
             sum_gx.astype(x.dtype) if wanted[1] else None,
             sum_g.astype(x.dtype) if wanted[2] else None)

@@ -128,9 +128,10 @@ def _c(a: np.ndarray) -> np.ndarray:
 
 # --- convolution ------------------------------------------------------------------------
 
-#: Winograd F(2×2, 3×3) (:mod:`.winograd`) for float32 3×3 convolutions with stride 1, no
-#: dilation, one group, padding 0..2, at least :data:`WINOGRAD_MIN_CHANNELS` input and
-#: output channels and :data:`WINOGRAD_MIN_TILES` 2×2 output tiles; False: always im2col.
+#: Winograd (:mod:`.winograd`, tiles of :func:`winograd_tile`) for float32 3×3 convolutions
+#: with stride 1, no dilation, one group, padding 0..2, at least
+#: :data:`WINOGRAD_MIN_CHANNELS` input and output channels and :data:`WINOGRAD_MIN_TILES`
+#: 2×2 output tiles; False: always im2col.
 #: float64 never takes it (its sums stay exact products of the inputs).
 WINOGRAD = True
 #: measured (float32, one thread, forward and both gradients against im2col, 16×40×40):
@@ -157,13 +158,40 @@ def _winograd_ok(dtype: np.dtype, x_shape: tuple[int, ...], w_shape: tuple[int, 
     return ho >= 1 and wo >= 1 and x_shape[0] * -(-ho // 2) * -(-wo // 2) >= WINOGRAD_MIN_TILES
 
 
+#: the Winograd algorithm: 2 for F(2×2, 3×3) (16 products per 4 outputs), 4 for F(4×4, 3×3)
+#: (:mod:`.winograd4`, 36 per 16), None to let :func:`winograd_tile` decide by the output's
+#: size. 2 by default: measured on this project's 2-core machine (float32, one thread, CPU
+#: time, forward + both gradients), F(4×4) took 44 % less time in its matrix products but
+#: more in its transforms, and came out even overall -- 16×32→32 channels 40×40: 12.7 ms
+#: against 12.3; 16×64→64 40×40: 38.1 against 39.3; the DnCNN-lite float32 gradient with
+#: batch norm 1.01× the time of F(2×2).
+WINOGRAD_TILE: int | None = 2
+
+
+def winograd_tile(x_shape: tuple[int, ...], padding: Pair) -> int:
+    """The output tile of the Winograd algorithm for an input of ``x_shape`` (that of the
+    forward convolution, whichever of its three products is computed): :data:`WINOGRAD_TILE`
+    when set, else 4 -- unless 4×4 tiles would compute over a quarter more outputs than the
+    image has (small or odd-sized outputs), where the 2×2 tiles waste less."""
+    if WINOGRAD_TILE is not None:
+        return WINOGRAD_TILE
+    ho, wo = x_shape[2] + 2 * padding[0] - 2, x_shape[3] + 2 * padding[1] - 2
+    return 4 if -(-ho // 4) * -(-wo // 4) * 16 <= 1.25 * ho * wo else 2
+
+
 def conv2d_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
                    groups: int = 1) -> np.ndarray:
     """See :func:`conv_reference.conv2d_forward`."""
     if real_float(x, w) and _winograd_ok(x.dtype, x.shape, w.shape, stride, padding, dilation,
                                          groups):
-        out = _fast("winograd").conv2d_forward(_c(x), _c(w), tuple(padding))
+        out = _fast("winograd").conv2d_forward(_c(x), _c(w), tuple(padding),
+                                               tile=winograd_tile(x.shape, padding))
         if out is not None:  # None: a NaN or Inf, whose pattern im2col reproduces
+            return out
+    if real_float(x, w) and w.shape[0] == 1 and _direct_ok(x.shape, w.shape, stride, padding,
+                                                          dilation, groups):
+        out = _fast("conv_direct").conv2d_forward_to_one(_c(x), _c(w), tuple(padding))
+        if out is not None:  # None: a NaN or Inf (im2col reproduces the reference's)
             return out
     if real_float(x, w):
         return _fast("conv_fast").conv2d_forward(_c(x), _c(w), tuple(stride), tuple(padding),
@@ -193,7 +221,7 @@ def conv2d_backward_input(g: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...]
     if real_float(g, w) and _winograd_ok(g.dtype, tuple(x_shape), w.shape, stride, padding,
                                          dilation, groups):
         out = _fast("winograd").conv2d_backward(_c(g), None, _c(w), tuple(padding), True,
-                                                False)
+                                                False, tile=winograd_tile(x_shape, padding))
         if out is not None:
             return out[0]
     if real_float(g, w):
@@ -208,7 +236,8 @@ def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...
     _check_conv_gradient(g.shape, x.shape, w_shape[0], w_shape[2:], stride, padding, dilation)
     if real_float(g, x) and _winograd_ok(x.dtype, x.shape, tuple(w_shape), stride, padding,
                                          dilation, groups):
-        out = _fast("winograd").conv2d_backward_weight(_c(g), _c(x), tuple(padding))
+        out = _fast("winograd").conv2d_backward_weight(_c(g), _c(x), tuple(padding),
+                                                       tile=winograd_tile(x.shape, padding))
         if out is not None:
             return out
     if real_float(g, x):
@@ -228,7 +257,7 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, p
     if real_float(g, x, w) and _winograd_ok(x.dtype, x.shape, w.shape, stride, padding,
                                             dilation, groups):
         out = _fast("winograd").conv2d_backward(_c(g), _c(x), _c(w), tuple(padding), want_x,
-                                                want_w)
+                                                want_w, tile=winograd_tile(x.shape, padding))
         if out is not None:
             return out
     if real_float(g, x, w):
@@ -241,15 +270,38 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray, stride: Pair, p
             if want_w else None)
 
 
+#: the direct kernels (:mod:`.conv_direct`) for conv+ReLU of a one-channel input and for a
+#: convolution to one channel; False: im2col (then the bias and the ReLU)
+CONV_DIRECT = True
+
+
+def _direct_ok(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Pair,
+               padding: Pair, dilation: Pair, groups: int) -> bool:
+    """Whether :mod:`.conv_direct` takes the convolution: one input channel or one output
+    channel, 3×3 kernels, stride 1, no dilation, padding 0..2, at least one output pixel."""
+    return (CONV_DIRECT and len(x_shape) == 4 and len(w_shape) == 4
+            and (x_shape[1] == 1 or w_shape[0] == 1) and w_shape[1] == x_shape[1]
+            and tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and groups == 1
+            and all(0 <= p <= 2 for p in padding)
+            and x_shape[2] + 2 * padding[0] >= 3 and x_shape[3] + 2 * padding[1] >= 3)
+
+
 def conv2d_relu_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair,
                         padding: Pair, dilation: Pair, groups: int = 1) -> np.ndarray | None:
     """``relu(conv2d(x, w) + b)`` in one pass where the Winograd kernels take the
-    convolution (bias and ReLU in their output transform); ``None`` elsewhere, or for a
-    NaN or Inf: the caller then runs the two ops' own forwards."""
+    convolution (bias and ReLU in their output transform), or the direct kernel of a
+    one-channel input (:mod:`.conv_direct`); ``None`` elsewhere, or for a NaN or Inf: the
+    caller then runs the two ops' own forwards."""
     if real_float(x, w) and (b is None or real_float(x, b)) and _winograd_ok(
             x.dtype, x.shape, w.shape, stride, padding, dilation, groups):
         return _fast("winograd").conv2d_forward(_c(x), _c(w), tuple(padding),
-                                                None if b is None else _c(b), True)
+                                                None if b is None else _c(b), True,
+                                                tile=winograd_tile(x.shape, padding))
+    if real_float(x, w) and (b is None or real_float(x, b)) and x.shape[1] == 1 and _direct_ok(
+            x.shape, w.shape, stride, padding, dilation, groups):
+        return _fast("conv_direct").conv2d_forward(_c(x), _c(w), tuple(padding),
+                                                   None if b is None else _c(b), True)
     return None
 
 
@@ -267,7 +319,8 @@ def conv2d_relu_backward(g: np.ndarray, r: np.ndarray, x: np.ndarray, w: np.ndar
     if real_float(g, r, x, w) and _winograd_ok(x.dtype, x.shape, w.shape, stride, padding,
                                                dilation, groups):
         return _fast("winograd").conv2d_backward(_c(g), _c(x), _c(w), tuple(padding),
-                                                 bool(wanted[0]), bool(wanted[1]), _c(r))
+                                                 bool(wanted[0]), bool(wanted[1]), _c(r),
+                                                 tile=winograd_tile(x.shape, padding))
     return None
 
 

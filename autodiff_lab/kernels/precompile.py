@@ -66,6 +66,18 @@ def _gradient(example: Any) -> Callable[[], Any]:
     return lambda: program(example.values)
 
 
+def _thin_conv_gradient(dtype: str) -> Callable[[], Any]:
+    import autodiff_lab as adl
+    from autodiff_lab.graph.graph import spec
+    shapes = {"x": (2, 3, 9, 9), "w": (2, 3, 3, 3)}
+    graph = adl.trace(lambda x, w: adl.sum(adl.relu(adl.conv2d(x, w, padding=1)) ** 2),
+                      **{k: spec(v, dtype) for k, v in shapes.items()})
+    rng = np.random.default_rng(0)
+    values = {k: rng.standard_normal(v).astype(dtype) for k, v in shapes.items()}
+    program = adl.engine("tape").compile(graph, wrt=["x", "w"])
+    return lambda: program(values)
+
+
 def _optimiser_steps(dtype: str) -> Callable[[], None]:
     from autodiff_lab.nn.optim import SGD, Adam
     from autodiff_lab.nn.parameter import Parameter
@@ -86,6 +98,9 @@ def workloads(dtype: str) -> list[tuple[str, Callable[[], Any]]]:
                                              dtype=dtype))),
         (f"dncnn+bn {dtype}", _gradient(E.dncnn(batch=2, size=12, channels=16, dtype=dtype))),
         (f"mlp {dtype}", _gradient(E.mlp(d_in=16, hidden=8, batch=4, dtype=dtype))),
+        # a few output channels over several input channels: conv_fast's direct loops (the
+        # DnCNN layers above take im2col, Winograd or conv_direct)
+        (f"thin conv {dtype}", _thin_conv_gradient(dtype)),
         (f"optimisers {dtype}", _optimiser_steps(dtype)),
     ]
     if dtype == "float64":  # the classifier example is float64 only

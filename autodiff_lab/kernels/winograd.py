@@ -20,6 +20,9 @@ transformed arrays stay in the core's cache, on the threads of
 :func:`autodiff_lab.kernels.conv_fast._run_blocks`, each taking the next block from one
 queue when done with its last (:class:`_Queue`).
 
+The same drivers run F(4×4, 3×3) with ``tile=4``: its matrices and transforms are in
+:mod:`.winograd4` (a :class:`_Scheme` holds either); :func:`.dispatch.winograd_tile` picks.
+
 NaN and Inf: a transform mixes the 16 pixels of a tile, so one NaN or Inf would reach
 outputs whose window does not hold it. Every function here therefore returns ``None``
 when an operand or the result is not finite (the transforms check as they go), and the
@@ -68,6 +71,14 @@ def _nonfinite(a, start, stop):  # pragma: no cover - numba
     for j in range(b.size):
         s += b[j] - b[j]
     return s
+
+
+@cached_njit(nogil=True)
+def _accumulate(acc, part):  # pragma: no cover - numba
+    """acc += part for a float64 ``acc`` and a float32 ``part`` (flat, of one size): numpy's
+    mixed-type ``+=`` casts through a buffer and took 20 µs a block, this 2."""
+    for i in range(acc.size):
+        acc[i] += part[i]
 
 
 @cached_njit(nogil=True)
@@ -398,22 +409,64 @@ def _input_adjoint(dv, n0, n1, ty0, ty1, ph, pw, tw, last, dx, spill):  # pragma
 # weights, blocks
 # --------------------------------------------------------------------------------------
 
-def transform_weights(w: np.ndarray) -> np.ndarray:
-    """U[4a + b, f, c] = (G w[f, c] Gᵀ)[a, b], computed in float64 and rounded once."""
+def transform_weights(w: np.ndarray, tile: int = 2) -> np.ndarray:
+    """U[α·a + b, f, c] = (G w[f, c] Gᵀ)[a, b] (α = tile + 2, G that of F(tile×tile, 3×3)),
+    computed in float64 and rounded once."""
+    g = _scheme(tile).g
+    al = g.shape[0]
     f, c = w.shape[:2]
-    right = w.astype(np.float64).reshape(f * c * 3, 3) @ _G.T          # (f·c·i, b)
-    both = _G @ right.reshape(f * c, 3, 4).transpose(1, 0, 2).reshape(3, -1)  # (a, f·c·b)
-    u = both.reshape(4, f * c, 4).transpose(0, 2, 1)                      # (a, b, f·c)
-    return np.ascontiguousarray(u.reshape(16, f, c), dtype=w.dtype)
+    right = w.astype(np.float64).reshape(f * c * 3, 3) @ g.T          # (f·c·i, b)
+    both = g @ right.reshape(f * c, 3, al).transpose(1, 0, 2).reshape(3, -1)  # (a, f·c·b)
+    u = both.reshape(al, f * c, al).transpose(0, 2, 1)                    # (a, b, f·c)
+    return np.ascontiguousarray(u.reshape(al * al, f, c), dtype=w.dtype)
 
 
-def weights_from_transformed(du: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def weights_from_transformed(du: np.ndarray, dtype: np.dtype, tile: int = 2) -> np.ndarray:
     """dw[f, c] = Gᵀ dU[f, c] G: the adjoint of :func:`transform_weights` (float64 inside)."""
+    g = _scheme(tile).g
+    al = g.shape[0]
     f, c = du.shape[1:]
-    d = du.astype(np.float64).reshape(4, 4 * f * c)                        # (a, b·f·c)
-    left = (_G.T @ d).reshape(3, 4, f * c).transpose(2, 0, 1)             # (f·c, i, b)
-    dw = left.reshape(-1, 4) @ _G                                         # (f·c·i, j)
+    d = du.astype(np.float64).reshape(al, al * f * c)                      # (a, b·f·c)
+    left = (g.T @ d).reshape(3, al, f * c).transpose(2, 0, 1)             # (f·c, i, b)
+    dw = left.reshape(-1, al) @ g                                         # (f·c·i, j)
     return np.ascontiguousarray(dw.reshape(f, c, 3, 3), dtype=dtype)
+
+
+class _Scheme:
+    """One Winograd algorithm F(tile×tile, 3×3): its weight matrix ``g`` (α×3, α = tile +
+    2) and its four transforms, called with the arguments of this module's F(2×2) ones."""
+
+    def __init__(self, tile: int, g: np.ndarray, input_transform: Callable,
+                 output_transform: Callable, gradient_transform: Callable,
+                 input_adjoint: Callable) -> None:
+        self.tile, self.g = tile, g
+        self.alpha = g.shape[0]
+        self.input_transform = input_transform
+        self.output_transform = output_transform
+        self.gradient_transform = gradient_transform
+        self.input_adjoint = input_adjoint
+
+
+_SCHEMES: dict[int, _Scheme] = {}
+
+
+def _scheme(tile: int) -> _Scheme:
+    """F(2×2, 3×3) (the transforms above) or F(4×4, 3×3) (:mod:`.winograd4`, imported on
+    first use)."""
+    got = _SCHEMES.get(tile)
+    if got is not None:
+        return got
+    if tile == 2:
+        got = _Scheme(2, _G, _input_transform, _output_transform, _gradient_transform,
+                      _input_adjoint)
+    elif tile == 4:
+        from autodiff_lab.kernels import winograd4 as w4
+        got = _Scheme(4, w4.G, w4._input_transform, w4._output_transform,
+                      w4._gradient_transform, w4._input_adjoint)
+    else:
+        raise ValueError(f"Winograd tiles of 2 or 4 outputs, not {tile}")
+    _SCHEMES[tile] = got
+    return got
 
 
 Block = tuple[int, int, int, int]
@@ -458,11 +511,11 @@ def _finite(a: np.ndarray) -> bool:
 # --------------------------------------------------------------------------------------
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair, bias: np.ndarray | None = None,
-                   relu: bool = False) -> np.ndarray | None:
+                   relu: bool = False, tile: int = 2) -> np.ndarray | None:
     """The 3×3 stride-1 cross-correlation of float32 ``x`` (N, C, H, W) with ``w`` (F, C, 3,
     3), zero padding ``padding``, plus ``bias`` (F,) and through a ReLU when asked (both
-    in the output transform: no extra pass); ``None`` when an operand or the result before
-    the ReLU is not finite."""
+    in the output transform: no extra pass), by F(tile×tile, 3×3) (``tile`` 2 or 4);
+    ``None`` when an operand or the result before the ReLU is not finite."""
     n, c, h, wd = x.shape
     f = w.shape[0]
     ph, pw = padding
@@ -474,47 +527,50 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair, bias: np.ndarray
     elif not _finite(bias):
         return None
     bias = np.ascontiguousarray(bias, dtype=x.dtype)
-    th, tw = -(-ho // 2), -(-wo // 2)
-    u = transform_weights(w)
+    sch = _scheme(tile)
+    th, tw = -(-ho // tile), -(-wo // tile)
+    u = transform_weights(w, tile)
     y = memory.empty((n, f, ho, wo), x.dtype)
 
     def work(blocks: _Queue) -> float:
         with np.errstate(all="ignore"):  # an overflow is seen below, and declined
-            return _forward_blocks(x, u, bias, bool(relu), y, blocks, ph, pw, tw)
+            return _forward_blocks(sch, x, u, bias, bool(relu), y, blocks, ph, pw, tw)
 
-    parts = _Queue(tile_blocks(n, th, tw + 1, 16 * max(c, f))).run(work)
+    parts = _Queue(tile_blocks(n, th, tw + 1, sch.alpha ** 2 * max(c, f))).run(work)
     return y if np.isfinite(sum(parts)) else None
 
 
-def _forward_blocks(x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool, y: np.ndarray,
-                    blocks: _Queue, ph: int, pw: int, tw: int) -> float:
-    """The forward's blocks: transform, 16 products, transform back; 0 or NaN (see the
+def _forward_blocks(sch: _Scheme, x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
+                    y: np.ndarray, blocks: _Queue, ph: int, pw: int, tw: int) -> float:
+    """The forward's blocks: transform, α² products, transform back; 0 or NaN (see the
     transforms)."""
     c, f = x.shape[1], y.shape[1]
+    a2 = sch.alpha ** 2
     bad = 0.0
     most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks.blocks) * (tw + 1)
-    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
-    m_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
+    v_buf = conv_fast.scratch("wino_v", (a2 * c * most,), x.dtype)
+    m_buf = conv_fast.scratch("wino_m", (a2 * f * most,), x.dtype)
     for n0, n1, ty0, ty1 in blocks:
         tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
-        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
-        m = m_buf[:16 * f * tiles].reshape(16, f, tiles)
-        bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
+        v = v_buf[:a2 * c * tiles].reshape(a2, c, tiles)
+        m = m_buf[:a2 * f * tiles].reshape(a2, f, tiles)
+        bad += sch.input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
         np.matmul(u, v, out=m)
-        bad += _output_transform(m, n0, n1, ty0, ty1, tw, bias, relu, y)
+        bad += sch.output_transform(m, n0, n1, ty0, ty1, tw, bias, relu, y)
     return bad
 
 
-def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, padding: Pair) -> np.ndarray | None:
+def conv2d_backward_weight(g: np.ndarray, x: np.ndarray, padding: Pair, tile: int = 2
+                           ) -> np.ndarray | None:
     """The weight gradient of :func:`conv2d_forward` for the upstream gradient ``g`` (N, F,
     Ho, Wo); ``None`` when an operand or the result is not finite."""
-    both = _shared_backward(g, x, None, padding, False, True, None)
+    both = _shared_backward(g, x, None, padding, False, True, None, tile)
     return None if both is None else both[1]
 
 
 def conv2d_backward(g: np.ndarray, x: np.ndarray | None, w: np.ndarray, padding: Pair,
-                    want_x: bool, want_w: bool, relu_out: np.ndarray | None = None
-                    ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+                    want_x: bool, want_w: bool, relu_out: np.ndarray | None = None,
+                    tile: int = 2) -> tuple[np.ndarray | None, np.ndarray | None] | None:
     """Both gradients of :func:`conv2d_forward` (``None`` where not wanted), or ``None``
     when an operand or a result is not finite. With ``relu_out`` (the result of a ReLU
     after the convolution, of ``g``'s shape), ``g`` is that ReLU's upstream gradient:
@@ -524,42 +580,45 @@ def conv2d_backward(g: np.ndarray, x: np.ndarray | None, w: np.ndarray, padding:
     (:func:`_shared_backward`); the input gradient alone (``x`` None) is the Winograd
     convolution of ``g`` with the flipped weights, padded by ``2 − padding``."""
     if x is not None and (want_x or want_w):
-        return _shared_backward(g, x, w, padding, want_x, want_w, relu_out)
+        return _shared_backward(g, x, w, padding, want_x, want_w, relu_out, tile)
     if x is None and (relu_out is not None or want_w):
         raise ValueError("the weight gradient and the ReLU rule need the input x")
     dx = dw = None
     if want_x:
         flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-        dx = conv2d_forward(g, flipped, (2 - padding[0], 2 - padding[1]))
+        dx = conv2d_forward(g, flipped, (2 - padding[0], 2 - padding[1]), tile=tile)
         if dx is None:
             return None
     return dx, dw
 
 
 def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, padding: Pair,
-                     want_x: bool, want_w: bool, relu_out: np.ndarray | None
+                     want_x: bool, want_w: bool, relu_out: np.ndarray | None, tile: int = 2
                      ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
     """The wanted gradients from one gradient transform ``E = A g Aᵀ`` per block: the
     weight gradient ``dU[ξ] = Σ E[ξ] @ V[ξ]ᵀ`` (V the input transform of x) and the input
     gradient as the adjoint of the forward in the transformed domain, ``dV[ξ] = U[ξ]ᵀ @
     E[ξ]``, taken back to pixels by the adjoint of the input transform (``B dV Bᵀ`` added
-    over the overlapping 4×4 windows). ``None`` when an operand or a result is not finite."""
+    over the overlapping windows). ``None`` when an operand or a result is not finite."""
     n, c = x.shape[:2]
     f, ho, wo = g.shape[1:]
     ph, pw = padding
-    th, tw = -(-ho // 2), -(-wo // 2)
+    sch = _scheme(tile)
+    th, tw = -(-ho // tile), -(-wo // tile)
     if want_x and not _finite(w):
         return None
-    ut = np.ascontiguousarray(transform_weights(w).transpose(0, 2, 1)) if want_x else None
+    ut = (np.ascontiguousarray(transform_weights(w, tile).transpose(0, 2, 1)) if want_x
+          else None)
     dx = memory.empty(x.shape, x.dtype) if want_x else None
     masked = relu_out is not None
     r = relu_out if masked else g
 
     def work(blocks: _Queue) -> tuple[np.ndarray | None, float, list]:
         with np.errstate(all="ignore"):  # an overflow is seen below, and declined
-            return _backward_blocks(g, x, ut, dx, masked, r, blocks, ph, pw, tw, th, want_w)
+            return _backward_blocks(sch, g, x, ut, dx, masked, r, blocks, ph, pw, tw, th,
+                                    want_w)
 
-    parts = _Queue(tile_blocks(n, th, tw + 1, 16 * (c + f) // 2)).run(work)
+    parts = _Queue(tile_blocks(n, th, tw + 1, sch.alpha ** 2 * (c + f) // 2)).run(work)
     if not np.isfinite(sum(b for _, b, _ in parts)):
         return None
     h = x.shape[2]
@@ -572,13 +631,13 @@ def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, padding
                         return None
     dw = None
     if want_w:
-        dw = weights_from_transformed(sum(a for a, _, _ in parts), x.dtype)
+        dw = weights_from_transformed(sum(a for a, _, _ in parts), x.dtype, tile)
         if not _finite(dw):
             return None
     return dx, dw
 
 
-def _backward_blocks(g: np.ndarray, x: np.ndarray, ut: np.ndarray | None,
+def _backward_blocks(sch: _Scheme, g: np.ndarray, x: np.ndarray, ut: np.ndarray | None,
                      dx: np.ndarray | None, masked: bool, r: np.ndarray, blocks: _Queue,
                      ph: int, pw: int, tw: int, th: int, want_w: bool
                      ) -> tuple[np.ndarray | None, float, list]:
@@ -586,28 +645,29 @@ def _backward_blocks(g: np.ndarray, x: np.ndarray, ut: np.ndarray | None,
     between blocks; None when not wanted), 0 or NaN (see the transforms), and the rows of
     dx each block leaves to the caller, ``(image, row, values (C, 2, W))``."""
     c, f = x.shape[1], g.shape[1]
-    acc = np.zeros((16, f, c), dtype=np.float64) if want_w else None
-    part = np.empty((16, f, c), dtype=x.dtype)
+    a2 = sch.alpha ** 2
+    acc = np.zeros((a2, f, c), dtype=np.float64) if want_w else None
+    part = np.empty((a2, f, c), dtype=x.dtype)
     bad = 0.0
     spills = []
     most = max((n1 - n0) * (ty1 - ty0) for n0, n1, ty0, ty1 in blocks.blocks) * (tw + 1)
-    v_buf = conv_fast.scratch("wino_v", (16 * c * most,), x.dtype)
-    e_buf = conv_fast.scratch("wino_m", (16 * f * most,), x.dtype)
+    v_buf = conv_fast.scratch("wino_v", (a2 * c * most,), x.dtype)
+    e_buf = conv_fast.scratch("wino_m", (a2 * f * most,), x.dtype)
     no_spill = np.empty((c, 2, x.shape[3]), dtype=x.dtype)
     for n0, n1, ty0, ty1 in blocks:
         tiles = (n1 - n0) * (ty1 - ty0) * (tw + 1)
-        v = v_buf[:16 * c * tiles].reshape(16, c, tiles)
-        e = e_buf[:16 * f * tiles].reshape(16, f, tiles)
-        bad += _gradient_transform(g, n0, n1, ty0, ty1, tw, masked, r, e)
+        v = v_buf[:a2 * c * tiles].reshape(a2, c, tiles)
+        e = e_buf[:a2 * f * tiles].reshape(a2, f, tiles)
+        bad += sch.gradient_transform(g, n0, n1, ty0, ty1, tw, masked, r, e)
         if acc is not None:
-            bad += _input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
+            bad += sch.input_transform(x, n0, n1, ty0, ty1, ph, pw, tw, v)
             np.matmul(e, v.transpose(0, 2, 1), out=part)
-            acc += part  # blocks summed in float64
+            _accumulate(acc.reshape(-1), part.reshape(-1))  # blocks summed in float64
         if dx is not None:
             np.matmul(ut, e, out=v)  # dV, in V's place
             last = ty1 == th
             spill = no_spill if last else np.empty_like(no_spill)
-            bad += _input_adjoint(v, n0, n1, ty0, ty1, ph, pw, tw, last, dx, spill)
+            bad += sch.input_adjoint(v, n0, n1, ty0, ty1, ph, pw, tw, last, dx, spill)
             if not last:
-                spills.append((n0, 2 * ty1 - ph, spill))
+                spills.append((n0, sch.tile * ty1 - ph, spill))
     return acc, bad, spills

@@ -64,12 +64,16 @@ def _ref_rule(name, which, *args, **attrs):
 def _conv_variants():
     # thin (direct loop) and wide (im2col + BLAS) filters, stride 1 (the input gradient as a
     # convolution) and 2 (col2im), groups, padding (zeros multiplied in the im2col products)
-    # ... and (float32, 8 channels, stride 1) Winograd, with the padding it takes
+    # ... and (float32, 8 channels, stride 1) Winograd, with the padding it takes, and the
+    # direct kernels of one input or one output channel
     return [dict(f=2, stride=(1, 1), padding=(1, 1), groups=1),
             dict(f=6, stride=(1, 1), padding=(1, 1), groups=1),
             dict(f=2, stride=(2, 1), padding=(1, 0), groups=1),
             dict(f=6, stride=(2, 2), padding=(1, 1), groups=2),
             dict(f=8, stride=(1, 1), padding=(0, 2), groups=1, c=8),
+            # one input channel, one output channel: the direct kernels (conv_direct)
+            dict(f=3, stride=(1, 1), padding=(1, 1), groups=1, c=1),
+            dict(f=1, stride=(1, 1), padding=(2, 0), groups=1),
             # 1×1 as plain matrix products (thin and wide), and a 1×1 that is not (padding)
             dict(f=2, stride=(1, 1), padding=(0, 0), groups=1, k=1),
             dict(f=6, stride=(1, 1), padding=(0, 0), groups=1, k=1),
@@ -87,11 +91,13 @@ def _conv_operands(dtype, v, rng):
     return {"x": x, "w": w, "g": g}
 
 
-@pytest.fixture(autouse=True)
-def small_winograd(monkeypatch):
-    """The Winograd kernels for the small operands here too (float32, 8 channels)."""
+@pytest.fixture(autouse=True, params=[2, 4], ids=["F2", "F4"])
+def small_winograd(request, monkeypatch):
+    """The Winograd kernels for the small operands here too (float32, 8 channels), with
+    tiles of 2×2 and of 4×4 outputs."""
     monkeypatch.setattr(dispatch, "WINOGRAD_MIN_CHANNELS", 8)
     monkeypatch.setattr(dispatch, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(dispatch, "WINOGRAD_TILE", request.param)
 
 
 def test_the_conv_cases_reach_winograd():
@@ -541,6 +547,9 @@ NOT_OP_KERNELS = {
     # the tape's anomaly check on small graphs: it only reads arrays (tests/kernels/
     # test_finite_kernel.py checks it against NaN/Inf at every position)
     "finite",
+    # F(4×4, 3×3): called by the winograd module (dispatch's winograd_tile picks it), and
+    # run here through dispatch with WINOGRAD_TILE = 4 (the small_winograd fixture)
+    "winograd4",
 }
 
 

@@ -168,6 +168,40 @@ def test_batch_norm_fused_rules_match_the_numpy_rules(dtype, shape, training):
                 np.testing.assert_allclose(a, b, **TOL[dtype])
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7, 1), (2, 3, 6, 5), (1, 1, 4, 4)])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_batch_norm_on_channel_ranges_of_two_threads_is_bit_for_bit(dtype, shape, activation,
+                                                                    monkeypatch):
+    # the serial kernels over channel ranges on two Python threads (large arrays) give the
+    # very numbers of one loop over every channel: forward, statistics and backward
+    c = shape[1]
+    x = (RNG.standard_normal(shape) * 3 + 2).astype(dtype)
+    gamma, beta = RNG.standard_normal(c).astype(dtype), RNG.standard_normal(c).astype(dtype)
+    g = RNG.standard_normal(shape).astype(dtype)
+    monkeypatch.setattr(BN, "PARALLEL_MIN", 1)
+    ran = []
+    real = BN.conv_fast._run_blocks
+    monkeypatch.setattr(BN.conv_fast, "_run_blocks", lambda w, b: ran.append(b) or real(w, b))
+    results = {}
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)  # as dispatch runs the kernels: not Numba's parallel loops
+    try:
+        for workers in (1, 2):
+            monkeypatch.setattr(BN.conv_fast, "BLOCK_WORKERS", workers)
+            out, stats = BN.batch_norm_forward_saving(x, gamma, beta, None, None, True, 1e-5,
+                                                      activation)
+            grads = BN.batch_norm_backward_all(g, x, gamma, None, None, True, 1e-5,
+                                               (True, True, True), None, activation, out)
+            results[workers] = (out, *stats, *grads, BN.batch_stats(x))
+    finally:
+        numba.set_num_threads(before)
+    # forward, backward (statistics again: none given), batch_stats
+    assert ran == ([] if c == 1 else [[(0, c // 2), (c // 2, c)]] * 4)
+    for a, b in zip(results[1], results[2]):
+        np.testing.assert_array_equal(a, b)
+
+
 # --------------------------------------------------------------------------------------
 # the tape with fused rules: the same gradients as the per-input rules
 # --------------------------------------------------------------------------------------
