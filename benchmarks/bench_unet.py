@@ -1,13 +1,17 @@
-"""U-Net training step (forward + backward) time: the tape engine next to PyTorch CPU.
+"""U-Net and hourglass training step (forward + backward) time: the tape engine next to PyTorch CPU.
 
-    python benchmarks/bench_unet.py              # both workloads, 7 rounds
+    python benchmarks/bench_unet.py              # every workload, 7 rounds
     python benchmarks/bench_unet.py --quick      # 3 rounds of the small workload
     python benchmarks/bench_unet.py --json out.json  # (default: results/bench_unet-<time>.json)
     python benchmarks/bench_unet.py --threads 1  # steadier when other jobs share the cores
 
 Workloads, float32, loss ½‖f(z) − y‖² summed, gradient of every parameter:
 
-* ``dip``: the Deep Image Prior study's network (``autodiff_lab/studies/dip.py`` defaults:
+* ``hourglass``: the Deep Image Prior study's network (``autodiff_lab/studies/dip.py``
+  defaults: ``nn.Hourglass`` with five levels of 16, 32, 64, 128, 128 channels, 4-channel
+  skips on the two deepest, bilinear up-sampling, LeakyReLU 0.2, batch norm, sigmoid
+  output) on one 256×256 image from a 32-channel code;
+* ``dip``: the study's U-Net (``--architecture unet --depth 4 --code-channels 8``:
   depth 4, channels 8, 16, 32, 32 and a 32-channel bottleneck, 4-channel skip connections,
   stride-2 convolutions down, bilinear up-sampling, LeakyReLU 0.2, batch norm, sigmoid
   output) on one 256×256 image from an 8-channel code;
@@ -53,6 +57,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _table import NOT_INSTALLED, OURS, Table  # noqa: E402, I001
 
 WORKLOADS: dict[str, dict[str, Any]] = {
+    "hourglass": dict(hourglass=dict(in_channels=32, out_channels=1, widths=(16, 32, 64, 128, 128),
+                                     skip_channels=(0, 0, 0, 4, 4), up="bilinear", output="sigmoid"),
+                      batch=(1, 32, 256, 256)),
     "dip": dict(unet=dict(in_channels=8, out_channels=1, depth=4, width=(8, 16, 32, 32, 32),
                           skip_channels=4, down="conv", up="bilinear", output="sigmoid"),
                 batch=(1, 8, 256, 256)),
@@ -141,19 +148,69 @@ def torch_unet(model: nn.UNet, dtype: str = "float32") -> Any:
     return net
 
 
+def torch_hourglass(model: nn.Hourglass, dtype: str = "float32") -> Any:
+    """The same hourglass in PyTorch, with our weights (its modules are named as ours), in
+    ``dtype`` (tests/nn/test_hourglass.py compares the two in float64)."""
+    import torch
+    from torch import nn as tnn
+
+    def unit(cin: int, cout: int, k: int, stride: int = 1) -> Any:
+        return tnn.Sequential(tnn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+                              tnn.BatchNorm2d(cout), tnn.LeakyReLU(model.negative_slope)
+                              if model.activation == "leaky_relu" else tnn.ReLU())
+
+    class TorchHourglass(tnn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w, s, d = model.widths, model.skip_channels, model.depth
+            inputs = [model.in_channels, *w[:-1]]
+            self.skips = tnn.ModuleList(unit(inputs[i], s[i], 1) if s[i] else tnn.Identity()
+                                        for i in range(d))
+            self.downs = tnn.ModuleList(tnn.Sequential(unit(inputs[i], w[i], 3, 2),
+                                                       unit(w[i], w[i], 3)) for i in range(d))
+            self.ups = tnn.ModuleList(tnn.Upsample(scale_factor=2, mode=model.up)
+                                      for _ in range(d))
+            mixed = [s[i] + (w[i + 1] if i + 1 < d else w[i]) for i in range(d)]
+            self.mix_norms = tnn.ModuleList(tnn.BatchNorm2d(c) for c in mixed)
+            self.decoders = tnn.ModuleList(tnn.Sequential(unit(mixed[i], w[i], 3),
+                                                          unit(w[i], w[i], 1)) for i in range(d))
+            self.head = tnn.Conv2d(w[0], model.out_channels, 1)
+            self.final = tnn.Sigmoid() if model.output == "sigmoid" else tnn.Identity()
+
+        def level(self, i: int, x: Any) -> Any:
+            deeper = self.downs[i](x)
+            if i + 1 < model.depth:
+                deeper = self.level(i + 1, deeper)
+            h = self.ups[i](deeper)
+            if model.skip_channels[i]:
+                h = torch.cat([self.skips[i](x), h], dim=1)
+            return self.decoders[i](self.mix_norms[i](h))
+
+        def forward(self, x: Any) -> Any:
+            return self.final(self.head(self.level(0, x)))
+
+    net = TorchHourglass().to(getattr(torch, dtype))
+    net.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    return net
+
+
 def measure(name: str, rounds: int) -> dict[str, Any]:
     spec = WORKLOADS[name]
-    model = nn.UNet(**spec["unet"], dtype=np.float32, rng=0)
+    if "hourglass" in spec:
+        model = nn.Hourglass(**spec["hourglass"], dtype=np.float32, rng=0)
+    else:
+        model = nn.UNet(**spec["unet"], dtype=np.float32, rng=0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 0.1, spec["batch"]).astype(np.float32)
     y = rng.random((spec["batch"][0], model.out_channels) + spec["batch"][2:]).astype(np.float32)
     step = nn.compile_step(model, _loss, x, y, anomaly=False)
-    out: dict[str, Any] = {"workload": name, "batch": list(spec["batch"]), "unet": spec["unet"],
+    out: dict[str, Any] = {"workload": name, "batch": list(spec["batch"]),
+                           "network": spec.get("unet", spec.get("hourglass")),
                            "parameters": model.num_parameters}
     try:
         import torch
         torch.set_num_threads(THREADS)
-        net = torch_unet(model)
+        net = torch_hourglass(model) if "hourglass" in spec else torch_unet(model)
         tx, ty = torch.tensor(x), torch.tensor(y)
     except ImportError:
         net = None
@@ -211,8 +268,8 @@ def main() -> None:
     rounds = 3 if args.quick else args.rounds
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = []
-    print(f"U-Net step (forward + backward), float32, {THREADS} threads, load average {load:.1f} "
-          f"on {os.cpu_count()} cores, median of {rounds} interleaved rounds")
+    print(f"U-Net and hourglass step (forward + backward), float32, {THREADS} threads, load "
+          f"average {load:.1f} on {os.cpu_count()} cores, median of {rounds} interleaved rounds")
     print(f"{'workload':<8} {'input':<18} {'params':>8} {'ours (s)':>9} {'PyTorch (s)':>12} "
           f"{'ratio':>6}  {'CPU s: ours':>11} {'PyTorch':>8}")
     for name in names:

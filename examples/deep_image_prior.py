@@ -1,15 +1,16 @@
-"""Deep Image Prior: denoise one image by fitting a random U-Net to it, and stop early.
+"""Deep Image Prior: denoise one image by fitting a random network to it, and stop early.
 
     python examples/deep_image_prior.py --quick             # seconds: a 64×64 crop, 40 steps
     python examples/deep_image_prior.py                     # the documented run (docs/dip.md)
     python examples/deep_image_prior.py --ema 0.99 --dncnn runs/dncnn/model.npz
-    python examples/deep_image_prior.py --docs              # also draw docs/img/unet.png/svg
+    python examples/deep_image_prior.py --docs              # also draw docs/img/hourglass.png/svg
     python examples/deep_image_prior.py --threads 1         # one thread (a busy shared machine)
 
 Every option of ``autodiff-lab train dip`` works here (``--help``): the image (a built-in
-name or a PNG), the crop, the step count, the U-Net's shape, the learning rate, the moving
-average of the outputs. The figures and ``metrics.json`` go to ``--out``; ``--docs`` also
-writes the layer-level drawing of the network the run uses to ``docs/img``.
+name or a PNG), the crop, the step count, the network (the paper's hourglass or the U-Net)
+and its shape, the learning rate and its decay, the moving averages. The figures and
+``metrics.json`` go to ``--out``; ``--docs`` also writes the layer-level drawing of the
+network the run uses to ``docs/img``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 def draw_network(config: dip.DIPConfig, folder: Path) -> None:
-    """The run's U-Net at block level (one box per block, skip connections dashed), at the
-    size of a 64×64 input so the shapes stay short."""
+    """The run's network at block level (one box per block, skip connections dashed), at
+    the size of a 64×64 input so the shapes stay short: ``folder/hourglass.*`` or
+    ``folder/unet.*``."""
     model = dip.build_model(config, 1)
-    nn.render_modules(model, (1, config.code_channels, 64, 64), folder / "unet", level=1,
-                      align_skips=True, title=f"the Deep Image Prior's U-Net (depth {config.depth}, "
-                                              f"widths {model.channels}), on a 64×64 code")
+    hourglass = config.architecture == "hourglass"
+    widths = model.widths if hourglass else model.channels
+    kind = "hourglass" if hourglass else "U-Net"
+    nn.render_modules(model, (1, config.code_channels, 64, 64), folder / config.architecture,
+                      level=1, align_skips=True,
+                      title=f"the Deep Image Prior's {kind} (depth {config.depth}, widths "
+                            f"{tuple(widths)}), on a 64×64 code")
 
 
 def export_for_docs(run_dir: Path, folder: Path, name: str = "dip") -> list[Path]:
@@ -63,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     dip.add_arguments(parser)
     parser.add_argument("--docs", action="store_true",
-                        help=f"also draw the U-Net to {DOCS_IMG}/unet.png and .svg and copy the "
-                             "curve and the panel there (dip_curve.*, dip_panel.png)")
+                        help=f"also draw the network to {DOCS_IMG}/hourglass.png and .svg (unet.* "
+                             "for --architecture unet) and copy the curve and the panel there "
+                             "(dip_curve.*, dip_panel.png)")
     parser.add_argument("--threads", type=int, help="BLAS and Numba threads (on a machine other "
                         "jobs keep busy, 1 is much faster than 2: idle threads wait for each other)")
     parser.add_argument("--docs-name", default="dip", help="file prefix for --docs (default dip)")

@@ -80,6 +80,7 @@ class Hourglass(Module):
         if output not in (None, "sigmoid"):
             raise InputError(f"Hourglass output must be None or 'sigmoid', got {output!r}")
         self.up, self.output = up, output
+        self.activation, self.negative_slope = activation, float(negative_slope)
         gen = as_generator(rng)
 
         def unit(cin: int, cout: int, k: int, stride: int = 1) -> Sequential:

@@ -1,6 +1,7 @@
 """Deep Image Prior (Ulyanov, Vedaldi, Lempitsky, CVPR 2018): denoising with no training set.
 
-A randomly initialised U-Net f is fitted to ONE noisy image y from a fixed random code z
+A randomly initialised network f (the paper's hourglass, :class:`nn.Hourglass`, or a
+U-Net) is fitted to ONE noisy image y from a fixed random code z
 (noise, N × C × H × W, drawn once), minimising ½‖f(z) − y‖² with Adam. The network's
 structure makes natural images easy to produce and noise hard: it fits the image first and
 the noise later, so the PSNR of f(z) against the *clean* image rises, peaks, and declines
@@ -53,37 +54,41 @@ TARGET_MARGIN_DB = 1.5
 @dataclass
 class DIPConfig:
     """One Deep Image Prior run. Defaults: the 256×256 centre crop of ``camera``, σ = 25/255,
-    a depth-4 U-Net with 8, 16, 32, 32 channels per level and a 32-channel bottleneck,
-    4-channel skip connections, stride-2 convolutions down and bilinear up-sampling, an
-    8-channel code with fresh noise of std 1/30 added at every step, Adam at lr 0.01, a
-    moving average (0.99) of the outputs (docs/dip.md has the search behind them)."""
+    the paper's hourglass network (:class:`nn.Hourglass`: five levels of 16, 32, 64, 128,
+    128 channels that each start with a stride-2 convolution, 4-channel skips on the two
+    deepest levels, bilinear up-sampling, leaky ReLU, batch norm), a 32-channel code with
+    fresh noise of std 1/30 added at every step, Adam at lr 0.01 decaying (half cosine) to
+    0.0005 over steps 1,500–2,300, and moving averages (0.99) of the outputs and of the
+    weights (docs/dip.md has the search behind them)."""
 
     #: a name of ``data.load_gray_images``, an image file (grey or RGB), or an array
     image: Any = "camera"
     crop: int | None = 256         #: side of the centre crop (None or 0: the whole image)
     sigma: float = 25 / 255        #: noise standard deviation on the [0, 1] scale
-    steps: int = 2400              #: Adam steps (gradient evaluations)
+    steps: int = 4000              #: Adam steps (gradient evaluations)
     every: int = 10                #: record the curve every ``every`` steps
     lr: float = 0.01
     #: step after which the learning rate decays (cosine) from ``lr`` to ``lr_final`` over
     #: ``lr_decay_steps`` steps and then stays there; None = a constant ``lr``
-    lr_decay_start: int | None = None
-    lr_decay_steps: int = 500      #: length of that decay, in steps
-    lr_final: float = 0.001        #: the learning rate after the decay
-    depth: int = 4                 #: U-Net depth (the image side must be a multiple of 2**depth)
-    #: channels per level, the bottleneck last (or one int: the first level's, see growth);
-    #: None: 8, 16, 32, 32, ... (:func:`default_widths`)
+    lr_decay_start: int | None = 1500
+    lr_decay_steps: int = 800      #: length of that decay, in steps
+    lr_final: float = 0.0005       #: the learning rate after the decay
+    #: levels of the network (the image side must be a multiple of 2**depth)
+    depth: int = 5
+    #: channels per level (or one int: the first level's, see growth). None: the
+    #: hourglass's 16, 32, 64, 128, 128 (:func:`default_hourglass_widths`), the U-Net's 8,
+    #: 16, 32, 32, ... with its bottleneck last (:func:`default_widths`)
     width: int | tuple[int, ...] | None = None
-    growth: int = 1                #: channel factor per level when width is one int
-    #: "unet" (:class:`nn.UNet`) or "hourglass" (:class:`nn.Hourglass`, the paper's network:
-    #: ``depth`` levels that each start by halving, widths 8, 16, 32, 64, 128 by default)
-    architecture: str = "unet"
-    #: channels of each skip connection (None: all, the paper: 4), or one count per level
-    #: (full resolution first; 0: no skip at that level)
-    skip_channels: int | tuple[int, ...] | None = 4
-    #: channels of the random code z (the paper: 32; 8 costs a third less per step here for
-    #: about as much per step, docs/dip.md)
-    code_channels: int = 8
+    growth: int = 1                #: channel factor per level when width is one int (U-Net)
+    #: "hourglass" (:class:`nn.Hourglass`, the paper's network: levels that each start by
+    #: halving, skips off each level's input) or "unet" (:class:`nn.UNet`)
+    architecture: str = "hourglass"
+    #: channels of each skip connection, or one count per level (full resolution first; 0:
+    #: no skip at that level). "auto": the hourglass's 4 on its two deepest levels and none
+    #: above (the paper's 0, 0, 0, 4, 4), the U-Net's 4 everywhere; None: the U-Net's
+    #: encoder features unprojected
+    skip_channels: int | tuple[int, ...] | str | None = "auto"
+    code_channels: int = 32        #: channels of the random code z (as the paper)
     code_scale: float = 0.1        #: z ~ U(0, code_scale), as the paper draws it
     #: std of fresh noise added to z at every step (as the paper: 1/30; 0 = off); the curve
     #: then also records f(z) without it
@@ -97,7 +102,7 @@ class DIPConfig:
     ema: float = 0.99              #: exponential moving average of the outputs (as the paper); 0 = off
     #: exponential moving average of the weights (Polyak averaging), 0 = off: the curve then
     #: also records f(z) of the averaged network, one forward pass of one network
-    weight_ema: float = 0.0
+    weight_ema: float = 0.99
     snapshots: tuple[int, ...] = ()  #: steps whose f(z) the panel shows (() = spread over the run)
     seed: int = 0                  #: seeds the noise, the code z and the weights
     dncnn: str | None = None       #: a trained DnCNN (nn.save file) to compare with
@@ -109,8 +114,10 @@ class DIPConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> DIPConfig:
-        """A run of a few seconds (64×64 crop, small net, 40 steps) that exercises everything."""
+        """A run of a few seconds (64×64 crop, small net, 40 steps, the learning rate decaying
+        over steps 25–35) that exercises everything."""
         base = dict(crop=64, steps=40, every=5, depth=3, width=8, code_channels=8, ema=0.9,
+                    weight_ema=0.9, lr_decay_start=25, lr_decay_steps=10,
                     out="runs/dip-quick", progress=False)
         base.update(overrides)
         return cls(**base)
@@ -130,8 +137,8 @@ class DIPConfig:
         hourglass = self.architecture == "hourglass"
         levels = self.depth if hourglass else self.depth + 1
         if self.width is None:
-            self.width = default_widths(self.depth) if not hourglass else \
-                tuple(min(8 * 2 ** lvl, 128) for lvl in range(self.depth))
+            self.width = default_hourglass_widths(self.depth) if hourglass else \
+                default_widths(self.depth)
         if hourglass and not isinstance(self.width, (tuple, list)):
             self.width = (self.width,) * self.depth
         widths = self.width if isinstance(self.width, (tuple, list)) else (self.width,)
@@ -145,6 +152,8 @@ class DIPConfig:
                              f"{len(self.width)}: {tuple(self.width)}")
         integer("growth", 1)
         integer("code_channels", 1)
+        if self.skip_channels == "auto":
+            self.skip_channels = default_hourglass_skips(self.depth) if hourglass else 4
         if isinstance(self.skip_channels, (tuple, list)):
             if len(self.skip_channels) != self.depth or any(
                     isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0
@@ -215,6 +224,27 @@ def input_noise_std(config: DIPConfig, t: int) -> float:
                  + (config.input_noise - config.input_noise_final) * (1 + np.cos(np.pi * frac)) / 2)
 
 
+def _seconds_at(curve: dict[str, list], step: int) -> float | None:
+    """Training seconds when ``step`` was done: the curve's time at the first recorded step
+    at or after it (the curve is recorded every ``every`` steps)."""
+    at = int(np.searchsorted(curve["step"], step))
+    return curve["seconds"][at] if at < len(curve["seconds"]) else None
+
+
+def default_hourglass_widths(depth: int) -> tuple[int, ...]:
+    """The study's hourglass channels for ``depth`` levels: 16 at the first (which works at
+    half resolution), doubling to at most 128 (16, 32, 64, 128, 128 for depth 5; the paper
+    starts at 8, which rose more slowly per step here, docs/dip.md)."""
+    return tuple(min(16 * 2 ** lvl, 128) for lvl in range(depth))
+
+
+def default_hourglass_skips(depth: int) -> tuple[int, ...]:
+    """The paper's skip widths for ``depth`` levels: 4 channels on the two deepest levels,
+    none above (0, 0, 0, 4, 4 for depth 5), so that no skip brings full-resolution detail,
+    and with it the noise, to the output early."""
+    return tuple(4 if lvl >= depth - 2 else 0 for lvl in range(depth))
+
+
 def default_widths(depth: int) -> tuple[int, ...]:
     """The study's U-Net channels for ``depth``: 8 at full resolution, where a convolution
     costs most, doubling to at most 32 below (8, 16, 32, 32, 32 for depth 4)."""
@@ -277,7 +307,7 @@ def image_label(image: Any) -> str:
 
 def load_clean_image(config: DIPConfig) -> np.ndarray:
     """The clean image as (C, H, W) floats in [0, 1] (C = 1 grey, 3 RGB), centre-cropped and
-    checked against the U-Net's size rule. ``config.image`` is a built-in name, an image file
+    checked against the network's size rule. ``config.image`` is a built-in name, an image file
     or an array (see :func:`_as_unit_image`)."""
     name, chw = _read_image(config)
     return _crop_and_check(config, name, chw)
@@ -290,7 +320,7 @@ def builtin_images() -> tuple[str, ...]:
 
 
 def fitting_crop(config: DIPConfig) -> int:
-    """The side of the largest centred square of the image that the U-Net takes (a multiple
+    """The side of the largest centred square of the image that the network takes (a multiple
     of 2**depth), at most ``config.crop``: what ``autodiff-lab train dip`` uses for a user's
     image, which has no --crop option."""
     _, chw = _read_image(config)
@@ -338,8 +368,8 @@ def _crop_and_check(config: DIPConfig, name: str, chw: np.ndarray) -> np.ndarray
         raise InputError(f"the image is {h}×{w}, not a multiple of 2**depth = {d} on both sides "
                          f"(depth {config.depth}); use {fix} or a smaller --depth")
     if (h // d) * (w // d) < 2:
-        raise InputError(f"the image {h}×{w} is too small for depth {config.depth}: the U-Net's "
-                         f"bottleneck would be 1×1, too small for batch normalisation; use an "
+        raise InputError(f"the image {h}×{w} is too small for depth {config.depth}: the network's "
+                         f"deepest level would be 1×1, too small for batch normalisation; use an "
                          f"image of at least {2 * d}×{d} or a smaller --depth")
     return np.ascontiguousarray(chw, dtype=np.float64)
 
@@ -399,7 +429,7 @@ def _default_snapshots(steps: int) -> list[int]:
 
 
 def build_model(config: DIPConfig, channels: int) -> Any:
-    """The U-Net of the run (float32), its weights drawn from the run's seed."""
+    """The network of the run (float32), its weights drawn from the run's seed."""
     from autodiff_lab import nn
     if config.architecture == "hourglass":
         skips = config.skip_channels if isinstance(config.skip_channels, tuple) else \
@@ -416,7 +446,7 @@ def build_model(config: DIPConfig, channels: int) -> Any:
 
 
 def run(config: DIPConfig) -> dict[str, Any]:
-    """Fit the U-Net to the noisy image (see the module docstring); returns the metrics
+    """Fit the network to the noisy image (see the module docstring); returns the metrics
     (also written to ``<out>/metrics.json``)."""
     tiered.foreground()  # a fit of minutes: compile the kernels now
     from autodiff_lab import nn
@@ -465,6 +495,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
     best_psnr, best_step, best_img = -np.inf, 0, None
     ema_img = None
     beat: dict[str, Any] | None = None
+    code_beat: dict[str, Any] | None = None
     loop_start = time.perf_counter()
     done = 0
     pred = None
@@ -514,6 +545,9 @@ def run(config: DIPConfig) -> dict[str, Any]:
                     curve["psnr_code"].append(round(p_code, 4))
                     if p_code > code_best[0]:
                         code_best = (p_code, t, f_code)
+                    if code_beat is None and p_code >= gauss_psnr + TARGET_MARGIN_DB:
+                        code_beat = {"margin_db": TARGET_MARGIN_DB, "step": t,
+                                     "seconds": round(elapsed, 2)}
                 if averaged is not None:
                     f_avg = _averaged_output(model, params, averaged, z)
                     p_avg = float(psnr(f_avg, clean))
@@ -540,6 +574,9 @@ def run(config: DIPConfig) -> dict[str, Any]:
             if "psnr_code" in curve:
                 curve["psnr_code"].append(round(float(psnr(
                     np.asarray(model(z), dtype=np.float64)[0], clean)), 4))
+            if "psnr_wavg" in curve and averaged is not None:
+                curve["psnr_wavg"].append(round(float(psnr(
+                    _averaged_output(model, params, averaged, z), clean)), 4))
     train_seconds = time.perf_counter() - loop_start
     assert pred is not None and best_img is not None
     final_psnr = float(psnr(pred, clean))
@@ -560,6 +597,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
         "threads": {v: os.environ.get(v) for v in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                     "OMP_NUM_THREADS")},
     }
+    metrics["best_seconds"] = _seconds_at(curve, best_step)
     if config.ema:
         metrics["ema_final_psnr"] = round(float(psnr(ema_img, clean)), 3)
         metrics["ema_best_psnr"] = round(max(curve["psnr_ema"]), 3)
@@ -569,11 +607,14 @@ def run(config: DIPConfig) -> dict[str, Any]:
         metrics["wavg_best_step"] = wavg_best[1]
         metrics["wavg_final_psnr"] = curve["psnr_wavg"][-1]
         metrics["wavg_best_minus_gaussian_db"] = round(wavg_best[0] - gauss_psnr, 3)
+        metrics["wavg_best_seconds"] = _seconds_at(curve, wavg_best[1])
     if curve.get("psnr_code"):
         metrics["code_best_psnr"] = round(code_best[0], 3)
         metrics["code_best_step"] = code_best[1]
         metrics["code_final_psnr"] = curve["psnr_code"][-1]
         metrics["code_best_minus_gaussian_db"] = round(code_best[0] - gauss_psnr, 3)
+        metrics["code_best_seconds"] = _seconds_at(curve, code_best[1])
+        metrics["code_beat_gaussian"] = code_beat
     _write_outputs(out_dir, config, metrics, curve, clean, noisy, gauss_img, dncnn_img, best_img,
                    pred, ema_img, snapshots, code_best[2])
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
@@ -709,6 +750,16 @@ def _write_outputs(out_dir: Path, config: DIPConfig, metrics: dict[str, Any],
 # command line
 # --------------------------------------------------------------------------------------
 
+def _step_or_off(text: str) -> int | str:
+    """A step number, or ``off`` (kept as the string, turned into None by config_from_args)."""
+    if text.strip().lower() in ("off", "none"):
+        return "off"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a step number or 'off', got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``autodiff-lab train dip``."""
     d = DIPConfig()
@@ -720,9 +771,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--steps", type=int, help=f"Adam steps (default {d.steps})")
     add("--every", type=int, metavar="K", help=f"record the PSNR every K steps (default {d.every})")
     add("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
-    add("--lr-decay-start", type=int, metavar="STEP",
+    add("--lr-decay-start", type=_step_or_off, metavar="STEP",
         help="decay the learning rate after this step (cosine, to --lr-final over "
-             f"--lr-decay-steps steps; default {d.lr_decay_start}: constant)")
+             f"--lr-decay-steps steps; default {d.lr_decay_start}); off: a constant rate")
     add("--lr-decay-steps", type=int, metavar="N",
         help=f"length of the decay in steps (default {d.lr_decay_steps})")
     add("--lr-final", type=float, help=f"learning rate after the decay (default {d.lr_final})")
@@ -734,19 +785,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "as the paper)")
     add("--weight-ema", type=float, metavar="BETA",
         help="also average the weights exponentially with this factor and record f(z) of the "
-             "averaged network, 0 = off (default 0)")
+             f"averaged network, 0 = off (default {d.weight_ema})")
     add("--sigma", type=float, help="noise standard deviation on the 0-255 scale (default 25)")
-    add("--depth", type=int, help=f"U-Net depth (default {d.depth})")
-    add("--width", type=int, nargs="+", help="U-Net channels of the first level, or one count per "
-                                             "level, bottleneck last (default 8 16 32 32 ..., 32 at most)")
+    add("--depth", type=int, help=f"levels of the network (default {d.depth})")
+    add("--width", type=int, nargs="+",
+        help="channels of the first level, or one count per level (default: the hourglass's "
+             "16 32 64 128 128, doubling to 128 at most; the U-Net's 8 16 32 32 ..., bottleneck "
+             "last)")
     add("--architecture", choices=ARCHITECTURES,
-        help="the network: the U-Net, or the paper's hourglass (each level starts by halving; "
-             "default unet)")
-    add("--growth", type=int, help=f"channel factor per level (default {d.growth})")
+        help="the network: the paper's hourglass (each level starts by halving, skips off "
+             f"each level's input) or the U-Net (default {d.architecture})")
+    add("--growth", type=int, help=f"U-Net channel factor per level (default {d.growth})")
     add("--skip-channels", type=int, nargs="+",
-        help=f"channels of each skip connection, 0 = the encoder's features unprojected "
-             f"(default {d.skip_channels}); or one count per level, full resolution first, "
-             "0 = no skip there")
+        help="channels of each skip connection (U-Net: 0 = the encoder's features "
+             "unprojected); or one count per level, full resolution first, 0 = no skip there "
+             "(default: the hourglass's 0 ... 0 4 4, the U-Net's 4)")
     add("--code-channels", type=int, help=f"channels of the random input code (default {d.code_channels})")
     add("--input-noise", type=float, help=f"std of noise added to the code every step, 0 = off "
                                           f"(default {d.input_noise:.4g} = 1/30, as the paper)")
@@ -773,6 +826,8 @@ def config_from_args(args: argparse.Namespace) -> DIPConfig:
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "sigma" in given:
         given["sigma"] = given["sigma"] / 255.0
+    if given.get("lr_decay_start") == "off":
+        given["lr_decay_start"] = None
     if "skip_channels" in given:
         k = tuple(given["skip_channels"])
         given["skip_channels"] = (None if k[0] == 0 else k[0]) if len(k) == 1 else k

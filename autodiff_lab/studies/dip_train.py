@@ -22,9 +22,9 @@ from autodiff_lab.errors import InputError
 from autodiff_lab.studies.common import RunFolder, StudyOptions, StudyResult
 
 NAME = "dip"
-SUMMARY = ("Deep Image Prior: a random U-Net fitted to one noisy image (σ = 25/255), stopped "
+SUMMARY = ("Deep Image Prior: a random network fitted to one noisy image (σ = 25/255), stopped "
            "early: PSNR curve rising, peaking and declining, against the best Gaussian filter")
-#: the engines that can fit the U-Net (the numeric one would need two forward passes per
+#: the engines that can fit the network (the numeric one would need two forward passes per
 #: parameter per step)
 ENGINES = ("tape", "symbolic")
 DEFAULT_ENGINE = "tape"
@@ -40,7 +40,7 @@ def config_for(options: StudyOptions, out: str | None = None) -> Any:
         base = dip.DIPConfig.quick() if options.quick else dip.DIPConfig()
         params = dip.build_model(base.validate(), 1).num_parameters
         raise InputError(f"the numeric engine would need {2 * params:,} forward evaluations of the "
-                         f"U-Net per step ({params:,} parameters); use --engine tape or symbolic "
+                         f"network per step ({params:,} parameters); use --engine tape or symbolic "
                          "(numeric gradients are checked on the U-Net by `autodiff-lab compare "
                          "dip`, along random directions)")
     if engine not in ENGINES:
@@ -59,7 +59,7 @@ def config_for(options: StudyOptions, out: str | None = None) -> Any:
     config = dip.DIPConfig.quick(**given) if options.quick else dip.DIPConfig(**given)
     config.validate()
     if config.image not in dip.builtin_images():
-        # no --crop here: a user's image is cut to its largest centred square the U-Net takes
+        # no --crop here: a user's image is cut to its largest centred square the network takes
         side = dip.fitting_crop(config)
         if side >= 2 ** config.depth:
             config.crop = side
@@ -67,7 +67,7 @@ def config_for(options: StudyOptions, out: str | None = None) -> Any:
 
 
 def run(options: StudyOptions, folder: RunFolder) -> StudyResult:
-    """Fit the U-Net to the noisy image in the run folder; the summary lines as notes."""
+    """Fit the network to the noisy image in the run folder; the summary lines as notes."""
     from autodiff_lab.studies import dip
 
     if options.epochs is not None:

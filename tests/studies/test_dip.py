@@ -55,10 +55,10 @@ def test_rgb_image_from_a_file(tmp_path):
 def test_command_line_options(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     dip.add_arguments(parser)
-    args = parser.parse_args(["--quick", "--steps", "3", "--width", "2", "4", "8", "8",
+    args = parser.parse_args(["--quick", "--steps", "3", "--width", "2", "4", "8",
                               "--sigma", "50", "--out", str(tmp_path / "cli"), "--quiet"])
     config = dip.config_from_args(args)
-    assert config.width == (2, 4, 8, 8) and config.steps == 3 and config.crop == 64
+    assert config.width == (2, 4, 8) and config.steps == 3 and config.crop == 64
     assert config.sigma == pytest.approx(50 / 255) and not config.progress
     assert dip.main(args) == 0
     assert "DIP best" in capsys.readouterr().out
@@ -67,6 +67,30 @@ def test_command_line_options(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: steps must be an integer >= 1, got 0"
+    unet = dip.config_from_args(parser.parse_args(
+        ["--quick", "--architecture", "unet", "--width", "2", "4", "8", "8"])).validate()
+    assert unet.width == (2, 4, 8, 8) and unet.skip_channels == 4
+    constant = dip.config_from_args(parser.parse_args(["--lr-decay-start", "off"]))
+    assert constant.lr_decay_start is None
+    assert dip.config_from_args(parser.parse_args(["--lr-decay-start", "900"])).lr_decay_start == 900
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--lr-decay-start", "soon"])
+
+
+def test_the_defaults_are_the_papers_hourglass_with_the_documented_schedule():
+    """The documented ten-minute run: the hourglass with 16 ... 128 channels, the paper's
+    skips and code, the late learning-rate decay, both averages; the skips and widths
+    follow the depth, and the U-Net keeps its own."""
+    c = dip.DIPConfig().validate()
+    assert (c.architecture, c.depth, c.width, c.skip_channels, c.code_channels) == \
+        ("hourglass", 5, (16, 32, 64, 128, 128), (0, 0, 0, 4, 4), 32)
+    assert (c.lr, c.lr_decay_start, c.lr_decay_steps, c.lr_final) == (0.01, 1500, 800, 0.0005)
+    assert (c.ema, c.weight_ema, c.crop, c.steps) == (0.99, 0.99, 256, 4000)
+    assert dip.DIPConfig(depth=3).validate().skip_channels == (0, 4, 4)
+    assert dip.DIPConfig(depth=3).validate().width == (16, 32, 64)
+    unet = dip.DIPConfig(architecture="unet", depth=4).validate()
+    assert unet.width == (8, 16, 32, 32, 32) and unet.skip_channels == 4
+    assert dip.build_model(dip.DIPConfig(depth=3).validate(), 1).widths == (16, 32, 64)
 
 
 def _png(path, array, mode=None):
@@ -84,16 +108,17 @@ def _png(path, array, mode=None):
     (dict(lr_decay_start=2.5), "lr_decay_start must be an integer >= 0, got 2.5"),
     (dict(lr_decay_steps=0), "lr_decay_steps must be an integer >= 1, got 0"),
     (dict(lr_final=0.0), "lr_final must be a positive number, got 0.0"),
-    (dict(input_noise_final=0.01), "input_noise_final needs lr_decay_start"),
+    (dict(input_noise_final=0.01, lr_decay_start=None), "input_noise_final needs lr_decay_start"),
     (dict(lr_decay_start=2, input_noise_final=-1.0), "input_noise_final must be a number >= 0"),
     (dict(lr_final=float("nan")), "lr_final must be a positive number, got nan"),
     (dict(snapshots=(0, 99)), r"snapshot steps must be integers in 1..6 .*\[0, 99\]"),
-    (dict(width=(4, 8)), r"width needs depth \+ 1 = 4 counts"),
+    (dict(width=(4, 8)), r"width needs depth = 3 counts \(one per level\), got 2"),
+    (dict(architecture="unet", width=(4, 8)), r"width needs depth \+ 1 = 4 counts"),
     (dict(up="bicubic"), "up must be one of 'nearest', 'bilinear', 'transpose', got 'bicubic'"),
     (dict(crop=100), r"the image is 100×100, not a multiple of 2\*\*depth = 8 .*--crop 96"),
     (dict(crop=1000), r"crop 1000 is larger than the image 'camera' \(512×512\)"),
     (dict(crop=4), r"the image is 4×4, not a multiple of 2\*\*depth = 8.*a larger image"),
-    (dict(crop=8), r"too small for depth 3: the U-Net's bottleneck would be 1×1"),
+    (dict(crop=8), r"too small for depth 3: the network's deepest level would be 1×1"),
     (dict(image="no_such_picture"), "'no_such_picture' is neither a built-in image"),
     (dict(image="/no/such/file.png"), "no image file at '/no/such/file.png'"),
 ])
@@ -139,10 +164,14 @@ def test_the_guide_example_runs():
     from pathlib import Path
     doc = (Path(__file__).resolve().parents[2] / "docs" / "dip.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
-    assert len(blocks) == 1
+    assert len(blocks) == 2
     namespace: dict = {}
-    exec(compile(blocks[0], "docs/dip.md", "exec"), namespace)
+    for block in blocks:
+        exec(compile(block, "docs/dip.md", "exec"), namespace)
     assert namespace["model"].channels == [8, 16, 32, 64]
+    # the hourglass of the page is the study's default network
+    assert namespace["net"].num_parameters == dip.build_model(dip.DIPConfig().validate(),
+                                                              1).num_parameters == 1_035_889
 
 
 def test_late_learning_rate_decay(tmp_path):

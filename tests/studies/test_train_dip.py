@@ -97,7 +97,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
         (["--image", _png(tmp_path / "alpha.png", alpha, "RGBA")],
          ["4 channels with a transparent alpha", "grey (H, W) or RGB (H, W, 3)"]),
         (["--image", _png(tmp_path / "small.png", np.zeros((8, 8), np.uint8))],
-         ["too small for depth 3", "bottleneck would be 1×1"]),
+         ["too small for depth 3", "deepest level would be 1×1"]),
     ]
     for extra, words in cases:
         status, err = cli(capsys, "train", "dip", "--quick", "--quiet", *extra)
