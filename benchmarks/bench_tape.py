@@ -125,12 +125,17 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, inner: int = 1
     Each framework's thread pool keeps spinning for a while after its last call (OpenMP
     in PyTorch, Eigen in JAX, OpenBLAS in numpy and ours); whoever runs next on the two
     cores would pay for it. So before its timed calls each function gets a short pause
-    and one untimed call.
+    and two untimed calls: with one, whichever function came right after the hand-written
+    numpy DnCNN (a third of a second of OpenBLAS calls) still paid about 10 ms of a 33 ms
+    call, with no page faults in it (measured: the float32 DnCNN's anomaly-off program
+    42.9 ms when it came after numpy, 33.1 ms when the anomaly-on one did, which then took
+    42.1; with two untimed calls both 34-36 ms).
     """
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(0.02)
+            fn()
             fn()
             t0 = time.perf_counter()
             for _ in range(inner):
