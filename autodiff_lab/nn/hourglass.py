@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from autodiff_lab.errors import InputError, ShapeError
+from autodiff_lab.errors import InputError
 from autodiff_lab.graph import functions as F
 from autodiff_lab.nn.activation import LeakyReLU, ReLU, Sigmoid
 from autodiff_lab.nn.container import ModuleList, Sequential
@@ -33,6 +33,7 @@ from autodiff_lab.nn.linear import Identity
 from autodiff_lab.nn.module import Module, as_generator, positive
 from autodiff_lab.nn.norm import BatchNorm2d
 from autodiff_lab.nn.pooling import Upsample
+from autodiff_lab.nn.unet import check_halvings
 
 Rng = int | np.random.Generator | None
 
@@ -116,16 +117,9 @@ class Hourglass(Module):
 
     def check_input(self, shape: tuple[int, ...]) -> None:
         """Refuse, with the size and the depth, an input this network cannot take."""
-        n, _, h, w = shape
-        d = self.divisor
-        if h < d or w < d or h % d or w % d:
-            raise ShapeError(f"the image is {h}×{w} but an Hourglass of {self.depth} levels "
-                             f"halves it {self.depth} times: height and width must be "
-                             f"multiples of 2**{self.depth} = {d}")
-        if self.training and n * (h // d) * (w // d) < 2:
-            raise ShapeError(f"a batch of {n} {h}×{w} image(s) leaves a {h // d}×{w // d} map "
-                             f"at the deepest level: batch normalisation in training mode needs "
-                             "at least 2 values per channel (use a larger image or fewer levels)")
+        check_halvings(shape, self.depth, f"an Hourglass of {self.depth} levels",
+                       "map at the deepest level", self.training, "fewer levels",
+                       "or fewer levels")
 
     def forward(self, x: Any) -> Any:
         self.check_input(check_image(x, self.in_channels))

@@ -107,6 +107,26 @@ class SkipProjection(Module):
         return f"{self.conv.in_channels}, {self.conv.out_channels}"
 
 
+def check_halvings(shape: tuple[int, ...], depth: int, network: str, deepest: str,
+                   batch_norm_training: bool, fewer: str, bn_fixes: str) -> None:
+    """Refuse an (N, C, H, W) input that ``network`` (halving it ``depth`` times) cannot
+    take: a side that is not a multiple of 2**depth (``fewer``: how to halve less), or, with
+    batch normalisation in training mode, a deepest map (named ``deepest``) of fewer than 2
+    values per channel (``bn_fixes``: what else helps)."""
+    n, _, h, w = shape
+    d = 2 ** depth
+    if h < d or w < d or h % d or w % d:
+        fix = (f"crop to {h // d * d}×{w // d * d}" if h >= d and w >= d
+               else f"pad to at least {d}×{d}")
+        raise ShapeError(f"the image is {h}×{w} but {network} halves it {depth} times: height "
+                         f"and width must be multiples of 2**{depth} = {d} ({fix}, or use "
+                         f"{fewer})")
+    if batch_norm_training and n * (h // d) * (w // d) < 2:
+        raise ShapeError(f"a batch of {n} {h}×{w} image(s) leaves a {h // d}×{w // d} {deepest}: "
+                         "batch normalisation in training mode needs at least 2 values per "
+                         f"channel (use a larger image, {bn_fixes})")
+
+
 class UNet(Module):
     """U-Net for images (N, in_channels, H, W) -> (N, out_channels, H, W) (see the module
     docstring for the layout).
@@ -215,19 +235,9 @@ class UNet(Module):
 
     def check_input(self, shape: tuple[int, ...]) -> None:
         """Refuse, with the size and the depth, an input this U-Net cannot take."""
-        n, _, h, w = shape
-        d = self.divisor
-        if h < d or w < d or h % d or w % d:
-            fix = (f"crop to {h // d * d}×{w // d * d}" if h >= d and w >= d
-                   else f"pad to at least {d}×{d}")
-            raise ShapeError(f"the image is {h}×{w} but a U-Net of depth {self.depth} halves it "
-                             f"{self.depth} times: height and width must be multiples of "
-                             f"2**{self.depth} = {d} ({fix}, or use a smaller depth)")
-        if self.training and self.batch_norm and n * (h // d) * (w // d) < 2:
-            raise ShapeError(f"a batch of {n} {h}×{w} image(s) leaves a {h // d}×{w // d} "
-                             f"bottleneck at depth {self.depth}: batch normalisation in training "
-                             "mode needs at least 2 values per channel (use a larger image, a "
-                             "smaller depth or batch_norm=False)")
+        check_halvings(shape, self.depth, f"a U-Net of depth {self.depth}",
+                       f"bottleneck at depth {self.depth}", self.training and self.batch_norm,
+                       "a smaller depth", "a smaller depth or batch_norm=False")
 
     def forward(self, x: Any) -> Any:
         self.check_input(check_image(x, self.in_channels))

@@ -602,18 +602,13 @@ def run(config: DIPConfig) -> dict[str, Any]:
         metrics["ema_final_psnr"] = round(float(psnr(ema_img, clean)), 3)
         metrics["ema_best_psnr"] = round(max(curve["psnr_ema"]), 3)
         metrics["ema_best_step"] = curve["step"][int(np.argmax(curve["psnr_ema"]))]
-    if curve.get("psnr_wavg"):
-        metrics["wavg_best_psnr"] = round(wavg_best[0], 3)
-        metrics["wavg_best_step"] = wavg_best[1]
-        metrics["wavg_final_psnr"] = curve["psnr_wavg"][-1]
-        metrics["wavg_best_minus_gaussian_db"] = round(wavg_best[0] - gauss_psnr, 3)
-        metrics["wavg_best_seconds"] = _seconds_at(curve, wavg_best[1])
+    for prefix, best in (("wavg", wavg_best), ("code", code_best)):
+        if curve.get(f"psnr_{prefix}"):
+            metrics.update({f"{prefix}_best_psnr": round(best[0], 3), f"{prefix}_best_step": best[1],
+                            f"{prefix}_final_psnr": curve[f"psnr_{prefix}"][-1],
+                            f"{prefix}_best_minus_gaussian_db": round(best[0] - gauss_psnr, 3),
+                            f"{prefix}_best_seconds": _seconds_at(curve, best[1])})
     if curve.get("psnr_code"):
-        metrics["code_best_psnr"] = round(code_best[0], 3)
-        metrics["code_best_step"] = code_best[1]
-        metrics["code_final_psnr"] = curve["psnr_code"][-1]
-        metrics["code_best_minus_gaussian_db"] = round(code_best[0] - gauss_psnr, 3)
-        metrics["code_best_seconds"] = _seconds_at(curve, code_best[1])
         metrics["code_beat_gaussian"] = code_beat
     _write_outputs(out_dir, config, metrics, curve, clean, noisy, gauss_img, dncnn_img, best_img,
                    pred, ema_img, snapshots, code_best[2])

@@ -105,12 +105,8 @@ def test_hourglass_matches_torch(kw):
     """PyTorch's hourglass of benchmarks/bench_unet.py, with our weights: same loss, same
     gradients (float64), so the benchmark times the same network."""
     torch = pytest.importorskip("torch")
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "bench_unet", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_unet.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from _bench_unet import load_bench_unet
+    bench = load_bench_unet()
     model = nn.Hourglass(3, 2, (2, 3, 4), (0, 2, 1), rng=0, **kw)
     theirs = bench.torch_hourglass(model, "float64")
     x, y = RNG.random((2, 3, 16, 8)), RNG.random((2, 2, 16, 8))

@@ -204,12 +204,8 @@ def test_unet_matches_torch(kw):
     """PyTorch's U-Net of benchmarks/bench_unet.py, with our weights: same output, same
     gradients (float64), so the benchmark times the same network."""
     torch = pytest.importorskip("torch")
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "bench_unet", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_unet.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from _bench_unet import load_bench_unet
+    bench = load_bench_unet()
     model = nn.UNet(2, 1, depth=2, width=(2, 3, 4), rng=0, **kw)
     theirs = bench.torch_unet(model, "float64")
     x, y = RNG.random((2, 2, 8, 8)), RNG.random((2, 1, 8, 8))
