@@ -850,10 +850,13 @@ def summary(metrics: dict[str, Any]) -> str:
               f"({metrics['best_minus_gaussian_db']:+.2f} dB vs Gaussian)",
               f"  DIP final          {metrics['final_psnr']:6.2f} dB ({-metrics['decline_db']:+.2f} dB "
               "vs the peak)"]
-    if "code_best_psnr" in metrics:
-        lines.append(f"  f(z), no noise     {metrics['code_best_psnr']:6.2f} dB at step "
-                     f"{metrics['code_best_step']} ({metrics['code_best_minus_gaussian_db']:+.2f} dB "
-                     "vs Gaussian)")
+    for prefix, label in (("code", "f(z), no noise"), ("wavg", "averaged weights")):
+        if f"{prefix}_best_psnr" in metrics:
+            seconds = metrics.get(f"{prefix}_best_seconds")
+            lines.append(f"  {label:<18} {metrics[f'{prefix}_best_psnr']:6.2f} dB at step "
+                         f"{metrics[f'{prefix}_best_step']} "
+                         f"({metrics[f'{prefix}_best_minus_gaussian_db']:+.2f} dB vs Gaussian"
+                         + (f", {seconds:.0f} s in)" if seconds is not None else ")"))
     if "ema_final_psnr" in metrics:
         lines.append(f"  moving average     {metrics['ema_best_psnr']:6.2f} dB at best (step "
                      f"{metrics['ema_best_step']}), {metrics['ema_final_psnr']:.2f} dB at the end")
