@@ -137,14 +137,14 @@ def dip_run_section(ctx: CaseContext) -> Section:
     folder = ctx.folder / "run"
     decline = m["best_psnr"] - m["final_psnr"]
     paragraphs = [
-        f"A randomly initialised U-Net f (the study's network, {m['parameters']:,} parameters) "
+        f"A randomly initialised U-Net f (depth 4, 8 to 32 channels, {m['parameters']:,} parameters) "
         f"is fitted by Adam to one noisy image y ({h}×{h} centre of camera, σ = 25/255) from a "
         "fixed random code z, minimising ½‖f(z) − y‖², with no training set. It reproduces the "
         "image before the noise: the PSNR against the clean image rises, peaks and declines "
         f"({decline:.2f} dB from the peak to the last step here) while the PSNR against the "
         "noisy target keeps rising.",
-        "The documented run (256×256, ten minutes) is `autodiff-lab train dip`; this one is "
-        "smaller so the report stays within its time."]
+        "The documented run (the paper's larger hourglass network, 256×256, ten minutes) is "
+        "`autodiff-lab train dip`; this one is smaller so the report stays within its time."]
     return Section("dip_run", "Deep Image Prior: the fit", paragraphs,
                    tables=[TableRef("PSNR against the clean image", columns, rows, RUN_LEGEND,
                                     files, notes, text=text)],
