@@ -57,14 +57,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _table import NOT_INSTALLED, OURS, Table  # noqa: E402, I001
 
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "hourglass": dict(hourglass=dict(in_channels=32, out_channels=1, widths=(16, 32, 64, 128, 128),
-                                     skip_channels=(0, 0, 0, 4, 4), up="bilinear", output="sigmoid"),
-                      batch=(1, 32, 256, 256)),
-    "dip": dict(unet=dict(in_channels=8, out_channels=1, depth=4, width=(8, 16, 32, 32, 32),
-                          skip_channels=4, down="conv", up="bilinear", output="sigmoid"),
-                batch=(1, 8, 256, 256)),
-    "small": dict(unet=dict(in_channels=1, out_channels=1, depth=3, width=16, growth=2,
-                            down="maxpool", up="nearest"), batch=(4, 1, 64, 64)),
+    "hourglass": dict(kind="hourglass", batch=(1, 32, 256, 256),
+                      net=dict(in_channels=32, out_channels=1, widths=(16, 32, 64, 128, 128),
+                               skip_channels=(0, 0, 0, 4, 4), up="bilinear", output="sigmoid")),
+    "dip": dict(kind="unet", batch=(1, 8, 256, 256),
+                net=dict(in_channels=8, out_channels=1, depth=4, width=(8, 16, 32, 32, 32),
+                         skip_channels=4, down="conv", up="bilinear", output="sigmoid")),
+    "small": dict(kind="unet", batch=(4, 1, 64, 64),
+                  net=dict(in_channels=1, out_channels=1, depth=3, width=16, growth=2,
+                           down="maxpool", up="nearest")),
 }
 
 
@@ -194,23 +195,26 @@ def torch_hourglass(model: nn.Hourglass, dtype: str = "float32") -> Any:
     return net
 
 
+#: each kind of network: our class and its PyTorch twin
+NETWORKS: dict[str, tuple[Any, Any]] = {"unet": (nn.UNet, torch_unet),
+                                        "hourglass": (nn.Hourglass, torch_hourglass)}
+
+
 def measure(name: str, rounds: int) -> dict[str, Any]:
     spec = WORKLOADS[name]
-    if "hourglass" in spec:
-        model = nn.Hourglass(**spec["hourglass"], dtype=np.float32, rng=0)
-    else:
-        model = nn.UNet(**spec["unet"], dtype=np.float32, rng=0)
+    ours_class, twin = NETWORKS[spec["kind"]]
+    model = ours_class(**spec["net"], dtype=np.float32, rng=0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 0.1, spec["batch"]).astype(np.float32)
     y = rng.random((spec["batch"][0], model.out_channels) + spec["batch"][2:]).astype(np.float32)
     step = nn.compile_step(model, _loss, x, y, anomaly=False)
     out: dict[str, Any] = {"workload": name, "batch": list(spec["batch"]),
-                           "network": spec.get("unet", spec.get("hourglass")),
+                           "network": spec["net"],
                            "parameters": model.num_parameters}
     try:
         import torch
         torch.set_num_threads(THREADS)
-        net = torch_hourglass(model) if "hourglass" in spec else torch_unet(model)
+        net = twin(model)
         tx, ty = torch.tensor(x), torch.tensor(y)
     except ImportError:
         net = None

@@ -33,6 +33,26 @@ def check_image(x: Any, channels: int) -> tuple[int, ...]:
     return s
 
 
+def check_halvings(shape: tuple[int, ...], depth: int, network: str, deepest: str,
+                   batch_norm_training: bool, fewer: str, bn_fixes: str) -> None:
+    """Refuse an (N, C, H, W) input that ``network`` (halving it ``depth`` times) cannot
+    take: a side that is not a multiple of 2**depth (``fewer``: how to halve less), or, with
+    batch normalisation in training mode, a deepest map (named ``deepest``) of fewer than 2
+    values per channel (``bn_fixes``: what else helps)."""
+    n, _, h, w = shape
+    d = 2 ** depth
+    if h < d or w < d or h % d or w % d:
+        fix = (f"crop to {h // d * d}×{w // d * d}" if h >= d and w >= d
+               else f"pad to at least {d}×{d}")
+        raise ShapeError(f"the image is {h}×{w} but {network} halves it {depth} times: height "
+                         f"and width must be multiples of 2**{depth} = {d} ({fix}, or use "
+                         f"{fewer})")
+    if batch_norm_training and n * (h // d) * (w // d) < 2:
+        raise ShapeError(f"a batch of {n} {h}×{w} image(s) leaves a {h // d}×{w // d} {deepest}: "
+                         "batch normalisation in training mode needs at least 2 values per "
+                         f"channel (use a larger image, {bn_fixes})")
+
+
 def _groups(in_channels: int, out_channels: int, groups: Any, name: str) -> int:
     g = positive(groups, f"{name} groups")
     if in_channels % g or out_channels % g:

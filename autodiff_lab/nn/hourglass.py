@@ -28,12 +28,11 @@ from autodiff_lab.errors import InputError
 from autodiff_lab.graph import functions as F
 from autodiff_lab.nn.activation import LeakyReLU, ReLU, Sigmoid
 from autodiff_lab.nn.container import ModuleList, Sequential
-from autodiff_lab.nn.conv import Conv2d, check_image
+from autodiff_lab.nn.conv import Conv2d, check_halvings, check_image
 from autodiff_lab.nn.linear import Identity
 from autodiff_lab.nn.module import Module, as_generator, positive
 from autodiff_lab.nn.norm import BatchNorm2d
 from autodiff_lab.nn.pooling import Upsample
-from autodiff_lab.nn.unet import check_halvings
 
 Rng = int | np.random.Generator | None
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from autodiff_lab.errors import InputError, ShapeError
+from autodiff_lab.errors import InputError
 from autodiff_lab.graph import functions as F
 from autodiff_lab.nn.activation import LeakyReLU, ReLU, Sigmoid
 from autodiff_lab.nn.container import ModuleList
-from autodiff_lab.nn.conv import Conv2d, ConvTranspose2d, check_image
+from autodiff_lab.nn.conv import Conv2d, ConvTranspose2d, check_halvings, check_image
 from autodiff_lab.nn.linear import Identity
 from autodiff_lab.nn.module import Module, as_generator, positive
 from autodiff_lab.nn.norm import BatchNorm2d
@@ -105,26 +105,6 @@ class SkipProjection(Module):
 
     def extra_repr(self) -> str:
         return f"{self.conv.in_channels}, {self.conv.out_channels}"
-
-
-def check_halvings(shape: tuple[int, ...], depth: int, network: str, deepest: str,
-                   batch_norm_training: bool, fewer: str, bn_fixes: str) -> None:
-    """Refuse an (N, C, H, W) input that ``network`` (halving it ``depth`` times) cannot
-    take: a side that is not a multiple of 2**depth (``fewer``: how to halve less), or, with
-    batch normalisation in training mode, a deepest map (named ``deepest``) of fewer than 2
-    values per channel (``bn_fixes``: what else helps)."""
-    n, _, h, w = shape
-    d = 2 ** depth
-    if h < d or w < d or h % d or w % d:
-        fix = (f"crop to {h // d * d}×{w // d * d}" if h >= d and w >= d
-               else f"pad to at least {d}×{d}")
-        raise ShapeError(f"the image is {h}×{w} but {network} halves it {depth} times: height "
-                         f"and width must be multiples of 2**{depth} = {d} ({fix}, or use "
-                         f"{fewer})")
-    if batch_norm_training and n * (h // d) * (w // d) < 2:
-        raise ShapeError(f"a batch of {n} {h}×{w} image(s) leaves a {h // d}×{w // d} {deepest}: "
-                         "batch normalisation in training mode needs at least 2 values per "
-                         f"channel (use a larger image, {bn_fixes})")
 
 
 class UNet(Module):

@@ -224,6 +224,11 @@ def input_noise_std(config: DIPConfig, t: int) -> float:
                  + (config.input_noise - config.input_noise_final) * (1 + np.cos(np.pi * frac)) / 2)
 
 
+def _passed(step: int, seconds: float) -> dict[str, Any]:
+    """The record of the first step at least TARGET_MARGIN_DB above the Gaussian filter."""
+    return {"margin_db": TARGET_MARGIN_DB, "step": step, "seconds": round(seconds, 2)}
+
+
 def _seconds_at(curve: dict[str, list], step: int) -> float | None:
     """Training seconds when ``step`` was done: the curve's time at the first recorded step
     at or after it (the curve is recorded every ``every`` steps)."""
@@ -524,7 +529,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
                 best_psnr, best_step, best_img = p_clean, t, pred
             elapsed = time.perf_counter() - loop_start
             if beat is None and p_clean >= gauss_psnr + TARGET_MARGIN_DB:
-                beat = {"margin_db": TARGET_MARGIN_DB, "step": t, "seconds": round(elapsed, 2)}
+                beat = _passed(t, elapsed)
             if t in snapshot_steps:
                 snapshots[t] = pred
             out_of_time = config.max_seconds is not None and elapsed > config.max_seconds
@@ -546,8 +551,7 @@ def run(config: DIPConfig) -> dict[str, Any]:
                     if p_code > code_best[0]:
                         code_best = (p_code, t, f_code)
                     if code_beat is None and p_code >= gauss_psnr + TARGET_MARGIN_DB:
-                        code_beat = {"margin_db": TARGET_MARGIN_DB, "step": t,
-                                     "seconds": round(elapsed, 2)}
+                        code_beat = _passed(t, elapsed)
                 if averaged is not None:
                     f_avg = _averaged_output(model, params, averaged, z)
                     p_avg = float(psnr(f_avg, clean))

@@ -104,19 +104,8 @@ def test_bad_settings_and_sizes():
 def test_hourglass_matches_torch(kw):
     """PyTorch's hourglass of benchmarks/bench_unet.py, with our weights: same loss, same
     gradients (float64), so the benchmark times the same network."""
-    torch = pytest.importorskip("torch")
-    from _bench_unet import load_bench_unet
-    bench = load_bench_unet()
+    pytest.importorskip("torch")
+    from _bench_unet import assert_twin_matches
     model = nn.Hourglass(3, 2, (2, 3, 4), (0, 2, 1), rng=0, **kw)
-    theirs = bench.torch_hourglass(model, "float64")
     x, y = RNG.random((2, 3, 16, 8)), RNG.random((2, 2, 16, 8))
-    xt = torch.tensor(x, requires_grad=True)
-    loss = 0.5 * ((theirs(xt) - torch.tensor(y)) ** 2).sum()
-    loss.backward()
-    g = adl.trace(lambda x, y: F.mse_loss(model(x), y, reduction="sum"), x=x, y=y)  # ½‖·‖²
-    r = adl.gradient(g, {**model.state_dict(), "x": x, "y": y}, engine="tape")
-    np.testing.assert_allclose(float(r.value), float(loss.detach()), rtol=1e-12)
-    np.testing.assert_allclose(r.grads["x"], xt.grad.numpy(), rtol=1e-9, atol=1e-12)
-    for name, p in theirs.named_parameters():
-        np.testing.assert_allclose(r.grads[name], p.grad.numpy(), rtol=1e-8, atol=1e-11,
-                                   err_msg=name)
+    assert_twin_matches(model, "torch_hourglass", x, y)
