@@ -10,13 +10,16 @@ Workloads: the sigmoid neuron (gradient of 5 scalars, float64); the inpainting M
 study), gradient w.r.t. W1 and W2; DnCNN-lite 16×1×40×40 with 5 plain 3×3 convolutions of 32
 channels (``examples.dncnn(batch_norm=False)``: conv+bias+relu, 3 × conv+relu, conv; loss
 ½ mean((noisy − net) − clean)²), gradient w.r.t. every weight. The same graph in every
-framework. Times are medians of repeats. Each peer (PyTorch, JAX) runs in a fresh process of
-its own, once before ours and once after (the table gives the geometric mean of the two, the
-JSON both: this machine's speed drifts by up to 2× over minutes). In one process, the
-thread pools of one framework (OpenBLAS, OpenMP, Eigen) still spin while the next one
-runs, and on two cores that cost PyTorch up to 2.3× its time alone even with pauses between
-calls. Ours and the hand-written numpy share a
-process (both are numpy + OpenBLAS), timed in interleaved rounds. ``--same-process`` times
+framework. Times are medians of interleaved rounds: in each round every framework times its
+calls once, in an order that turns by one place each round (so no function always follows
+the same one), after a short pause and untimed calls (two, or 10 ms of them). Each peer
+(PyTorch, JAX) runs in a process of its own that serves those rounds on request: its rounds
+alternate with ours in time, so a machine whose speed drifts (this one by up to 2x over
+minutes) weighs on every framework alike, and with a pause of 0.2 s (SETTLE) whenever the
+next call belongs to another process, so that the thread pools of the last one (OpenBLAS,
+OpenMP, Eigen) have stopped spinning. (In one process, those pools still spin while the next
+framework runs; on two cores that cost PyTorch up to 2.3x its time alone.) Ours and the
+hand-written numpy share this process (both are numpy + OpenBLAS). ``--same-process`` times
 everything in one process, interleaved, as earlier versions did.
 
 Environment, identical for every framework (set here before numpy is imported):
@@ -118,30 +121,80 @@ QUOTED = {
 # timing
 # --------------------------------------------------------------------------------------
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, inner: int = 1
+#: seconds of pause before a call when the one before it ran in another process: OpenBLAS
+#: threads spin for up to about 0.1 s after their last call (2^28 cycles by default), OpenMP
+#: and Eigen threads for less; the pause lets them all sleep
+SETTLE = 0.2
+
+
+class Remote:
+    """A function timed in another process (:func:`serve`): ``measure(inner)`` asks that
+    process for one round, which makes the same pause and two untimed calls as
+    :func:`interleaved` does here, and returns its seconds per call."""
+
+    def __init__(self, peer: PeerProcess, key: str) -> None:
+        self.peer, self.key = peer, key
+
+    def measure(self, inner: int) -> float:
+        return self.peer.ask(f"{self.key} {inner}")
+
+
+def interleaved(fns: dict[str, Callable[[], Any] | Remote], rounds: int, inner: int = 1
                 ) -> dict[str, float]:
     """Median seconds per call of each function, timed in interleaved rounds.
 
-    Each framework's thread pool keeps spinning for a while after its last call (OpenMP
-    in PyTorch, Eigen in JAX, OpenBLAS in numpy and ours); whoever runs next on the two
-    cores would pay for it. So before its timed calls each function gets a short pause
-    and two untimed calls: with one, whichever function came right after the hand-written
-    numpy DnCNN (a third of a second of OpenBLAS calls) still paid about 10 ms of a 33 ms
-    call, with no page faults in it (measured: the float32 DnCNN's anomaly-off program
-    42.9 ms when it came after numpy, 33.1 ms when the anomaly-on one did, which then took
-    42.1; with two untimed calls both 34-36 ms).
+    Each framework's thread pool keeps spinning for a while after its last call (OpenMP in
+    PyTorch, Eigen in JAX, OpenBLAS in numpy and ours); whoever runs next on the two cores
+    would pay for it. So before its timed calls each function gets a short pause and two
+    untimed calls (more for a short one, see :func:`time_round`): with one, whichever
+    function came right after the hand-written numpy DnCNN (a third of a second of OpenBLAS
+    calls) still paid about 10 ms of a 33 ms call, with no page faults in it (measured: the
+    float32 DnCNN's anomaly-off program 42.9 ms when it came after numpy, 33.1 ms when the
+    anomaly-on one did, which then took 42.1; with two untimed calls both 34-36 ms). The
+    order turns by one place each round, so that no function always comes after the same
+    one. A :class:`Remote` function runs in its own process, after a pause of :data:`SETTLE`
+    seconds when the call before it ran in another process (and the call after it gets the
+    same).
     """
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            time.sleep(0.02)
-            fn()
-            fn()
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / inner)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+    names = list(fns)
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    where: object = None  # the process of the last call: None for this one
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
+            proc = fn.peer if isinstance(fn, Remote) else None
+            if proc is not where:
+                time.sleep(SETTLE)
+            where = proc
+            try:
+                samples[name].append(fn.measure(inner) if isinstance(fn, Remote)
+                                     else time_round(fn, inner))
+            except PeerError as exc:  # that peer's process died: no more rounds of it
+                print(f"  {name}: {exc}", file=sys.stderr)
+                if name in names:
+                    names.remove(name)
+    return {k: float(np.median(v)) for k, v in samples.items() if v}
+
+
+#: seconds of untimed calls (at least two) before a round's timed ones: after a pause, a
+#: microsecond-sized call is slow until caches and the core's clock are back
+WARM_S = 0.01
+
+
+def time_round(fn: Callable[[], Any], inner: int) -> float:
+    """One round of :func:`interleaved` for one function: a short pause, untimed calls (two,
+    or more until :data:`WARM_S` has passed), then the seconds per call of ``inner`` timed
+    ones (what a :class:`Remote` asks for)."""
+    time.sleep(0.02)
+    t0 = time.perf_counter()
+    n = 0
+    while n < 2 or time.perf_counter() - t0 < WARM_S:
+        fn()
+        n += 1
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - t0) / inner
 
 
 def first_call(fn: Callable[[], Any]) -> float:
@@ -570,25 +623,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     jax = load_jax() if "jax" in wanted else None
     quick = args.quick
     rows: list[dict[str, Any]] = []
-    # peers in processes of their own: once before ours and once after, so that a machine
-    # whose speed drifts over minutes (a shared VM) weighs on both sides alike
+    # peers in processes of their own, which serve interleaved rounds (see the docstring)
     separate = not (child or args.no_peers or args.same_process)
-    before = {name: peer_process(name, args) for name in ("torch", "jax")} if separate else {}
+    procs = [p for p in (PeerProcess.start(n, args) for n in ("torch", "jax")) if p] \
+        if separate else []
+    served: dict[str, tuple[Callable[[], Any], int]] = {}  # a peer process's workloads
 
     def bench(workload: str, dtype: str, graph: Any, values: dict, wrt: list[str],
               peers: dict[str, Callable], rounds: int, inner: int) -> None:
-        if child:  # one peer's timings only, for the parent process
-            fns = {k: f for k, f in peers.items() if k == child}
-            for fn in fns.values():  # warm-up (JAX traces and compiles here)
-                fn()
-            med = interleaved(fns, rounds, inner)
-            if child in med:
-                rows.append({"workload": workload, "dtype": dtype, f"{child}_ms": med[child] * 1e3})
+        if child:  # set up this peer's function, warm, for the parent to ask for rounds
+            if child in peers:
+                peers[child]()  # warm-up (JAX traces and compiles here)
+                served[f"{workload}/{dtype}"] = (peers[child], inner)
             return
         mine = ours(graph, values, wrt)
         for fn in peers.values():  # warm-up (JAX traces and compiles here)
             fn()
-        fns = {**mine["fns"], **peers}
+        remotes = {p.name: p.remote(workload, dtype) for p in procs}
+        fns = {**mine["fns"], **peers, **{k: v for k, v in remotes.items() if v}}
         med = interleaved(fns, rounds, inner)
         prog = mine["program"]
         fwd = med.pop("ours_forward")
@@ -638,19 +690,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bench("dncnn_bn", dtype, ex.graph, ex.values, list(ex.graph.parameters), {},
               rounds=3 if quick else 9, inner=1)
     if child:
+        serve(served)
         return {"rows": rows}
-    if separate:
-        for name in ("torch", "jax"):
-            after = peer_process(name, args)
-            for r in rows:
-                key = (r["workload"], r["dtype"])
-                got = [t[key] for t in (before[name], after) if key in t]
-                if got:
-                    r[f"{name}_ms"] = float(np.sqrt(np.prod(got))) if len(got) == 2 else got[0]
-                    r[f"{name}_ms_runs"] = got
-                    r[f"ours_over_{name}"] = r["ours_ms"] / r[f"{name}_ms"]
-            if before[name] or after:
-                wanted.add(name)
+    for proc in procs:
+        proc.close()
+        wanted.add(proc.name)
     peers_present = [n for n in ("torch", "jax") if n in wanted]
     peers_absent = [] if args.no_peers else [n for n in ("torch", "jax") if n not in peers_present]
     memory: dict[str, Any] = {}
@@ -658,7 +702,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         memory = memory_rows(["ours", "ours_anomaly", *peers_present])
     cold = {}
     if not (args.no_cold_start or args.small_only):
-        cold = cold_starts(rounds=1 if args.quick else 3, torch_installed=torch is not None)
+        cold = cold_starts(rounds=1 if args.quick else 3, torch_installed="torch" in wanted)
     return {
         "rows": rows, **cold, "memory": memory, "peers_absent": peers_absent,
         "peers_skipped": bool(args.no_peers),
@@ -669,7 +713,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torch": _version("torch"), "jax": _version("jax"),
             "load_average": os.getloadavg(),
             "peers": "in this process, interleaved" if args.same_process else
-                     "each in a fresh process of its own",
+                     "each in a process of its own, interleaved",
             "keep_freed_memory": bool(args.keep_freed_memory),
         },
     }
@@ -688,25 +732,83 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def peer_process(name: str, args: argparse.Namespace) -> dict[tuple[str, str], float]:
-    """One peer's per-call times (ms) by (workload, dtype), measured in a fresh process of
-    its own with this run's settings; empty when the peer is not installed or failed."""
-    if not _installed(name):
-        return {}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--peer-child", name,
-           "--coretype", args.coretype]
-    cmd += ["--quick"] * bool(args.quick) + ["--small-only"] * bool(args.small_only)
-    time.sleep(1.0)  # let this process's thread pools stop spinning first
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        print(f"  {name}: its process failed: {proc.stderr.strip().splitlines()[-1:]}",
-              file=sys.stderr)
-        return {}
-    rows = json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
-    out = {(r["workload"], r["dtype"]): r[f"{name}_ms"] for r in rows}
-    for (workload, dtype), ms in out.items():
-        print(f"  {workload} {dtype}: {name} {ms:.4g} ms (own process)", flush=True)
-    return out
+class PeerError(RuntimeError):
+    """A peer's process ended or answered nonsense."""
+
+
+class PeerProcess:
+    """A peer (``torch`` or ``jax``) in a process of its own (:func:`serve`) that has set up
+    every workload of this run and times one round of one of them when asked."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--peer-child", name,
+               "--coretype", args.coretype]
+        cmd += ["--quick"] * bool(args.quick) + ["--small-only"] * bool(args.small_only)
+        self.name = name
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        ready = json.loads(self._line())
+        self.keys: set[str] = set(ready["keys"])
+
+    @classmethod
+    def start(cls, name: str, args: argparse.Namespace) -> PeerProcess | None:
+        """The peer's process, set up; None when the peer is not installed or failed."""
+        if not _installed(name):
+            return None
+        try:
+            return cls(name, args)
+        except (PeerError, ValueError, KeyError) as exc:
+            print(f"  {name}: its process failed to start: {exc}", file=sys.stderr)
+            return None
+
+    def _line(self) -> str:
+        """The next answer (a line starting with "@"; anything else a library printed is
+        skipped)."""
+        while True:
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            if not line:
+                raise PeerError(f"the {self.name} process ended (exit code "
+                                 f"{self.proc.poll()})")
+            if line.startswith("@"):
+                return line[1:]
+
+    def ask(self, request: str) -> float:
+        """Seconds per call of one round of the workload ``request`` names."""
+        try:
+            self.proc.stdin.write(request + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise PeerError(f"the {self.name} process is gone ({exc})") from None
+        try:
+            return float(self._line())
+        except ValueError as exc:
+            raise PeerError(f"the {self.name} process answered {exc}") from None
+
+    def remote(self, workload: str, dtype: str) -> Remote | None:
+        key = f"{workload}/{dtype}"
+        return Remote(self, key) if key in self.keys else None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+
+
+def serve(steps: dict[str, tuple[Callable[[], Any], int]]) -> None:
+    """The peer process's side: say which workloads it has set up, then time one round
+    (:func:`time_round`) of each one asked for on stdin ("<workload>/<dtype> <inner>"),
+    answering with its seconds per call, until "quit" or the end of input."""
+    print("@" + json.dumps({"keys": sorted(steps)}), flush=True)
+    for line in sys.stdin:
+        request = line.split()
+        if not request or request[0] == "quit":
+            return
+        fn, _ = steps[request[0]]
+        print(f"@{time_round(fn, int(request[1]))!r}", flush=True)
 
 
 def conv_flops(graph: Any, wrt: list[str]) -> float:
@@ -771,8 +873,8 @@ def table(result: dict[str, Any]) -> str:
             f"{'torch':>10}{'jax':>10}{'numpy':>10}{'/torch':>8}{'/jax':>7}{'/numpy':>8}"
             f"{'bwd/fwd':>8}{'arena MB':>9}{'GFLOP/s':>9}")
     peers = result.get("environment", {}).get("peers")
-    lines = ([f"peers timed {peers} (before and after ours: geometric mean); ours and numpy "
-              f"interleaved in this process"] if peers
+    lines = ([f"peers timed {peers} with ours (rounds alternate, {SETTLE} s pause between "
+              f"processes); ours and numpy in this process"] if peers
              else []) + [head, "-" * len(head)]
     absent = result.get("peers_absent", [])
 
@@ -939,8 +1041,8 @@ def main() -> None:
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child)))
         return
-    if args.peer_child:
-        print(json.dumps(run(args), default=float))
+    if args.peer_child:  # serves rounds to the parent (see PeerProcess)
+        run(args)
         return
     result = run(args)
     result["records"] = records(result)

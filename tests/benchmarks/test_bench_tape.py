@@ -42,4 +42,43 @@ def test_targets_are_the_speed_goals_and_need_their_peer(bench):
 
 def test_a_peer_that_is_not_installed_gets_no_process(bench, monkeypatch):
     monkeypatch.setattr(bench, "_installed", lambda name: False)
-    assert bench.peer_process("torch", None) == {}
+    assert bench.PeerProcess.start("torch", None) is None
+
+
+def test_interleaved_rounds_turn_the_order_and_pause_between_processes(bench, monkeypatch):
+    calls, sleeps = [], []
+    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
+    monkeypatch.setattr(bench, "WARM_S", 0.0)
+
+    class FakePeer:
+        name = "peer"
+
+        def ask(self, request):
+            calls.append(("peer", request))
+            return 0.5
+
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    fns["p"] = bench.Remote(FakePeer(), "w/float64")
+    med = bench.interleaved(fns, rounds=3, inner=1)
+    # each local function: two untimed calls and one timed; the peer: one request a round
+    firsts = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
+    assert firsts == ["a", "b", ("peer", "w/float64 1"), "b", ("peer", "w/float64 1"), "a",
+                      ("peer", "w/float64 1"), "a", "b"]
+    assert med["p"] == 0.5 and set(med) == {"a", "b", "p"}
+    # a pause of SETTLE before each switch of process, into the peer and back out of it
+    assert sleeps.count(bench.SETTLE) == 6  # b→p, p→b, b→p, p→a, a→p, p→a
+
+
+def test_a_peer_process_serves_rounds_of_its_workloads(bench, monkeypatch, capsys):
+    import io
+    import json
+
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(bench, "WARM_S", 0.0)
+    calls = []
+    monkeypatch.setattr(bench.sys, "stdin", io.StringIO("w/float32 4\nquit\nw/float32 1\n"))
+    bench.serve({"w/float32": (lambda: calls.append(1), 4)})
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[0][1:]) == {"keys": ["w/float32"]}
+    assert len(lines) == 2 and lines[1].startswith("@") and float(lines[1][1:]) >= 0
+    assert len(calls) == 2 + 4  # two untimed calls, four timed; nothing after "quit"
