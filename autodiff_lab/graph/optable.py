@@ -617,7 +617,7 @@ def _relu(x: np.ndarray) -> np.ndarray:
     fast = K.relu_forward(x)
     if fast is not None:
         return fast
-    return np.maximum(x, 0) if _is_real(x) else x * (x.real > 0)
+    return np.maximum(x, 0, out=K.recycled_like(x)) if _is_real(x) else x * (x.real > 0)
 
 
 def _relu_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -625,7 +625,13 @@ def _relu_vjp(g: np.ndarray, ans: np.ndarray, x: np.ndarray) -> np.ndarray:
     # tape keeps relu's result (the next layer's input, kept anyway) and not its argument
     y = x if ans is None else ans  # callers without the result pass None
     fast = K.relu_backward(g, y)
-    return fast if fast is not None else g * _relu_grad(y)
+    if fast is not None:
+        return fast
+    out = K.recycled_like(y) if type(g) is np.ndarray and g.shape == y.shape and \
+        g.dtype == y.dtype else None
+    if out is not None:  # relu'(y) (np.heaviside, as _relu_grad) then times g, in one array
+        return np.multiply(g, np.heaviside(y, y.dtype.type(0), out=out), out=out)
+    return g * _relu_grad(y)
 
 
 def _nan_where_nan(step: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -1080,9 +1086,14 @@ def _as_matrices(g: np.ndarray, a: np.ndarray, b: np.ndarray):
     return g, a2, b2
 
 
+def _matmul_forward(a, b, out=None):
+    """a @ b (into ``out`` when given; else two matrices' product into a recycled array)."""
+    return np.matmul(a, b, out=out) if out is not None else K.matmul(a, b)
+
+
 def _matmul_vjp_a(g, ans, a, b):
     if a.ndim == 2 and b.ndim == 2:  # one product, nothing to promote or sum
-        return g @ b.T
+        return K.matmul(g, b.T)
     g2, a2, b2 = _as_matrices(g, a, b)
     return unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
 
@@ -1093,8 +1104,8 @@ def _matmul_vjp_b(g, ans, a, b):
         if flags.f_contiguous and not flags.c_contiguous:
             # b is a transposed view (a Linear layer's x @ Wᵀ): give the gradient b's layout,
             # (gᵀa)ᵀ, so the transpose rule hands W a contiguous gradient and no copy is made
-            return (g.T @ a).T
-        return a.T @ g
+            return K.matmul(g.T, a).T
+        return K.matmul(a.T, g)
     g2, a2, b2 = _as_matrices(g, a, b)
     if b.ndim == 2 and a2.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
         return (g2.T @ a2).T
@@ -1128,7 +1139,7 @@ def _matmul_matrix(which: int) -> Callable:
 
 
 _register(Op(
-    name="matmul", n_args=(2, 2), shape=_matmul_shape, forward=np.matmul,
+    name="matmul", n_args=(2, 2), shape=_matmul_shape, forward=_matmul_forward,
     vjp=(_matmul_vjp_a, _matmul_vjp_b), sympy=lambda a, b: np.asarray(np.matmul(a, b), dtype=object),
     label="@", batched=_matmul_batched, vjp_uses=frozenset({"inputs"}),
     matrix=(_matmul_matrix(0), _matmul_matrix(1)),
@@ -2140,16 +2151,27 @@ def _pair_loss_shape(pred: Shape, target: Shape, reduction: str = "sum", name: s
     return ()
 
 
+def _difference(pred, target):
+    """pred − target as a new array: recycled (no page faults) for two real float arrays of
+    one shape and dtype, which the callers then change in place."""
+    if (type(pred) is np.ndarray and type(target) is np.ndarray and pred.shape == target.shape
+            and pred.dtype == target.dtype and pred.dtype.kind == "f"):
+        return np.subtract(pred, target, out=K.memory_empty(pred.shape, pred.dtype)), True
+    return pred - target, False
+
+
 def _mse(pred, target, reduction="sum", lead=0):
-    d = pred - target
-    return 0.5 * _reduce_loss(d * d, reduction, lead)
+    d, own = _difference(pred, target)
+    return 0.5 * _reduce_loss(np.multiply(d, d, out=d) if own else d * d, reduction, lead)
 
 
 def _mse_vjp(sign: int) -> Callable:
     def rule(g, ans, pred, target, reduction="sum"):
-        d = pred - target
-        scale = g if reduction == "sum" else g / max(d.size, 1)
-        return (sign * scale) * d
+        d, own = _difference(pred, target)
+        scale = sign * (g if reduction == "sum" else g / max(d.size, 1))
+        if own and np.result_type(scale, d) == d.dtype:
+            return np.multiply(d, scale, out=d)
+        return scale * d
     return rule
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from autodiff_lab.errors import ShapeError
 from autodiff_lab.kernels import conv_reference as ref
-from autodiff_lab.kernels import tiered
+from autodiff_lab.kernels import memory, tiered
 from autodiff_lab.kernels.conv_reference import (  # noqa: F401 - re-exported for the op table
     col2im,
     conv_output_size,
@@ -124,6 +124,33 @@ def real_float(*arrays: Any) -> bool:
 
 def _c(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
+
+
+# --- matrix products ---------------------------------------------------------------------
+
+def memory_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """:func:`.memory.empty`: a new array of ``shape``, recycled once nothing refers to it."""
+    return memory.empty(shape, dtype)
+
+
+def recycled_like(x: Any) -> np.ndarray | None:
+    """A recycled array of ``x``'s shape and dtype for a numpy result (``out=``) when ``x`` is
+    a real float array big enough to be mapped afresh by malloc (see :func:`memory_empty`),
+    else ``None`` (numpy then allocates as usual)."""
+    if type(x) is np.ndarray and x.dtype in _REAL and x.nbytes >= memory.POOL_MIN_BYTES:
+        return memory_empty(x.shape, x.dtype)
+    return None
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b``; for two matrices of one real float dtype, into a recycled array
+    (:func:`.memory.empty`). A fresh result above glibc's mmap threshold costs a page fault
+    per 4 KiB on every call: measured on the inpainting MLP in float64 (two 784×256 weight
+    gradients, 1.6 MB each), 1,340 faults and 4.3 ms per gradient against 1.1 ms without."""
+    if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
+            and a.dtype == b.dtype and a.dtype in _REAL and a.shape[1] == b.shape[0]):
+        return np.matmul(a, b, out=memory_empty((a.shape[0], b.shape[1]), a.dtype))
+    return np.matmul(a, b)
 
 
 # --- convolution ------------------------------------------------------------------------

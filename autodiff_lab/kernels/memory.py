@@ -73,8 +73,10 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20) -> bool:
 # --------------------------------------------------------------------------------------
 
 _local = threading.local()
-#: arrays smaller than this come from np.empty as usual (malloc reuses them well)
-POOL_MIN_BYTES = 256 << 10
+#: arrays smaller than this come from np.empty as usual: glibc serves blocks below its
+#: default mmap threshold (128 KiB) from its heap and reuses them well; from that size on, a
+#: fresh block is mapped and faulted in page by page on every call
+POOL_MIN_BYTES = 128 << 10
 #: at most this many bytes of arrays are kept for recycling, per thread; when a new array
 #: would go over, the shapes used least recently are dropped first. 256 MiB holds every
 #: recycled array of a DnCNN step with batch 16, 32 channels, 40×40 patches (69 MiB) a few
