@@ -128,12 +128,17 @@ def ours_dncnn_steps(steps: int = 20, batch: int = 16, size: int = 40, channels:
             "loss_last": losses[-1]}
 
 
+#: seconds of pause between our calls and PyTorch's in :func:`optimiser_shares`: OpenBLAS
+#: threads spin for up to about 0.1 s after their last call, OpenMP's for less
+SETTLE = 0.2
+
+
 def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
     """The optimiser's share of a training step, ours and PyTorch's side by side: the gradient
     (``step(x, y)``; PyTorch: zero_grad, forward, ``loss.backward()``) and ``opt.step()`` (Adam,
     and SGD with momentum 0.9, whose step size is too small to move the weights) timed
-    separately in interleaved rounds (medians), for the inpainting MLP 784-256-784 (batch 64)
-    and DnCNN-lite 5×32 with batch norm (16 × 40²), float32."""
+    separately in interleaved rounds (medians; see :data:`SETTLE`), for the inpainting MLP
+    784-256-784 (batch 64) and DnCNN-lite 5×32 with batch norm (16 × 40²), float32."""
     rng = np.random.default_rng(0)
     cases = {
         "mlp": (nn.InpaintingMLP(784, 256, dtype=np.float32, rng=0), nn.MSELoss(),
@@ -163,10 +168,18 @@ def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
         for fn in fns.values():  # compile, warm up, create the optimiser state
             fn()
         times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(rounds):
-            for k, fn in fns.items():
+        names = list(fns)
+        last = None
+        for r in range(rounds):
+            # the order turns each round; a pause when the framework changes, so that the
+            # other one's threads (OpenMP, OpenBLAS) have stopped spinning; one untimed call
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                if k.split("_")[0] != last:
+                    time.sleep(SETTLE)
+                    last = k.split("_")[0]
+                fns[k]()
                 start = time.perf_counter()
-                fn()
+                fns[k]()
                 times[k].append(time.perf_counter() - start)
         med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
         row = {"ours_grad_ms": med["ours_grad"], "ours_opt_ms": med["ours_opt"],
