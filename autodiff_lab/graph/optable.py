@@ -2152,24 +2152,24 @@ def _pair_loss_shape(pred: Shape, target: Shape, reduction: str = "sum", name: s
 
 
 def _difference(pred, target):
-    """pred − target as a new array: recycled (no page faults) for two real float arrays of
-    one shape and dtype, which the callers then change in place."""
-    if (type(pred) is np.ndarray and type(target) is np.ndarray and pred.shape == target.shape
-            and pred.dtype == target.dtype and pred.dtype.kind == "f"):
-        return np.subtract(pred, target, out=K.memory_empty(pred.shape, pred.dtype)), True
-    return pred - target, False
+    """pred − target, a new array the callers may change in place: recycled (no page
+    faults) for two real float arrays of one shape and dtype."""
+    same = (type(pred) is np.ndarray and type(target) is np.ndarray
+            and pred.shape == target.shape and pred.dtype == target.dtype)
+    return np.subtract(pred, target, out=K.recycled_like(pred) if same else None)
 
 
 def _mse(pred, target, reduction="sum", lead=0):
-    d, own = _difference(pred, target)
-    return 0.5 * _reduce_loss(np.multiply(d, d, out=d) if own else d * d, reduction, lead)
+    d = _difference(pred, target)
+    square = np.multiply(d, d, out=d) if type(d) is np.ndarray else d * d
+    return 0.5 * _reduce_loss(square, reduction, lead)
 
 
 def _mse_vjp(sign: int) -> Callable:
     def rule(g, ans, pred, target, reduction="sum"):
-        d, own = _difference(pred, target)
+        d = _difference(pred, target)
         scale = sign * (g if reduction == "sum" else g / max(d.size, 1))
-        if own and np.result_type(scale, d) == d.dtype:
+        if type(d) is np.ndarray and np.result_type(scale, d) == d.dtype:
             return np.multiply(d, scale, out=d)
         return scale * d
     return rule

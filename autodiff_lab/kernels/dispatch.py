@@ -126,19 +126,15 @@ def _c(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-# --- matrix products ---------------------------------------------------------------------
-
-def memory_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """:func:`.memory.empty`: a new array of ``shape``, recycled once nothing refers to it."""
-    return memory.empty(shape, dtype)
-
+# --- recycled results of numpy rules, matrix products -------------------------------------
 
 def recycled_like(x: Any) -> np.ndarray | None:
-    """A recycled array of ``x``'s shape and dtype for a numpy result (``out=``) when ``x`` is
-    a real float array big enough to be mapped afresh by malloc (see :func:`memory_empty`),
-    else ``None`` (numpy then allocates as usual)."""
+    """A recycled array (:func:`.memory.empty`) of ``x``'s shape and dtype for a numpy
+    result (``out=``) when ``x`` is a real float array big enough to be mapped afresh by
+    malloc, else ``None`` (numpy then allocates as usual; the size test here spares small
+    arrays the pool's Python call)."""
     if type(x) is np.ndarray and x.dtype in _REAL and x.nbytes >= memory.POOL_MIN_BYTES:
-        return memory_empty(x.shape, x.dtype)
+        return memory.empty(x.shape, x.dtype)
     return None
 
 
@@ -149,7 +145,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     gradients, 1.6 MB each), 1,340 faults and 4.3 ms per gradient against 1.1 ms without."""
     if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
             and a.dtype == b.dtype and a.dtype in _REAL and a.shape[1] == b.shape[0]):
-        return np.matmul(a, b, out=memory_empty((a.shape[0], b.shape[1]), a.dtype))
+        return np.matmul(a, b, out=memory.empty((a.shape[0], b.shape[1]), a.dtype))
     return np.matmul(a, b)
 
 
