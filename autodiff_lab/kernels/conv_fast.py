@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,6 +41,18 @@ Pair = tuple[int, int]
 _scratch = threading.local()
 
 
+class _Slots(dict):
+    """One thread's scratch buffers, slot → bytes: a dict that can be weakly referenced,
+    hashed by identity (one per thread)."""
+
+    __hash__ = object.__hash__
+
+
+#: every live thread's scratch buffers, for :func:`clear_scratch` (a thread's go with it)
+_scratch_pools: weakref.WeakSet[_Slots] = weakref.WeakSet()
+_scratch_lock = threading.Lock()
+
+
 def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A reusable buffer for temporaries (patch matrices, transposed gradients).
 
@@ -50,7 +63,9 @@ def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """
     pool = getattr(_scratch, "pool", None)
     if pool is None:
-        pool = _scratch.pool = {}
+        pool = _scratch.pool = _Slots()
+        with _scratch_lock:
+            _scratch_pools.add(pool)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize  # (np.prod costs ~8 µs a call)
     buf = pool.get(slot)
@@ -62,6 +77,19 @@ def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 def scratch_bytes() -> int:
     """Bytes this thread keeps in reusable kernel buffers."""
     return sum(b.nbytes for b in getattr(_scratch, "pool", {}).values())
+
+
+def clear_scratch() -> int:
+    """Drop the reusable kernel buffers of every thread (the worker threads' too); returns
+    the bytes released. A kernel still working in a buffer keeps it until it returns; the
+    next call makes the buffers again. For memory measurements, and for long-lived
+    processes done with big images."""
+    with _scratch_lock:
+        pools = list(_scratch_pools)
+    released = sum(b.nbytes for pool in pools for b in pool.values())
+    for pool in pools:
+        pool.clear()
+    return released
 
 
 #: loops over at least this much work (elements or multiply-adds) run in parallel over

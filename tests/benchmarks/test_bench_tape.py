@@ -96,3 +96,20 @@ def test_a_peer_process_serves_rounds_of_its_workloads(bench, monkeypatch, capsy
     assert json.loads(lines[0][1:]) == {"keys": ["w/float32"]}
     assert len(lines) == 2 and lines[1].startswith("@") and float(lines[1][1:]) >= 0
     assert len(calls) == 2 + 4  # two untimed calls, four timed; nothing after "quit"
+
+
+def test_the_peak_rss_is_the_high_water_mark_since_the_reset(bench):
+    """The memory target's measure: RSS that came and went after the reset counts, RSS
+    that came and went before it does not."""
+    import numpy as np
+
+    if not bench._reset_peak_rss():
+        pytest.skip("the high-water mark cannot be reset here (not Linux)")
+    big = np.ones(40 << 20, dtype=np.uint8)  # 40 MiB, touched, then freed
+    del big
+    assert bench._reset_peak_rss()
+    start = bench._rss()
+    assert bench._peak_rss() - start < 8 << 20
+    again = np.ones(40 << 20, dtype=np.uint8)
+    del again
+    assert bench._peak_rss() - start > 30 << 20

@@ -160,3 +160,39 @@ def test_the_mlp_gradient_maps_no_fresh_memory_per_call():
     # pages per gradient: ~10 here; up to ~40 where glibc trims the top of its heap after
     # the small (64 KiB) temporaries of a call and maps it again on the next one
     assert all(float(n) < 100 for n in per_call.values()), proc.stdout
+
+
+def test_clear_scratch_drops_every_threads_kernel_buffers():
+    """The kernels' reusable buffers are per thread; clear_scratch drops the workers' too,
+    a buffer still in use stays valid, and a finished thread's buffers are not kept."""
+    import gc
+    import threading
+
+    from autodiff_lab.kernels import conv_fast
+
+    conv_fast.clear_scratch()
+    here = conv_fast.scratch("test_slot", (1000,), np.float32)
+    here[:] = 7
+    before = len(conv_fast._scratch_pools)  # this thread's, and any kernel worker's
+    seen = {}
+
+    def worker():
+        conv_fast.scratch("test_slot", (2000,), np.float64)
+        seen["bytes"] = conv_fast.scratch_bytes()
+        ready.set()
+        done.wait()
+
+    ready, done = threading.Event(), threading.Event()
+    t = threading.Thread(target=worker)
+    t.start()
+    assert ready.wait(10)
+    assert seen["bytes"] == 16000
+    assert len(conv_fast._scratch_pools) == before + 1
+    assert conv_fast.clear_scratch() == 4000 + 16000
+    assert conv_fast.scratch_bytes() == 0
+    assert (here == 7).all()  # the view keeps its buffer
+    done.set()
+    t.join()
+    gc.collect()
+    assert len(conv_fast._scratch_pools) == before  # the finished thread's pool went with it
+    assert conv_fast.clear_scratch() == 0
