@@ -45,7 +45,9 @@ either); the default, anomaly on (the value, outputs and gradients checked for N
 per call), is reported next to it with its cost in per cent. "cold" is the first
 call of a freshly compiled program in this process (Numba cache warm); "cold start" times a
 fresh Python process from its start to the end of its first float32 DnCNN gradient (its exit
-afterwards reported apart), next to PyTorch doing the same; "first-ever compile" does the
+afterwards reported apart), next to PyTorch doing the same, and, where SciPy is installed
+(JAX brings it), once more with SciPy hidden, as a plain install of autodiff_lab sees it
+(Numba imports scipy.linalg at its first kernel when it can); "first-ever compile" does the
 same with an empty Numba cache directory (medians of interleaved rounds, see cold_starts).
 """
 
@@ -461,6 +463,18 @@ print(json.dumps({"import_s": t_import, "first_call_s": t_first, "done": time.ti
 """.replace("THREADS", THREADS)
 
 
+#: prepended to :data:`_COLD_OURS` for the start a plain install of autodiff_lab sees:
+#: without SciPy (not among our dependencies; JAX's install brings it). When SciPy is
+#: installed, Numba imports ``scipy.linalg`` while loading its first kernel (to look for
+#: BLAS), measured at 0.15–0.2 s of the warm-cache start.
+_NO_SCIPY = "import sys\nsys.modules['scipy'] = None  # as if not installed\n"
+
+
+def _scipy_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("scipy") is not None
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     """Wait until process ``pid`` (not our child) has ended; False after ``timeout`` s."""
     end = time.monotonic() + timeout
@@ -491,7 +505,8 @@ def cold_start(empty_cache: bool, framework: str = "ours") -> dict[str, Any] | N
     child to the end of the background compile (``None``: none was started). ``None`` if
     the child failed (its error is printed).
     """
-    code = _COLD_TORCH if framework == "torch" else _COLD_OURS
+    code = {"torch": _COLD_TORCH, "ours_no_scipy": _NO_SCIPY + _COLD_OURS}.get(framework,
+                                                                            _COLD_OURS)
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         if empty_cache:
@@ -520,6 +535,8 @@ def cold_starts(rounds: int = 3, torch_installed: bool = True) -> dict[str, Any]
     installed) for PyTorch, interleaved; the medians of the times to the first gradient
     and every run."""
     kinds = {"warm": (False, "ours"), "empty": (True, "ours")}
+    if _scipy_installed():
+        kinds["warm_no_scipy"] = (False, "ours_no_scipy")
     if torch_installed:
         kinds["torch"] = (False, "torch")
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
@@ -536,6 +553,8 @@ def cold_starts(rounds: int = 3, torch_installed: bool = True) -> dict[str, Any]
 
     done = [r["background_done_s"] for r in runs["empty"] if r.get("background_done_s")]
     return {"cold_start_s": median("warm"), "first_ever_compile_s": median("empty"),
+            "cold_start_no_scipy_s": median("warm_no_scipy") if "warm_no_scipy" in kinds
+            else None,
             "cold_start_torch_s": median("torch") if torch_installed else None,
             # the empty-cache run's background compile, from the process's start to its end
             "first_ever_background_done_s": float(np.median(done)) if done else None,
@@ -1020,6 +1039,11 @@ def table(result: dict[str, Any]) -> str:
             lines.append("  empty cache: the first gradient on the numpy reference path; the "
                          "background compile filled the cache "
                          f"{result['first_ever_background_done_s']:.1f} s after the start")
+        if result.get("cold_start_no_scipy_s") is not None:
+            lines.append("  warm cache without SciPy (as a plain install of autodiff_lab: SciPy "
+                         "is not a dependency; when installed, Numba imports scipy.linalg at its "
+                         f"first kernel): {result['cold_start_no_scipy_s']:.2f} s"
+                         f"{spread('warm_no_scipy')}")
         if result.get("cold_start_torch_s") is not None:
             lines.append(f"  PyTorch, the same network: {result['cold_start_torch_s']:.2f} s"
                          f"{spread('torch')}")
@@ -1079,6 +1103,8 @@ def records(result: dict[str, Any]) -> list[dict[str, Any]]:
     warm = result.get("cold_start_s")
     for key, fw, note in (("cold_start_s", "ours", "warm Numba cache"),
                           ("first_ever_compile_s", "ours", "empty Numba cache (first-ever run)"),
+                          ("cold_start_no_scipy_s", "ours",
+                           "warm Numba cache, SciPy hidden (a plain install has none)"),
                           ("cold_start_torch_s", "torch", "")):
         if key in result:
             rec("dncnn float32", fw, "fresh process to first gradient", result[key], "s", warm,
