@@ -16,8 +16,8 @@ same one), after a short pause and untimed calls (two, or 10 ms of them). Each p
 (PyTorch, JAX) runs in a process of its own that serves those rounds on request: its rounds
 alternate with ours in time, so a machine whose speed drifts (this one by up to 2x over
 minutes) weighs on every framework alike, and with a pause of 0.2 s (SETTLE) whenever the
-next call belongs to another process, so that the thread pools of the last one (OpenBLAS,
-OpenMP, Eigen) have stopped spinning. (In one process, those pools still spin while the next
+next call belongs to another framework or process, so that the thread pools of the last one
+(OpenBLAS, OpenMP, Eigen) have stopped spinning. (In one process, those pools still spin while the next
 framework runs; on two cores that cost PyTorch up to 2.3x its time alone.) Ours and the
 hand-written numpy share this process (both are numpy + OpenBLAS). ``--same-process`` times
 everything in one process, interleaved, as earlier versions did.
@@ -128,7 +128,7 @@ QUOTED = {
 # timing
 # --------------------------------------------------------------------------------------
 
-#: seconds of pause before a call when the one before it ran in another process: OpenBLAS
+#: seconds of pause before a call when the one before it was another framework's: OpenBLAS
 #: threads spin for up to about 0.1 s after their last call (2^28 cycles by default), OpenMP
 #: and Eigen threads for less; the pause lets them all sleep
 SETTLE = 0.2
@@ -160,21 +160,25 @@ def interleaved(fns: dict[str, Callable[[], Any] | Remote], rounds: int, inner: 
     anomaly-on one did, which then took 42.1; with two untimed calls both 34-36 ms). The
     order is shuffled anew each round, so that no function always comes after the same one
     (turning a fixed order by one place each round would keep every function's predecessor).
-    A :class:`Remote` function runs in its own process, after a pause of :data:`SETTLE`
-    seconds when the call before it ran in another process (and the call after it gets the
-    same).
+    A :class:`Remote` function runs in its own process. Whenever the next call belongs to
+    another framework than the last one (the name's part before "_": ``ours`` and
+    ``ours_anomaly`` are one, ``numpy`` another) or to another process, there is first a
+    pause of :data:`SETTLE` seconds: the hand-written numpy's OpenBLAS threads spin for up to
+    0.1 s after its last product, over the 20 ms pause and untimed calls of the next round
+    (measured: our float32 DnCNN 29 ms right after two-thread products, 24.5 ms after
+    itself).
     """
     names = list(fns)
     samples: dict[str, list[float]] = {k: [] for k in names}
-    where: object = None  # the process of the last call: None for this one
+    where: object = None  # the process and framework of the last call
     rng = np.random.default_rng(0)  # the same orders in every run
     for _ in range(rounds):
         for name in [names[i] for i in rng.permutation(len(names))]:
             fn = fns[name]
-            proc = fn.peer if isinstance(fn, Remote) else None
-            if proc is not where:
+            here = (fn.peer if isinstance(fn, Remote) else None, name.split("_")[0])
+            if here != where:
                 time.sleep(SETTLE)
-            where = proc
+            where = here
             try:
                 samples[name].append(fn.measure(inner) if isinstance(fn, Remote)
                                      else time_round(fn, inner))
@@ -747,7 +751,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for dtype in () if args.small_only else ("float64", "float32"):
         ex = E.dncnn(batch_norm=False, dtype=dtype)
         bench("dncnn", dtype, ex.graph, ex.values, list(ex.graph.parameters),
-              dncnn_peers(torch, jax, ex.values), rounds=3 if quick else 9, inner=1)
+              dncnn_peers(torch, jax, ex.values), rounds=3 if quick else 15, inner=1)
     for dtype in () if args.small_only else ("float64",):
         ex = E.dncnn(batch_norm=True, dtype=dtype)  # batch norm: fused with the ReLU after it
         bench("dncnn_bn", dtype, ex.graph, ex.values, list(ex.graph.parameters), {},
@@ -937,7 +941,7 @@ def table(result: dict[str, Any]) -> str:
             f"{'bwd/fwd':>8}{'arena MB':>9}{'GFLOP/s':>9}")
     peers = result.get("environment", {}).get("peers")
     lines = ([f"peers timed {peers} with ours (rounds alternate, {SETTLE} s pause between "
-              f"processes); ours and numpy in this process"] if peers
+              f"frameworks); ours and numpy in this process"] if peers
              else []) + [head, "-" * len(head)]
     absent = result.get("peers_absent", [])
 

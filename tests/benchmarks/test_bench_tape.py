@@ -65,22 +65,27 @@ def test_interleaved_rounds_shuffle_the_order_and_pause_between_processes(bench,
             sleeps.append("peer")
             return 0.5
 
-    fns = {name: (lambda name=name: name) for name in ("a", "b", "c")}
+    fns = {name: (lambda name=name: name) for name in ("ours", "ours_anomaly", "numpy")}
     fns["p"] = bench.Remote(FakePeer(), "w/float64")
     med = bench.interleaved(fns, rounds=12, inner=1)
-    assert med == {"a": 1.0, "b": 1.0, "c": 1.0, "p": 0.5}
+    assert med == {"ours": 1.0, "ours_anomaly": 1.0, "numpy": 1.0, "p": 0.5}
     rounds = [order[4 * r:4 * r + 4] for r in range(12)]
-    assert len(order) == 48 and all(sorted(r) == ["a", "b", "c", "p"] for r in rounds)
+    assert len(order) == 48 and all(sorted(r) == sorted(fns) for r in rounds)
     # the order changes from round to round, and so does who comes right after the peer
     assert len({tuple(r) for r in rounds}) > 3
     assert len({order[i + 1] for i in range(47) if order[i] == "p"}) >= 2
-    # a pause of SETTLE between a call here and one in the peer's process, either way
+    # a pause of SETTLE between a call here and one in the peer's process, either way, and
+    # between the two frameworks of this process; none between calls of one framework
+    assert len([s for s in sleeps if s != bench.SETTLE]) == 48
+    position = 0
     for i, s in enumerate(sleeps):
-        if s == "peer":
-            assert sleeps[i - 1] in (bench.SETTLE, "peer")
-            assert i + 1 == len(sleeps) or sleeps[i + 1] in (bench.SETTLE, "peer")
-        if s == "local" and i + 1 < len(sleeps):
-            assert sleeps[i + 1] in ("local", bench.SETTLE)  # no pause between local calls
+        if s == bench.SETTLE:
+            continue
+        framework = order[position].split("_")[0]
+        before = order[position - 1].split("_")[0] if position else None
+        had_pause = i > 0 and sleeps[i - 1] == bench.SETTLE
+        assert had_pause == (framework != before), order[max(0, position - 1):position + 1]
+        position += 1
 
 
 def test_a_peer_process_serves_rounds_of_its_workloads(bench, monkeypatch, capsys):
