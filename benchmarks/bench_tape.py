@@ -17,8 +17,8 @@ same one), after a short pause and untimed calls (two, or 10 ms of them). Each p
 alternate with ours in time, so a machine whose speed drifts (this one by up to 2x over
 minutes) weighs on every framework alike, and with a pause of 0.2 s (SETTLE) whenever the
 next call belongs to another framework or process, so that the thread pools of the last one
-(OpenBLAS, OpenMP, Eigen) have stopped spinning. (In one process, those pools still spin while the next
-framework runs; on two cores that cost PyTorch up to 2.3x its time alone.) Ours and the
+(OpenBLAS, OpenMP, Eigen) have stopped spinning. (Without the pause, those pools still spin
+while the next framework runs; on two cores that cost PyTorch up to 2.3x its time alone.) Ours and the
 hand-written numpy share this process (both are numpy + OpenBLAS). ``--same-process`` times
 everything in one process, interleaved, as earlier versions did.
 
@@ -34,7 +34,7 @@ Memory: each framework computes 200 float32 DnCNN-lite gradients in a fresh proc
 table gives the RSS added over the set-up after 10, 100 and 200 calls, its high-water mark
 during the first 100 (the target's measure: after a call PyTorch has handed its activations
 back to the allocator, which may or may not have returned them to the system, so its RSS
-after a call moved between 1 and 25 MB over runs while its peak stayed 34–51 MB) and the
+after a call moved between 1 and 29 MB over runs while its peak stayed 34–51 MB) and the
 growth from call 10 to 200. The kernels are loaded first on a small DnCNN that takes the
 same kernels (1/8 of the pixels) and reported apart: Numba's compiled kernels, like
 PyTorch's libraries, are paid once per process; the warm-up's data is freed before the
@@ -667,8 +667,9 @@ def memory_rows(frameworks: list[str]) -> dict[str, dict[str, Any]]:
             out[fw] = {"framework": fw, "error": proc.stderr.strip().splitlines()[-1:]}
             continue
         out[fw] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"  memory {fw}: +{out[fw]['added_after_100_mb']:.1f} MB after 100 calls",
-              flush=True)
+        peak = out[fw]["peak_added_mb"]
+        print(f"  memory {fw}: +{out[fw]['added_after_100_mb']:.1f} MB after 100 calls, peak "
+              + (f"+{peak:.1f} MB" if peak is not None else "not measured"), flush=True)
     return out
 
 
