@@ -415,10 +415,11 @@ class Module:
     @property
     def dtype(self) -> np.dtype | None:
         """The float dtype of this module's parameters and float buffers (``None`` if it has
-        none, e.g. an activation)."""
-        for p in self.parameters():
+        none, e.g. an activation). The first one found decides (a training step asks
+        several times a call: the walk stops there)."""
+        for _, p in self.named_parameters():
             return p.dtype
-        for b in self.buffers():
+        for _, b in self.named_buffers():
             if b.dtype.kind == "f":
                 return b.dtype
         return None
