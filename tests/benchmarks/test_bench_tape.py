@@ -118,3 +118,20 @@ def test_the_peak_rss_is_the_high_water_mark_since_the_reset(bench):
     again = np.ones(40 << 20, dtype=np.uint8)
     del again
     assert bench._peak_rss() - start > 30 << 20
+
+
+def test_the_anomaly_cost_is_the_median_of_back_to_back_pairs(bench, monkeypatch):
+    """Each round times off and on next to each other, which first alternating; the cost is
+    the median of the rounds' ratios, so one slow round (the machine's drift) moves it
+    little."""
+    order = []
+    times = iter([1.0, 1.1, 1.1, 1.0, 2.0, 2.2, 4.4, 4.0, 1.0, 1.04])
+
+    def fake_round(fn, inner):
+        order.append(fn())
+        return next(times)
+
+    monkeypatch.setattr(bench, "time_round", fake_round)
+    cost = bench.paired_cost(lambda: "off", lambda: "on", rounds=5, inner=3)
+    assert order == ["off", "on", "on", "off", "off", "on", "on", "off", "off", "on"]
+    assert cost == pytest.approx(1.1)  # ratios 1.1, 1.1, 1.1, 1.1, 1.04
