@@ -87,10 +87,6 @@ def _forward_to_one(x, wq, ph, pw, y, n0, n1):  # pragma: no cover - numba
                     y[n, 0, oh, ow] = v
 
 
-def _finite(*arrays: np.ndarray) -> bool:
-    return finite.all_finite(arrays)
-
-
 def _image_blocks(n: int) -> list[tuple[int, int]]:
     """One block per image (the threads of :func:`conv_fast._run_blocks` share them)."""
     return [(i, i + 1) for i in range(n)]
@@ -106,7 +102,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair, bias: np.ndarray
     ph, pw = padding
     ho, wo = h + 2 * ph - 2, wd + 2 * pw - 2
     bias = np.zeros(f, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
-    if not _finite(x, w, bias):
+    if not finite.all_finite((x, w, bias)):
         return None
     y = memory.empty((n, f, ho, wo), x.dtype)
 
@@ -116,7 +112,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair, bias: np.ndarray
 
     with np.errstate(all="ignore"):  # an overflow is seen below, and declined
         conv_fast._run_blocks(work, _image_blocks(n))
-    return y if _finite(y) else None
+    return y if finite.all_finite_1(y) else None
 
 
 def conv2d_forward_to_one(x: np.ndarray, w: np.ndarray, padding: Pair) -> np.ndarray | None:
@@ -126,7 +122,7 @@ def conv2d_forward_to_one(x: np.ndarray, w: np.ndarray, padding: Pair) -> np.nda
     n, _, h, wd = x.shape
     ph, pw = padding
     ho, wo = h + 2 * ph - 2, wd + 2 * pw - 2
-    if not _finite(x, w):
+    if not finite.all_finite((x, w)):
         return None
     c = x.shape[1]
     wq = np.zeros((-(-c // 4) * 4, 3, 3), dtype=x.dtype)
@@ -140,4 +136,4 @@ def conv2d_forward_to_one(x: np.ndarray, w: np.ndarray, padding: Pair) -> np.nda
 
     with np.errstate(all="ignore"):  # an overflow is seen below, and declined
         conv_fast._run_blocks(work, _image_blocks(n))
-    return y if _finite(y) else None
+    return y if finite.all_finite_1(y) else None

@@ -502,10 +502,6 @@ class _Queue:
         return conv_fast._run_blocks(lambda _part: work(self), self.blocks)
 
 
-def _finite(a: np.ndarray) -> bool:
-    return finite.all_finite_1(a)
-
-
 # --------------------------------------------------------------------------------------
 # convolution and its gradients
 # --------------------------------------------------------------------------------------
@@ -520,11 +516,11 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, padding: Pair, bias: np.ndarray
     f = w.shape[0]
     ph, pw = padding
     ho, wo = h + 2 * ph - 2, wd + 2 * pw - 2
-    if not _finite(w):
+    if not finite.all_finite_1(w):
         return None
     if bias is None:
         bias = np.zeros(f, dtype=x.dtype)
-    elif not _finite(bias):
+    elif not finite.all_finite_1(bias):
         return None
     bias = np.ascontiguousarray(bias, dtype=x.dtype)
     sch = _scheme(tile)
@@ -605,7 +601,7 @@ def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, padding
     ph, pw = padding
     sch = _scheme(tile)
     th, tw = -(-ho // tile), -(-wo // tile)
-    if want_x and not _finite(w):
+    if want_x and not finite.all_finite_1(w):
         return None
     ut = (np.ascontiguousarray(transform_weights(w, tile).transpose(0, 2, 1)) if want_x
           else None)
@@ -627,12 +623,12 @@ def _shared_backward(g: np.ndarray, x: np.ndarray, w: np.ndarray | None, padding
             for k in range(2):
                 if 0 <= row + k < h:
                     dx[i, :, row + k] += spill[:, k]
-                    if not _finite(dx[i, :, row + k]):
+                    if not finite.all_finite_1(dx[i, :, row + k]):
                         return None
     dw = None
     if want_w:
         dw = weights_from_transformed(sum(a for a, _, _ in parts), x.dtype, tile)
-        if not _finite(dw):
+        if not finite.all_finite_1(dw):
             return None
     return dx, dw
 
