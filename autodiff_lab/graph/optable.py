@@ -72,6 +72,14 @@ primitive, side by side, so that "where is relu's derivative?" has one answer (h
                   reuse instead of computing again (batch norm's batch statistics). The tape
                   keeps ``saved`` with the step and passes it as ``fused_vjp``'s ``saved``;
                   without it (``saved=None``) the fused rule computes everything itself.
+* ``vjp_product_with`` -- optional, for speed only: per input ``i``, the input ``j`` such
+                  that the rule's result is made of sums of products ``g[·] · xs[j][·]``, each
+                  element of ``g`` at most once per sum (a matrix product's ``g @ bᵀ`` and
+                  ``aᵀ @ g``), or ``None``. The tape's NaN/Inf check then proves a gradient
+                  finite from ``g`` and ``xs[j]`` when they are smaller than it (see
+                  :func:`autodiff_lab.kernels.finite.products_finite`), and tests the gradient
+                  itself otherwise; ``tests/graph/test_optable.py`` checks the claim on every
+                  entry that makes it;
 * ``matrix``   -- one matrix-level derivative rule per input, ``matrix[i](M, g, ans, *xs, **attrs)``,
                   written in the matrix-expression language ``M``
                   (``autodiff_lab/engines/matrix_expr.py``: ``@``, ``M.T``, ``*`` as Hadamard
@@ -165,6 +173,7 @@ class Op:
     elementwise: bool = False
     fused_vjp: Callable[..., tuple[np.ndarray | None, ...]] | None = None
     forward_saving: Callable[..., tuple[np.ndarray, Any]] | None = None
+    vjp_product_with: tuple[int | None, ...] | None = None
 
     def vjp_for(self, i: int) -> Callable[..., np.ndarray] | None:
         """The reverse-mode rule for input ``i`` (variadic ops repeat their last rule)."""
@@ -249,6 +258,14 @@ def validate_op(op: Op) -> None:
             if rule is not None and vjp is None:
                 raise bad("matrix", f"has a rule for input {i}, which 'vjp' marks as not "
                           "differentiable")
+    if op.vjp_product_with is not None:
+        n = hi if hi is not None else len(op.vjp)
+        pairs = op.vjp_product_with
+        if not isinstance(pairs, tuple) or len(pairs) != len(op.vjp) or hi is None or not all(
+                j is None or (type(j) is int and 0 <= j < n and j != i and op.vjp[i] is not None)
+                for i, j in enumerate(pairs)):
+            raise bad("vjp_product_with", f"must be a tuple of one argument position (or None) per "
+                      f"entry of 'vjp', each another input than its own, got {pairs!r}")
     for name in ("sympy", "kink", "batched", "decompose", "check_ints"):
         value = getattr(op, name)
         if value is not None and not callable(value):
@@ -1142,7 +1159,7 @@ _register(Op(
     name="matmul", n_args=(2, 2), shape=_matmul_shape, forward=_matmul_forward,
     vjp=(_matmul_vjp_a, _matmul_vjp_b), sympy=lambda a, b: np.asarray(np.matmul(a, b), dtype=object),
     label="@", batched=_matmul_batched, vjp_uses=frozenset({"inputs"}),
-    matrix=(_matmul_matrix(0), _matmul_matrix(1)),
+    vjp_product_with=(1, 0), matrix=(_matmul_matrix(0), _matmul_matrix(1)),
     doc="matrix product a @ b;  d(a@b)/da = g bᵀ, d(a@b)/db = aᵀ g",
 ))
 

@@ -10,12 +10,20 @@ of any shape and layout (Numba compiles one version per combination of dtypes, d
 and layouts, cached on disk like the other kernels) and says whether every element of
 every one is finite: ``x − x`` is 0 for a finite ``x`` and NaN for ±Inf and NaN, so the
 test is exact (no sum that could overflow) and has no branch in the loop.
+
+:func:`products_finite` proves a sum of products finite from its two factors instead of
+testing the sum: a weight gradient ``g @ xᵀ`` of a 784-256-784 MLP has three times as many
+elements as ``g`` and ``x`` together, and it is read right after the two-thread product that
+wrote it, half of it from the other core's cache (float64: 75-85 µs to test it there, 30-40
+µs to bound it from its factors).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from autodiff_lab.kernels.numba_cache import cached_njit
 
@@ -71,6 +79,67 @@ def all_finite_7(a0, a1, a2, a3, a4, a5, a6):  # pragma: no cover - numba
 def all_finite_8(a0, a1, a2, a3, a4, a5, a6, a7):  # pragma: no cover - numba
     return not (_bad(a0) or _bad(a1) or _bad(a2) or _bad(a3) or _bad(a4) or _bad(a5)
                 or _bad(a6) or _bad(a7))
+
+
+@cached_njit(error_model="numpy", nogil=True)
+def _largest_magnitude_bits_32(bits):  # pragma: no cover - numba
+    # the float's bits as an integer without the sign: ordered as the magnitudes are, and
+    # above every finite number's for ±Inf and NaN; an integer maximum vectorises, where a
+    # float maximum (NaN's rules) does not. Kept in 32 bits: twice the lanes of Numba's
+    # default 64-bit integers (3.8 µs instead of 8.9 µs for 66,000 float32)
+    mask = np.int32(0x7FFFFFFF)
+    largest = np.int32(0)
+    for i in range(bits.size):
+        b = np.int32(bits[i] & mask)
+        largest = b if b > largest else largest
+    return largest
+
+
+@cached_njit(error_model="numpy", nogil=True)
+def _largest_magnitude_bits_64(bits):  # pragma: no cover - numba
+    largest = 0
+    for i in range(bits.size):
+        largest = max(largest, bits[i] & 0x7FFFFFFFFFFFFFFF)
+    return largest
+
+
+@cached_njit(error_model="numpy", nogil=True)
+def _products_finite(p_bits, q_bits, terms, limit):  # pragma: no cover - numba
+    if p_bits.itemsize == 4:
+        shift, bias, inf_bits = 23, 127, 0x7F800000
+        top, other = _largest_magnitude_bits_32(p_bits), _largest_magnitude_bits_32(q_bits)
+    else:
+        shift, bias, inf_bits = 52, 1023, 0x7FF0000000000000
+        top, other = _largest_magnitude_bits_64(p_bits), _largest_magnitude_bits_64(q_bits)
+    if top >= inf_bits or other >= inf_bits:
+        return False  # an Inf or a NaN
+    # a float whose biased exponent is e is below 2^(e − bias + 1) in magnitude
+    exponent = (top >> shift) + (other >> shift) - 2 * bias + 2
+    return terms * 2.0 ** exponent <= limit
+
+
+#: per dtype: the integers of its size, and half its largest number
+_BITS_AND_LIMIT = {np.dtype(d): (np.dtype(i), float(np.finfo(d).max) / 2)
+                   for d, i in ((np.float32, np.int32), (np.float64, np.int64))}
+
+
+def products_finite(p: Any, q: Any, terms: int) -> bool:
+    """Whether every sum of at most ``terms`` products of an element of ``p`` with an element
+    of ``q`` is finite, proven from the factors: both hold no NaN or Inf, and
+    ``terms · max|p| · max|q|`` (each maximum rounded up to a power of two) is at most half
+    the largest number of their dtype (so that rounding on the way cannot reach it).
+    ``False`` means "not proven" -- a factor is not finite, the bound is too large, or ``p``
+    and ``q`` are not C-contiguous float32/float64 arrays of one dtype -- and the caller
+    tests the sum itself."""
+    if type(p) is not np.ndarray or type(q) is not np.ndarray or p.dtype != q.dtype:
+        return False
+    known = _BITS_AND_LIMIT.get(p.dtype)
+    if known is None or not (p.flags.c_contiguous and q.flags.c_contiguous) or not p.size \
+            or not q.size:
+        return False
+    bits, limit = known
+    return _products_finite(p.reshape(-1).view(bits), q.reshape(-1).view(bits),
+                            float(terms), limit)
 
 
 _BY_COUNT: dict[int, Callable[..., Any]] = {

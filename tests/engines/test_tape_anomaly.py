@@ -217,3 +217,59 @@ def test_the_generated_forward_keeps_numpy_warnings_quiet_and_the_general_loop_n
         warnings.simplefilter("error")  # the general loop's forward is silenced
         with pytest.raises(NonFiniteError, match="'log'"):
             general({"x": np.array([1.0, -1.0, 2.0])})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_gradients_proven_finite_from_their_factors_keep_every_check(dtype):
+    # the MLP's weight gradients (256×784) are each made by one matrix product from smaller
+    # factors: the loaded check proves them finite from the factors instead of reading them.
+    # A NaN in the input is still named; a product that overflows from finite factors is
+    # still found (the proof refuses, the gradient is read) and returned as a program
+    # without the proof returns it; an ordinary call agrees with anomaly=False exactly
+    from autodiff_lab import examples as E
+    ex = E.mlp(bias=False, dtype=dtype)
+    program = adl.engine("tape").compile(ex.graph, wrt=["W1", "W2"])
+    plain = adl.engine("tape").compile(ex.graph, wrt=["W1", "W2"])
+    for p in (program, plain):
+        for _ in range(tape_codegen.COMPILED_CHECK_CALL + 1):
+            p(ex.values)
+        assert p._compiled_check is not None
+    assert sum(len(proofs) for proofs in program._proof_at) == 2  # W1's and W2's
+    plain._proof_at = [{} for _ in plain._proof_at]
+    off = adl.engine("tape", anomaly=False).compile(ex.graph, wrt=["W1", "W2"])
+    r, ref = program(ex.values), off(ex.values)
+    for name in ("W1", "W2"):
+        np.testing.assert_array_equal(r.grads[name], ref.grads[name])
+    x = ex.values["x"].copy()
+    x[3, 5] = np.nan
+    with pytest.raises(NonFiniteError, match="'x'"):
+        program({**ex.values, "x": x})
+    # finite factors, an infinite product: huge hidden units (W1) times a large dL/dŷ (y far
+    # from ŷ = 0) overflow in W2's gradient while every forward value stays finite
+    top = float(np.finfo(dtype).max)
+    far = {**ex.values, "W1": np.full_like(ex.values["W1"], top / 1e4),
+           "W2": np.zeros_like(ex.values["W2"]), "y": np.full_like(ex.values["y"], -1e6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r, ref = program(far), plain(far)
+    assert np.isfinite(r.value) and not np.isfinite(r.grads["W2"]).all()
+    for name in ("W1", "W2"):
+        np.testing.assert_array_equal(r.grads[name], ref.grads[name])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_nan_hidden_from_the_value_in_a_proven_gradients_factor_is_named(dtype):
+    # 1/exp(z) at z = 1000 is 0 (the value stays finite) but its gradient is NaN (0·Inf):
+    # dL/d(W@x) carries the NaN into W's gradient, which the check proves finite from its
+    # factors when it can -- here it must refuse, read it, and name exp
+    g = adl.trace(lambda W, x: adl.sum(1.0 / adl.exp(W @ x)),
+                  W=_spec((128, 256), dtype), x=_spec((256, 8), dtype))
+    ok = {"W": np.zeros((128, 256), dtype), "x": np.ones((256, 8), dtype)}
+    program = _program(g, "general", True, ok, wrt=["W"])
+    assert [p for p in program._proof_at if p]  # W's gradient is proven, not read
+    bad = {"W": ok["W"].copy(), "x": ok["x"]}
+    bad["W"][0, 0] = 1000.0
+    with warnings.catch_warnings(), pytest.raises(NonFiniteError, match="'exp'"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # the backward's 0·Inf
+        program(bad)
+    assert np.isfinite(program(ok).grads["W"]).all()

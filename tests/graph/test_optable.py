@@ -280,6 +280,49 @@ def test_kinks_are_reported():
 
 
 # --------------------------------------------------------------------------------------
+# vjp_product_with: the tape proves a gradient finite from the two factors of its products
+# --------------------------------------------------------------------------------------
+
+# op name -> operand shapes (1-D operands, batches broadcast against each other)
+PRODUCT_CASES = {
+    "matmul": [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)),
+               ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 2))],
+}
+
+
+def test_every_op_claiming_products_has_cases():
+    assert {n for n, op in OPS.items() if op.vjp_product_with is not None} == set(PRODUCT_CASES)
+
+
+@pytest.mark.parametrize("name,shapes", [(n, s) for n, cases in PRODUCT_CASES.items() for s in cases])
+def test_a_rule_claimed_a_sum_of_products_is_bilinear_and_bounded_by_them(name, shapes):
+    # the claim "input i's rule sums products g[·]·xs[j][·], each element of g at most once
+    # per sum" implies: scaling g by s and xs[j] by t scales the result by s·t, and every
+    # |result| ≤ g.size · max|g| · max|xs[j]| (what the tape's proof assumes)
+    op = OPS[name]
+    xs = [r(*s) for s in shapes]
+    ans = op.forward(*xs)
+    g = r(*np.shape(ans))
+    for i, j in enumerate(op.vjp_product_with):
+        if j is None:
+            continue
+        rule = op.vjp_for(i)
+        base = rule(g, ans, *xs)
+        scaled = list(xs)
+        scaled[j] = xs[j] * -3.0
+        np.testing.assert_allclose(rule(g * 0.5, ans, *scaled), -1.5 * base, rtol=1e-13, atol=1e-13)
+        # the other inputs and ``ans`` do not enter: changing them changes nothing
+        others = [x if k == j else x + 1.0 for k, x in enumerate(xs)]
+        np.testing.assert_allclose(rule(g, ans + 1.0, *others), base, rtol=1e-13, atol=1e-13)
+        bound = g.size * np.abs(g).max() * np.abs(xs[j]).max()
+        assert np.abs(base).max() <= bound
+        # at most once per sum: with g and xs[j] all ones, every |result| ≤ g.size
+        ones = list(xs)
+        ones[j] = np.ones_like(xs[j])
+        assert np.abs(rule(np.ones_like(g), ans, *ones)).max() <= g.size
+
+
+# --------------------------------------------------------------------------------------
 # fused rules: the tape's one-call form of an op's VJPs must agree with the rules
 # --------------------------------------------------------------------------------------
 
