@@ -48,6 +48,7 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -137,13 +138,45 @@ WARM_S = 0.03
 TIMED = 5
 
 
+_STREAM: Any = None
+
+
+def adam_bytes_floor(params: list[np.ndarray]) -> Callable[[], None]:
+    """A function that moves the bytes an Adam step must move for ``params`` and does no
+    arithmetic: per element it reads the weight, its gradient and both moments and writes
+    the weight and the moments (m ← g, v ← m, θ ← max(θ, v), on copies, so that the model
+    is not touched and the numbers stay bounded). Its time is the floor of any Adam step
+    that is a pass of its own over memory, on this machine."""
+    global _STREAM
+    if _STREAM is None:
+        import numba
+
+        @numba.njit(nogil=True)
+        def stream(p, g, m, v):  # pragma: no cover - numba
+            for i in range(p.size):
+                gi, mi, vi, pi = g[i], m[i], v[i], p[i]
+                m[i] = gi
+                v[i] = mi
+                p[i] = pi if pi > vi else vi
+        _STREAM = stream
+    rng = np.random.default_rng(0)
+    arrays = [[rng.standard_normal(a.size).astype(a.dtype) for _ in range(4)] for a in params]
+
+    def floor() -> None:
+        for p, g, m, v in arrays:
+            _STREAM(p, g, m, v)
+    return floor
+
+
 def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
     """The optimiser's share of a training step, ours and PyTorch's side by side: the gradient
     (``step(x, y)``; PyTorch: zero_grad, forward, ``loss.backward()``) and ``opt.step()`` (Adam,
     and SGD with momentum 0.9, whose step size is too small to move the weights) timed
     separately in interleaved rounds (medians; see :data:`SETTLE` and :data:`WARM_S`: the
     times of back-to-back training steps), for the inpainting MLP
-    784-256-784 (batch 64) and DnCNN-lite 5×32 with batch norm (16 × 40²), float32."""
+    784-256-784 (batch 64) and DnCNN-lite 5×32 with batch norm (16 × 40²), float32. Next to
+    them, the floor of a separate Adam pass over the same parameters
+    (:func:`adam_bytes_floor`): the time of moving its bytes, without its arithmetic."""
     rng = np.random.default_rng(0)
     cases = {
         "mlp": (nn.InpaintingMLP(784, 256, dtype=np.float32, rng=0), nn.MSELoss(),
@@ -157,7 +190,8 @@ def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
         step = nn.compile_step(model, loss, engine="tape", anomaly=False)
         opt = nn.Adam(model.parameters(), lr=1e-6)
         sgd = nn.SGD(model.parameters(), lr=1e-12, momentum=0.9)
-        fns = {"ours_grad": lambda: step(x, x), "ours_opt": opt.step, "ours_sgd": sgd.step}
+        fns = {"ours_grad": lambda: step(x, x), "ours_opt": opt.step, "ours_sgd": sgd.step,
+               "ours_floor": adam_bytes_floor([p.data for p in model.parameters()])}
         if torch is not None:
             tm = peer._dncnn_model(torch, 32, 5, peer.dncnn_initial_weights(32, 5, 0)).float() \
                 if name == "dncnn" else torch.nn.Sequential(
@@ -197,7 +231,8 @@ def optimiser_shares(threads: int, rounds: int = 15) -> dict[str, Any]:
         med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
         row = {"ours_grad_ms": med["ours_grad"], "ours_opt_ms": med["ours_opt"],
                "ours_share": med["ours_opt"] / med["ours_grad"],
-               "ours_sgd_ms": med["ours_sgd"], "ours_sgd_share": med["ours_sgd"] / med["ours_grad"]}
+               "ours_sgd_ms": med["ours_sgd"], "ours_sgd_share": med["ours_sgd"] / med["ours_grad"],
+               "floor_ms": med["ours_floor"], "floor_share": med["ours_floor"] / med["ours_grad"]}
         if torch is not None:
             row.update(torch_grad_ms=med["torch_grad"], torch_opt_ms=med["torch_opt"],
                        torch_share=med["torch_opt"] / med["torch_grad"],
@@ -279,6 +314,8 @@ def _shared_table(results: dict[str, Any]) -> Any:
         if "torch_share" in r:
             table.add(f"{name} Adam share", "torch", "optimiser / gradient", r["torch_share"], "ratio")
         table.add(f"{name} SGD share", "ours", "optimiser / gradient", r["ours_sgd_share"], "ratio")
+        table.add(f"{name} Adam memory floor share", "ours", "bytes moved / gradient",
+                  r["floor_share"], "ratio")
         if "torch_sgd_share" in r:
             table.add(f"{name} SGD share", "torch", "optimiser / gradient", r["torch_sgd_share"],
                       "ratio")
@@ -288,16 +325,19 @@ def _shared_table(results: dict[str, Any]) -> Any:
 
 def _print_shares(results: dict[str, Any]) -> None:
     print("\noptimiser share of a step (Adam step / gradient, float32; target ≤ 5 %), load "
-          f"average {', '.join(f'{v:.1f}' for v in os.getloadavg())}:")
-    print("| case | ours: gradient | Adam | share | SGD+momentum | share "
+          f"average {', '.join(f'{v:.1f}' for v in os.getloadavg())}; the memory floor is the "
+          "time of moving an Adam step's bytes\n(read θ, g, m, v; write θ, m, v) without its "
+          "arithmetic, over the gradient:")
+    print("| case | ours: gradient | Adam | share | memory floor | share | SGD+momentum | share "
           "| PyTorch: gradient | Adam | share | SGD+momentum | share |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results["optimiser_share"].items():
         theirs = (f"{r['torch_grad_ms']:.3g} ms | {r['torch_opt_ms']:.3g} ms | "
                   f"{100 * r['torch_share']:.1f} % | {r['torch_sgd_ms']:.3g} ms | "
                   f"{100 * r['torch_sgd_share']:.1f} %") if "torch_share" in r else "– | – | – | – | –"
         print(f"| {name} | {r['ours_grad_ms']:.3g} ms | {r['ours_opt_ms']:.3g} ms | "
-              f"{100 * r['ours_share']:.1f} % | {r['ours_sgd_ms']:.3g} ms | "
+              f"{100 * r['ours_share']:.1f} % | {r['floor_ms']:.3g} ms | "
+              f"{100 * r['floor_share']:.1f} % | {r['ours_sgd_ms']:.3g} ms | "
               f"{100 * r['ours_sgd_share']:.1f} % | {theirs} |")
 
 

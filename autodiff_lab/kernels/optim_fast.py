@@ -69,11 +69,16 @@ def adam(p, g, m, v, c):  # pragma: no cover - numba
 
     θ ← θ · decay_factor (AdamW: 1 − γλ; Adam: 1), g ← g + λθ (Adam; AdamW passes λ = 0),
     m ← m + (1 − β1)(g − m), v ← β2 v + (1 − β2) g²,
-    θ ← θ − (γ / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + ε).
-    ``c`` = (λ, decay_factor, 1 − β1, β2, 1 − β2, γ / (1 − β1ᵗ), √(1 − β2ᵗ), ε), in the
+    θ ← θ − (γ / (1 − β1ᵗ)) · m / (√v · (1 / √(1 − β2ᵗ)) + ε).
+    ``c`` = (λ, decay_factor, 1 − β1, β2, 1 − β2, γ / (1 − β1ᵗ), 1 / √(1 − β2ᵗ), ε), in the
     arrays' dtype: a float64 scalar here would promote float32 work to float64.
+
+    PyTorch divides √v by √(1 − β2ᵗ); multiplying by its reciprocal instead (which moves the
+    denominator by at most an ulp or so) leaves one division per element, not two: on the
+    784-256-784 MLP's 401,000 float64 weights, 0.63 ms instead of 0.86 ms (float32 stays
+    at ~0.25 ms either way: its step is bound by moving the seven arrays' bytes).
     """
-    weight_decay, decay_factor, w1, b2, one_minus_b2, step_size, bc2_sqrt, eps = \
+    weight_decay, decay_factor, w1, b2, one_minus_b2, step_size, inv_bc2_sqrt, eps = \
         c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
     for i in range(p.size):
         theta = p[i] * decay_factor
@@ -82,13 +87,13 @@ def adam(p, g, m, v, c):  # pragma: no cover - numba
         m[i] = mi
         vi = v[i] * b2 + one_minus_b2 * d * d
         v[i] = vi
-        p[i] = theta - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
+        p[i] = theta - step_size * (mi / (np.sqrt(vi) * inv_bc2_sqrt + eps))
 
 
 @cached_njit(error_model="numpy")
 def adam_amsgrad(p, g, m, v, vmax, c):  # pragma: no cover - numba
     """:func:`adam` with AMSGrad: v_max ← max(v_max, v) replaces v in the denominator."""
-    weight_decay, decay_factor, w1, b2, one_minus_b2, step_size, bc2_sqrt, eps = \
+    weight_decay, decay_factor, w1, b2, one_minus_b2, step_size, inv_bc2_sqrt, eps = \
         c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
     for i in range(p.size):
         theta = p[i] * decay_factor
@@ -99,4 +104,4 @@ def adam_amsgrad(p, g, m, v, vmax, c):  # pragma: no cover - numba
         v[i] = vi
         vm = max(vmax[i], vi)
         vmax[i] = vm
-        p[i] = theta - step_size * (mi / (np.sqrt(vm) / bc2_sqrt + eps))
+        p[i] = theta - step_size * (mi / (np.sqrt(vm) * inv_bc2_sqrt + eps))

@@ -17,7 +17,7 @@ Adam (β1, β2, ε; t counts the steps of each parameter)::
     m ← β1 m + (1 − β1) g
     v ← β2 v + (1 − β2) g²
     v_max ← max(v_max, v)            (AMSGrad; v_max then replaces v below)
-    θ ← θ − γ/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
+    θ ← θ − γ/(1 − β1ᵗ) · m / (√v · (1/√(1 − β2ᵗ)) + ε)
 
 Usage mirrors PyTorch::
 
@@ -406,12 +406,12 @@ class Adam(Optimizer):
         def coefficients() -> tuple[float, ...]:
             # the bias corrections in double precision, as PyTorch computes them
             step_size = lr / (1.0 - b1 ** step)
-            bc2_sqrt = math.sqrt(1.0 - b2 ** step)
+            inv_bc2_sqrt = 1.0 / math.sqrt(1.0 - b2 ** step)
             if self._decoupled:  # θ ← θ(1 − γλ), the gradient left alone
                 coupled, decay = 0.0, 1.0 - lr * wd
             else:  # g ← g + λθ, θ·1
                 coupled, decay = wd, 1.0
-            return (coupled, decay, 1.0 - b1, b2, 1.0 - b2, step_size, bc2_sqrt, eps)
+            return (coupled, decay, 1.0 - b1, b2, 1.0 - b2, step_size, inv_bc2_sqrt, eps)
 
         c = self._coefficients((step, lr, wd, eps, b1, b2, data.dtype), coefficients)
         k = _OPTIM_FAST or _kernels()
