@@ -165,6 +165,7 @@ def adam_bytes_floor(params: list[np.ndarray]) -> Callable[[], None]:
     def floor() -> None:
         for p, g, m, v in arrays:
             _STREAM(p, g, m, v)
+    floor.arrays = arrays  # type: ignore[attr-defined]  # the copies it moves (for its test)
     return floor
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from autodiff_lab._lazy import lazy_module
 from autodiff_lab.engines import tape_codegen
 from autodiff_lab.engines.base import (
     Engine,
@@ -195,17 +196,15 @@ def _compiled_all_finite() -> Callable[[list[Any]], bool] | None:
     return all_finite
 
 
-_PRODUCTS_FINITE: list[Callable[[Any, Any, int], bool]] = []
+#: the compiled checks, imported at their first use (only once a program is used in a loop)
+_finite = lazy_module("autodiff_lab.kernels.finite")
 
 
 def _products_finite(p: Any, q: Any, terms: int) -> bool:
-    """:func:`autodiff_lab.kernels.finite.products_finite`, imported at its first use (only
-    once the compiled check is loaded); ``False`` (not proven) if it fails."""
-    if not _PRODUCTS_FINITE:
-        from autodiff_lab.kernels import finite
-        _PRODUCTS_FINITE.append(finite.products_finite)
+    """:func:`autodiff_lab.kernels.finite.products_finite`; ``False`` (not proven) if it
+    fails."""
     try:
-        return _PRODUCTS_FINITE[0](p, q, terms)
+        return _finite.products_finite(p, q, terms)
     except Exception:  # pragma: no cover - a compilation failure: the gradient is tested
         return False
 

@@ -14,12 +14,12 @@ def test_the_adam_floor_moves_copies_of_the_parameters_and_stays_bounded(dtype):
     params = [np.arange(12, dtype=dtype).reshape(3, 4), np.ones(5, dtype)]
     before = [p.copy() for p in params]
     floor = bench.adam_bytes_floor(params)
-    arrays = [[a.copy() for a in group] for group in bench_arrays(floor)]
+    arrays = [[a.copy() for a in group] for group in floor.arrays]
     for _ in range(50):
         floor()
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p, b)  # the model is not touched
-    for group, start in zip(bench_arrays(floor), arrays):
+    for group, start in zip(floor.arrays, arrays):
         assert [a.size for a in group] == [start[0].size] * 4 and group[0].dtype == dtype
         # m ← g, v ← m, θ ← max(θ, v): after two calls v holds the old g, θ their maximum
         np.testing.assert_array_equal(group[1], start[1])
@@ -27,8 +27,3 @@ def test_the_adam_floor_moves_copies_of_the_parameters_and_stays_bounded(dtype):
         np.testing.assert_array_equal(group[0], np.maximum.reduce([start[0], start[1], start[2],
                                                                    start[3]]))
 
-
-def bench_arrays(floor):
-    """The copies a floor function moves (its closure's one list of 4-array groups)."""
-    (cell,) = [c for c in floor.__closure__ if isinstance(c.cell_contents, list)]
-    return cell.cell_contents
