@@ -31,7 +31,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--step", action="store_true", help="also the whole DnCNN-lite step")
-    ap.add_argument("--coretype", default="SkylakeX")
+    ap.add_argument("--coretype", default=None,
+                    help="OPENBLAS_CORETYPE (default: SkylakeX on a CPU with AVX-512, else unset)")
     ap.add_argument("--cpu", action="store_true",
                     help="CPU time of the process (all its threads) instead of wall time: on a "
                          "busy machine, the work done without the waits for a core")
@@ -40,6 +41,10 @@ def _args() -> argparse.Namespace:
 
 ARGS = _args() if __name__ == "__main__" else None
 if ARGS is not None:
+    if ARGS.coretype is None:
+        from _cpu import default_coretype  # benchmarks/ is on sys.path when run
+
+        ARGS.coretype = default_coretype()
     if ARGS.coretype:
         os.environ["OPENBLAS_CORETYPE"] = ARGS.coretype
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",

@@ -23,8 +23,9 @@ hand-written numpy share this process (both are numpy + OpenBLAS). ``--same-proc
 everything in one process, interleaved, as earlier versions did.
 
 Environment, identical for every framework (set here before numpy is imported):
-OPENBLAS_CORETYPE=SkylakeX (numpy's OpenBLAS otherwise picks Haswell kernels on this CPU;
-SkylakeX measured 1.6–1.8× faster for matmul), 2 threads everywhere (OMP, OpenBLAS, MKL,
+OPENBLAS_CORETYPE=SkylakeX on a CPU with AVX-512 (numpy's OpenBLAS otherwise picks Haswell
+kernels there; SkylakeX measured 1.6–1.8× faster for matmul), OpenBLAS's own pick on a CPU
+without it (``benchmarks/_cpu.py``), 2 threads everywhere (OMP, OpenBLAS, MKL,
 Numba, torch.set_num_threads). PyTorch and JAX are optional: install them with
 ``pip install -r benchmarks/requirements-peers.txt``; a peer that does not import is reported
 as "not installed" (in the table and in the flat ``records`` of the JSON), and no target is
@@ -76,7 +77,9 @@ def _set_env(coretype: str) -> None:
 def _early_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
-    ap.add_argument("--coretype", default="SkylakeX", help="OPENBLAS_CORETYPE for every framework")
+    ap.add_argument("--coretype", default=None,
+                    help="OPENBLAS_CORETYPE for every framework (default: SkylakeX on a CPU with "
+                         "AVX-512, else unset; \"\" leaves it unset)")
     ap.add_argument("--json", default=None,
                     help="output JSON path (default: a new benchmarks/results/bench_tape-<time>.json; "
                          "the committed results are never overwritten unless named here)")
@@ -93,7 +96,12 @@ def _early_args() -> argparse.Namespace:
     ap.add_argument("--keep-freed-memory", action="store_true",
                     help="glibc keeps freed memory (mallopt) -- for every framework in the run; "
                          "see autodiff_lab/kernels/memory.py")
-    return ap.parse_args()
+    args = ap.parse_args()
+    if args.coretype is None:
+        from _cpu import default_coretype  # benchmarks/ is on sys.path when run
+
+        args.coretype = default_coretype()
+    return args
 
 
 ARGS = _early_args() if __name__ == "__main__" else None

@@ -9,7 +9,7 @@ differentiated), warmed up, and timed plainly (median per call); then each of it
 steps and backward rules (a fused rule counts once) is wrapped in a timer and the calls are
 run again. The table lists the steps by their time per call, with the op and the node,
 and the wrapped total next to the plain one (the wrappers cost a few µs per step). Same
-environment as ``bench_tape.py``: OPENBLAS_CORETYPE=SkylakeX and the thread count for
+environment as ``bench_tape.py``: OPENBLAS_CORETYPE=SkylakeX (on a CPU with AVX-512) and the thread count for
 every library, set before numpy is imported.
 """
 
@@ -89,7 +89,10 @@ def profile(workload: str, dtype: str, calls: int) -> dict:
 
 def main() -> None:
     args = _args()
-    os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    from _cpu import default_coretype  # benchmarks/ is on sys.path when run
+
+    if default_coretype():  # SkylakeX where the CPU has AVX-512, else OpenBLAS's pick
+        os.environ.setdefault("OPENBLAS_CORETYPE", default_coretype())
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         os.environ[var] = str(args.threads)
