@@ -21,12 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numba
 import numpy as np
 from numba import prange
 
-from autodiff_lab.kernels import blas, conv_fast, memory
+from autodiff_lab.kernels import blas, conv_fast, memory, threads
 from autodiff_lab.kernels.numba_cache import cached_njit
+
+#: parallel loops run only when :func:`.threads.many` allows (see :mod:`.threads`)
+ONE_THREAD_FLAG = True
 
 _SUMS = {"reassoc", "contract"}
 
@@ -215,7 +217,7 @@ PARALLEL_MIN = 1 << 18
 
 
 def _parallel(x3: np.ndarray) -> bool:
-    return x3.shape[1] > 1 and x3.size >= PARALLEL_MIN and numba.get_num_threads() > 1
+    return x3.shape[1] > 1 and x3.size >= PARALLEL_MIN and threads.many()
 
 
 def _run(serial: Callable, parallel: Callable, x3: np.ndarray, *args: Any) -> None:

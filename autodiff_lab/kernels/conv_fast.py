@@ -28,13 +28,15 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 from numba import prange
 
-from autodiff_lab.kernels import blas, finite, memory
+from autodiff_lab.kernels import blas, finite, memory, threads
 from autodiff_lab.kernels.conv_reference import conv_output_size
 from autodiff_lab.kernels.numba_cache import cached_njit
+
+#: parallel loops run only when :func:`.threads.many` allows (see :mod:`.threads`)
+ONE_THREAD_FLAG = True
 
 Pair = tuple[int, int]
 
@@ -102,7 +104,7 @@ PARALLEL_MIN = 1 << 18
 
 def _loop(serial: Callable, parallel: Callable, work: int) -> Callable:
     """The serial or the parallel version of a kernel, for ``work`` (see :data:`PARALLEL_MIN`)."""
-    return parallel if work >= PARALLEL_MIN and numba.get_num_threads() > 1 else serial
+    return parallel if work >= PARALLEL_MIN and threads.many() else serial
 
 
 # --------------------------------------------------------------------------------------

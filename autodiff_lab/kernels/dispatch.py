@@ -25,6 +25,7 @@ import numpy as np
 from autodiff_lab.errors import ShapeError
 from autodiff_lab.kernels import conv_reference as ref
 from autodiff_lab.kernels import memory, tiered
+from autodiff_lab.kernels import threads as _threads
 from autodiff_lab.kernels.conv_reference import (  # noqa: F401 - re-exported for the op table
     col2im,
     conv_output_size,
@@ -36,8 +37,13 @@ from autodiff_lab.kernels.conv_reference import (  # noqa: F401 - re-exported fo
 
 Pair = tuple[int, int]
 _REAL = (np.dtype(np.float32), np.dtype(np.float64))
-#: below this many elements numpy's element-wise rules are as fast as a Numba call
-ELEMENTWISE_MIN_SIZE = 1 << 15
+#: below this many elements numpy's element-wise rules are as fast as a Numba call.
+#: Measured (float32, one thread, µs per call, numpy's rule against the kernel): relu
+#: forward 2.0 / 3.7 at 1,024 elements, 5.9 / 4.8 at 4,096; relu backward (numpy's
+#: ``heaviside`` is a scalar loop, ~6 ns per element) 10.4 / 6.3 at 1,024 and 99.5 / 6.6
+#: at 16,384 -- the 784-256-784 MLP's hidden layer, 5-8 % of its gradient when it was left
+#: to numpy; leaky ReLU 7.1 / 7.6 (forward) and 18.6 / 7.9 (backward) at 1,024
+ELEMENTWISE_MIN_SIZE = 1 << 11
 
 _modules: dict[str, ModuleType] = {}
 #: set to False to run every op with the reference kernels (tests compare the two)
@@ -74,16 +80,28 @@ def _needs_lock() -> bool:
 
 class _Threads:
     """Run a kernel with ``kernel_threads`` Numba threads, restoring the caller's count, and
-    one kernel launch at a time where the threading layer needs it."""
+    one kernel launch at a time where the threading layer needs it.
+
+    One thread, for a module that reads the flag of :mod:`.threads` (``ONE_THREAD_FLAG``),
+    is asked for through that flag: it starts no parallel loop then, so neither Numba's
+    thread count (~7 µs to set and put back) nor the launch lock is needed."""
 
     def __init__(self, mod: ModuleType) -> None:
         self.mod = mod
+        self.flagged = bool(getattr(mod, "ONE_THREAD_FLAG", False))
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(self.mod, name)
+        flagged = self.flagged
 
         def call(*args: Any, **kwargs: Any) -> Any:
             threads = kernel_threads
+            if threads == 1 and flagged:
+                previous = _threads.set_one_thread(True)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _threads.set_one_thread(previous)
             if threads is None and not _needs_lock():
                 return fn(*args, **kwargs)
             with _launch_lock if _needs_lock() else contextlib.nullcontext():
@@ -99,11 +117,17 @@ class _Threads:
         return call
 
 
+_wrappers: dict[str, _Threads] = {}
+
+
 def _fast(name: str) -> _Threads:
-    mod = _modules.get(name)
-    if mod is None:
-        mod = _modules[name] = importlib.import_module(f"autodiff_lab.kernels.{name}")
-    return _Threads(mod)
+    wrapper = _wrappers.get(name)
+    if wrapper is None:
+        mod = _modules.get(name)
+        if mod is None:
+            mod = _modules[name] = importlib.import_module(f"autodiff_lab.kernels.{name}")
+        wrapper = _wrappers[name] = _Threads(mod)
+    return wrapper
 
 
 def real_float(*arrays: Any) -> bool:
@@ -142,8 +166,12 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b``; for two matrices of one real float dtype, into a recycled array
     (:func:`.memory.empty`). A fresh result above glibc's mmap threshold costs a page fault
     per 4 KiB on every call: measured on the inpainting MLP in float64 (two 784×256 weight
-    gradients, 1.6 MB each), 1,340 faults and 4.3 ms per gradient against 1.1 ms without."""
+    gradients, 1.6 MB each), 1,340 faults and 4.3 ms per gradient against 1.1 ms without.
+    A result below the pool's size (:data:`.memory.POOL_MIN_BYTES`) is left to numpy: the
+    pool would hand out a fresh array anyway, and its Python call cost a product of small
+    matrices (16-8-16 MLP) 2-3 µs on top of numpy's 1.7 µs."""
     if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
+            and a.shape[0] * b.shape[1] * a.itemsize >= memory.POOL_MIN_BYTES
             and a.dtype == b.dtype and a.dtype in _REAL and a.shape[1] == b.shape[0]):
         return np.matmul(a, b, out=memory.empty((a.shape[0], b.shape[1]), a.dtype))
     return np.matmul(a, b)

@@ -14,12 +14,14 @@ serial call: under 1 µs), about what the 2 MB ReLU of a U-Net layer takes.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
-from autodiff_lab.kernels import memory
+from autodiff_lab.kernels import memory, threads
 from autodiff_lab.kernels.numba_cache import cached_njit
+
+#: parallel loops run only when :func:`.threads.many` allows (see :mod:`.threads`)
+ONE_THREAD_FLAG = True
 
 #: elements per chunk of the parallel loops (and the least for which they run at all)
 CHUNK = 1 << 16
@@ -99,7 +101,7 @@ def _leaky_relu_backward_par(g, x, alpha, out):  # pragma: no cover - numba
 def parallel(size: int) -> bool:
     """Whether a loop over ``size`` elements should run in parallel: Numba has more than
     one thread for this call and there are at least two chunks."""
-    return size >= 2 * CHUNK and numba.get_num_threads() > 1
+    return size >= 2 * CHUNK and threads.many()
 
 
 def _flat(a: np.ndarray) -> np.ndarray:

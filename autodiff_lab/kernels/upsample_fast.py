@@ -26,12 +26,14 @@ keep the numpy rule. Serial loops over planes run when Numba has one thread for 
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
-from autodiff_lab.kernels import memory
+from autodiff_lab.kernels import memory, threads
 from autodiff_lab.kernels.numba_cache import cached_njit
+
+#: parallel loops run only when :func:`.threads.many` allows (see :mod:`.threads`)
+ONE_THREAD_FLAG = True
 
 # --------------------------------------------------------------------------------------
 # forward
@@ -166,7 +168,7 @@ def _weights(dtype: np.dtype) -> tuple:
 
 
 def _parallel(elements: int, planes: int) -> bool:
-    return planes > 1 and elements >= PARALLEL_MIN and numba.get_num_threads() > 1
+    return planes > 1 and elements >= PARALLEL_MIN and threads.many()
 
 
 def upsample_bilinear2d(x: np.ndarray, scale: tuple[int, int]) -> np.ndarray:

@@ -40,6 +40,9 @@ import numpy as np
 from autodiff_lab.kernels import conv_fast, finite, memory
 from autodiff_lab.kernels.numba_cache import cached_njit
 
+#: no parallel loop of its own: those of conv_fast it calls ask :func:`.threads.many`
+ONE_THREAD_FLAG = True
+
 Pair = tuple[int, int]
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])

@@ -196,3 +196,22 @@ def test_clear_scratch_drops_every_threads_kernel_buffers():
     gc.collect()
     assert len(conv_fast._scratch_pools) == before  # the finished thread's pool went with it
     assert conv_fast.clear_scratch() == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matrix_products_recycle_big_results_and_leave_small_ones_to_numpy(small_pool, dtype):
+    from autodiff_lab.kernels import dispatch
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((8, 16)).astype(dtype), rng.standard_normal((16, 4)).astype(dtype)
+    small = dispatch.matmul(a, b)
+    np.testing.assert_array_equal(small, a @ b)
+    assert small.dtype == dtype and memory.pooled_bytes() == 0  # below the pool's size
+    rows = memory.POOL_MIN_BYTES // np.dtype(dtype).itemsize // 64
+    a, b = rng.standard_normal((rows, 16)).astype(dtype), rng.standard_normal((16, 64)).astype(dtype)
+    big = dispatch.matmul(a, b)
+    np.testing.assert_array_equal(big, a @ b)
+    assert memory.pooled_bytes() == big.nbytes
+    big_id = id(big)
+    del big
+    assert id(dispatch.matmul(a, b)) == big_id  # handed out again once free
