@@ -45,7 +45,8 @@ _REAL = (np.dtype(np.float32), np.dtype(np.float64))
 #: to numpy; leaky ReLU 7.1 / 7.6 (forward) and 18.6 / 7.9 (backward) at 1,024
 ELEMENTWISE_MIN_SIZE = 1 << 11
 
-_modules: dict[str, ModuleType] = {}
+#: the kernel modules imported so far, each behind its thread wrapper (:func:`_fast`)
+_modules: dict[str, _Threads] = {}
 #: set to False to run every op with the reference kernels (tests compare the two)
 enabled = True
 #: threads the parallel Numba kernels use (None: Numba's setting, all cores). 1 by default:
@@ -117,16 +118,12 @@ class _Threads:
         return call
 
 
-_wrappers: dict[str, _Threads] = {}
-
-
 def _fast(name: str) -> _Threads:
-    wrapper = _wrappers.get(name)
+    """The kernel module ``name``, imported at its first use, behind its :class:`_Threads`."""
+    wrapper = _modules.get(name)
     if wrapper is None:
-        mod = _modules.get(name)
-        if mod is None:
-            mod = _modules[name] = importlib.import_module(f"autodiff_lab.kernels.{name}")
-        wrapper = _wrappers[name] = _Threads(mod)
+        module = importlib.import_module(f"autodiff_lab.kernels.{name}")
+        wrapper = _modules[name] = _Threads(module)
     return wrapper
 
 
