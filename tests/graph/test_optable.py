@@ -343,8 +343,16 @@ def _conv_case(x_shape, w_shape, bias, **attrs):
     return make, attrs
 
 
+def _pair_loss_case(shape, reduction):
+    def make(dtype):
+        return [r(*shape).astype(dtype), r(*shape).astype(dtype)]
+    return make, {"reduction": reduction}
+
+
 # op name -> cases (operands for a dtype, attributes)
 FUSED_CASES = {
+    "mse": [_pair_loss_case((16, 4), "sum"), _pair_loss_case((3, 1, 5), "mean"),
+            _pair_loss_case((784, 64), "sum"), _pair_loss_case((), "mean")],
     "conv2d": [_conv_case((2, 3, 7, 6), (4, 3, 3, 3), True, padding=(1, 1)),
                _conv_case((2, 4, 5, 7), (2, 4, 3, 2), False, padding=(1, 0)),  # thin
                _conv_case((1, 4, 9, 8), (6, 2, 3, 3), True, padding=(2, 1), dilation=(2, 1),
@@ -470,3 +478,24 @@ def _check_fusion(fusion, first, second, args, first_attrs, second_attrs, attrs,
     # the one-rule-per-input view of the pair agrees too
     for i in range(len(args)):
         np.testing.assert_allclose(op.vjp_for(i)(g, ans, *args, **attrs), want[i], **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("k", range(4))
+def test_mse_fused_rule_is_the_per_input_rules_exactly(k, dtype):
+    """The target's gradient is the prediction's negated: the same numbers, bit for bit, as
+    its own rule, for either reduction, a float64 or a same-dtype upstream gradient."""
+    op = OPS["mse"]
+    make, attrs = FUSED_CASES["mse"][k]
+    pred, target = make(dtype)
+    ans = op.forward(pred, target, **attrs)
+    for g in (np.asarray(0.7, dtype), 1.0, np.float64(-3.25)):
+        rules = [op.vjp_for(i)(g, ans, pred, target, **attrs) for i in range(2)]
+        for wanted in _wanted_subsets(2):
+            got = op.fused_vjp(wanted, None, g, ans, pred, target, **attrs)
+            for want, a, b in zip(wanted, got, rules):
+                if want:
+                    assert np.asarray(a).dtype == np.asarray(b).dtype
+                    np.testing.assert_array_equal(a, b)
+                else:
+                    assert a is None
