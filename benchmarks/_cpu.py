@@ -6,11 +6,12 @@ framework is started with ``OPENBLAS_CORETYPE=SkylakeX`` when the CPU has AVX-51
 without it (an AMD Zen 3, an older Intel) would die on the first SkylakeX instruction
 ("Illegal instruction"), so there the variable is left unset and OpenBLAS picks for itself.
 
-Pure Python and import-free on purpose: the scripts read it before numpy loads its BLAS.
+Pure Python, without numpy, on purpose: the scripts read it before numpy loads its BLAS.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -33,3 +34,11 @@ def default_coretype(cpuinfo: Path = CPUINFO) -> str:
     """``"SkylakeX"`` on a CPU with AVX-512 (F, BW, VL, DQ), else ``""``: OpenBLAS's own pick."""
     needed = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
     return "SkylakeX" if needed <= cpu_flags(cpuinfo) else ""
+
+
+def set_default_coretype() -> None:
+    """``OPENBLAS_CORETYPE`` = :func:`default_coretype`, unless the caller's environment set
+    it already; nothing where the default is OpenBLAS's own pick."""
+    coretype = default_coretype()
+    if coretype:
+        os.environ.setdefault("OPENBLAS_CORETYPE", coretype)

@@ -23,10 +23,9 @@ import sys
 #: CPU time and one thread (``--cpu``), else wall time and two threads as bench_tape.py
 CPU = __name__ == "__main__" and "--cpu" in sys.argv
 if __name__ == "__main__":  # before numpy loads its BLAS (bench_tape.py's environment)
-    from _cpu import default_coretype  # benchmarks/ is on sys.path when run
+    from _cpu import set_default_coretype  # benchmarks/ is on sys.path when run
 
-    if default_coretype():  # SkylakeX where the CPU has AVX-512, else OpenBLAS's pick
-        os.environ.setdefault("OPENBLAS_CORETYPE", default_coretype())
+    set_default_coretype()  # SkylakeX where the CPU has AVX-512, else OpenBLAS's pick
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                  "NUMBA_NUM_THREADS"):
         os.environ[_var] = "1" if CPU else "2"

@@ -38,10 +38,9 @@ if "--threads" in sys.argv[:-1]:  # read before numpy and torch start their thre
 if __name__ == "__main__":
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[_var] = str(THREADS)
-    from _cpu import default_coretype  # benchmarks/ is on sys.path when run
+    from _cpu import set_default_coretype  # benchmarks/ is on sys.path when run
 
-    if default_coretype():  # SkylakeX where the CPU has AVX-512, else OpenBLAS's pick
-        os.environ.setdefault("OPENBLAS_CORETYPE", default_coretype())
+    set_default_coretype()  # SkylakeX where the CPU has AVX-512, else OpenBLAS's pick
     # the checkout this file is in, not an installed copy: the script's own folder is what
     # Python puts first on sys.path, so the package beside it would otherwise be skipped
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

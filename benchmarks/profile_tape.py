@@ -89,10 +89,9 @@ def profile(workload: str, dtype: str, calls: int) -> dict:
 
 def main() -> None:
     args = _args()
-    from _cpu import default_coretype  # benchmarks/ is on sys.path when run
+    from _cpu import set_default_coretype  # benchmarks/ is on sys.path when run
 
-    if default_coretype():  # SkylakeX where the CPU has AVX-512, else OpenBLAS's pick
-        os.environ.setdefault("OPENBLAS_CORETYPE", default_coretype())
+    set_default_coretype()  # SkylakeX where the CPU has AVX-512, else OpenBLAS's pick
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         os.environ[var] = str(args.threads)
