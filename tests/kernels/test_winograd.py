@@ -490,3 +490,13 @@ def test_conv_relu_fusion_with_a_bias_gives_the_unfused_gradients(tile, calls):
     for k in ("x", "w", "b"):
         np.testing.assert_allclose(fused[k], plain[k], rtol=1e-5,
                                    atol=1e-5 * np.abs(plain[k]).max(), err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_finiteness_check_reads_only_its_range(dtype):
+    # an output is checked block by block while other threads write the rest of it: a NaN
+    # left outside the range by a recycled buffer must not decline the block
+    a = np.array([np.nan, 1.0, 2.0, np.inf], dtype=dtype)
+    assert winograd._nonfinite(a, 1, 3) == 0
+    assert np.isnan(winograd._nonfinite(a, 0, 2)) and np.isnan(winograd._nonfinite(a, 2, 4))
+    assert winograd._nonfinite(a, 2, 2) == 0
