@@ -31,6 +31,13 @@ Numba, torch.set_num_threads). PyTorch and JAX are optional: install them with
 as "not installed" (in the table and in the flat ``records`` of the JSON), and no target is
 decided against it.
 
+The BLAS's share: for the MLP, the five matrix products of one gradient are also timed alone
+(no autodiff: ``mlp_products``), through numpy's BLAS, which ours calls, and through
+PyTorch's (MKL in its wheels), in the same interleaved rounds. Every framework needs at least
+these products, so when numpy's BLAS alone takes more than 0.8 of PyTorch's whole step, the
+"0.8× PyTorch" target is out of reach on that machine whatever the tape does; the table says
+so next to the MLP's targets.
+
 Memory: each framework computes 200 float32 DnCNN-lite gradients in a fresh process; the
 table gives the RSS added over the set-up after 10, 100 and 200 calls, its high-water mark
 during the first 100 (the target's measure: after a call PyTorch has handed its activations
@@ -352,6 +359,40 @@ def mlp_peers(torch: Any, jax: Any, values: dict[str, np.ndarray]) -> dict[str, 
         def jax_step():
             return jax.block_until_ready(grad(*args))
         out["jax"] = jax_step
+    return out
+
+
+def mlp_products(torch: Any, values: dict[str, np.ndarray]) -> dict[str, Callable]:
+    """The five matrix products of one MLP gradient and nothing else: the forward's ``W1·x``
+    and ``W2·r``, the backward's ``d·rᵀ`` (dW2), ``W2ᵀ·d`` (dr) and ``gh·xᵀ`` (dW1), on the
+    operands of one call, each the way round the tape's matmul rules take it -- through
+    numpy's BLAS (``"numpy"``, in this process, where ours runs) and through PyTorch's
+    (``"torch"``). Every framework's gradient needs at least these five products, so their
+    time bounds the MLP's ratios: ours cannot come under 0.8× PyTorch's step while numpy's
+    BLAS alone takes longer than that."""
+    W1, W2, x, y = (values[k] for k in ("W1", "W2", "x", "y"))
+    h = W1 @ x
+    r = np.maximum(h, 0)
+    d = W2 @ r - y
+    gh = (W2.T @ d) * (h > 0)
+    pairs = [(W1, x), (W2, r), (d, r.T), (W2.T, d), (gh, x.T)]
+    # into arrays made once: a fresh 1.6 MB result is mapped afresh by malloc, a page fault
+    # per 4 KiB (the tape's products, too, write into recycled arrays)
+    results = [np.empty((a.shape[0], b.shape[1]), a.dtype) for a, b in pairs]
+    out: dict[str, Callable] = {}
+
+    def numpy_products():
+        return [np.matmul(a, b, out=o) for (a, b), o in zip(pairs, results)]
+    out["numpy"] = numpy_products
+    if torch is not None:
+        t_pairs = [(torch.from_numpy(a) if a.flags.c_contiguous else torch.from_numpy(a.T).T,
+                    torch.from_numpy(b) if b.flags.c_contiguous else torch.from_numpy(b.T).T)
+                   for a, b in pairs]  # the same memory, transposed views where numpy's are
+        t_results = [torch.empty(o.shape, dtype=ta.dtype) for o, (ta, _) in zip(results, t_pairs)]
+
+        def torch_products():
+            return [torch.matmul(a, b, out=o) for (a, b), o in zip(t_pairs, t_results)]
+        out["torch"] = torch_products
     return out
 
 
@@ -771,6 +812,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
         print(f"  {workload} {dtype}: ours {row['ours_ms']:.4g} ms", flush=True)
 
+    products: dict[str, dict[str, float]] = {}  # the MLP's five products alone, per dtype
+
+    def bench_products(dtype: str, peers: dict[str, Callable], rounds: int, inner: int) -> None:
+        """:func:`mlp_products` in interleaved rounds, PyTorch's in its own process."""
+        if child:
+            if child in peers:
+                peers[child]()
+                served[f"mlp_products/{dtype}"] = (peers[child], inner)
+            return
+        for fn in peers.values():
+            fn()
+        remotes = {p.name: p.remote("mlp_products", dtype) for p in procs}
+        med = interleaved({**peers, **{k: v for k, v in remotes.items() if v}}, rounds, inner)
+        products[dtype] = {f"{k}_ms": v * 1e3 for k, v in med.items()}
+
     ex = E.sigmoid_neuron()
     bench("sigmoid", "float64", ex.graph, ex.values, list(ex.graph.inputs),
           sigmoid_peers(torch, jax, ex.values), rounds=7 if quick else 15,
@@ -784,6 +840,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ex = E.mlp(bias=False, dtype=dtype)
         bench("mlp", dtype, ex.graph, ex.values, ["W1", "W2"], mlp_peers(torch, jax, ex.values),
               rounds=10 if quick else 30, inner=3)
+        bench_products(dtype, mlp_products(torch, ex.values), rounds=10 if quick else 30,
+                       inner=3)
     for dtype in () if args.small_only else ("float64", "float32"):
         ex = E.dncnn(batch_norm=False, dtype=dtype)
         bench("dncnn", dtype, ex.graph, ex.values, list(ex.graph.parameters),
@@ -807,7 +865,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not (args.no_cold_start or args.small_only):
         cold = cold_starts(rounds=1 if args.quick else 3, torch_installed="torch" in wanted)
     return {
-        "rows": rows, **cold, "memory": memory, "peers_absent": peers_absent,
+        "rows": rows, **cold, "memory": memory, "mlp_products": products,
+        "peers_absent": peers_absent,
         "peers_skipped": bool(args.no_peers),
         "environment": {
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(OpenBLAS default)"),
@@ -963,6 +1022,42 @@ def target_verdict(row: dict[str, Any], peer: str | None, ok: Callable[[dict[str
     return "met" if ok(row) else "MISSED"
 
 
+def products_share(result: dict[str, Any], dtype: str) -> dict[str, float] | None:
+    """For the MLP in ``dtype``: the time of its five products alone (:func:`mlp_products`)
+    through numpy's BLAS and through PyTorch's, each over PyTorch's whole step (keys
+    ``numpy``, ``torch``, as far as measured); None without PyTorch's step or the products."""
+    row = next((r for r in result["rows"] if (r["workload"], r["dtype"]) == ("mlp", dtype)),
+               None)
+    prod = (result.get("mlp_products") or {}).get(dtype)
+    if row is None or not prod or not row.get("torch_ms"):
+        return None
+    return {k: prod[f"{k}_ms"] / row["torch_ms"] for k in ("numpy", "torch")
+            if f"{k}_ms" in prod}
+
+
+def products_table(result: dict[str, Any]) -> list[str]:
+    """Lines on the MLP's five products alone against PyTorch's step (none when not
+    measured)."""
+    prods = result.get("mlp_products") or {}
+    if not prods:
+        return []
+    lines = ["", "MLP 784-256-784: its five matrix products alone (the operands of one gradient, "
+             "no autodiff) through numpy's BLAS (ours) and PyTorch's, against PyTorch's whole "
+             "step; while numpy's BLAS alone takes more than 0.8 of that step, no program on "
+             "it reaches 0.8× PyTorch",
+             f"{'dtype':<8}{'numpy BLAS':>12}{'torch BLAS':>12}{'torch step':>12}"
+             f"{'numpy/step':>12}{'torch/step':>12}"]
+    for dtype, prod in prods.items():
+        row = next((r for r in result["rows"] if (r["workload"], r["dtype"]) == ("mlp", dtype)),
+                   {})
+        share = products_share(result, dtype) or {}
+        lines.append(f"{dtype:<8}{_fmt_ms(prod.get('numpy_ms')):>12}"
+                     f"{_fmt_ms(prod.get('torch_ms')):>12}{_fmt_ms(row.get('torch_ms')):>12}"
+                     + "".join(f"{share[k]:>12.2f}" if k in share else f"{'—':>12}"
+                               for k in ("numpy", "torch")))
+    return lines
+
+
 def _fmt_ms(v: float | None) -> str:
     if v is None:
         return "—"
@@ -1008,6 +1103,7 @@ def table(result: dict[str, Any]) -> str:
     lines.append("(+%: anomaly on over anomaly off; arena MB: program.memory_bytes, the planned "
                  "buffers for one call's values and gradients; GFLOP/s: the direct "
                  "convolutions' arithmetic of one gradient over its time, see conv_flops)")
+    lines += products_table(result)
     mem = result.get("memory") or {}
     if mem:
         lines.append("")
@@ -1057,7 +1153,11 @@ def table(result: dict[str, Any]) -> str:
         row = next((r for r in result["rows"] if r["workload"] == workload and r["dtype"] == dtype),
                    None)
         if row is not None:
-            lines.append(f"target {workload} {dtype}: {text}: {target_verdict(row, peer, ok)}")
+            share = products_share(result, dtype) if workload == "mlp" else None
+            why = (f" (its five products alone through numpy's BLAS: {share['numpy']:.2f} of "
+                   f"PyTorch's step)" if share and "numpy" in share else "")
+            lines.append(f"target {workload} {dtype}: {text}: {target_verdict(row, peer, ok)}"
+                         f"{why}")
     for r in result["rows"]:
         if r["workload"] in ("mlp", "dncnn") and r["backward_over_forward"] is not None:
             lines.append(f"target {r['workload']} {r['dtype']}: backward/forward ≤ 3: "
@@ -1124,6 +1224,11 @@ def records(result: dict[str, Any]) -> list[dict[str, Any]]:
             elif peer != "numpy":
                 rec(w, peer, "time per gradient", None, "ms",
                     note="not run (--no-peers)" if result.get("peers_skipped") else "no peer")
+    for dtype, prod in (result.get("mlp_products") or {}).items():
+        for fw in ("numpy", "torch"):
+            if f"{fw}_ms" in prod:
+                rec(f"mlp {dtype}", fw, "five matrix products alone", prod[f"{fw}_ms"], "ms",
+                    note="the BLAS's share of a gradient: no autodiff, one call's operands")
     mem = result.get("memory") or {}
     ours_mem = (mem.get("ours") or {}).get("added_after_100_mb")
     ours_peak = (mem.get("ours") or {}).get("peak_added_mb")

@@ -1,8 +1,10 @@
 """benchmarks/bench_tape.py's effective GFLOP/s and its targets."""
 
+import numpy as np
 import pytest
 from bench_loader import load
 
+import autodiff_lab as adl
 from autodiff_lab import examples as E
 
 
@@ -135,3 +137,37 @@ def test_the_anomaly_cost_is_the_median_of_back_to_back_pairs(bench, monkeypatch
     cost = bench.paired_cost(lambda: "off", lambda: "on", rounds=5, inner=3)
     assert order == ["off", "on", "on", "off", "off", "on", "on", "off", "off", "on"]
     assert cost == pytest.approx(1.1)  # ratios 1.1, 1.1, 1.1, 1.1, 1.04
+
+
+def test_the_mlp_products_alone_are_the_gradients_products(bench):
+    ex = E.mlp(16, 8, 4, bias=False)
+    numpy_products = bench.mlp_products(None, ex.values)
+    assert set(numpy_products) == {"numpy"}
+    W1, W2, x, y = (ex.values[k] for k in ("W1", "W2", "x", "y"))
+    h, z, gW2, gr, gW1 = numpy_products["numpy"]()
+    r = np.maximum(h, 0)
+    d = W2 @ r - y
+    assert np.allclose(z, W2 @ r)
+    program = adl.engine("tape").compile(ex.graph, wrt=["W1", "W2"])
+    got = program(ex.values).grads
+    assert np.allclose(gW2, got["W2"])  # d·rᵀ is W2's gradient, gh·xᵀ W1's
+    assert np.allclose(gW1, got["W1"])
+    assert np.allclose(gr, W2.T @ d)
+
+
+def test_the_table_gives_the_blas_share_next_to_the_mlp_targets(bench):
+    row = {"workload": "mlp", "dtype": "float64", "ours_ms": 1.7, "ours_anomaly_ms": 1.75,
+           "torch_ms": 1.6, "ours_over_torch": 1.7 / 1.6, "ours_cold_ms": 5.0,
+           "backward_over_forward": 1.5, "memory_bytes": 4e6}
+    result = {"rows": [row], "mlp_products": {"float64": {"numpy_ms": 1.44, "torch_ms": 1.2}},
+              "environment": {"OPENBLAS_CORETYPE": "", "threads": 2, "torch": "x", "jax": None,
+                              "numpy": "2", "keep_freed_memory": False,
+                              "load_average": (0.1, 0.1, 0.1)}}
+    assert bench.products_share(result, "float64") == pytest.approx({"numpy": 0.9, "torch": 0.75})
+    assert bench.products_share(result, "float32") is None
+    text = bench.table(result)
+    assert "target mlp float64: ≤ 0.8× torch with anomaly on: MISSED (its five products alone " \
+           "through numpy's BLAS: 0.90 of PyTorch's step)" in text
+    assert "float64      1.44 ms      1.2 ms      1.6 ms        0.90        0.75" in text
+    recs = [r for r in bench.records(result) if r["metric"] == "five matrix products alone"]
+    assert {(r["framework"], r["value"]) for r in recs} == {("numpy", 1.44), ("torch", 1.2)}
