@@ -475,6 +475,16 @@ def relu_forward(x: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def difference_squares(pred: np.ndarray, target: np.ndarray
+                       ) -> tuple[np.ndarray, float] | None:
+    """``(pred − target, Σ (pred − target)²)`` in one pass for big real arrays of one shape
+    and dtype (:func:`.elementwise.difference_squares`), else ``None``."""
+    if (pred.size >= ELEMENTWISE_MIN_SIZE and pred.shape == target.shape
+            and real_float(pred, target)):
+        return _fast("elementwise").difference_squares(pred, target)
+    return None
+
+
 def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray | None:
     """g·relu'(x) fused (NaN where x is NaN), for big real arrays of one shape, else ``None``."""
     if x.size >= ELEMENTWISE_MIN_SIZE and g.shape == x.shape and real_float(g, x):

@@ -98,6 +98,19 @@ def _leaky_relu_backward_par(g, x, alpha, out):  # pragma: no cover - numba
         _leaky_relu_backward_span(g, x, alpha, out, c * CHUNK, min(n, (c + 1) * CHUNK))
 
 
+@cached_njit(nogil=True, fastmath={"reassoc"})
+def _difference_squares(pred, target, d):  # pragma: no cover - numba
+    # d = pred − target and Σ d², the squares summed in float64 (reassociation lets LLVM
+    # keep several partial sums, vectorised; without "nnan" a NaN or Inf still reaches it)
+    s = 0.0
+    for i in range(d.size):
+        v = pred[i] - target[i]
+        d[i] = v
+        w = np.float64(v)
+        s += w * w
+    return s
+
+
 def parallel(size: int) -> bool:
     """Whether a loop over ``size`` elements should run in parallel: Numba has more than
     one thread for this call and there are at least two chunks."""
@@ -117,6 +130,17 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
     else:
         _relu_forward_span(xf, of, 0, xf.size)
     return out
+
+
+def difference_squares(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
+    """``pred − target`` (a recycled array of their shape) and the sum of its squares, in
+    one pass over the inputs: numpy's mse forward takes three (subtract, square, sum) and
+    its gradient a fourth. The squares are summed in float64 whatever the dtype (numpy's
+    pairwise float32 sum is no closer), so the float32 loss is the float64 sum rounded
+    once."""
+    d = memory.empty(pred.shape, pred.dtype)
+    total = _difference_squares(_flat(pred), _flat(target), d.reshape(-1))
+    return d, float(total)
 
 
 def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray:

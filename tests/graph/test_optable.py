@@ -352,7 +352,8 @@ def _pair_loss_case(shape, reduction):
 # op name -> cases (operands for a dtype, attributes)
 FUSED_CASES = {
     "mse": [_pair_loss_case((16, 4), "sum"), _pair_loss_case((3, 1, 5), "mean"),
-            _pair_loss_case((784, 64), "sum"), _pair_loss_case((), "mean")],
+            _pair_loss_case((784, 64), "sum"), _pair_loss_case((), "mean"),
+            _pair_loss_case((64, 50), "mean")],  # the last two big: a saved difference
     "conv2d": [_conv_case((2, 3, 7, 6), (4, 3, 3, 3), True, padding=(1, 1)),
                _conv_case((2, 4, 5, 7), (2, 4, 3, 2), False, padding=(1, 0)),  # thin
                _conv_case((1, 4, 9, 8), (6, 2, 3, 3), True, padding=(2, 1), dilation=(2, 1),
@@ -481,21 +482,56 @@ def _check_fusion(fusion, first, second, args, first_attrs, second_attrs, attrs,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("k", range(len(FUSED_CASES["mse"])))
 def test_mse_fused_rule_is_the_per_input_rules_exactly(k, dtype):
     """The target's gradient is the prediction's negated: the same numbers, bit for bit, as
-    its own rule, for either reduction, a float64 or a same-dtype upstream gradient."""
+    its own rule, for either reduction, a float64 or a same-dtype upstream gradient -- also
+    from the difference the saving forward kept, which the rule leaves unchanged."""
     op = OPS["mse"]
     make, attrs = FUSED_CASES["mse"][k]
     pred, target = make(dtype)
     ans = op.forward(pred, target, **attrs)
+    again, saved = op.forward_saving(pred, target, **attrs)
+    assert (saved is not None) == (pred.size >= 2048)  # big arrays: one pass, d kept
+    kept = None if saved is None else saved.copy()
     for g in (np.asarray(0.7, dtype), 1.0, np.float64(-3.25)):
         rules = [op.vjp_for(i)(g, ans, pred, target, **attrs) for i in range(2)]
         for wanted in _wanted_subsets(2):
-            got = op.fused_vjp(wanted, None, g, ans, pred, target, **attrs)
-            for want, a, b in zip(wanted, got, rules):
-                if want:
-                    assert np.asarray(a).dtype == np.asarray(b).dtype
-                    np.testing.assert_array_equal(a, b)
-                else:
-                    assert a is None
+            for s in (None, saved):
+                got = op.fused_vjp(wanted, s, g, ans, pred, target, **attrs)
+                for want, a, b in zip(wanted, got, rules):
+                    if want:
+                        assert np.asarray(a).dtype == np.asarray(b).dtype
+                        np.testing.assert_array_equal(a, b)
+                    else:
+                        assert a is None
+    if saved is not None:
+        np.testing.assert_array_equal(saved, kept)
+        np.testing.assert_array_equal(saved, pred - target)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_mse_one_pass_loss_is_the_float64_sum_rounded_once(dtype, reduction):
+    """The one-pass loss of big arrays sums the squares in float64: the float32 loss is the
+    exact sum rounded once (within float64's error), NaN and ±Inf give NaN or Inf as
+    numpy's three passes do, and small arrays keep numpy's arithmetic."""
+    op = OPS["mse"]
+    rng = np.random.default_rng(3)
+    pred = rng.standard_normal((300, 70)).astype(dtype)
+    target = rng.standard_normal((300, 70)).astype(dtype)
+    got = op.forward(pred, target, reduction=reduction)
+    d = pred.astype(np.float64) - target.astype(np.float64)  # exact for float32 inputs
+    want = 0.5 * (np.sum(d * d) if reduction == "sum" else np.mean(d * d))
+    assert got.dtype == dtype
+    assert got == pytest.approx(want, rel=6e-8 if dtype == np.float32 else 1e-13)
+    for bad, expect in ((np.nan, np.isnan), (np.inf, np.isinf)):
+        p = pred.copy()
+        p[7, 3] = bad
+        with np.errstate(invalid="ignore", over="ignore"):
+            value, saved = op.forward_saving(p, target, reduction=reduction)
+            assert expect(value) and expect(op.forward(p, target, reduction=reduction))
+    small = op.forward(pred[:2, :5], target[:2, :5], reduction=reduction)
+    ref = pred[:2, :5] - target[:2, :5]
+    ref = 0.5 * (np.add.reduce(ref * ref, axis=(0, 1)) if reduction == "sum" else (ref * ref).mean())
+    assert small == ref

@@ -245,6 +245,25 @@ def test_tape_keeps_saved_statistics_only_until_the_backward_step(monkeypatch):
         np.testing.assert_array_equal(first[k], second[k])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tape_keeps_the_mse_difference_for_its_rule_and_reads_it_twice_alike(dtype, monkeypatch):
+    """The inpainting MLP's loss keeps ŷ − y from its forward (one pass) for its rule: the
+    gradients are those of the numpy rules, and a retained second pass gets them again."""
+    ex = examples.mlp(bias=False, dtype=dtype)
+    program = adl.engine("tape").compile(ex.graph, wrt=["W1", "W2"])
+    state = program.forward(ex.values)
+    (node,) = [s.node for s in program.steps if s.op.name == "mse"]
+    assert state.saved[node].shape == (784, 64)
+    first = program.backward(state, retain=True)
+    second = program.backward(state)
+    assert state.saved == {}
+    monkeypatch.setattr(dispatch, "difference_squares", lambda pred, target: None)
+    plain = adl.engine("tape").compile(ex.graph, wrt=["W1", "W2"])(ex.values)
+    for k in ("W1", "W2"):
+        np.testing.assert_array_equal(first[k], second[k])
+        np.testing.assert_array_equal(first[k], plain.grads[k])  # the same rule's numbers
+
+
 # --------------------------------------------------------------------------------------
 # the tape's fusions: relu(batch_norm(x)) as one step
 # --------------------------------------------------------------------------------------
