@@ -296,6 +296,27 @@ def _(dtype, rng):
             (lambda o: _ref_rule("relu", 0, o["g"], o["x"]))
 
 
+@case("difference_squares")
+def _(dtype, rng):
+    # the mse loss of one pass and the difference it keeps for its rule, against the
+    # reference's three passes and its own pred − target
+    for n in (SMALL, BIG):
+        ops = {"pred": rng.standard_normal(n).astype(dtype),
+               "target": rng.standard_normal(n).astype(dtype)}
+        for reduction in ("sum", "mean"):
+            def got(o, r=reduction):
+                fast_d = dispatch.difference_squares(o["pred"], o["target"])
+                value, saved = OPS["mse"].forward_saving(o["pred"], o["target"], reduction=r)
+                d = fast_d[0] if fast_d is not None else o["pred"] - o["target"]
+                assert (saved is None) == (fast_d is None)
+                return np.append(d, value)
+
+            def want(o, r=reduction):
+                return np.append(o["pred"] - o["target"],
+                                 _ref_rule("mse", None, o["pred"], o["target"], reduction=r))
+            yield ops, got, want
+
+
 @case("leaky_relu_forward")
 def _(dtype, rng):
     for ops in _elementwise_sizes(dtype, rng, False):
